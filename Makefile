@@ -1,0 +1,68 @@
+# The two commands a newcomer needs are `make run` and `make test`; both set
+# everything up on a fresh machine first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(wildcard protos/faregate/v1/*.proto)
+CONFIG ?=
+
+.PHONY: run test gen check-gen lint typecheck buf-lint buf-breaking bench setup tools clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
+
+setup: $(VENV)/.installed
+
+tools: $(BUF)
+
+## Start faregate on the embedded default config (or CONFIG=path/to.yaml).
+run: setup
+	$(BIN)/faregate serve $(if $(CONFIG),--config $(CONFIG))
+
+## Lint, check the generated code, and run the whole test suite.
+test: setup tools buf-lint check-gen lint typecheck
+	$(BIN)/pytest
+
+## Regenerate the committed Python stubs from protos/.
+gen: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=client --grpc_python_out=client \
+	  --mypy_out=client --mypy_grpc_out=client $(PROTOS)
+
+check-gen: gen
+	@git diff --exit-code -- client/faregate/v1 \
+	  || (echo "generated stubs are stale: run 'make gen' and commit" && exit 1)
+
+buf-lint: tools
+	$(BUF) lint
+
+## Compare the contract with the one before the latest commit that changed it.
+buf-breaking: tools
+	@previous=$$(git log -n 2 --format=%H -- protos | sed -n 2p); \
+	if [ -n "$$previous" ]; then \
+	  $(BUF) breaking --against ".git#ref=$$previous"; \
+	else echo "buf breaking: no earlier contract to compare with"; fi
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+## Measure faregate beside a bare grpc.aio pass-through (not a test).
+bench: setup
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .tools build *.egg-info

@@ -1,0 +1,69 @@
+"""A quick call from a shell: `faregate-client "Hello" --budget-key demo [--stream]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from faregate_client import FaregateClient, FaregateError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faregate-client", description=__doc__)
+    parser.add_argument("message", help="the user message to send")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="faregate's host:port")
+    parser.add_argument("--budget-key", default="demo")
+    parser.add_argument("--model", default="", help="a model or route (default route if empty)")
+    parser.add_argument("--system", help="a system message to send first")
+    parser.add_argument("--max-output-tokens", type=int)
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    parser.add_argument("--stream", action="store_true", help="print text as it arrives")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(_call(args))
+    except FaregateError as error:
+        print(f"faregate-client: {error}", file=sys.stderr)
+        return 1
+
+
+async def _call(args: argparse.Namespace) -> int:
+    messages = [("user", args.message)]
+    if args.system:
+        messages.insert(0, ("system", args.system))
+    options = dict(
+        budget_key=args.budget_key,
+        model=args.model,
+        max_output_tokens=args.max_output_tokens,
+        timeout_s=args.timeout,
+    )
+    async with FaregateClient(args.target) as client:
+        if args.stream:
+            stream = client.stream_route(messages, **options)  # type: ignore[arg-type]
+            async for text in stream:
+                print(text, end="", flush=True)
+            print()
+            start, finish = stream.start, stream.finish
+            assert start is not None
+            assert finish is not None
+            summary = (
+                start.model_used, finish.usage.input_tokens, finish.usage.output_tokens,
+                finish.cost_nano_usd, finish.budget_remaining_nano_usd,
+            )  # fmt: skip
+        else:
+            reply = await client.route(messages, **options)  # type: ignore[arg-type]
+            print(reply.output)
+            summary = (
+                reply.model_used, reply.usage.input_tokens, reply.usage.output_tokens,
+                reply.cost_nano_usd, reply.budget_remaining_nano_usd,
+            )  # fmt: skip
+    print(
+        "model={} input_tokens={} output_tokens={} cost_nano_usd={} "
+        "budget_remaining_nano_usd={}".format(*summary),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""A small typed async client for faregate's RouterService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+
+import grpc
+from faregate.v1 import router_pb2, router_pb2_grpc
+
+from faregate_client._errors import error_from_rpc
+
+Messages = str | Sequence[tuple[str, str]]
+"""A lone user message, or (role, content) pairs with role system, user or assistant."""
+
+_ROLES = {
+    "system": router_pb2.ROLE_SYSTEM,
+    "user": router_pb2.ROLE_USER,
+    "assistant": router_pb2.ROLE_ASSISTANT,
+}
+
+
+def to_messages(messages: Messages) -> list[router_pb2.Message]:
+    if isinstance(messages, str):
+        return [router_pb2.Message(role=router_pb2.ROLE_USER, content=messages)]
+    return [
+        router_pb2.Message(role=_ROLES.get(role, router_pb2.ROLE_UNSPECIFIED), content=content)
+        for role, content in messages
+    ]
+
+
+class RouteStream:
+    """A streamed completion: iterate it for text; `start` and `finish` hold the accounting.
+
+    `start` is set once the first message arrives, `finish` once the stream
+    ends successfully. Failures raise the typed errors of `faregate_client`.
+    """
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+        self._call = call
+        self.start: router_pb2.StreamRouteResponse.StreamStart | None = None
+        self.finish: router_pb2.StreamRouteResponse.StreamFinish | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for event in self._call:
+                kind = event.WhichOneof("event")
+                if kind == "delta":
+                    yield event.delta.text
+                elif kind == "start":
+                    self.start = event.start
+                elif kind == "finish":
+                    self.finish = event.finish
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+
+    def cancel(self) -> None:
+        """Cancels the call; faregate cancels the upstream request at once."""
+        self._call.cancel()
+
+
+class FaregateClient:
+    """Calls faregate over one channel; use `async with FaregateClient(target):`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+
+    async def __aenter__(self) -> FaregateClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+    async def route(
+        self,
+        messages: Messages,
+        *,
+        budget_key: str,
+        model: str = "",
+        agent: str = "",
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> router_pb2.RouteResponse:
+        """One whole completion with its accounting.
+
+        Raises:
+            faregate_client.FaregateError: a subclass per status code.
+        """
+        request = router_pb2.RouteRequest(
+            model=model,
+            messages=to_messages(messages),
+            agent=agent,
+            budget_key=budget_key,
+            max_output_tokens=max_output_tokens,
+            temperature=temperature,
+            metadata=metadata,
+        )
+        try:
+            return await self._stub.Route(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+
+    def stream_route(
+        self,
+        messages: Messages,
+        *,
+        budget_key: str,
+        model: str = "",
+        agent: str = "",
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> RouteStream:
+        """A streamed completion: `async for text in client.stream_route(...)`."""
+        request = router_pb2.StreamRouteRequest(
+            model=model,
+            messages=to_messages(messages),
+            agent=agent,
+            budget_key=budget_key,
+            max_output_tokens=max_output_tokens,
+            temperature=temperature,
+            metadata=metadata,
+        )
+        return RouteStream(self._stub.StreamRoute(request, timeout=timeout_s))

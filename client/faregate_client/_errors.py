@@ -1,0 +1,121 @@
+"""Typed exceptions for faregate's error statuses, built from their rich details.
+
+FaregateError
+├── InvalidArgument      INVALID_ARGUMENT (field_violations)
+├── NotFound             NOT_FOUND
+├── FailedPrecondition   FAILED_PRECONDITION
+├── BudgetExhausted      RESOURCE_EXHAUSTED (budget_key)
+├── Unavailable          UNAVAILABLE (retry_after_s: retry then, if set)
+├── StreamInterrupted    ABORTED
+├── DeadlineExceeded     DEADLINE_EXCEEDED
+└── Internal             INTERNAL and anything else
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class FaregateError(Exception):
+    """A failed faregate call.
+
+    Attributes:
+        code: The gRPC status code.
+        reason: The ErrorInfo reason, e.g. "BUDGET_EXHAUSTED" ("" if none came).
+        message: The status message.
+        metadata: The ErrorInfo metadata.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str]
+    ) -> None:
+        super().__init__(
+            f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}"
+        )
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata)
+
+
+class InvalidArgument(FaregateError):
+    field_violations: dict[str, str]
+    """Field path -> what is wrong with it."""
+
+
+class NotFound(FaregateError):
+    pass
+
+
+class FailedPrecondition(FaregateError):
+    pass
+
+
+class BudgetExhausted(FaregateError):
+    @property
+    def budget_key(self) -> str:
+        return self.metadata.get("budgetKey", "")
+
+
+class Unavailable(FaregateError):
+    retry_after_s: float | None
+    """When faregate suggests retrying, from RetryInfo; None when it did not say."""
+
+
+class StreamInterrupted(FaregateError):
+    pass
+
+
+class DeadlineExceeded(FaregateError):
+    pass
+
+
+class Internal(FaregateError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[FaregateError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: BudgetExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.ABORTED: StreamInterrupted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> FaregateError:
+    """The typed exception for a failed call, with its rich details unpacked."""
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: dict[str, str] = {}
+    retry_after_s: float | None = None
+    for key, value in error.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations = {v.field: v.description for v in bad_request.field_violations}
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry_info = error_details_pb2.RetryInfo()
+                detail.Unpack(retry_info)
+                retry_after_s = retry_info.retry_delay.ToNanoseconds() / 1e9
+    code = error.code()
+    typed = _BY_CODE.get(code, Internal)(code, reason, error.details() or "", metadata)
+    if isinstance(typed, InvalidArgument):
+        typed.field_violations = violations
+    if isinstance(typed, Unavailable):
+        typed.retry_after_s = retry_after_s
+    return typed

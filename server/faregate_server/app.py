@@ -1,0 +1,92 @@
+"""The composition root: builds every part from a Config and serves gRPC.
+
+`serve()` is one async context manager: entering it builds the HTTP session,
+the catalog of deployments, the budget store, the gateway and the gRPC server
+(with health and reflection always on) inside a single AsyncExitStack;
+leaving it stops the server with the configured grace and tears the rest
+down in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from faregate.v1 import router_pb2, router_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faregate_server.budgets import MemoryBudgetStore
+from faregate_server.catalog import Catalog
+from faregate_server.clock import Clock, SystemClock
+from faregate_server.config import Config
+from faregate_server.gateway import Gateway
+from faregate_server.planner import Planner
+from faregate_server.servicer import RouterServicer
+
+logger = logging.getLogger(__name__)
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+# Room above max_request_bytes so a slightly oversized request reaches
+# validation and gets a BadRequest naming the limit, not a bare transport error.
+_RECEIVE_SLACK_BYTES = 64 * 1024
+_SSE_READ_BUFFER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    """A serving faregate, for the command line and for tests."""
+
+    port: int
+    config: Config
+    budgets: MemoryBudgetStore
+    catalog: Catalog
+
+
+@asynccontextmanager
+async def serve(
+    config: Config, *, listen: str | None = None, clock: Clock | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serves `config` until the context exits; `listen` overrides server.listen."""
+    async with AsyncExitStack() as stack:
+        upstream_slots = sum(model.workers for model in config.models.values())
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=upstream_slots, limit_per_host=upstream_slots),
+            read_bufsize=_SSE_READ_BUFFER_BYTES,
+        )
+        stack.push_async_callback(session.close)
+
+        catalog = Catalog(config, session)
+        budgets = MemoryBudgetStore(config.budgets.values(), clock or SystemClock())
+        gateway = Gateway(Planner(catalog, budgets), budgets)
+
+        server = grpc.aio.server(
+            options=[
+                (
+                    "grpc.max_receive_message_length",
+                    config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
+                ),
+            ]
+        )
+        router_pb2_grpc.add_RouterServiceServicer_to_server(
+            RouterServicer(gateway, config.server), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = listen or config.server.listen
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
+        for service in ("", ROUTER_SERVICE):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+        yield RunningServer(port=port, config=config, budgets=budgets, catalog=catalog)

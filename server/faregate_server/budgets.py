@@ -1,0 +1,165 @@
+"""Budgets: reserve the worst case before a call, commit the actual cost after.
+
+Invariant: for every budget, `spent + reserved <= limit` holds after every
+`reserve`, so two requests can never both spend the same remaining money.
+`commit` records the true cost (which a correct worst-case estimate keeps at or
+below the reservation) and frees the rest; `release` frees a reservation whole.
+Spend returns to zero at each window boundary (calendar hour, day or month in
+UTC); reservations in flight across a boundary stay reserved.
+
+`BudgetStore` is the seam for the durable and shared backends; `MemoryBudgetStore`
+keeps state in this process. Its operations never suspend, which is what makes
+each one atomic under asyncio.
+"""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from faregate_server.clock import Clock
+from faregate_server.config import BudgetConfig, BudgetWindow
+from faregate_server.errors import BudgetExhausted, BudgetNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Money held for one request until it commits or releases."""
+
+    budget_key: str
+    amount_nano_usd: int
+    reservation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSnapshot:
+    key: str
+    limit_nano_usd: int
+    spent_nano_usd: int
+    reserved_nano_usd: int
+    resets_at_s: float
+    """Unix time of the next reset; infinity for a budget without a window."""
+
+    @property
+    def remaining_nano_usd(self) -> int:
+        return self.limit_nano_usd - self.spent_nano_usd - self.reserved_nano_usd
+
+
+class BudgetStore(Protocol):
+    """Atomic budget accounting; each call is all-or-nothing."""
+
+    async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
+        """Holds amount_nano_usd.
+
+        Raises:
+            BudgetNotFound: no budget has this key.
+            BudgetExhausted: the amount does not fit what remains.
+        """
+        ...
+
+    async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
+        """Spends cost_nano_usd, frees the reservation; returns the money remaining."""
+        ...
+
+    async def release(self, reservation: Reservation) -> int:
+        """Frees the reservation without spending; returns the money remaining."""
+        ...
+
+    def check(self, budget_key: str) -> None:
+        """Raises BudgetNotFound unless the key exists."""
+        ...
+
+    def snapshot(self, budget_key: str) -> BudgetSnapshot:
+        """The budget's current state; raises BudgetNotFound."""
+        ...
+
+
+def next_reset_s(window: BudgetWindow, now_s: float) -> float:
+    """The Unix time at which a window that contains now_s ends."""
+    if window is BudgetWindow.NONE:
+        return math.inf
+    if window is BudgetWindow.HOURLY:
+        return (now_s // 3600 + 1) * 3600
+    if window is BudgetWindow.DAILY:
+        return (now_s // 86400 + 1) * 86400
+    now = datetime.fromtimestamp(now_s, UTC)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
+class _Account:
+    __slots__ = ("config", "reserved", "resets_at_s", "spent")
+
+    def __init__(self, config: BudgetConfig, now_s: float) -> None:
+        self.config = config
+        self.spent = 0
+        self.reserved = 0
+        self.resets_at_s = next_reset_s(config.window, now_s)
+
+    def roll(self, now_s: float) -> None:
+        if now_s >= self.resets_at_s:
+            self.spent = 0
+            self.resets_at_s = next_reset_s(self.config.window, now_s)
+
+    @property
+    def remaining(self) -> int:
+        return self.config.limit_nano_usd - self.spent - self.reserved
+
+
+class MemoryBudgetStore:
+    """Budgets in this process's memory."""
+
+    def __init__(self, budgets: Iterable[BudgetConfig], clock: Clock) -> None:
+        self._clock = clock
+        now_s = clock.now_s()
+        self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
+        self._ids = itertools.count(1)
+
+    async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
+        account = self._account(budget_key)
+        account.roll(self._clock.now_s())
+        if amount_nano_usd > account.remaining:
+            raise BudgetExhausted(budget_key, account.remaining, amount_nano_usd)
+        account.reserved += amount_nano_usd
+        return Reservation(budget_key, amount_nano_usd, next(self._ids))
+
+    async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
+        account = self._account(reservation.budget_key)
+        account.roll(self._clock.now_s())
+        account.reserved -= reservation.amount_nano_usd
+        account.spent += cost_nano_usd
+        return account.remaining
+
+    async def release(self, reservation: Reservation) -> int:
+        account = self._account(reservation.budget_key)
+        account.roll(self._clock.now_s())
+        account.reserved -= reservation.amount_nano_usd
+        return account.remaining
+
+    def check(self, budget_key: str) -> None:
+        self._account(budget_key)
+
+    def snapshot(self, budget_key: str) -> BudgetSnapshot:
+        account = self._account(budget_key)
+        account.roll(self._clock.now_s())
+        return BudgetSnapshot(
+            key=budget_key,
+            limit_nano_usd=account.config.limit_nano_usd,
+            spent_nano_usd=account.spent,
+            reserved_nano_usd=account.reserved,
+            resets_at_s=account.resets_at_s,
+        )
+
+    def keys(self) -> list[str]:
+        return list(self._accounts)
+
+    def _account(self, budget_key: str) -> _Account:
+        account = self._accounts.get(budget_key)
+        if account is None:
+            raise BudgetNotFound(budget_key)
+        return account

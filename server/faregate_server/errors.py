@@ -1,0 +1,243 @@
+"""faregate's errors and their one mapping onto gRPC statuses.
+
+Every error faregate returns on purpose is a `FaregateError`; each subclass
+fixes its gRPC code and its `google.rpc.ErrorInfo` reason (the catalogue is
+documented in protos/faregate/v1/router.proto). The tree:
+
+    FaregateError
+    ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+ BadRequest)
+    ├── ModelCannotServe        INVALID_ARGUMENT    MODEL_CANNOT_SERVE (+ BadRequest)
+    ├── ModelNotFound           NOT_FOUND           MODEL_NOT_FOUND
+    ├── BudgetNotFound          FAILED_PRECONDITION BUDGET_NOT_FOUND (+ PreconditionFailure)
+    ├── BudgetExhausted         RESOURCE_EXHAUSTED  BUDGET_EXHAUSTED (+ QuotaFailure)
+    ├── PoolSaturated           UNAVAILABLE         POOL_SATURATED (+ RetryInfo)
+    ├── UpstreamRateLimited     UNAVAILABLE         UPSTREAM_RATE_LIMITED (+ RetryInfo)
+    ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE
+    ├── UpstreamStalled         UNAVAILABLE         UPSTREAM_STALLED
+    ├── UpstreamRejected        INVALID_ARGUMENT    UPSTREAM_REJECTED
+    ├── UpstreamAuthFailed      FAILED_PRECONDITION UPSTREAM_AUTH_FAILED
+    ├── StreamInterrupted       ABORTED             STREAM_INTERRUPTED
+    └── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
+
+Anything else that escapes a handler is a bug: `internal_error_status` turns it
+into INTERNAL with a trace id and no internals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "faregate.dev"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class FaregateError(Exception):
+    """An error with a gRPC code, an ErrorInfo reason and optional rich details."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata
+
+    def details(self) -> Sequence[Message]:
+        """Rich details besides ErrorInfo, at most one of each kind."""
+        return ()
+
+    def retry_after_s(self) -> float | None:
+        """How long the caller should wait before retrying, when retrying helps."""
+        return None
+
+    def to_grpc(self) -> tuple[grpc.StatusCode, str, Metadata]:
+        """The code, message and trailing metadata carrying the rich status."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        details: list[Message] = [info, *self.details()]
+        trailers: list[tuple[str, str | bytes]] = []
+        retry_after_s = self.retry_after_s()
+        if retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(math.ceil(retry_after_s * 1e9))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+            trailers.append((RETRY_PUSHBACK_KEY, str(math.ceil(retry_after_s * 1000))))
+        return _pack(self.code, self.message, details, trailers)
+
+
+class InvalidRequest(FaregateError):
+    """The request is malformed; each violation names a field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: Mapping[str, str]) -> None:
+        fields = ", ".join(violations)
+        super().__init__(f"invalid request: {fields}", fields=fields)
+        self.violations = dict(violations)
+
+    def details(self) -> Sequence[Message]:
+        return (_bad_request(self.violations),)
+
+
+class ModelCannotServe(FaregateError):
+    """The request can never fit the named model (context window or output cap)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "MODEL_CANNOT_SERVE"
+
+    def __init__(self, model: str, field: str, description: str) -> None:
+        super().__init__(f"model {model!r} cannot serve this request: {description}", model=model)
+        self.field = field
+        self.description = description
+
+    def details(self) -> Sequence[Message]:
+        return (_bad_request({self.field: self.description}),)
+
+
+class ModelNotFound(FaregateError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"no model or route named {model!r}", model=model)
+
+
+class BudgetNotFound(FaregateError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "BUDGET_NOT_FOUND"
+
+    def __init__(self, budget_key: str) -> None:
+        super().__init__(f"no budget with key {budget_key!r}", budgetKey=budget_key)
+        self.budget_key = budget_key
+
+    def details(self) -> Sequence[Message]:
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type="BUDGET", subject=self.budget_key, description="no budget has this key"
+        )
+        return (error_details_pb2.PreconditionFailure(violations=[violation]),)
+
+
+class BudgetExhausted(FaregateError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "BUDGET_EXHAUSTED"
+
+    def __init__(self, budget_key: str, remaining_nano_usd: int, needed_nano_usd: int) -> None:
+        super().__init__(
+            f"budget {budget_key!r} has {remaining_nano_usd} nano-USD left; "
+            f"the cheapest candidate needs {needed_nano_usd}",
+            budgetKey=budget_key,
+            remainingNanoUsd=str(remaining_nano_usd),
+        )
+        self.budget_key = budget_key
+        self.remaining_nano_usd = remaining_nano_usd
+
+    def details(self) -> Sequence[Message]:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=f"budget:{self.budget_key}",
+            description="the request's worst-case cost does not fit the remaining budget",
+        )
+        return (error_details_pb2.QuotaFailure(violations=[violation]),)
+
+
+class _Retryable(FaregateError):
+    """An error that says when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self._retry_after_s = retry_after_s
+
+    def retry_after_s(self) -> float | None:
+        return self._retry_after_s
+
+
+class PoolSaturated(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "POOL_SATURATED"
+
+    def __init__(self, model: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"model {model!r} is at capacity (workers and queue full); retry later",
+            retry_after_s,
+            model=model,
+        )
+
+
+class UpstreamRateLimited(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamUnavailable(FaregateError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamStalled(FaregateError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_STALLED"
+
+
+class UpstreamRejected(FaregateError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "UPSTREAM_REJECTED"
+
+
+class UpstreamAuthFailed(FaregateError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "UPSTREAM_AUTH_FAILED"
+
+
+class StreamInterrupted(FaregateError):
+    code = grpc.StatusCode.ABORTED
+    reason = "STREAM_INTERRUPTED"
+
+
+class DeadlineExceeded(FaregateError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+def internal_error_status(trace_id: str) -> tuple[grpc.StatusCode, str, Metadata]:
+    """INTERNAL for an unexpected exception: a trace id, nothing of the internals."""
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"traceId": trace_id}
+    )
+    message = f"internal error (trace id {trace_id})"
+    return _pack(grpc.StatusCode.INTERNAL, message, [info], [])
+
+
+def _bad_request(violations: Mapping[str, str]) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in violations.items()
+        ]
+    )
+
+
+def _pack(
+    code: grpc.StatusCode,
+    message: str,
+    details: Sequence[Message],
+    trailers: list[tuple[str, str | bytes]],
+) -> tuple[grpc.StatusCode, str, Metadata]:
+    packed = []
+    for detail in details:
+        wrapper = any_pb2.Any()
+        wrapper.Pack(detail)
+        packed.append(wrapper)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    trailers.append((_STATUS_DETAILS_KEY, status.SerializeToString()))
+    return code, message, tuple(trailers)

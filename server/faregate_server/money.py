@@ -1,0 +1,63 @@
+"""Prices and costs in integer nano-USD.
+
+Config prices are written in USD per million tokens; they are converted once,
+at load, into integer nano-USD per million tokens. A cost is computed from
+integer token counts and rounded up to the next nano-dollar, so faregate never
+under-counts. No float ever touches money.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+NANO_USD_PER_USD = 1_000_000_000
+TOKENS_PER_MTOK = 1_000_000
+
+
+class MoneyFormatError(ValueError):
+    """A configured amount is not an exact non-negative number of nano-USD."""
+
+
+def usd_to_nano_usd(value: object) -> int:
+    """Converts a config amount in USD (int, str or YAML float) to nano-USD exactly.
+
+    YAML floats are read through their shortest decimal repr, so `0.15` is 0.15.
+
+    Raises:
+        MoneyFormatError: negative, not a number, or finer than one nano-USD.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise MoneyFormatError(f"expected a number of USD, got {value!r}")
+    try:
+        amount = Decimal(str(value)) * NANO_USD_PER_USD
+    except InvalidOperation:
+        raise MoneyFormatError(f"expected a number of USD, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise MoneyFormatError(f"expected a non-negative amount of USD, got {value!r}")
+    if amount != amount.to_integral_value():
+        raise MoneyFormatError(f"{value!r} USD is finer than one nano-USD")
+    return int(amount)
+
+
+def format_nano_usd(amount_nano_usd: int) -> str:
+    """Renders nano-USD as a USD string for humans, e.g. `$0.000150000`."""
+    sign = "-" if amount_nano_usd < 0 else ""
+    whole, frac = divmod(abs(amount_nano_usd), NANO_USD_PER_USD)
+    return f"{sign}${whole}.{frac:09d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A model's token prices in nano-USD per million tokens."""
+
+    input_nano_usd_per_mtok: int
+    output_nano_usd_per_mtok: int
+
+    def cost_nano_usd(self, input_tokens: int, output_tokens: int) -> int:
+        """The cost of a request, rounded up to the next nano-dollar."""
+        scaled = (
+            input_tokens * self.input_nano_usd_per_mtok
+            + output_tokens * self.output_nano_usd_per_mtok
+        )
+        return -(-scaled // TOKENS_PER_MTOK)

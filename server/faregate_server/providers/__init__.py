@@ -1,0 +1,22 @@
+"""Upstream provider adapters, one module per wire protocol."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from faregate_server.config import ModelConfig, ProviderKind
+from faregate_server.providers.anthropic import AnthropicProvider
+from faregate_server.providers.base import Provider, UpstreamError, UpstreamErrorKind
+from faregate_server.providers.openai import OpenAIProvider
+from faregate_server.providers.sim import SimProvider
+
+__all__ = ["Provider", "UpstreamError", "UpstreamErrorKind", "build_provider"]
+
+
+def build_provider(model: ModelConfig, session: aiohttp.ClientSession) -> Provider:
+    """The adapter for a configured model, sharing the one HTTP session."""
+    if model.provider is ProviderKind.OPENAI:
+        return OpenAIProvider(session, model)
+    if model.provider is ProviderKind.ANTHROPIC:
+        return AnthropicProvider(session, model)
+    return SimProvider(model)

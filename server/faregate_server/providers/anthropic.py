@@ -1,0 +1,171 @@
+"""Anthropic's Messages API.
+
+POST {api_base}/v1/messages with `x-api-key` and `anthropic-version`. System
+messages become the top-level `system` field. The SSE stream is a sequence of
+named events: `message_start` (input usage), `content_block_delta` (text),
+`message_delta` (stop reason and cumulative output usage), `message_stop`,
+`ping` keep-alives and `error` (for example `overloaded_error`) at any point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from faregate_server.config import ModelConfig
+from faregate_server.domain import (
+    Completion,
+    FinishReason,
+    Role,
+    StreamEnd,
+    UpstreamRequest,
+    Usage,
+)
+from faregate_server.providers.base import (
+    UpstreamError,
+    UpstreamErrorKind,
+    error_from_response,
+    translate_transport_errors,
+)
+from faregate_server.providers.sse import iter_sse
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+_STOP_REASONS = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+# Error types Anthropic sends in-stream that mean "try again later".
+_RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
+
+
+class AnthropicProvider:
+    """One model behind Anthropic's Messages API."""
+
+    def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
+        self._session = session
+        self._url = f"{model.api_base}/v1/messages"
+        self._headers = {
+            "Content-Type": "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+            "x-api-key": model.api_key or "",
+        }
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
+        )
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        with translate_transport_errors():
+            async with self._session.post(
+                self._url,
+                data=json.dumps(_body(request, stream=False)),
+                headers=self._headers,
+                timeout=self._whole_timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await error_from_response(response)
+                answer = json.loads(await response.read())
+            text = "".join(
+                block.get("text", "") for block in answer["content"] if block["type"] == "text"
+            )
+            usage = answer.get("usage")
+            return Completion(
+                text=text,
+                finish_reason=_STOP_REASONS.get(
+                    answer.get("stop_reason"), FinishReason.UNSPECIFIED
+                ),
+                usage=Usage(int(usage["input_tokens"]), int(usage["output_tokens"]))
+                if usage
+                else None,
+            )
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        finish_reason = FinishReason.UNSPECIFIED
+        stopped = False
+        with translate_transport_errors():
+            async with self._session.post(
+                self._url,
+                data=json.dumps(_body(request, stream=True)),
+                headers=self._headers,
+                timeout=self._stream_timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await error_from_response(response)
+                async for event in iter_sse(response.content):
+                    kind = event.event
+                    if kind == "content_block_delta":
+                        delta = json.loads(event.data)["delta"]
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield delta["text"]
+                    elif kind == "message_start":
+                        usage = json.loads(event.data)["message"].get("usage") or {}
+                        input_tokens = usage.get("input_tokens", input_tokens)
+                        output_tokens = usage.get("output_tokens", output_tokens)
+                    elif kind == "message_delta":
+                        payload = json.loads(event.data)
+                        reason = (payload.get("delta") or {}).get("stop_reason")
+                        if reason:
+                            finish_reason = _STOP_REASONS.get(reason, FinishReason.UNSPECIFIED)
+                        output_tokens = (payload.get("usage") or {}).get(
+                            "output_tokens", output_tokens
+                        )
+                    elif kind == "message_stop":
+                        stopped = True
+                        break
+                    elif kind == "error":
+                        raise _stream_error(json.loads(event.data).get("error") or {})
+        if not stopped:
+            raise UpstreamError(
+                UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before message_stop"
+            )
+        usage_seen = input_tokens is not None and output_tokens is not None
+        yield StreamEnd(
+            finish_reason,
+            Usage(int(input_tokens or 0), int(output_tokens or 0)) if usage_seen else None,
+        )
+
+
+def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
+    system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
+    body: dict[str, Any] = {
+        "model": request.upstream_model,
+        "max_tokens": request.max_output_tokens,
+        "messages": [
+            {"role": m.role.value, "content": m.content}
+            for m in request.messages
+            if m.role is not Role.SYSTEM
+        ],
+    }
+    if system:
+        body["system"] = system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def _stream_error(error: dict[str, Any]) -> UpstreamError:
+    error_type = str(error.get("type", "unknown"))
+    message = f"upstream error mid-stream: {error_type}: {str(error.get('message', ''))[:300]}"
+    if error_type in _RETRYABLE_ERRORS:
+        kind = (
+            UpstreamErrorKind.RATE_LIMITED
+            if error_type == "rate_limit_error"
+            else UpstreamErrorKind.UNAVAILABLE
+        )
+        return UpstreamError(kind, message)
+    if error_type in ("authentication_error", "permission_error"):
+        return UpstreamError(UpstreamErrorKind.AUTH_FAILED, message)
+    return UpstreamError(UpstreamErrorKind.REJECTED, message)

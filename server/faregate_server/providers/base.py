@@ -1,0 +1,122 @@
+"""The provider seam: what every upstream adapter offers, and how it fails.
+
+Adapters never import grpc. They raise `UpstreamError` with a kind the gateway
+maps onto faregate's error catalogue; transport failures are translated here,
+once, by `translate_transport_errors`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Protocol
+
+import aiohttp
+
+from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
+
+
+class UpstreamErrorKind(StrEnum):
+    RATE_LIMITED = "rate_limited"
+    """429: the provider asks us to slow down; retry_after_s is set when it said."""
+    UNAVAILABLE = "unavailable"
+    """5xx, 529, connection refused or dropped, a malformed answer."""
+    STALLED = "stalled"
+    """No bytes for longer than the idle timeout, or no connection in time."""
+    REJECTED = "rejected"
+    """A 4xx that would fail anywhere: the request itself is bad."""
+    AUTH_FAILED = "auth_failed"
+    """401 or 403: faregate's credentials are wrong."""
+
+
+class UpstreamError(Exception):
+    """An upstream call failed; the message never contains credentials."""
+
+    def __init__(
+        self,
+        kind: UpstreamErrorKind,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+
+class Provider(Protocol):
+    """One upstream model behind one wire protocol."""
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        """The whole answer at once."""
+        ...
+
+    def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+        """Text chunks as they arrive, then exactly one StreamEnd.
+
+        Consume inside `contextlib.aclosing` so that leaving early closes the
+        upstream connection at once.
+        """
+        ...
+
+
+async def error_from_response(response: aiohttp.ClientResponse) -> UpstreamError:
+    """Classifies a non-200 upstream answer, keeping a short excerpt of its body."""
+    status = response.status
+    try:
+        body = (await response.text(errors="replace"))[:300]
+    except (aiohttp.ClientError, TimeoutError):
+        body = ""
+    message = f"upstream answered HTTP {status}: {body}".rstrip(": ")
+    retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 429:
+        kind = UpstreamErrorKind.RATE_LIMITED
+    elif status in (401, 403):
+        kind = UpstreamErrorKind.AUTH_FAILED
+    elif status in (408, 409) or status >= 500:
+        kind = UpstreamErrorKind.UNAVAILABLE
+    else:
+        kind = UpstreamErrorKind.REJECTED
+    return UpstreamError(kind, message, http_status=status, retry_after_s=retry_after_s)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds, from delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@contextmanager
+def translate_transport_errors() -> Iterator[None]:
+    """Turns aiohttp and parsing failures into UpstreamError."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except TimeoutError as error:
+        # aiohttp's sock_read and sock_connect timeouts; faregate's own deadline
+        # arrives as cancellation instead, so it never lands here.
+        raise UpstreamError(UpstreamErrorKind.STALLED, f"upstream stalled: {error!r}") from None
+    except aiohttp.ClientError as error:
+        raise UpstreamError(
+            UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed: {error!r}"
+        ) from None
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise UpstreamError(
+            UpstreamErrorKind.UNAVAILABLE, f"upstream sent a malformed answer: {error!r}"
+        ) from None

@@ -1,0 +1,134 @@
+"""OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp, Groq, Together…).
+
+POST {api_base}/chat/completions, whole or as SSE with
+`stream_options.include_usage`, whose last chunk carries the usage and whose
+end is `data: [DONE]`. An error object inside the stream is an upstream failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from faregate_server.config import ModelConfig
+from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
+from faregate_server.providers.base import (
+    UpstreamError,
+    UpstreamErrorKind,
+    error_from_response,
+    translate_transport_errors,
+)
+from faregate_server.providers.sse import iter_sse
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+}
+
+
+class OpenAIProvider:
+    """One model behind an OpenAI-compatible API."""
+
+    def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
+        self._session = session
+        self._url = f"{model.api_base}/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if model.api_key:
+            self._headers["Authorization"] = f"Bearer {model.api_key}"
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
+        )
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        with translate_transport_errors():
+            async with self._session.post(
+                self._url,
+                data=json.dumps(_body(request, stream=False)),
+                headers=self._headers,
+                timeout=self._whole_timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await error_from_response(response)
+                answer = json.loads(await response.read())
+            choice = answer["choices"][0]
+            return Completion(
+                text=choice["message"].get("content") or "",
+                finish_reason=_FINISH_REASONS.get(
+                    choice.get("finish_reason"), FinishReason.UNSPECIFIED
+                ),
+                usage=_usage(answer.get("usage")),
+            )
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+        finish_reason = FinishReason.UNSPECIFIED
+        usage: Usage | None = None
+        finished = False
+        with translate_transport_errors():
+            async with self._session.post(
+                self._url,
+                data=json.dumps(_body(request, stream=True)),
+                headers=self._headers,
+                timeout=self._stream_timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await error_from_response(response)
+                async for event in iter_sse(response.content):
+                    if event.data == "[DONE]":
+                        finished = True
+                        break
+                    chunk = json.loads(event.data)
+                    if "error" in chunk:
+                        raise UpstreamError(
+                            UpstreamErrorKind.UNAVAILABLE,
+                            f"upstream error mid-stream: {_error_message(chunk['error'])}",
+                        )
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield text
+                        if choice.get("finish_reason"):
+                            finish_reason = _FINISH_REASONS.get(
+                                choice["finish_reason"], FinishReason.UNSPECIFIED
+                            )
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+        if not finished:
+            raise UpstreamError(
+                UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before [DONE]"
+            )
+        yield StreamEnd(finish_reason, usage)
+
+
+def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.upstream_model,
+        "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_output_tokens,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not raw:
+        return None
+    return Usage(int(raw["prompt_tokens"]), int(raw["completion_tokens"]))
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or error)[:300]
+    return str(error)[:300]

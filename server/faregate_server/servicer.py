@@ -1,0 +1,194 @@
+"""The RouterService servicer: proto in, domain call, proto out.
+
+It validates and translates requests, runs them under the caller's deadline
+(or the configured default: no call is ever unbounded), and turns every
+`FaregateError` into a status with rich details. Anything else is a bug and
+becomes INTERNAL with a trace id; the traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from contextlib import aclosing
+from typing import NoReturn
+
+import grpc
+from faregate.v1 import router_pb2, router_pb2_grpc
+
+from faregate_server.config import ServerConfig
+from faregate_server.domain import ChatMessage, FinishReason, Role, RouteCall, StreamStarted, Usage
+from faregate_server.errors import (
+    DeadlineExceeded,
+    FaregateError,
+    InvalidRequest,
+    internal_error_status,
+)
+from faregate_server.gateway import Gateway
+
+logger = logging.getLogger(__name__)
+
+_ROLES = {
+    router_pb2.ROLE_SYSTEM: Role.SYSTEM,
+    router_pb2.ROLE_USER: Role.USER,
+    router_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+}
+_FINISH_REASONS = {
+    FinishReason.UNSPECIFIED: router_pb2.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: router_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: router_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: router_pb2.FINISH_REASON_CONTENT_FILTER,
+    FinishReason.TOOL_CALLS: router_pb2.FINISH_REASON_TOOL_CALLS,
+}
+_MAX_TEMPERATURE = 2.0
+
+AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
+StreamEvent = router_pb2.StreamRouteResponse
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, gateway: Gateway, settings: ServerConfig) -> None:
+        self._gateway = gateway
+        self._settings = settings
+
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RouteResponse:
+        try:
+            call = self._to_call(request)
+            async with asyncio.timeout_at(self._deadline(context)):
+                result = await self._gateway.route(call)
+        except FaregateError as error:
+            await _abort(context, error)
+        except TimeoutError:
+            await _abort(context, _deadline_exceeded(request.model))
+        except Exception:
+            await _abort_internal(context)
+        return router_pb2.RouteResponse(
+            output=result.output,
+            finish_reason=_FINISH_REASONS[result.finish_reason],
+            usage=_usage(result.usage),
+            cost_nano_usd=result.cost_nano_usd,
+            reserved_nano_usd=result.reserved_nano_usd,
+            budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+            model_used=result.model_used,
+            provider=result.provider,
+            request_id=result.request_id,
+        )
+
+    async def StreamRoute(
+        self, request: router_pb2.StreamRouteRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Written with context.write rather than as an async generator so the
+        # deadline scope covers the writes too and fires inside this frame.
+        try:
+            call = self._to_call(request)
+            async with (
+                asyncio.timeout_at(self._deadline(context)),
+                aclosing(self._gateway.stream(call)) as events,
+            ):
+                async for event in events:
+                    await context.write(_stream_event(event))
+        except FaregateError as error:
+            await _abort(context, error)
+        except TimeoutError:
+            await _abort(context, _deadline_exceeded(request.model))
+        except Exception:
+            await _abort_internal(context)
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining_s = context.time_remaining()
+        if remaining_s is None:
+            remaining_s = self._settings.default_deadline_s
+        return asyncio.get_running_loop().time() + remaining_s
+
+    def _to_call(self, request: AnyRouteRequest) -> RouteCall:
+        violations: dict[str, str] = {}
+        size = request.ByteSize()
+        if size > self._settings.max_request_bytes:
+            violations["request"] = (
+                f"is {size} bytes; the limit is {self._settings.max_request_bytes}"
+            )
+        if not request.messages:
+            violations["messages"] = "at least one message is required"
+        messages = []
+        for index, message in enumerate(request.messages):
+            role = _ROLES.get(message.role)
+            if role is None:
+                violations[f"messages[{index}].role"] = "must be SYSTEM, USER or ASSISTANT"
+            else:
+                messages.append(ChatMessage(role, message.content))
+        if request.messages and not any(message.content for message in request.messages):
+            violations["messages"] = "every message is empty; at least one needs content"
+        if not request.budget_key:
+            violations["budget_key"] = "is required"
+        max_output_tokens = None
+        if request.HasField("max_output_tokens"):
+            max_output_tokens = request.max_output_tokens
+            limit = self._settings.max_output_tokens_limit
+            if max_output_tokens < 1:
+                violations["max_output_tokens"] = "must be positive when set"
+            elif max_output_tokens > limit:
+                violations["max_output_tokens"] = f"must be at most {limit}"
+        temperature = None
+        if request.HasField("temperature"):
+            temperature = request.temperature
+            if not (math.isfinite(temperature) and 0 <= temperature <= _MAX_TEMPERATURE):
+                violations["temperature"] = f"must be between 0 and {_MAX_TEMPERATURE}"
+        if violations:
+            raise InvalidRequest(violations)
+        return RouteCall(
+            model=request.model,
+            messages=tuple(messages),
+            agent=request.agent,
+            budget_key=request.budget_key,
+            max_output_tokens=max_output_tokens,
+            temperature=temperature,
+            metadata=dict(request.metadata),
+        )
+
+
+def _stream_event(event: StreamStarted | str | object) -> StreamEvent:
+    if type(event) is str:
+        return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
+    if isinstance(event, StreamStarted):
+        return StreamEvent(
+            start=StreamEvent.StreamStart(
+                model_used=event.model_used,
+                provider=event.provider,
+                request_id=event.request_id,
+                reserved_nano_usd=event.reserved_nano_usd,
+            )
+        )
+    return StreamEvent(
+        finish=StreamEvent.StreamFinish(
+            usage=_usage(event.usage),  # type: ignore[attr-defined]
+            cost_nano_usd=event.cost_nano_usd,  # type: ignore[attr-defined]
+            budget_remaining_nano_usd=event.budget_remaining_nano_usd,  # type: ignore[attr-defined]
+            finish_reason=_FINISH_REASONS[event.finish_reason],  # type: ignore[attr-defined]
+        )
+    )
+
+
+def _usage(usage: Usage) -> router_pb2.Usage:
+    return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+
+
+def _deadline_exceeded(model: str) -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline passed", model=model)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: FaregateError) -> NoReturn:
+    code, message, trailers = error.to_grpc()
+    await context.abort(code, message, trailers)
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+async def _abort_internal(context: grpc.aio.ServicerContext) -> NoReturn:
+    trace_id = uuid.uuid4().hex
+    logger.exception("unexpected error serving a request (trace id %s)", trace_id)
+    code, message, trailers = internal_error_status(trace_id)
+    await context.abort(code, message, trailers)
+    raise AssertionError("abort returned")  # pragma: no cover
