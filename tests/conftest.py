@@ -1,0 +1,130 @@
+"""Shared fixtures: a fake upstream, test configs, and a real faregate on loopback."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from faregate_client import FaregateClient
+from faregate_server.app import RunningServer, serve
+from faregate_server.clock import Clock
+from faregate_server.config import Config, parse_config
+from tests.fakes.upstream import FakeUpstream
+
+TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-test"}
+
+
+def base_config(upstream_url: str) -> dict[str, Any]:
+    """A config dict pointing every model at the fake upstream; tests edit a copy."""
+    return {
+        "server": {"listen": "127.0.0.1:0", "default_route": "default"},
+        "models": {
+            "gpt-fake": {
+                "provider": "openai",
+                "api_base": f"{upstream_url}/v1",
+                "api_key_env": "FAKE_OPENAI_KEY",
+                "input_usd_per_mtok": 2.50,
+                "output_usd_per_mtok": 10.00,
+                "context_window_tokens": 8192,
+                "max_output_tokens": 100,
+                "workers": 8,
+                "queue": 16,
+                "idle_timeout_s": 1.0,
+            },
+            "claude-fake": {
+                "provider": "anthropic",
+                "api_base": upstream_url,
+                "api_key_env": "FAKE_ANTHROPIC_KEY",
+                "input_usd_per_mtok": 3.00,
+                "output_usd_per_mtok": 15.00,
+                "context_window_tokens": 8192,
+                "max_output_tokens": 100,
+                "workers": 8,
+                "queue": 16,
+                "idle_timeout_s": 1.0,
+            },
+            "cheap-fake": {
+                "provider": "openai",
+                "api_base": f"{upstream_url}/v1",
+                "input_usd_per_mtok": 0.15,
+                "output_usd_per_mtok": 0.60,
+                "context_window_tokens": 8192,
+                "max_output_tokens": 100,
+                "workers": 8,
+                "queue": 16,
+                "idle_timeout_s": 1.0,
+            },
+        },
+        "routes": {"default": ["gpt-fake", "cheap-fake"]},
+        "budgets": {"team": {"limit_usd": 100, "window": "none"}},
+    }
+
+
+def to_config(data: dict[str, Any]) -> Config:
+    return parse_config(yaml.safe_dump(data), env=TEST_ENV)
+
+
+@dataclass
+class Faregate:
+    """A running faregate and a typed client connected to it."""
+
+    running: RunningServer
+    client: FaregateClient
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def reserved_nano_usd(self, budget_key: str = "team") -> int:
+        return self.running.budgets.snapshot(budget_key).reserved_nano_usd
+
+    def spent_nano_usd(self, budget_key: str = "team") -> int:
+        return self.running.budgets.snapshot(budget_key).spent_nano_usd
+
+
+StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    await fake.start()
+    yield fake
+    await fake.aclose()
+
+
+@pytest.fixture
+def config_data(upstream: FakeUpstream) -> dict[str, Any]:
+    return copy.deepcopy(base_config(upstream.base_url))
+
+
+@pytest.fixture
+def start_faregate() -> StartFaregate:
+    """Starts faregate on 127.0.0.1 with a given config (and optional clock)."""
+
+    @asynccontextmanager
+    async def start(config: Config, clock: Clock | None = None) -> AsyncIterator[Faregate]:
+        async with AsyncExitStack() as stack:
+            running = await stack.enter_async_context(
+                serve(config, listen="127.0.0.1:0", clock=clock)
+            )
+            client = FaregateClient(f"127.0.0.1:{running.port}")
+            stack.push_async_callback(client.aclose)
+            yield Faregate(running, client)
+
+    return start
+
+
+@pytest.fixture
+async def faregate(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> AsyncIterator[Faregate]:
+    """faregate on the base test config."""
+    async with start_faregate(to_config(config_data)) as running:
+        yield running

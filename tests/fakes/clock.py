@@ -1,0 +1,14 @@
+"""A clock tests move by hand, so time-based behaviour is tested without sleeping."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    def __init__(self, now_s: float = 1_800_000_000.0) -> None:
+        self._now_s = now_s
+
+    def now_s(self) -> float:
+        return self._now_s
+
+    def advance(self, seconds: float) -> None:
+        self._now_s += seconds

@@ -1,0 +1,300 @@
+"""A scriptable fake upstream: a real aiohttp server speaking OpenAI's chat
+completions and Anthropic's Messages wire formats, on 127.0.0.1.
+
+Tests queue a `Script` per request (or set a default) to shape the answer:
+status and headers, text chunks and their pacing, usage or none, an error
+event or a dropped connection mid-stream, a hang before answering, or raw
+bytes written in pieces for SSE edge cases. The fake records every request
+body and the monotonic time at which each client went away before the answer
+was complete, which is how tests prove upstream cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    """How the fake answers one request."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    error_body: str = '{"error": {"message": "scripted failure", "type": "server_error"}}'
+    chunks: list[str] = field(default_factory=lambda: ["Hello", ",", " world"])
+    usage: tuple[int, int] | None = (11, 3)
+    """(input, output) tokens to report; None reports no usage at all."""
+    finish_reason: str = "stop"
+    hang_s: float = 0.0
+    """Delay before the response headers (and, when not streaming, the body)."""
+    chunk_delay_s: float = 0.0
+    """Delay before each streamed chunk after the first."""
+    stall_after: int | None = None
+    """Stop sending (but keep the connection) after this many chunks."""
+    drop_after: int | None = None
+    """Close the connection abruptly after this many chunks."""
+    error_event_after: int | None = None
+    """Send the provider's in-stream error event after this many chunks."""
+    raw_sse: list[bytes] | None = None
+    """Exact body pieces to write, each as its own TCP write, instead of chunks."""
+    usage_only_in_stream_end: bool = True
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class FakeUpstream:
+    """Start with `await fake.start()`; `fake.base_url` is then set."""
+
+    def __init__(self) -> None:
+        self.default = Script()
+        self._queued: deque[Script] = deque()
+        self.received: list[Received] = []
+        self.disconnected_at: list[float] = []
+        self.completed = 0
+        self.reported_usage: list[tuple[int, int]] = []
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    def queue(self, *scripts: Script) -> None:
+        self._queued.extend(scripts)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        # handler_cancellation: a client that goes away cancels the handler,
+        # which is when the fake records the disconnect.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.received) < count:
+                await asyncio.sleep(0.001)
+
+    async def wait_for_disconnects(self, count: int, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.disconnected_at) < count:
+                await asyncio.sleep(0.001)
+
+    def _next_script(self) -> Script:
+        return self._queued.popleft() if self._queued else self.default
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, _OpenAIFormat())
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, _AnthropicFormat())
+
+    async def _serve(self, request: web.Request, wire: _Format) -> web.StreamResponse:
+        body = await request.json()
+        self.received.append(Received(request.path, body, dict(request.headers)))
+        script = self._next_script()
+        try:
+            if script.hang_s:
+                await asyncio.sleep(script.hang_s)
+            if script.status != 200:
+                return web.Response(
+                    status=script.status,
+                    text=script.error_body,
+                    headers=script.headers,
+                    content_type="application/json",
+                )
+            if not body.get("stream"):
+                self._record_usage(script)
+                self.completed += 1
+                return web.json_response(wire.whole(body, script))
+            return await self._stream(request, body, script, wire)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnected_at.append(time.monotonic())
+            raise
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], script: Script, wire: _Format
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if script.raw_sse is not None:
+            for piece in script.raw_sse:
+                await response.write(piece)
+                await asyncio.sleep(0.002)  # separate TCP reads
+            self.completed += 1
+            return response
+        await response.write(wire.opening(body, script))
+        for index, chunk in enumerate(script.chunks):
+            if index == script.stall_after:
+                await asyncio.sleep(3600)
+            if index == script.drop_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if index == script.error_event_after:
+                await response.write(wire.error_event())
+                return response
+            if index and script.chunk_delay_s:
+                await asyncio.sleep(script.chunk_delay_s)
+            await response.write(wire.delta(chunk))
+        self._record_usage(script)
+        await response.write(wire.closing(script))
+        self.completed += 1
+        return response
+
+    def _record_usage(self, script: Script) -> None:
+        if script.usage is not None:
+            self.reported_usage.append(script.usage)
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {json.dumps(data)}\n\n".encode()
+
+
+class _Format:
+    def whole(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self, body: dict[str, Any], script: Script) -> bytes:
+        raise NotImplementedError
+
+    def delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def closing(self, script: Script) -> bytes:
+        raise NotImplementedError
+
+    def error_event(self) -> bytes:
+        raise NotImplementedError
+
+
+class _OpenAIFormat(_Format):
+    def whole(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(script.chunks)},
+                    "finish_reason": script.finish_reason,
+                }
+            ],
+        }
+        if script.usage is not None:
+            answer["usage"] = {
+                "prompt_tokens": script.usage[0],
+                "completion_tokens": script.usage[1],
+                "total_tokens": sum(script.usage),
+            }
+        return answer
+
+    def opening(self, body: dict[str, Any], script: Script) -> bytes:
+        self._model = body["model"]
+        return _sse(self._chunk({"role": "assistant", "content": ""}, None))
+
+    def delta(self, text: str) -> bytes:
+        return _sse(self._chunk({"content": text}, None))
+
+    def closing(self, script: Script) -> bytes:
+        out = _sse(self._chunk({}, script.finish_reason))
+        if script.usage is not None:
+            usage = {
+                "prompt_tokens": script.usage[0],
+                "completion_tokens": script.usage[1],
+                "total_tokens": sum(script.usage),
+            }
+            out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
+        return out + b"data: [DONE]\n\n"
+
+    def error_event(self) -> bytes:
+        return _sse({"error": {"message": "scripted mid-stream failure", "type": "server_error"}})
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+
+_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens"}
+
+
+class _AnthropicFormat(_Format):
+    def whole(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": "".join(script.chunks)}],
+            "stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn"),
+        }
+        if script.usage is not None:
+            answer["usage"] = {"input_tokens": script.usage[0], "output_tokens": script.usage[1]}
+        return answer
+
+    def opening(self, body: dict[str, Any], script: Script) -> bytes:
+        message: dict[str, Any] = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+        }
+        if script.usage is not None:
+            message["usage"] = {"input_tokens": script.usage[0], "output_tokens": 1}
+        return _sse({"type": "message_start", "message": message}, "message_start") + _sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+            "content_block_start",
+        )
+
+    def delta(self, text: str) -> bytes:
+        return _sse(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+            "content_block_delta",
+        )
+
+    def closing(self, script: Script) -> bytes:
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn")},
+        }
+        if script.usage is not None:
+            delta["usage"] = {"output_tokens": script.usage[1]}
+        return (
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            + _sse(delta, "message_delta")
+            + _sse({"type": "message_stop"}, "message_stop")
+        )
+
+    def error_event(self) -> bytes:
+        return _sse(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            "error",
+        )
