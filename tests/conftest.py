@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
-
 from faregate_client import FaregateClient
 from faregate_server.app import RunningServer, serve
 from faregate_server.clock import Clock
 from faregate_server.config import Config, parse_config
+
 from tests.fakes.upstream import FakeUpstream
 
 TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-test"}
@@ -86,6 +86,14 @@ class Faregate:
 
     def spent_nano_usd(self, budget_key: str = "team") -> int:
         return self.running.budgets.snapshot(budget_key).spent_nano_usd
+
+
+async def read_stream(stream: AsyncIterable[str], into: list[str] | None = None) -> list[str]:
+    """Reads a stream to its end, keeping each text in `into` even if it fails."""
+    texts = [] if into is None else into
+    async for text in stream:
+        texts.append(text)
+    return texts
 
 
 StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]

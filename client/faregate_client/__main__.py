@@ -39,7 +39,7 @@ async def _call(args: argparse.Namespace) -> int:
     )
     async with FaregateClient(args.target) as client:
         if args.stream:
-            stream = client.stream_route(messages, **options)  # type: ignore[arg-type]
+            stream = client.stream_route(messages, **options)
             async for text in stream:
                 print(text, end="", flush=True)
             print()
@@ -51,7 +51,7 @@ async def _call(args: argparse.Namespace) -> int:
                 finish.cost_nano_usd, finish.budget_remaining_nano_usd,
             )  # fmt: skip
         else:
-            reply = await client.route(messages, **options)  # type: ignore[arg-type]
+            reply = await client.route(messages, **options)
             print(reply.output)
             summary = (
                 reply.model_used, reply.usage.input_tokens, reply.usage.output_tokens,

@@ -100,17 +100,15 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> FaregateError:
         if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
         for detail in status_pb2.Status.FromString(value).details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+            # Unpack answers False when the detail is of another type.
+            info = error_details_pb2.ErrorInfo()
+            bad_request = error_details_pb2.BadRequest()
+            retry_info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
+            elif detail.Unpack(bad_request):
                 violations = {v.field: v.description for v in bad_request.field_violations}
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry_info = error_details_pb2.RetryInfo()
-                detail.Unpack(retry_info)
+            elif detail.Unpack(retry_info):
                 retry_after_s = retry_info.retry_delay.ToNanoseconds() / 1e9
     code = error.code()
     typed = _BY_CODE.get(code, Internal)(code, reason, error.details() or "", metadata)

@@ -16,7 +16,7 @@ arrives as cancellation, which settles like any other interruption.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 from faregate_server.budgets import BudgetStore
@@ -80,7 +80,9 @@ class Gateway:
             request_id=plan.request_id,
         )
 
-    async def stream(self, call: RouteCall) -> AsyncIterator[StreamStarted | str | StreamFinished]:
+    async def stream(
+        self, call: RouteCall
+    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
         """Serves one request as a StreamStarted, text chunks, then a StreamFinished.
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
@@ -100,11 +102,11 @@ class Gateway:
                 end: StreamEnd | None = None
                 async with aclosing(deployment.provider.stream(plan.upstream_request)) as chunks:
                     async for chunk in chunks:
-                        if type(chunk) is str:
+                        if isinstance(chunk, str):
                             delivered.append(chunk)
                             yield chunk
                         else:
-                            end = chunk  # type: ignore[assignment]
+                            end = chunk
             assert end is not None, "a provider stream ends with StreamEnd"
             usage = end.usage or self._counted_usage(plan, delivered)
             cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)

@@ -19,7 +19,15 @@ import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
 from faregate_server.config import ServerConfig
-from faregate_server.domain import ChatMessage, FinishReason, Role, RouteCall, StreamStarted, Usage
+from faregate_server.domain import (
+    ChatMessage,
+    FinishReason,
+    Role,
+    RouteCall,
+    StreamFinished,
+    StreamStarted,
+    Usage,
+)
 from faregate_server.errors import (
     DeadlineExceeded,
     FaregateError,
@@ -46,6 +54,9 @@ _MAX_TEMPERATURE = 2.0
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
 StreamEvent = router_pb2.StreamRouteResponse
+RouteContext = grpc.aio.ServicerContext[router_pb2.RouteRequest, router_pb2.RouteResponse]
+StreamContext = grpc.aio.ServicerContext[router_pb2.StreamRouteRequest, StreamEvent]
+AnyContext = RouteContext | StreamContext
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -54,7 +65,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._settings = settings
 
     async def Route(
-        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         try:
             call = self._to_call(request)
@@ -78,8 +89,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=result.request_id,
         )
 
-    async def StreamRoute(
-        self, request: router_pb2.StreamRouteRequest, context: grpc.aio.ServicerContext
+    async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
+        self, request: router_pb2.StreamRouteRequest, context: StreamContext
     ) -> None:
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
@@ -98,8 +109,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except Exception:
             await _abort_internal(context)
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        remaining_s = context.time_remaining()
+    def _deadline(self, context: AnyContext) -> float:
+        remaining_s: float | None = context.time_remaining()
         if remaining_s is None:
             remaining_s = self._settings.default_deadline_s
         return asyncio.get_running_loop().time() + remaining_s
@@ -150,8 +161,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
 
-def _stream_event(event: StreamStarted | str | object) -> StreamEvent:
-    if type(event) is str:
+def _stream_event(event: StreamStarted | str | StreamFinished) -> StreamEvent:
+    if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, StreamStarted):
         return StreamEvent(
@@ -164,10 +175,10 @@ def _stream_event(event: StreamStarted | str | object) -> StreamEvent:
         )
     return StreamEvent(
         finish=StreamEvent.StreamFinish(
-            usage=_usage(event.usage),  # type: ignore[attr-defined]
-            cost_nano_usd=event.cost_nano_usd,  # type: ignore[attr-defined]
-            budget_remaining_nano_usd=event.budget_remaining_nano_usd,  # type: ignore[attr-defined]
-            finish_reason=_FINISH_REASONS[event.finish_reason],  # type: ignore[attr-defined]
+            usage=_usage(event.usage),
+            cost_nano_usd=event.cost_nano_usd,
+            budget_remaining_nano_usd=event.budget_remaining_nano_usd,
+            finish_reason=_FINISH_REASONS[event.finish_reason],
         )
     )
 
@@ -180,13 +191,13 @@ def _deadline_exceeded(model: str) -> DeadlineExceeded:
     return DeadlineExceeded("the request's deadline passed", model=model)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: FaregateError) -> NoReturn:
+async def _abort(context: AnyContext, error: FaregateError) -> NoReturn:
     code, message, trailers = error.to_grpc()
     await context.abort(code, message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-async def _abort_internal(context: grpc.aio.ServicerContext) -> NoReturn:
+async def _abort_internal(context: AnyContext) -> NoReturn:
     trace_id = uuid.uuid4().hex
     logger.exception("unexpected error serving a request (trace id %s)", trace_id)
     code, message, trailers = internal_error_status(trace_id)

@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import (
     FailedPrecondition,
@@ -17,7 +16,8 @@ from faregate_client import (
     StreamInterrupted,
     Unavailable,
 )
-from tests.conftest import Faregate, StartFaregate, to_config
+
+from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 
 USER = router_pb2.ROLE_USER
@@ -171,12 +171,11 @@ async def test_error_event_mid_stream_aborts_and_charges_the_delivered_part(
     faregate: Faregate, upstream: FakeUpstream, model: str
 ) -> None:
     upstream.default = Script(chunks=["a", "b", "c", "d"], error_event_after=2)
-    received = []
+    received: list[str] = []
 
     stream = faregate.client.stream_route("go", budget_key="team", model=model)
     with pytest.raises(StreamInterrupted) as caught:
-        async for text in stream:
-            received.append(text)
+        await read_stream(stream, received)
 
     assert received == ["a", "b"]
     assert caught.value.reason == "STREAM_INTERRUPTED"
@@ -216,11 +215,11 @@ async def test_stream_stalled_between_tokens_is_cut_and_charged_for_what_it_deli
     faregate: Faregate, upstream: FakeUpstream
 ) -> None:
     upstream.default = Script(chunks=["a", "b", "c"], stall_after=2)  # idle_timeout_s is 1.0
-    received = []
+    received: list[str] = []
 
+    stream = faregate.client.stream_route("go", budget_key="team", model="gpt-fake")
     with pytest.raises(StreamInterrupted):
-        async for text in faregate.client.stream_route("go", budget_key="team", model="gpt-fake"):
-            received.append(text)
+        await read_stream(stream, received)
 
     assert received == ["a", "b"]
     # Input counted by tiktoken plus two delivered tokens, at gpt-fake's prices.

@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ class Script:
     usage: tuple[int, int] | None = (11, 3)
     """(input, output) tokens to report; None reports no usage at all."""
     finish_reason: str = "stop"
+    gate: asyncio.Event | None = None
+    """When set, the answer waits until the test sets this event."""
     hang_s: float = 0.0
     """Delay before the response headers (and, when not streaming, the body)."""
     chunk_delay_s: float = 0.0
@@ -65,6 +68,7 @@ class FakeUpstream:
         self.completed = 0
         self.reported_usage: list[tuple[int, int]] = []
         self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Event()
         self.base_url = ""
 
     def queue(self, *scripts: Script) -> None:
@@ -88,14 +92,16 @@ class FakeUpstream:
             await self._runner.cleanup()
 
     async def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while len(self.received) < count:
-                await asyncio.sleep(0.001)
+        await self._wait_until(lambda: len(self.received) >= count, timeout_s)
 
     async def wait_for_disconnects(self, count: int, timeout_s: float = 5.0) -> None:
+        await self._wait_until(lambda: len(self.disconnected_at) >= count, timeout_s)
+
+    async def _wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
-            while len(self.disconnected_at) < count:
-                await asyncio.sleep(0.001)
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
 
     def _next_script(self) -> Script:
         return self._queued.popleft() if self._queued else self.default
@@ -109,8 +115,11 @@ class FakeUpstream:
     async def _serve(self, request: web.Request, wire: _Format) -> web.StreamResponse:
         body = await request.json()
         self.received.append(Received(request.path, body, dict(request.headers)))
+        self._changed.set()
         script = self._next_script()
         try:
+            if script.gate is not None:
+                await script.gate.wait()
             if script.hang_s:
                 await asyncio.sleep(script.hang_s)
             if script.status != 200:
@@ -127,6 +136,7 @@ class FakeUpstream:
             return await self._stream(request, body, script, wire)
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnected_at.append(time.monotonic())
+            self._changed.set()
             raise
 
     async def _stream(

@@ -10,7 +10,7 @@ named events: `message_start` (input usage), `content_block_delta` (text),
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -88,7 +88,7 @@ class AnthropicProvider:
                 else None,
             )
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         input_tokens: int | None = None
         output_tokens: int | None = None
         finish_reason = FinishReason.UNSPECIFIED

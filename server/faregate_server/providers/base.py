@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Protocol
@@ -57,7 +57,7 @@ class Provider(Protocol):
         """The whole answer at once."""
         ...
 
-    def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+    def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Text chunks as they arrive, then exactly one StreamEnd.
 
         Consume inside `contextlib.aclosing` so that leaving early closes the

@@ -8,7 +8,7 @@ end is `data: [DONE]`. An error object inside the stream is an upstream failure.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -68,7 +68,7 @@ class OpenAIProvider:
                 usage=_usage(answer.get("usage")),
             )
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         finish_reason = FinishReason.UNSPECIFIED
         usage: Usage | None = None
         finished = False

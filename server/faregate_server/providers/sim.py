@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
@@ -39,7 +39,7 @@ class SimProvider:
         assert end.usage is not None
         return Completion("".join(chunks), end.finish_reason, end.usage)
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         settings = self._settings
         if settings.failure_rate and self._rng.random() < settings.failure_rate:
             raise UpstreamError(

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from faregate_server.config import BudgetWindow, ConfigError, load_config, parse_config
+
+from tests.conftest import TEST_ENV, base_config
+
+
+def test_embedded_default_config_serves_a_demo_budget_with_sim_models() -> None:
+    config = load_config()
+
+    assert config.budgets["demo"].window is BudgetWindow.DAILY
+    assert {model.provider.value for model in config.models.values()} == {"sim"}
+    assert config.routes[config.server.default_route]
+    assert config.server.listen == "127.0.0.1:50051"
+
+
+def test_prices_and_limits_become_integer_nano_usd() -> None:
+    config = parse_config(yaml.safe_dump(base_config("http://127.0.0.1:1")), env=TEST_ENV)
+
+    assert config.models["cheap-fake"].price.input_nano_usd_per_mtok == 150_000_000
+    assert config.budgets["team"].limit_nano_usd == 100_000_000_000
+
+
+def _broken(change: dict[str, Any]) -> str:
+    data = base_config("http://127.0.0.1:1")
+    for path, value in change.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"models.gpt-fake.workers": 0}, "models.gpt-fake.workers: must be an integer >= 1"),
+        ({"models.gpt-fake.provider": "bard"}, "models.gpt-fake.provider: must be one of"),
+        ({"models.gpt-fake.input_usd_per_mtok": "cheap"}, "models.gpt-fake.input_usd_per_mtok"),
+        ({"models.gpt-fake.api_key_env": "NOT_SET_ANYWHERE"}, "NOT_SET_ANYWHERE is not set"),
+        ({"models.gpt-fake.colour": "blue"}, "models.gpt-fake.colour: unknown field"),
+        ({"models.gpt-fake.max_output_tokens": 9000}, "must be smaller than context_window"),
+        (
+            {"routes.default": ["gpt-fake", "gpt-9"]},
+            "routes.default[1]: 'gpt-9' is not a configured",
+        ),
+        ({"routes.gpt-fake": ["cheap-fake"]}, "routes.gpt-fake: a model has the same name"),
+        ({"budgets.team.window": "weekly"}, "budgets.team.window: must be one of"),
+        ({"budgets.team.limit_usd": -3}, "budgets.team.limit_usd"),
+        ({"server.default_route": "nowhere"}, "server.default_route"),
+        ({"server.listen": 50051}, "server.listen: must be a string"),
+    ],
+)
+def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(_broken(change), env=TEST_ENV)
+
+
+def test_api_keys_stay_out_of_reprs() -> None:
+    config = parse_config(yaml.safe_dump(base_config("http://127.0.0.1:1")), env=TEST_ENV)
+
+    assert "sk-test-openai" not in repr(config)
+
+
+def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
