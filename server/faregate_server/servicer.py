@@ -71,12 +71,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             call = self._to_call(request)
             async with asyncio.timeout_at(self._deadline(context)):
                 result = await self._gateway.route(call)
-        except FaregateError as error:
-            await _abort(context, error)
-        except TimeoutError:
-            await _abort(context, _deadline_exceeded(request.model))
-        except Exception:
-            await _abort_internal(context)
+        except Exception as error:
+            await _abort(context, error, request.model)
         return router_pb2.RouteResponse(
             output=result.output,
             finish_reason=_FINISH_REASONS[result.finish_reason],
@@ -102,12 +98,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ):
                 async for event in events:
                     await context.write(_stream_event(event))
-        except FaregateError as error:
-            await _abort(context, error)
-        except TimeoutError:
-            await _abort(context, _deadline_exceeded(request.model))
-        except Exception:
-            await _abort_internal(context)
+        except Exception as error:
+            await _abort(context, error, request.model)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -187,19 +179,15 @@ def _usage(usage: Usage) -> router_pb2.Usage:
     return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
-def _deadline_exceeded(model: str) -> DeadlineExceeded:
-    return DeadlineExceeded("the request's deadline passed", model=model)
-
-
-async def _abort(context: AnyContext, error: FaregateError) -> NoReturn:
-    code, message, trailers = error.to_grpc()
-    await context.abort(code, message, trailers)
-    raise AssertionError("abort returned")  # pragma: no cover
-
-
-async def _abort_internal(context: AnyContext) -> NoReturn:
-    trace_id = uuid.uuid4().hex
-    logger.exception("unexpected error serving a request (trace id %s)", trace_id)
-    code, message, trailers = internal_error_status(trace_id)
+async def _abort(context: AnyContext, error: Exception, model: str) -> NoReturn:
+    """Ends the call with the status for error: the one place errors meet the wire."""
+    if isinstance(error, TimeoutError):
+        error = DeadlineExceeded("the request's deadline passed", model=model)
+    if isinstance(error, FaregateError):
+        code, message, trailers = error.to_grpc()
+    else:
+        trace_id = uuid.uuid4().hex
+        logger.error("unexpected error serving a request (trace id %s)", trace_id, exc_info=error)
+        code, message, trailers = internal_error_status(trace_id)
     await context.abort(code, message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover

@@ -25,9 +25,9 @@ from faregate_server.domain import (
     Usage,
 )
 from faregate_server.providers.base import (
+    JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
-    error_from_response,
     translate_transport_errors,
 )
 from faregate_server.providers.sse import iter_sse
@@ -49,31 +49,12 @@ class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
 
     def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
-        self._session = session
-        self._url = f"{model.api_base}/v1/messages"
-        self._headers = {
-            "Content-Type": "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
-            "x-api-key": model.api_key or "",
-        }
-        self._whole_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=model.connect_timeout_s
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
-        )
+        headers = {"anthropic-version": ANTHROPIC_VERSION, "x-api-key": model.api_key or ""}
+        self._endpoint = JsonEndpoint(session, f"{model.api_base}/v1/messages", headers, model)
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         with translate_transport_errors():
-            async with self._session.post(
-                self._url,
-                data=json.dumps(_body(request, stream=False)),
-                headers=self._headers,
-                timeout=self._whole_timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await error_from_response(response)
-                answer = json.loads(await response.read())
+            answer = await self._endpoint.post(_body(request, stream=False))
             text = "".join(
                 block.get("text", "") for block in answer["content"] if block["type"] == "text"
             )
@@ -94,14 +75,7 @@ class AnthropicProvider:
         finish_reason = FinishReason.UNSPECIFIED
         stopped = False
         with translate_transport_errors():
-            async with self._session.post(
-                self._url,
-                data=json.dumps(_body(request, stream=True)),
-                headers=self._headers,
-                timeout=self._stream_timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await error_from_response(response)
+            async with self._endpoint.open_stream(_body(request, stream=True)) as response:
                 async for event in iter_sse(response.content):
                     kind = event.event
                     if kind == "content_block_delta":

@@ -8,14 +8,16 @@ once, by `translate_transport_errors`.
 from __future__ import annotations
 
 import email.utils
+import json
 import time
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
+from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
 
 
@@ -64,6 +66,53 @@ class Provider(Protocol):
         upstream connection at once.
         """
         ...
+
+
+class JsonEndpoint:
+    """One upstream URL taking JSON POSTs, with a model's connect and idle timeouts.
+
+    Whole answers get no read timeout (the caller's deadline bounds them);
+    streams get the model's idle timeout between reads.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        headers: Mapping[str, str],
+        model: ModelConfig,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._headers = {"Content-Type": "application/json", **headers}
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
+        )
+
+    async def post(self, body: Mapping[str, Any]) -> Any:
+        """POSTs body and returns the decoded JSON answer."""
+        async with self._session.post(
+            self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
+        ) as response:
+            if response.status != 200:
+                raise await error_from_response(response)
+            return json.loads(await response.read())
+
+    @asynccontextmanager
+    async def open_stream(self, body: Mapping[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POSTs body and yields the successful response for reading as it arrives.
+
+        Leaving the block early, cancellation included, closes the connection.
+        """
+        async with self._session.post(
+            self._url, data=json.dumps(body), headers=self._headers, timeout=self._stream_timeout
+        ) as response:
+            if response.status != 200:
+                raise await error_from_response(response)
+            yield response
 
 
 async def error_from_response(response: aiohttp.ClientResponse) -> UpstreamError:

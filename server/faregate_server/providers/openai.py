@@ -16,9 +16,9 @@ import aiohttp
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
 from faregate_server.providers.base import (
+    JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
-    error_from_response,
     translate_transport_errors,
 )
 from faregate_server.providers.sse import iter_sse
@@ -36,29 +36,12 @@ class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
 
     def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
-        self._session = session
-        self._url = f"{model.api_base}/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if model.api_key:
-            self._headers["Authorization"] = f"Bearer {model.api_key}"
-        self._whole_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=model.connect_timeout_s
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
-        )
+        headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
+        self._endpoint = JsonEndpoint(session, f"{model.api_base}/chat/completions", headers, model)
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         with translate_transport_errors():
-            async with self._session.post(
-                self._url,
-                data=json.dumps(_body(request, stream=False)),
-                headers=self._headers,
-                timeout=self._whole_timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await error_from_response(response)
-                answer = json.loads(await response.read())
+            answer = await self._endpoint.post(_body(request, stream=False))
             choice = answer["choices"][0]
             return Completion(
                 text=choice["message"].get("content") or "",
@@ -73,14 +56,7 @@ class OpenAIProvider:
         usage: Usage | None = None
         finished = False
         with translate_transport_errors():
-            async with self._session.post(
-                self._url,
-                data=json.dumps(_body(request, stream=True)),
-                headers=self._headers,
-                timeout=self._stream_timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await error_from_response(response)
+            async with self._endpoint.open_stream(_body(request, stream=True)) as response:
                 async for event in iter_sse(response.content):
                     if event.data == "[DONE]":
                         finished = True
