@@ -1,0 +1,41 @@
+"""`make bench`: faregate measured beside a bare grpc.aio pass-through (not a test).
+
+Method. Four servers on 127.0.0.1, each its own process started by the bench:
+
+- a fake OpenAI-compatible upstream (`upstream.py`, aiohttp, no artificial
+  delays except for the model "slow");
+- faregate itself (`faregate serve` on the config of `faregate_config.py`);
+- the baseline (`passthrough.py`): the same `faregate.v1.RouterService` with
+  no logic at all, forwarding to the upstream over one shared aiohttp session;
+- faregate on its embedded default config, for the memory goal only.
+
+The machine has two cores. The servers under test are pinned to core 0; the
+upstream and the load generator (this process: raw grpc.aio stubs over one
+channel per server) share core 1. Every load is a closed loop bounded in count
+and time (`load.py`). The figures (`rounds.py`):
+
+- CPU per unary Route and per relayed stream token: the server process's own
+  utime+stime (/proc/PID/stat, all threads) over a batch, divided by the
+  requests, or by the delta messages received. This is the stable figure. It
+  is taken at concurrency 1 (each request pays its wake-ups alone) and 16
+  (the server core is saturated and wake-ups are shared).
+- Max unary requests/s: a closed loop at concurrency 64 for a fixed time; the
+  busy share of each core is printed beside it, so a run where the load side
+  rather than the server was the bottleneck shows as such.
+- Added latency: p50/p99 end-to-end through a server minus the same
+  percentile of calling the upstream directly with aiohttp at the same
+  concurrency, in the same round.
+- Peak RSS: VmHWM from /proc/PID/status.
+- Overload (`overload.py`): a burst at a model with a tiny pool; how many are
+  rejected with UNAVAILABLE / POOL_SATURATED and how fast.
+
+Measurements are interleaved: each round runs every phase against faregate,
+the pass-through and (for latency) the direct baseline back to back, and the
+server order flips every round (ABBA), so a comparison is between neighbours
+in time. Each figure is the median over rounds, printed with its range; each
+faregate/pass-through comparison is the median of the per-round ratios or
+differences. The report also says how much CPU other processes used
+meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
+but the bench exits 0 either way: it reports, it does not gate. Nothing here
+is collected by pytest, and importing any module has no side effects.
+"""

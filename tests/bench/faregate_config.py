@@ -1,0 +1,51 @@
+"""The config faregate is benchmarked with, written to a file for `faregate serve`.
+
+`bench` is an openai model on the fake upstream with workers and a waiting
+room well above the bench's highest concurrency (64), behind a budget that
+cannot run out, so nothing but faregate's own work is measured. `slow` has a
+tiny pool (2 workers, 2 waiting) for the overload measurement; the upstream
+delays its answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.bench.load import BENCH_BUDGET, BENCH_MODEL
+from tests.bench.upstream import SLOW_MODEL
+
+SLOW_WORKERS = 2
+SLOW_QUEUE = 2
+
+
+def _openai_model(api_base: str, *, workers: int, queue: int) -> dict[str, Any]:
+    return {
+        "provider": "openai",
+        "api_base": api_base,
+        "input_usd_per_mtok": 1.00,
+        "output_usd_per_mtok": 2.00,
+        "context_window_tokens": 32768,
+        "max_output_tokens": 1024,
+        "workers": workers,
+        "queue": queue,
+    }
+
+
+def bench_config(api_base: str) -> dict[str, Any]:
+    """The config as a YAML-ready mapping; api_base is the upstream's, ending in /v1."""
+    return {
+        "server": {"listen": "127.0.0.1:0", "default_route": BENCH_MODEL},
+        "models": {
+            BENCH_MODEL: _openai_model(api_base, workers=256, queue=1024),
+            SLOW_MODEL: _openai_model(api_base, workers=SLOW_WORKERS, queue=SLOW_QUEUE),
+        },
+        "budgets": {BENCH_BUDGET: {"limit_usd": 1_000_000, "window": "none"}},
+    }
+
+
+def write_bench_config(path: Path, api_base: str) -> Path:
+    path.write_text(yaml.safe_dump(bench_config(api_base), sort_keys=False))
+    return path
