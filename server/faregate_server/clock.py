@@ -1,4 +1,4 @@
-"""Wall-clock time behind a seam, so budget windows can be tested without sleeping."""
+"""Time behind a seam, so windows, cool-downs and breakers are tested without sleeping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ class Clock(Protocol):
     """Tells the current wall-clock time."""
 
     def now_s(self) -> float:
-        """Seconds since the Unix epoch."""
+        """Seconds since the Unix epoch (for calendar windows)."""
+        ...
+
+    def monotonic_s(self) -> float:
+        """Seconds on a clock that never jumps (for durations and cool-downs)."""
         ...
 
 
@@ -19,3 +23,6 @@ class SystemClock:
 
     def now_s(self) -> float:
         return time.time()
+
+    def monotonic_s(self) -> float:
+        return time.monotonic()

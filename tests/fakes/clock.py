@@ -6,9 +6,14 @@ from __future__ import annotations
 class FakeClock:
     def __init__(self, now_s: float = 1_800_000_000.0) -> None:
         self._now_s = now_s
+        self._monotonic_s = 1_000.0
 
     def now_s(self) -> float:
         return self._now_s
 
+    def monotonic_s(self) -> float:
+        return self._monotonic_s
+
     def advance(self, seconds: float) -> None:
         self._now_s += seconds
+        self._monotonic_s += seconds
