@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,8 @@ import yaml
 from faregate_client import FaregateClient
 from faregate_server.app import RunningServer, serve
 from faregate_server.clock import Clock
-from faregate_server.config import Config, parse_config
+from faregate_server.config import Config
+from faregate_server.config_loader import parse_config
 
 from tests.fakes.upstream import FakeUpstream
 
@@ -31,6 +34,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "api_key_env": "FAKE_OPENAI_KEY",
                 "input_usd_per_mtok": 2.50,
                 "output_usd_per_mtok": 10.00,
+                "quality": 0.9,
                 "context_window_tokens": 8192,
                 "max_output_tokens": 100,
                 "workers": 8,
@@ -43,6 +47,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "api_key_env": "FAKE_ANTHROPIC_KEY",
                 "input_usd_per_mtok": 3.00,
                 "output_usd_per_mtok": 15.00,
+                "quality": 0.95,
                 "context_window_tokens": 8192,
                 "max_output_tokens": 100,
                 "workers": 8,
@@ -54,6 +59,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "api_base": f"{upstream_url}/v1",
                 "input_usd_per_mtok": 0.15,
                 "output_usd_per_mtok": 0.60,
+                "quality": 0.2,
                 "context_window_tokens": 8192,
                 "max_output_tokens": 100,
                 "workers": 8,
@@ -63,6 +69,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         },
         "routes": {"default": ["gpt-fake", "cheap-fake"]},
         "budgets": {"team": {"limit_usd": 100, "window": "none"}},
+        # One attempt: these tests see each upstream failure as it is; retry
+        # tests turn retries on.
+        "retries": {"max_attempts": 1},
     }
 
 
@@ -117,10 +126,18 @@ def start_faregate() -> StartFaregate:
     """Starts faregate on 127.0.0.1 with a given config (and optional clock)."""
 
     @asynccontextmanager
-    async def start(config: Config, clock: Clock | None = None) -> AsyncIterator[Faregate]:
+    async def start(
+        config: Config, clock: Clock | None = None, config_path: Path | None = None
+    ) -> AsyncIterator[Faregate]:
         async with AsyncExitStack() as stack:
             running = await stack.enter_async_context(
-                serve(config, listen="127.0.0.1:0", clock=clock)
+                serve(
+                    config,
+                    listen="127.0.0.1:0",
+                    clock=clock,
+                    config_path=config_path,
+                    rng=random.Random(7),
+                )
             )
             client = FaregateClient(f"127.0.0.1:{running.port}")
             stack.push_async_callback(client.aclose)

@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 import yaml
-from faregate_server.config import BudgetWindow, ConfigError, load_config, parse_config
+from faregate_server.config import BudgetWindow, ConfigError
+from faregate_server.config_loader import load_config, parse_config
 
 from tests.conftest import TEST_ENV, base_config
 

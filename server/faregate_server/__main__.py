@@ -7,10 +7,12 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from faregate_server import __version__
 from faregate_server.app import serve
-from faregate_server.config import Config, ConfigError, load_config
+from faregate_server.config import Config, ConfigError
+from faregate_server.config_loader import load_config
 
 logger = logging.getLogger("faregate")
 
@@ -35,20 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"faregate: bad config: {error}", file=sys.stderr)
         return 2
+    path = Path(args.config) if args.config else None
     try:
-        asyncio.run(_serve_until_signalled(config, args.listen))
+        asyncio.run(_serve_until_signalled(config, args.listen, path))
     except OSError as error:
         print(f"faregate: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve_until_signalled(config: Config, listen: str | None) -> None:
+async def _serve_until_signalled(config: Config, listen: str | None, path: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, listen=listen) as running:
+    async with serve(config, listen=listen, config_path=path) as running:
+        loop.add_signal_handler(signal.SIGHUP, running.reloader.reload)
         host = (listen or config.server.listen).rsplit(":", 1)[0]
         logger.info(
             "faregate %s serving on %s:%d (%d models, %d routes, %d budgets)",

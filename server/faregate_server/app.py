@@ -9,10 +9,13 @@ down in reverse.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -25,7 +28,9 @@ from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
 from faregate_server.gateway import Gateway
+from faregate_server.limits import LimitPools
 from faregate_server.planner import Planner
+from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 
 logger = logging.getLogger(__name__)
@@ -42,16 +47,37 @@ class RunningServer:
     """A serving faregate, for the command line and for tests."""
 
     port: int
-    config: Config
     budgets: MemoryBudgetStore
-    catalog: Catalog
+    limits: LimitPools
+    gateway: Gateway
+    reloader: Reloader
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.gateway.catalog
 
 
 @asynccontextmanager
 async def serve(
-    config: Config, *, listen: str | None = None, clock: Clock | None = None
+    config: Config,
+    *,
+    listen: str | None = None,
+    clock: Clock | None = None,
+    config_path: Path | None = None,
+    rng: random.Random | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """Serves `config` until the context exits; `listen` overrides server.listen."""
+    """Serves `config` until the context exits.
+
+    Args:
+        config: The validated config.
+        listen: Overrides server.listen.
+        clock: Time for windows, cool-downs and breakers (the real clock by default).
+        config_path: The file `config` came from, watched for changes and read
+            again on reload; None for the embedded config.
+        rng: Randomness for canary splits, tie-breaking and jitter.
+    """
+    clock = clock or SystemClock()
+    rng = rng or random.Random()
     async with AsyncExitStack() as stack:
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
@@ -60,9 +86,17 @@ async def serve(
         )
         stack.push_async_callback(session.close)
 
-        catalog = Catalog(config, session)
-        budgets = MemoryBudgetStore(config.budgets.values(), clock or SystemClock())
-        gateway = Gateway(Planner(catalog, budgets), budgets)
+        catalog = Catalog(config, session, clock)
+        budgets = MemoryBudgetStore(config.budgets.values(), clock)
+        limits = LimitPools(config.limit_pools, clock)
+        gateway = Gateway(catalog, Planner(budgets, limits, clock, rng), clock, rng)
+        reloader = Reloader(config_path, gateway, budgets, limits, session, clock)
+        # Background loops live in the server's task group; each is cancelled
+        # (callbacks run last-in, first-out) before the group waits for it.
+        background = await stack.enter_async_context(asyncio.TaskGroup())
+        if config_path is not None and config.server.reload_poll_s > 0:
+            watcher = background.create_task(reloader.watch(config.server.reload_poll_s))
+            stack.callback(watcher.cancel)
 
         server = grpc.aio.server(
             options=[
@@ -89,4 +123,6 @@ async def serve(
         for service in ("", ROUTER_SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
-        yield RunningServer(port=port, config=config, budgets=budgets, catalog=catalog)
+        yield RunningServer(
+            port=port, budgets=budgets, limits=limits, gateway=gateway, reloader=reloader
+        )

@@ -14,17 +14,15 @@ each one atomic under asyncio.
 
 from __future__ import annotations
 
-import calendar
 import itertools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 from faregate_server.clock import Clock
-from faregate_server.config import BudgetConfig, BudgetWindow
+from faregate_server.config import BudgetConfig
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
+from faregate_server.windows import next_reset_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +77,6 @@ class BudgetStore(Protocol):
         ...
 
 
-def next_reset_s(window: BudgetWindow, now_s: float) -> float:
-    """The Unix time at which a window that contains now_s ends."""
-    if window is BudgetWindow.NONE:
-        return math.inf
-    if window is BudgetWindow.HOURLY:
-        return (now_s // 3600 + 1) * 3600
-    if window is BudgetWindow.DAILY:
-        return (now_s // 86400 + 1) * 86400
-    now = datetime.fromtimestamp(now_s, UTC)
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
-
-
 class _Account:
     __slots__ = ("config", "reserved", "resets_at_s", "spent")
 
@@ -118,6 +103,8 @@ class MemoryBudgetStore:
         self._clock = clock
         now_s = clock.now_s()
         self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
+        # Budgets a reload removed, kept so reservations in flight still settle.
+        self._retired: dict[str, _Account] = {}
         self._ids = itertools.count(1)
 
     async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
@@ -129,14 +116,14 @@ class MemoryBudgetStore:
         return Reservation(budget_key, amount_nano_usd, next(self._ids))
 
     async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
-        account = self._account(reservation.budget_key)
+        account = self._held(reservation)
         account.roll(self._clock.now_s())
         account.reserved -= reservation.amount_nano_usd
         account.spent += cost_nano_usd
         return account.remaining
 
     async def release(self, reservation: Reservation) -> int:
-        account = self._account(reservation.budget_key)
+        account = self._held(reservation)
         account.roll(self._clock.now_s())
         account.reserved -= reservation.amount_nano_usd
         return account.remaining
@@ -157,6 +144,30 @@ class MemoryBudgetStore:
 
     def keys(self) -> list[str]:
         return list(self._accounts)
+
+    def reconfigure(self, budgets: Iterable[BudgetConfig]) -> None:
+        """Adopts new budget configs; a budget that keeps its key keeps its spend."""
+        now_s = self._clock.now_s()
+        accounts = {}
+        for budget in budgets:
+            account = self._accounts.get(budget.key)
+            if account is None:
+                account = _Account(budget, now_s)
+            elif account.config.window != budget.window:
+                account.config = budget
+                account.resets_at_s = next_reset_s(budget.window, now_s)
+            else:
+                account.config = budget
+            accounts[budget.key] = account
+        self._retired.update(
+            (key, account) for key, account in self._accounts.items() if key not in accounts
+        )
+        self._accounts = accounts
+
+    def _held(self, reservation: Reservation) -> _Account:
+        # A reload may have removed the budget while this request was in flight.
+        account = self._accounts.get(reservation.budget_key)
+        return account or self._retired[reservation.budget_key]
 
     def _account(self, budget_key: str) -> _Account:
         account = self._accounts.get(budget_key)

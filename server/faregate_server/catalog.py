@@ -1,31 +1,70 @@
-"""The configured models, built once: each with its provider, pool and tokenizer.
+"""The configured models, built once: each with its provider, pool, tokenizer
+and live health; and the routes over them.
 
-`Catalog.resolve` turns a request's `model` (a model name, a route alias, or
-empty for the default route) into its candidates, preferred first.
+A `Catalog` is immutable once built. A config reload builds a new one that
+reuses the `Deployment` of every model whose config did not change, so its
+pool, breaker, latency history and retry budget carry over, while requests in
+flight keep the catalog they started with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import aiohttp
 
-from faregate_server.config import Config, ModelConfig, ProviderKind
+from faregate_server.clock import Clock
+from faregate_server.config import (
+    Config,
+    ModelConfig,
+    ProviderKind,
+    RetryConfig,
+    RouteConfig,
+    RouteSlot,
+)
 from faregate_server.errors import ModelNotFound
+from faregate_server.health import CircuitBreaker, LatencyTracker, RetryBudget
 from faregate_server.pools import ModelPool
 from faregate_server.providers import Provider, build_provider
 from faregate_server.tokens import EstimatingCounter, TiktokenCounter, TokenCounter
 
 
-@dataclass(frozen=True, slots=True)
 class Deployment:
-    """One configured model, ready to serve."""
+    """One configured model, ready to serve, with the live state the router reads."""
 
-    config: ModelConfig
-    provider: Provider
-    pool: ModelPool
-    counter: TokenCounter
+    __slots__ = (
+        "breaker",
+        "config",
+        "cooldown_until_s",
+        "counter",
+        "latency",
+        "pool",
+        "provider",
+        "retry_budget",
+    )
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        provider: Provider,
+        counter: TokenCounter,
+        retries: RetryConfig,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.counter = counter
+        self.pool = ModelPool(config.name, config.workers, config.queue)
+        self.breaker = CircuitBreaker(config.name, config.breaker, clock)
+        self.latency = LatencyTracker()
+        self.retry_budget = RetryBudget(
+            ratio=retries.budget_ratio,
+            min_retries_per_window=retries.budget_min_retries,
+            window_s=retries.budget_window_s,
+            clock=clock,
+        )
+        self.cooldown_until_s = 0.0
+        """Monotonic time until which an upstream 429 keeps this model out of rotation."""
 
     @property
     def name(self) -> str:
@@ -35,37 +74,49 @@ class Deployment:
 class Catalog:
     """Maps names and route aliases to deployments."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        previous: Catalog | None = None,
+    ) -> None:
         counters: dict[ProviderKind, TokenCounter] = {}
         deployments: dict[str, Deployment] = {}
+        kept = previous.deployments if previous is not None else {}
         for model in config.models.values():
+            old = kept.get(model.name)
+            if old is not None and old.config == model:
+                deployments[model.name] = old
+                continue
             counter = counters.get(model.provider)
             if counter is None:
                 counter = counters[model.provider] = _counter_for(model.provider)
             deployments[model.name] = Deployment(
-                config=model,
-                provider=build_provider(model, session),
-                pool=ModelPool(model.name, model.workers, model.queue),
-                counter=counter,
+                model, build_provider(model, session), counter, config.retries, clock
             )
+        self.config = config
         self.deployments: Mapping[str, Deployment] = deployments
-        self._candidates: dict[str, tuple[Deployment, ...]] = {
-            name: (deployment,) for name, deployment in deployments.items()
+        self._routes: dict[str, RouteConfig] = {
+            name: RouteConfig(name=name, slots=(RouteSlot(models=(name,), weights=(1,)),))
+            for name in deployments
         }
-        for alias, names in config.routes.items():
-            self._candidates[alias] = tuple(deployments[name] for name in names)
+        self._routes.update(config.routes)
         self._default = config.server.default_route
 
-    def resolve(self, model: str) -> tuple[Deployment, ...]:
-        """Candidates for a request's `model`, preferred first.
+    def resolve(self, model: str) -> RouteConfig:
+        """The route for a request's `model`: a route alias, or a model as a route of one.
 
         Raises:
             ModelNotFound: neither a model nor a route has this name.
         """
-        candidates = self._candidates.get(model or self._default)
-        if candidates is None:
+        route = self._routes.get(model or self._default)
+        if route is None:
             raise ModelNotFound(model)
-        return candidates
+        return route
+
+    def is_route(self, model: str) -> bool:
+        return (model or self._default) in self.config.routes
 
 
 def _counter_for(provider: ProviderKind) -> TokenCounter:

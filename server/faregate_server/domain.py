@@ -29,6 +29,92 @@ class FinishReason(StrEnum):
     TOOL_CALLS = "tool_calls"
 
 
+class TaskKind(StrEnum):
+    """What a coding agent asks for; weights how much model quality matters."""
+
+    BOILERPLATE = "boilerplate"
+    GENERATION = "generation"
+    REFACTOR = "refactor"
+    REVIEW = "review"
+    UNIT_TEST = "unit_test"
+    PLANNING = "planning"
+    ORCHESTRATION = "orchestration"
+    SECURITY_REVIEW = "security_review"
+    DEBUG = "debug"
+    EXPLAIN = "explain"
+
+
+class Preference(StrEnum):
+    """What the caller wants the router to favour."""
+
+    BALANCED = "balanced"
+    COST = "cost"
+    LATENCY = "latency"
+    QUALITY = "quality"
+
+
+class Capability(StrEnum):
+    """What a model can do beyond plain chat."""
+
+    TOOLS = "tools"
+    VISION = "vision"
+    JSON_MODE = "json_mode"
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    """Lost a hedge race, or its caller went away."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingHints:
+    """The caller's say in model selection; every field is optional."""
+
+    prefer: Preference = Preference.BALANCED
+    min_quality: float | None = None
+    max_cost_nano_usd: int | None = None
+    """Candidates whose worst case costs more are infeasible."""
+    capabilities: frozenset[Capability] = frozenset()
+    min_context_tokens: int | None = None
+    task: TaskKind | None = None
+    """None: classified from the messages."""
+    fallback: bool = True
+    """Whether other candidates of the route may serve after the first fails."""
+    explain: bool = False
+    """Whether to report every candidate's score."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One upstream attempt of a request, for the caller and the logs."""
+
+    model: str
+    outcome: AttemptOutcome
+    latency_s: float
+    cost_nano_usd: int
+    hedge: bool = False
+    reason: str = ""
+    """Why it failed: faregate's error reason, e.g. UPSTREAM_RATE_LIMITED."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateScore:
+    """How the router judged one candidate."""
+
+    model: str
+    feasible: bool
+    reason: str
+    """Why it was infeasible; empty when feasible."""
+    score: float
+    worst_case_nano_usd: int
+    quality: float
+    """Task-weighted quality."""
+    scarcity: float
+    """The limit pools' cost multiplier."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
@@ -47,6 +133,7 @@ class RouteCall:
         max_output_tokens: The caller's output cap, or None for the model's.
         temperature: Sampling temperature, or None for the provider's default.
         metadata: Caller labels kept for logs.
+        hints: The caller's routing preferences.
     """
 
     model: str
@@ -56,6 +143,7 @@ class RouteCall:
     max_output_tokens: int | None
     temperature: float | None
     metadata: Mapping[str, str]
+    hints: RoutingHints = RoutingHints()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +195,25 @@ class RouteResult:
     model_used: str
     provider: str
     request_id: str
+    model_version: str = ""
+    task: TaskKind | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+    candidates: tuple[CandidateScore, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StreamStarted:
-    """First event of a streamed request: who serves it and what was reserved."""
+    """First event of a streamed request: who serves it, what was reserved, how
+    it was chosen. Sent when the first chunk is ready, after any fallbacks."""
 
     model_used: str
     provider: str
     request_id: str
     reserved_nano_usd: int
+    model_version: str = ""
+    task: TaskKind | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+    candidates: tuple[CandidateScore, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── BudgetNotFound          FAILED_PRECONDITION BUDGET_NOT_FOUND (+ PreconditionFailure)
     ├── BudgetExhausted         RESOURCE_EXHAUSTED  BUDGET_EXHAUSTED (+ QuotaFailure)
     ├── PoolSaturated           UNAVAILABLE         POOL_SATURATED (+ RetryInfo)
+    ├── LimitExhausted          UNAVAILABLE         LIMIT_EXHAUSTED (+ RetryInfo)
+    ├── CandidatesUnavailable   UNAVAILABLE         CANDIDATES_UNAVAILABLE (+ RetryInfo)
     ├── UpstreamRateLimited     UNAVAILABLE         UPSTREAM_RATE_LIMITED (+ RetryInfo)
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE
     ├── UpstreamStalled         UNAVAILABLE         UPSTREAM_STALLED
@@ -34,9 +36,13 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from faregate_server.providers.base import UpstreamError, UpstreamErrorKind
+
 ERROR_DOMAIN = "faregate.dev"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Retry delay to suggest when nothing better is known.
+_UNKNOWN_RETRY_S = 1.0
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -174,6 +180,30 @@ class PoolSaturated(_Retryable):
         )
 
 
+class LimitExhausted(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "LIMIT_EXHAUSTED"
+
+    def __init__(self, model: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"the provider limits behind {model!r} are used up until their window resets",
+            retry_after_s if math.isfinite(retry_after_s) else _UNKNOWN_RETRY_S,
+            model=model,
+        )
+
+
+class CandidatesUnavailable(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "CANDIDATES_UNAVAILABLE"
+
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(
+            f"no candidate of {model!r} can serve now ({why}); retry later",
+            _UNKNOWN_RETRY_S,
+            model=model,
+        )
+
+
 class UpstreamRateLimited(_Retryable):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UPSTREAM_RATE_LIMITED"
@@ -241,3 +271,23 @@ def _pack(
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
     trailers.append((_STATUS_DETAILS_KEY, status.SerializeToString()))
     return code, message, tuple(trailers)
+
+
+def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
+    """Maps an upstream failure before any output onto faregate's catalogue."""
+    metadata = {"model": model}
+    if error.http_status is not None:
+        metadata["httpStatus"] = str(error.http_status)
+    message = f"model {model!r}: {error.message}"
+    if error.kind is UpstreamErrorKind.RATE_LIMITED:
+        retry_after_s = error.retry_after_s
+        if retry_after_s is None:
+            retry_after_s = _UNKNOWN_RETRY_S
+        return UpstreamRateLimited(message, retry_after_s, **metadata)
+    if error.kind is UpstreamErrorKind.STALLED:
+        return UpstreamStalled(message, **metadata)
+    if error.kind is UpstreamErrorKind.REJECTED:
+        return UpstreamRejected(message, **metadata)
+    if error.kind is UpstreamErrorKind.AUTH_FAILED:
+        return UpstreamAuthFailed(message, **metadata)
+    return UpstreamUnavailable(message, **metadata)

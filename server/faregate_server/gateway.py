@@ -1,4 +1,4 @@
-"""The core path: plan, hold a pool slot, call the provider, settle the money.
+"""The core path: plan, attempt (with retries, fallbacks and hedges), settle.
 
 Settlement rules, for every way a request can end:
 - success: commit the provider-reported cost (or, without reported usage, the
@@ -7,20 +7,36 @@ Settlement rules, for every way a request can end:
   reservation whole, nothing is charged;
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
-A reservation is always either committed or released, whatever interrupts
-the request, so the reserved total returns to zero.
+A lease is always either settled or released, whatever interrupts the request,
+so the reserved totals of budgets and limit pools return to zero.
 
 The caller's deadline is enforced by the servicer around these calls; here it
-arrives as cancellation, which settles like any other interruption.
+arrives as cancellation, which settles like any other interruption, and as a
+value that bounds retry backoffs.
+
+Each request reads the current catalog once; a config reload swaps it for new
+requests while those in flight finish on the one they started with.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from faregate_server.budgets import BudgetStore
+from faregate_server.attempts import (
+    Attempts,
+    AttemptsFailed,
+    complete_once,
+    stream_once,
+    upstream_request,
+)
+from faregate_server.catalog import Catalog
+from faregate_server.clock import Clock
 from faregate_server.domain import (
+    AttemptRecord,
+    Completion,
     RouteCall,
     RouteResult,
     StreamEnd,
@@ -28,89 +44,119 @@ from faregate_server.domain import (
     StreamStarted,
     Usage,
 )
-from faregate_server.errors import (
-    FaregateError,
-    StreamInterrupted,
-    UpstreamAuthFailed,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamStalled,
-    UpstreamUnavailable,
-)
-from faregate_server.planner import Plan, Planner
-from faregate_server.providers import UpstreamError, UpstreamErrorKind
+from faregate_server.errors import StreamInterrupted, upstream_failure
+from faregate_server.planner import Lease, Planner
+from faregate_server.providers import UpstreamError
 
-# Retry-After to suggest when a provider said 429 without one.
-_DEFAULT_RATE_LIMIT_RETRY_S = 1.0
+Stream = AsyncGenerator[str | StreamEnd, None]
 
 
 class Gateway:
     """Serves validated requests; knows nothing of gRPC."""
 
-    def __init__(self, planner: Planner, budgets: BudgetStore) -> None:
+    def __init__(
+        self, catalog: Catalog, planner: Planner, clock: Clock, rng: random.Random
+    ) -> None:
+        self.catalog = catalog
+        """The current catalog; replaced whole by a config reload."""
         self._planner = planner
-        self._budgets = budgets
+        self._clock = clock
+        self._rng = rng
 
-    async def route(self, call: RouteCall) -> RouteResult:
-        """Serves one request whole."""
-        plan = await self._planner.plan(call)
-        deployment = plan.deployment
+    async def route(self, call: RouteCall, deadline_s: float) -> RouteResult:
+        """Serves one request whole; deadline_s is on the event loop's clock."""
+        catalog = self.catalog
+        plan, lease = await self._planner.plan(call, catalog)
+        records: list[AttemptRecord] = []
+
+        async def start(held: Lease) -> Completion:
+            return await complete_once(held.option.deployment, upstream_request(plan, held))
+
+        async def discard(_: Completion) -> None:
+            return None
+
+        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
         try:
-            async with deployment.pool.slot():
-                completion = await deployment.provider.complete(plan.upstream_request)
-        except BaseException as error:
-            await self._budgets.release(plan.reservation)
-            if isinstance(error, UpstreamError):
-                raise upstream_failure(error, deployment.name) from None
-            raise
+            completion, lease, record = await attempts.first_result(
+                plan, lease, start, discard, records, deadline_s
+            )
+        except AttemptsFailed as failed:
+            raise upstream_failure(failed.error, failed.deployment.name) from None
+        deployment = lease.option.deployment
         usage = completion.usage or Usage(
-            plan.input_tokens_estimate, deployment.counter.count_text(completion.text)
+            lease.option.input_tokens, deployment.counter.count_text(completion.text)
         )
         cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-        remaining = await self._budgets.commit(plan.reservation, cost)
+        remaining = await self._planner.settle(
+            lease, cost, usage.input_tokens + usage.output_tokens
+        )
+        records.append(dataclasses.replace(record, cost_nano_usd=cost))
         return RouteResult(
             output=completion.text,
             finish_reason=completion.finish_reason,
             usage=usage,
             cost_nano_usd=cost,
-            reserved_nano_usd=plan.reservation.amount_nano_usd,
+            reserved_nano_usd=lease.reservation.amount_nano_usd,
             budget_remaining_nano_usd=remaining,
             model_used=deployment.name,
             provider=deployment.config.provider.value,
             request_id=plan.request_id,
+            model_version=deployment.config.version,
+            task=plan.task,
+            attempts=tuple(records),
+            candidates=plan.scores,
         )
 
     async def stream(
-        self, call: RouteCall
+        self, call: RouteCall, deadline_s: float
     ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
         """Serves one request as a StreamStarted, text chunks, then a StreamFinished.
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
         """
-        plan = await self._planner.plan(call)
-        deployment = plan.deployment
+        catalog = self.catalog
+        plan, lease = await self._planner.plan(call, catalog)
+        records: list[AttemptRecord] = []
+
+        async def start(held: Lease) -> tuple[Stream, str | StreamEnd]:
+            items = stream_once(held.option.deployment, upstream_request(plan, held))
+            return items, await anext(items)
+
+        async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
+            await opened[0].aclose()
+
+        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
+        try:
+            (items, item), lease, record = await attempts.first_result(
+                plan, lease, start, discard, records, deadline_s
+            )
+        except AttemptsFailed as failed:
+            raise upstream_failure(failed.error, failed.deployment.name) from None
+        deployment = lease.option.deployment
         delivered: list[str] = []
         settled = False
         try:
-            async with deployment.pool.slot():
+            async with aclosing(items):
                 yield StreamStarted(
                     model_used=deployment.name,
                     provider=deployment.config.provider.value,
                     request_id=plan.request_id,
-                    reserved_nano_usd=plan.reservation.amount_nano_usd,
+                    reserved_nano_usd=lease.reservation.amount_nano_usd,
+                    model_version=deployment.config.version,
+                    task=plan.task,
+                    attempts=(*records, record),
+                    candidates=plan.scores,
                 )
-                end: StreamEnd | None = None
-                async with aclosing(deployment.provider.stream(plan.upstream_request)) as chunks:
-                    async for chunk in chunks:
-                        if isinstance(chunk, str):
-                            delivered.append(chunk)
-                            yield chunk
-                        else:
-                            end = chunk
-            assert end is not None, "a provider stream ends with StreamEnd"
-            usage = end.usage or self._counted_usage(plan, delivered)
+                while isinstance(item, str):
+                    delivered.append(item)
+                    yield item
+                    item = await anext(items)
+            end = item
+            usage = end.usage or self._counted_usage(lease, delivered)
             cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-            remaining = await self._budgets.commit(plan.reservation, cost)
+            remaining = await self._planner.settle(
+                lease, cost, usage.input_tokens + usage.output_tokens
+            )
             settled = True
             yield StreamFinished(
                 usage=usage,
@@ -127,39 +173,22 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settle_interrupted(plan, delivered)
+                await self._settle_interrupted(lease, delivered)
 
-    async def _settle_interrupted(self, plan: Plan, delivered: Sequence[str]) -> None:
+    async def _settle_interrupted(self, lease: Lease, delivered: Sequence[str]) -> None:
         if not delivered:
-            await self._budgets.release(plan.reservation)
+            await self._planner.release(lease)
             return
-        usage = self._counted_usage(plan, delivered)
-        price = plan.deployment.config.price
-        cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-        await self._budgets.commit(plan.reservation, min(cost, plan.reservation.amount_nano_usd))
+        usage = self._counted_usage(lease, delivered)
+        price = lease.option.deployment.config.price
+        cost = min(
+            price.cost_nano_usd(usage.input_tokens, usage.output_tokens),
+            lease.reservation.amount_nano_usd,
+        )
+        await self._planner.settle(lease, cost, usage.input_tokens + usage.output_tokens)
 
     @staticmethod
-    def _counted_usage(plan: Plan, delivered: Sequence[str]) -> Usage:
-        output_tokens = plan.deployment.counter.count_text("".join(delivered))
+    def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:
+        output_tokens = lease.option.deployment.counter.count_text("".join(delivered))
         # A chunk is at least one token even when the counter says less.
-        return Usage(plan.input_tokens_estimate, max(output_tokens, len(delivered)))
-
-
-def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
-    """Maps an upstream failure before any output onto faregate's catalogue."""
-    metadata = {"model": model}
-    if error.http_status is not None:
-        metadata["httpStatus"] = str(error.http_status)
-    message = f"model {model!r}: {error.message}"
-    if error.kind is UpstreamErrorKind.RATE_LIMITED:
-        retry_after_s = error.retry_after_s
-        if retry_after_s is None:
-            retry_after_s = _DEFAULT_RATE_LIMIT_RETRY_S
-        return UpstreamRateLimited(message, retry_after_s, **metadata)
-    if error.kind is UpstreamErrorKind.STALLED:
-        return UpstreamStalled(message, **metadata)
-    if error.kind is UpstreamErrorKind.REJECTED:
-        return UpstreamRejected(message, **metadata)
-    if error.kind is UpstreamErrorKind.AUTH_FAILED:
-        return UpstreamAuthFailed(message, **metadata)
-    return UpstreamUnavailable(message, **metadata)
+        return Usage(lease.option.input_tokens, max(output_tokens, len(delivered)))

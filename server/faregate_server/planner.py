@@ -1,134 +1,147 @@
-"""Picks the model for a request and reserves its worst-case cost.
+"""Turns a request into a plan: its route, task, ranked options, and leases.
 
-The worst case is the input counted from the messages plus the output cap
-(the request's `max_output_tokens`, else the model's configured cap, trimmed
-to what the context window leaves) at the model's prices. The preferred
-candidate is reserved first; when its worst case does not fit the budget,
-the cheapest feasible candidate that fits is used instead. Every reservation
-is a single atomic store call, so concurrent plans can never share money.
+A `Lease` is an option with its money held: the worst case reserved from the
+budget and the projected draw from the limit pools, both atomically. The
+planner hands out the first lease at planning time and further ones when an
+attempt fails and a retry is allowed; every lease is either settled or
+released by the gateway.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
 
 from faregate_server.budgets import BudgetStore, Reservation
-from faregate_server.catalog import Catalog, Deployment
-from faregate_server.domain import RouteCall, UpstreamRequest
-from faregate_server.errors import BudgetExhausted, ModelCannotServe
+from faregate_server.catalog import Catalog
+from faregate_server.clock import Clock
+from faregate_server.config import RouteConfig
+from faregate_server.domain import CandidateScore, RouteCall, TaskKind
+from faregate_server.errors import (
+    BudgetExhausted,
+    CandidatesUnavailable,
+    FaregateError,
+    LimitExhausted,
+    ModelCannotServe,
+    PoolSaturated,
+)
+from faregate_server.limits import LimitPools, LimitReservation, projected_draw
+from faregate_server.selection import Option, Selector
+from faregate_server.tasks import classify_task
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A request bound to one deployment, with its money held."""
-
     request_id: str
-    deployment: Deployment
-    upstream_request: UpstreamRequest
-    input_tokens_estimate: int
-    reservation: Reservation
+    call: RouteCall
+    route: RouteConfig
+    task: TaskKind
+    options: tuple[Option, ...]
+    """Feasible options, first choice first; one only when fallback is off."""
+    scores: tuple[CandidateScore, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _Option:
-    deployment: Deployment
-    input_tokens: int
-    max_output_tokens: int
-    worst_case_nano_usd: int
+class Lease:
+    """An option with the request's worst case held on its budget and limit pools."""
+
+    option: Option
+    reservation: Reservation
+    limits: LimitReservation | None
 
 
 class Planner:
-    def __init__(self, catalog: Catalog, budgets: BudgetStore) -> None:
-        self._catalog = catalog
+    def __init__(
+        self, budgets: BudgetStore, limits: LimitPools, clock: Clock, rng: random.Random
+    ) -> None:
         self._budgets = budgets
+        self._limits = limits
+        self._clock = clock
+        self._rng = rng
 
-    async def plan(self, call: RouteCall) -> Plan:
-        """Chooses a deployment and reserves its worst case.
+    async def plan(self, call: RouteCall, catalog: Catalog) -> tuple[Plan, Lease]:
+        """Chooses the options for a request and leases the first that the budget covers.
 
         Raises:
-            ModelNotFound, BudgetNotFound, ModelCannotServe, BudgetExhausted.
+            ModelNotFound, BudgetNotFound, ModelCannotServe, BudgetExhausted,
+            PoolSaturated, LimitExhausted, CandidatesUnavailable.
         """
-        candidates = self._catalog.resolve(call.model)
+        route = catalog.resolve(call.model)
         self._budgets.check(call.budget_key)
-        options = _feasible_options(call, candidates)
-        option, reservation = await self._reserve(call.budget_key, options)
-        upstream_request = UpstreamRequest(
-            upstream_model=option.deployment.config.upstream_model,
-            messages=call.messages,
-            max_output_tokens=option.max_output_tokens,
-            temperature=call.temperature,
-        )
-        return Plan(
+        task = call.hints.task or classify_task(call.messages)
+        selector = Selector(self._limits, catalog.config.routing, self._clock, self._rng)
+        selection = selector.select(call, route, catalog.deployments, task)
+        if not selection.options:
+            raise _nothing_feasible(call, route, selection.unfit, selection.unavailable, catalog)
+        options = selection.options
+        if not (call.hints.fallback and catalog.is_route(call.model)):
+            options = options[:1]
+        plan = Plan(
             request_id=uuid.uuid4().hex,
-            deployment=option.deployment,
-            upstream_request=upstream_request,
-            input_tokens_estimate=option.input_tokens,
-            reservation=reservation,
+            call=call,
+            route=route,
+            task=task,
+            options=options,
+            scores=selection.scores,
         )
+        lease = await self.lease(plan, options)
+        if lease is None:
+            cheapest = min(option.worst_case_nano_usd for option in options)
+            remaining = self._budgets.snapshot(call.budget_key).remaining_nano_usd
+            if remaining >= cheapest:
+                draws = [option.draw for option in options]
+                raise LimitExhausted(route.name, min(map(self._limits.retry_after_s, draws)))
+            raise BudgetExhausted(call.budget_key, remaining, cheapest)
+        return plan, lease
 
-    async def _reserve(
-        self, budget_key: str, options: list[_Option]
-    ) -> tuple[_Option, Reservation]:
-        preferred = options[0]
-        try:
-            return preferred, await self._budgets.reserve(budget_key, preferred.worst_case_nano_usd)
-        except BudgetExhausted as exhausted:
-            shortfall = exhausted
-        for option in sorted(options[1:], key=lambda o: o.worst_case_nano_usd):
+    async def lease(self, plan: Plan, options: tuple[Option, ...]) -> Lease | None:
+        """Leases the first of `options` whose budget and limit pools have room."""
+        for option in options:
             try:
-                return option, await self._budgets.reserve(budget_key, option.worst_case_nano_usd)
-            except BudgetExhausted as exhausted:
-                shortfall = exhausted
-        cheapest = min(option.worst_case_nano_usd for option in options)
-        raise BudgetExhausted(budget_key, shortfall.remaining_nano_usd, cheapest)
+                reservation = await self._budgets.reserve(
+                    plan.call.budget_key, option.worst_case_nano_usd
+                )
+            except BudgetExhausted:
+                continue
+            limits = None
+            if option.draw:
+                limits = self._limits.reserve(option.draw)
+                if limits is None:
+                    await self._budgets.release(reservation)
+                    continue
+            return Lease(option, reservation, limits)
+        return None
+
+    async def release(self, lease: Lease) -> None:
+        await self._budgets.release(lease.reservation)
+        if lease.limits is not None:
+            self._limits.release(lease.limits)
+
+    async def settle(self, lease: Lease, cost_nano_usd: int, tokens: int) -> int:
+        """Commits the actual cost and draw; returns the budget's money remaining."""
+        if lease.limits is not None:
+            draws = lease.option.deployment.config.draws
+            actual = projected_draw(draws, self._limits.units, tokens, cost_nano_usd)
+            self._limits.commit(lease.limits, actual)
+        return await self._budgets.commit(lease.reservation, cost_nano_usd)
 
 
-def _feasible_options(call: RouteCall, candidates: tuple[Deployment, ...]) -> list[_Option]:
-    input_tokens_by_counter: dict[str, int] = {}
-    options = []
-    first_problem: tuple[str, str] | None = None
-    for deployment in candidates:
-        counter = deployment.counter
-        input_tokens = input_tokens_by_counter.get(counter.name)
-        if input_tokens is None:
-            input_tokens = input_tokens_by_counter[counter.name] = counter.count_messages(
-                call.messages
-            )
-        model = deployment.config
-        room = model.context_window_tokens - input_tokens
-        if call.max_output_tokens is None:
-            max_output_tokens = min(model.max_output_tokens, room)
-        else:
-            max_output_tokens = call.max_output_tokens
-        problem = None
-        if room < 1:
-            problem = (
-                "messages",
-                f"about {input_tokens} input tokens exceed the context window of "
-                f"{model.context_window_tokens}",
-            )
-        elif max_output_tokens > model.max_output_tokens:
-            problem = ("max_output_tokens", f"exceeds the model's cap of {model.max_output_tokens}")
-        elif max_output_tokens > room:
-            problem = (
-                "max_output_tokens",
-                f"with about {input_tokens} input tokens exceeds the context window of "
-                f"{model.context_window_tokens}",
-            )
-        if problem is not None:
-            first_problem = first_problem or problem
-            continue
-        options.append(
-            _Option(
-                deployment=deployment,
-                input_tokens=input_tokens,
-                max_output_tokens=max_output_tokens,
-                worst_case_nano_usd=model.price.cost_nano_usd(input_tokens, max_output_tokens),
-            )
-        )
-    if not options:
-        assert first_problem is not None
-        field, description = first_problem
-        raise ModelCannotServe(call.model or candidates[0].name, field, description)
-    return options
+def _nothing_feasible(
+    call: RouteCall,
+    route: RouteConfig,
+    unfit: tuple[str, str] | None,
+    unavailable: str,
+    catalog: Catalog,
+) -> FaregateError:
+    name = call.model or route.name
+    if not unavailable:
+        assert unfit is not None
+        field, description = unfit
+        return ModelCannotServe(name, field, description)
+    if unavailable == "workers and queue full":
+        first = catalog.deployments[route.slots[0].models[0]]
+        return PoolSaturated(name, first.pool.retry_after_s())
+    if unavailable.startswith("a limit pool"):
+        return LimitExhausted(name, retry_after_s=1.0)
+    return CandidatesUnavailable(name, unavailable)

@@ -72,6 +72,13 @@ class ModelPool:
         self._in_use -= 1
         self._slots.release()
 
+    @property
+    def saturated(self) -> bool:
+        """Whether a new caller would be rejected now."""
+        return self._waiting >= self._queue_capacity and (
+            self._in_use >= self._workers or self._waiting > 0
+        )
+
     def retry_after_s(self) -> float:
         """How long a rejected caller should wait: about one service time."""
         return min(_MAX_RETRY_AFTER_S, max(_MIN_RETRY_AFTER_S, self._mean_service_time_s))

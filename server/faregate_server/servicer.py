@@ -20,12 +20,19 @@ from faregate.v1 import router_pb2, router_pb2_grpc
 
 from faregate_server.config import ServerConfig
 from faregate_server.domain import (
+    AttemptOutcome,
+    AttemptRecord,
+    CandidateScore,
+    Capability,
     ChatMessage,
     FinishReason,
+    Preference,
     Role,
     RouteCall,
+    RoutingHints,
     StreamFinished,
     StreamStarted,
+    TaskKind,
     Usage,
 )
 from faregate_server.errors import (
@@ -50,6 +57,36 @@ _FINISH_REASONS = {
     FinishReason.CONTENT_FILTER: router_pb2.FINISH_REASON_CONTENT_FILTER,
     FinishReason.TOOL_CALLS: router_pb2.FINISH_REASON_TOOL_CALLS,
 }
+_PREFERENCES = {
+    router_pb2.PREFERENCE_UNSPECIFIED: Preference.BALANCED,
+    router_pb2.PREFERENCE_COST: Preference.COST,
+    router_pb2.PREFERENCE_LATENCY: Preference.LATENCY,
+    router_pb2.PREFERENCE_QUALITY: Preference.QUALITY,
+}
+_CAPABILITIES = {
+    router_pb2.CAPABILITY_TOOLS: Capability.TOOLS,
+    router_pb2.CAPABILITY_VISION: Capability.VISION,
+    router_pb2.CAPABILITY_JSON_MODE: Capability.JSON_MODE,
+}
+_TASKS = {
+    router_pb2.TASK_BOILERPLATE: TaskKind.BOILERPLATE,
+    router_pb2.TASK_GENERATION: TaskKind.GENERATION,
+    router_pb2.TASK_REFACTOR: TaskKind.REFACTOR,
+    router_pb2.TASK_REVIEW: TaskKind.REVIEW,
+    router_pb2.TASK_UNIT_TEST: TaskKind.UNIT_TEST,
+    router_pb2.TASK_PLANNING: TaskKind.PLANNING,
+    router_pb2.TASK_ORCHESTRATION: TaskKind.ORCHESTRATION,
+    router_pb2.TASK_SECURITY_REVIEW: TaskKind.SECURITY_REVIEW,
+    router_pb2.TASK_DEBUG: TaskKind.DEBUG,
+    router_pb2.TASK_EXPLAIN: TaskKind.EXPLAIN,
+}
+_TASK_NUMBERS: dict[TaskKind | None, int] = {kind: number for number, kind in _TASKS.items()}
+_TASK_NUMBERS[None] = router_pb2.TASK_UNSPECIFIED
+_OUTCOMES = {
+    AttemptOutcome.SUCCEEDED: router_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    AttemptOutcome.FAILED: router_pb2.ATTEMPT_OUTCOME_FAILED,
+    AttemptOutcome.CANCELLED: router_pb2.ATTEMPT_OUTCOME_CANCELLED,
+}
 _MAX_TEMPERATURE = 2.0
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
@@ -69,8 +106,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RouteResponse:
         try:
             call = self._to_call(request)
-            async with asyncio.timeout_at(self._deadline(context)):
-                result = await self._gateway.route(call)
+            deadline_s = self._deadline(context)
+            async with asyncio.timeout_at(deadline_s):
+                result = await self._gateway.route(call, deadline_s)
         except Exception as error:
             await _abort(context, error, request.model)
         return router_pb2.RouteResponse(
@@ -83,6 +121,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             model_used=result.model_used,
             provider=result.provider,
             request_id=result.request_id,
+            model_version=result.model_version,
+            task=_TASK_NUMBERS[result.task],
+            attempts=_attempts(result.attempts),
+            candidates=_candidates(result.candidates),
         )
 
     async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
@@ -92,9 +134,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # deadline scope covers the writes too and fires inside this frame.
         try:
             call = self._to_call(request)
+            deadline_s = self._deadline(context)
             async with (
-                asyncio.timeout_at(self._deadline(context)),
-                aclosing(self._gateway.stream(call)) as events,
+                asyncio.timeout_at(deadline_s),
+                aclosing(self._gateway.stream(call, deadline_s)) as events,
             ):
                 async for event in events:
                     await context.write(_stream_event(event))
@@ -140,6 +183,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             temperature = request.temperature
             if not (math.isfinite(temperature) and 0 <= temperature <= _MAX_TEMPERATURE):
                 violations["temperature"] = f"must be between 0 and {_MAX_TEMPERATURE}"
+        hints = _hints(request, violations)
         if violations:
             raise InvalidRequest(violations)
         return RouteCall(
@@ -150,7 +194,79 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             max_output_tokens=max_output_tokens,
             temperature=temperature,
             metadata=dict(request.metadata),
+            hints=hints,
         )
+
+
+def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints:
+    """Reads the routing hints; the default request pays for none of this."""
+    min_quality = max_cost = min_context = None
+    if request.HasField("min_quality"):
+        min_quality = request.min_quality
+        if not (math.isfinite(min_quality) and 0 <= min_quality <= 1):
+            violations["min_quality"] = "must be between 0 and 1"
+    if request.HasField("max_cost_nano_usd"):
+        max_cost = request.max_cost_nano_usd
+        if max_cost < 0:
+            violations["max_cost_nano_usd"] = "must not be negative"
+    if request.HasField("min_context_tokens"):
+        min_context = request.min_context_tokens
+        if min_context < 1:
+            violations["min_context_tokens"] = "must be positive when set"
+    prefer = _PREFERENCES.get(request.prefer)
+    if prefer is None:
+        violations["prefer"] = "is not a known preference"
+    capabilities = set()
+    for index, number in enumerate(request.required_capabilities):
+        capability = _CAPABILITIES.get(number)
+        if capability is None:
+            violations[f"required_capabilities[{index}]"] = "is not a known capability"
+        else:
+            capabilities.add(capability)
+    task = _TASKS.get(request.task)
+    if task is None and request.task != router_pb2.TASK_UNSPECIFIED:
+        violations["task"] = "is not a known task"
+    if request.fallback not in router_pb2.FallbackPolicy.values():
+        violations["fallback"] = "is not a known fallback policy"
+    return RoutingHints(
+        prefer=prefer or Preference.BALANCED,
+        min_quality=min_quality,
+        max_cost_nano_usd=max_cost,
+        capabilities=frozenset(capabilities),
+        min_context_tokens=min_context,
+        task=task,
+        fallback=request.fallback != router_pb2.FALLBACK_POLICY_NONE,
+        explain=request.explain,
+    )
+
+
+def _attempts(records: tuple[AttemptRecord, ...]) -> list[router_pb2.Attempt]:
+    return [
+        router_pb2.Attempt(
+            model=record.model,
+            outcome=_OUTCOMES[record.outcome],
+            latency_us=round(record.latency_s * 1e6),
+            cost_nano_usd=record.cost_nano_usd,
+            hedge=record.hedge,
+            reason=record.reason,
+        )
+        for record in records
+    ]
+
+
+def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.CandidateScore]:
+    return [
+        router_pb2.CandidateScore(
+            model=score.model,
+            feasible=score.feasible,
+            reason=score.reason,
+            score=score.score,
+            worst_case_nano_usd=score.worst_case_nano_usd,
+            quality=score.quality,
+            scarcity=score.scarcity,
+        )
+        for score in scores
+    ]
 
 
 def _stream_event(event: StreamStarted | str | StreamFinished) -> StreamEvent:
@@ -163,6 +279,10 @@ def _stream_event(event: StreamStarted | str | StreamFinished) -> StreamEvent:
                 provider=event.provider,
                 request_id=event.request_id,
                 reserved_nano_usd=event.reserved_nano_usd,
+                model_version=event.model_version,
+                task=_TASK_NUMBERS[event.task],
+                attempts=_attempts(event.attempts),
+                candidates=_candidates(event.candidates),
             )
         )
     return StreamEvent(

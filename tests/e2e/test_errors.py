@@ -23,17 +23,19 @@ from tests.fakes.upstream import FakeUpstream, Script
 USER = router_pb2.ROLE_USER
 
 
+async def _call(faregate: Faregate, rpc: str, request: dict[str, Any]) -> FaregateError:
+    """Sends the request as Route or StreamRoute; returns the error it must raise."""
+    with pytest.raises(FaregateError) as caught:
+        if rpc == "route":
+            await faregate.client.route(**request)
+        else:
+            await read_stream(faregate.client.stream_route(**request))
+    return caught.value
+
+
 async def _call_both(faregate: Faregate, request: dict[str, Any]) -> list[FaregateError]:
     """Sends the same request as Route and as StreamRoute; returns both errors."""
-    errors = []
-    with pytest.raises(FaregateError) as unary:
-        await faregate.client.route(**request)
-    errors.append(unary.value)
-    with pytest.raises(FaregateError) as streamed:
-        async for _ in faregate.client.stream_route(**request):
-            pass
-    errors.append(streamed.value)
-    return errors
+    return [await _call(faregate, rpc, request) for rpc in ("route", "stream")]
 
 
 BAD_REQUESTS = [
@@ -122,11 +124,13 @@ UPSTREAM_FAILURES = [
 ]
 
 
+@pytest.mark.parametrize("rpc", ["route", "stream"])
 @pytest.mark.parametrize("model", ["gpt-fake", "claude-fake"])
 @pytest.mark.parametrize(("status", "headers", "error_type", "reason"), UPSTREAM_FAILURES)
 async def test_upstream_http_errors_map_to_documented_statuses(
     faregate: Faregate,
     upstream: FakeUpstream,
+    rpc: str,
     model: str,
     status: int,
     headers: dict[str, str],
@@ -135,9 +139,9 @@ async def test_upstream_http_errors_map_to_documented_statuses(
 ) -> None:
     upstream.default = Script(status=status, headers=headers)
 
-    for error in await _call_both(
-        faregate, {"messages": "hi", "budget_key": "team", "model": model}
-    ):
+    for error in [
+        await _call(faregate, rpc, {"messages": "hi", "budget_key": "team", "model": model})
+    ]:
         assert type(error) is error_type
         assert error.reason == reason
         assert error.metadata["httpStatus"] == str(status)

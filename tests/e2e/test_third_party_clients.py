@@ -117,11 +117,17 @@ async def default_config_server() -> AsyncIterator[str]:
 async def test_faregate_serves_its_embedded_default_config(default_config_server: str) -> None:
     async with FaregateClient(default_config_server) as client:
         reply = await client.route("Hello!", budget_key="demo")
+        planning = await client.route(
+            "Plan the architecture and break down the migration approach.", budget_key="demo"
+        )
         stream = client.stream_route("Hello!", budget_key="demo", model="sim-small")
         texts = [text async for text in stream]
 
     assert reply.provider == "sim"
-    assert reply.model_used == "sim-large"
+    # The default route weighs quality for the task against cost: a greeting
+    # goes to the cheap model, planning to the strong one.
+    assert reply.model_used == "sim-small"
+    assert planning.model_used == "sim-large"
     assert reply.cost_nano_usd > 0
     assert len(texts) > 1
     assert stream.finish is not None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61regate/v1/router.proto\x12\x0b\x66\x61regate.v1\";\n\x07Message\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.faregate.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"\xb4\x02\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.faregate.v1.Message\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x12\n\nbudget_key\x18\x04 \x01(\t\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x39\n\x08metadata\x18\x07 \x03(\x0b\x32\'.faregate.v1.RouteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperature\"\x83\x02\n\rRouteResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.faregate.v1.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.faregate.v1.Usage\x12\x15\n\rcost_nano_usd\x18\x04 \x01(\x03\x12\x19\n\x11reserved_nano_usd\x18\x05 \x01(\x03\x12!\n\x19\x62udget_remaining_nano_usd\x18\x06 \x01(\x03\x12\x12\n\nmodel_used\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\xc0\x02\n\x12StreamRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.faregate.v1.Message\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x12\n\nbudget_key\x18\x04 \x01(\t\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12?\n\x08metadata\x18\x07 \x03(\x0b\x32-.faregate.v1.StreamRouteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperature\"\xfe\x03\n\x13StreamRouteResponse\x12=\n\x05start\x18\x01 \x01(\x0b\x32,.faregate.v1.StreamRouteResponse.StreamStartH\x00\x12=\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32,.faregate.v1.StreamRouteResponse.StreamDeltaH\x00\x12?\n\x06\x66inish\x18\x03 \x01(\x0b\x32-.faregate.v1.StreamRouteResponse.StreamFinishH\x00\x1a\x62\n\x0bStreamStart\x12\x12\n\nmodel_used\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11reserved_nano_usd\x18\x04 \x01(\x03\x1a\x1b\n\x0bStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x9d\x01\n\x0cStreamFinish\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.faregate.v1.Usage\x12\x15\n\rcost_nano_usd\x18\x02 \x01(\x03\x12!\n\x19\x62udget_remaining_nano_usd\x18\x03 \x01(\x03\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.faregate.v1.FinishReasonB\x07\n\x05\x65vent*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\xa3\x01\n\rRouterService\x12>\n\x05Route\x12\x19.faregate.v1.RouteRequest\x1a\x1a.faregate.v1.RouteResponse\x12R\n\x0bStreamRoute\x12\x1f.faregate.v1.StreamRouteRequest\x1a .faregate.v1.StreamRouteResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61regate/v1/router.proto\x12\x0b\x66\x61regate.v1\"\x90\x01\n\x07\x41ttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x07outcome\x18\x02 \x01(\x0e\x32\x1b.faregate.v1.AttemptOutcome\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x15\n\rcost_nano_usd\x18\x04 \x01(\x03\x12\r\n\x05hedge\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x90\x01\n\x0e\x43\x61ndidateScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61sible\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x1b\n\x13worst_case_nano_usd\x18\x05 \x01(\x03\x12\x0f\n\x07quality\x18\x06 \x01(\x01\x12\x10\n\x08scarcity\x18\x07 \x01(\x01\";\n\x07Message\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.faregate.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"\x8e\x05\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.faregate.v1.Message\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x12\n\nbudget_key\x18\x04 \x01(\t\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x39\n\x08metadata\x18\x07 \x03(\x0b\x32\'.faregate.v1.RouteRequest.MetadataEntry\x12\'\n\x06prefer\x18\x08 \x01(\x0e\x32\x17.faregate.v1.Preference\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x1e\n\x11max_cost_nano_usd\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x36\n\x15required_capabilities\x18\x0b \x03(\x0e\x32\x17.faregate.v1.Capability\x12\x1f\n\x12min_context_tokens\x18\x0c \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x04task\x18\r \x01(\x0e\x32\x11.faregate.v1.Task\x12-\n\x08\x66\x61llback\x18\x0e \x01(\x0e\x32\x1b.faregate.v1.FallbackPolicy\x12\x0f\n\x07\x65xplain\x18\x0f \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperatureB\x0e\n\x0c_min_qualityB\x14\n\x12_max_cost_nano_usdB\x15\n\x13_min_context_tokens\"\x94\x03\n\rRouteResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.faregate.v1.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.faregate.v1.Usage\x12\x15\n\rcost_nano_usd\x18\x04 \x01(\x03\x12\x19\n\x11reserved_nano_usd\x18\x05 \x01(\x03\x12!\n\x19\x62udget_remaining_nano_usd\x18\x06 \x01(\x03\x12\x12\n\nmodel_used\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x1f\n\x04task\x18\x0b \x01(\x0e\x32\x11.faregate.v1.Task\x12&\n\x08\x61ttempts\x18\x0c \x03(\x0b\x32\x14.faregate.v1.Attempt\x12/\n\ncandidates\x18\r \x03(\x0b\x32\x1b.faregate.v1.CandidateScore\"\x9a\x05\n\x12StreamRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.faregate.v1.Message\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x12\n\nbudget_key\x18\x04 \x01(\t\x12\x1e\n\x11max_output_tokens\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12?\n\x08metadata\x18\x07 \x03(\x0b\x32-.faregate.v1.StreamRouteRequest.MetadataEntry\x12\'\n\x06prefer\x18\x08 \x01(\x0e\x32\x17.faregate.v1.Preference\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x1e\n\x11max_cost_nano_usd\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x36\n\x15required_capabilities\x18\x0b \x03(\x0e\x32\x17.faregate.v1.Capability\x12\x1f\n\x12min_context_tokens\x18\x0c \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x04task\x18\r \x01(\x0e\x32\x11.faregate.v1.Task\x12-\n\x08\x66\x61llback\x18\x0e \x01(\x0e\x32\x1b.faregate.v1.FallbackPolicy\x12\x0f\n\x07\x65xplain\x18\x0f \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_max_output_tokensB\x0e\n\x0c_temperatureB\x0e\n\x0c_min_qualityB\x14\n\x12_max_cost_nano_usdB\x15\n\x13_min_context_tokens\"\x90\x05\n\x13StreamRouteResponse\x12=\n\x05start\x18\x01 \x01(\x0b\x32,.faregate.v1.StreamRouteResponse.StreamStartH\x00\x12=\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32,.faregate.v1.StreamRouteResponse.StreamDeltaH\x00\x12?\n\x06\x66inish\x18\x03 \x01(\x0b\x32-.faregate.v1.StreamRouteResponse.StreamFinishH\x00\x1a\xf3\x01\n\x0bStreamStart\x12\x12\n\nmodel_used\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11reserved_nano_usd\x18\x04 \x01(\x03\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x1f\n\x04task\x18\x06 \x01(\x0e\x32\x11.faregate.v1.Task\x12&\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x14.faregate.v1.Attempt\x12/\n\ncandidates\x18\x08 \x03(\x0b\x32\x1b.faregate.v1.CandidateScore\x1a\x1b\n\x0bStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a\x9d\x01\n\x0cStreamFinish\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.faregate.v1.Usage\x12\x15\n\rcost_nano_usd\x18\x02 \x01(\x03\x12!\n\x19\x62udget_remaining_nano_usd\x18\x03 \x01(\x03\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.faregate.v1.FinishReasonB\x07\n\x05\x65vent*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04*m\n\nPreference\x12\x1a\n\x16PREFERENCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPREFERENCE_COST\x10\x01\x12\x16\n\x12PREFERENCE_LATENCY\x10\x02\x12\x16\n\x12PREFERENCE_QUALITY\x10\x03*o\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x01\x12\x15\n\x11\x43\x41PABILITY_VISION\x10\x02\x12\x18\n\x14\x43\x41PABILITY_JSON_MODE\x10\x03*\xe6\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_BOILERPLATE\x10\x01\x12\x13\n\x0fTASK_GENERATION\x10\x02\x12\x11\n\rTASK_REFACTOR\x10\x03\x12\x0f\n\x0bTASK_REVIEW\x10\x04\x12\x12\n\x0eTASK_UNIT_TEST\x10\x05\x12\x11\n\rTASK_PLANNING\x10\x06\x12\x16\n\x12TASK_ORCHESTRATION\x10\x07\x12\x18\n\x14TASK_SECURITY_REVIEW\x10\x08\x12\x0e\n\nTASK_DEBUG\x10\t\x12\x10\n\x0cTASK_EXPLAIN\x10\n*k\n\x0e\x46\x61llbackPolicy\x12\x1f\n\x1b\x46\x41LLBACK_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x41LLBACK_POLICY_SAME_ROUTE\x10\x01\x12\x18\n\x14\x46\x41LLBACK_POLICY_NONE\x10\x02*\x8b\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x03\x32\xa3\x01\n\rRouterService\x12>\n\x05Route\x12\x19.faregate.v1.RouteRequest\x1a\x1a.faregate.v1.RouteResponse\x12R\n\x0bStreamRoute\x12\x1f.faregate.v1.StreamRouteRequest\x1a .faregate.v1.StreamRouteResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_STREAMROUTEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_STREAMROUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1565
-  _globals['_ROLE']._serialized_end=1645
-  _globals['_FINISHREASON']._serialized_start=1648
-  _globals['_FINISHREASON']._serialized_end=1807
-  _globals['_MESSAGE']._serialized_start=41
-  _globals['_MESSAGE']._serialized_end=100
-  _globals['_USAGE']._serialized_start=102
-  _globals['_USAGE']._serialized_end=154
-  _globals['_ROUTEREQUEST']._serialized_start=157
-  _globals['_ROUTEREQUEST']._serialized_end=465
-  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_start=380
-  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_end=427
-  _globals['_ROUTERESPONSE']._serialized_start=468
-  _globals['_ROUTERESPONSE']._serialized_end=727
-  _globals['_STREAMROUTEREQUEST']._serialized_start=730
-  _globals['_STREAMROUTEREQUEST']._serialized_end=1050
-  _globals['_STREAMROUTEREQUEST_METADATAENTRY']._serialized_start=380
-  _globals['_STREAMROUTEREQUEST_METADATAENTRY']._serialized_end=427
-  _globals['_STREAMROUTERESPONSE']._serialized_start=1053
-  _globals['_STREAMROUTERESPONSE']._serialized_end=1563
-  _globals['_STREAMROUTERESPONSE_STREAMSTART']._serialized_start=1267
-  _globals['_STREAMROUTERESPONSE_STREAMSTART']._serialized_end=1365
-  _globals['_STREAMROUTERESPONSE_STREAMDELTA']._serialized_start=1367
-  _globals['_STREAMROUTERESPONSE_STREAMDELTA']._serialized_end=1394
-  _globals['_STREAMROUTERESPONSE_STREAMFINISH']._serialized_start=1397
-  _globals['_STREAMROUTERESPONSE_STREAMFINISH']._serialized_end=1554
-  _globals['_ROUTERSERVICE']._serialized_start=1810
-  _globals['_ROUTERSERVICE']._serialized_end=1973
+  _globals['_ROLE']._serialized_start=2842
+  _globals['_ROLE']._serialized_end=2922
+  _globals['_FINISHREASON']._serialized_start=2925
+  _globals['_FINISHREASON']._serialized_end=3084
+  _globals['_PREFERENCE']._serialized_start=3086
+  _globals['_PREFERENCE']._serialized_end=3195
+  _globals['_CAPABILITY']._serialized_start=3197
+  _globals['_CAPABILITY']._serialized_end=3308
+  _globals['_TASK']._serialized_start=3311
+  _globals['_TASK']._serialized_end=3541
+  _globals['_FALLBACKPOLICY']._serialized_start=3543
+  _globals['_FALLBACKPOLICY']._serialized_end=3650
+  _globals['_ATTEMPTOUTCOME']._serialized_start=3653
+  _globals['_ATTEMPTOUTCOME']._serialized_end=3792
+  _globals['_ATTEMPT']._serialized_start=42
+  _globals['_ATTEMPT']._serialized_end=186
+  _globals['_CANDIDATESCORE']._serialized_start=189
+  _globals['_CANDIDATESCORE']._serialized_end=333
+  _globals['_MESSAGE']._serialized_start=335
+  _globals['_MESSAGE']._serialized_end=394
+  _globals['_USAGE']._serialized_start=396
+  _globals['_USAGE']._serialized_end=448
+  _globals['_ROUTEREQUEST']._serialized_start=451
+  _globals['_ROUTEREQUEST']._serialized_end=1105
+  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_start=959
+  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_end=1006
+  _globals['_ROUTERESPONSE']._serialized_start=1108
+  _globals['_ROUTERESPONSE']._serialized_end=1512
+  _globals['_STREAMROUTEREQUEST']._serialized_start=1515
+  _globals['_STREAMROUTEREQUEST']._serialized_end=2181
+  _globals['_STREAMROUTEREQUEST_METADATAENTRY']._serialized_start=959
+  _globals['_STREAMROUTEREQUEST_METADATAENTRY']._serialized_end=1006
+  _globals['_STREAMROUTERESPONSE']._serialized_start=2184
+  _globals['_STREAMROUTERESPONSE']._serialized_end=2840
+  _globals['_STREAMROUTERESPONSE_STREAMSTART']._serialized_start=2399
+  _globals['_STREAMROUTERESPONSE_STREAMSTART']._serialized_end=2642
+  _globals['_STREAMROUTERESPONSE_STREAMDELTA']._serialized_start=2644
+  _globals['_STREAMROUTERESPONSE_STREAMDELTA']._serialized_end=2671
+  _globals['_STREAMROUTERESPONSE_STREAMFINISH']._serialized_start=2674
+  _globals['_STREAMROUTERESPONSE_STREAMFINISH']._serialized_end=2831
+  _globals['_ROUTERSERVICE']._serialized_start=3795
+  _globals['_ROUTERSERVICE']._serialized_end=3958
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,266 @@ FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
 """The model asked to call a tool."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _Preference:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PreferenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Preference.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREFERENCE_UNSPECIFIED: _Preference.ValueType  # 0
+    """Balanced: task-weighted quality per unit of effective cost."""
+    PREFERENCE_COST: _Preference.ValueType  # 1
+    """The cheapest candidate that meets the other hints."""
+    PREFERENCE_LATENCY: _Preference.ValueType  # 2
+    """The lowest expected latency, given recent latency and load."""
+    PREFERENCE_QUALITY: _Preference.ValueType  # 3
+    """The highest task-weighted quality; cost only breaks ties."""
+
+class Preference(_Preference, metaclass=_PreferenceEnumTypeWrapper):
+    """Preference says what the router should favour among feasible candidates."""
+
+PREFERENCE_UNSPECIFIED: Preference.ValueType  # 0
+"""Balanced: task-weighted quality per unit of effective cost."""
+PREFERENCE_COST: Preference.ValueType  # 1
+"""The cheapest candidate that meets the other hints."""
+PREFERENCE_LATENCY: Preference.ValueType  # 2
+"""The lowest expected latency, given recent latency and load."""
+PREFERENCE_QUALITY: Preference.ValueType  # 3
+"""The highest task-weighted quality; cost only breaks ties."""
+Global___Preference: _TypeAlias = Preference  # noqa: Y015
+
+class _Capability:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAPABILITY_UNSPECIFIED: _Capability.ValueType  # 0
+    """Not a capability; ignored."""
+    CAPABILITY_TOOLS: _Capability.ValueType  # 1
+    """Tool (function) calling."""
+    CAPABILITY_VISION: _Capability.ValueType  # 2
+    """Image input."""
+    CAPABILITY_JSON_MODE: _Capability.ValueType  # 3
+    """Guaranteed JSON output."""
+
+class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
+    """Capability is a model feature a request may require."""
+
+CAPABILITY_UNSPECIFIED: Capability.ValueType  # 0
+"""Not a capability; ignored."""
+CAPABILITY_TOOLS: Capability.ValueType  # 1
+"""Tool (function) calling."""
+CAPABILITY_VISION: Capability.ValueType  # 2
+"""Image input."""
+CAPABILITY_JSON_MODE: Capability.ValueType  # 3
+"""Guaranteed JSON output."""
+Global___Capability: _TypeAlias = Capability  # noqa: Y015
+
+class _Task:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_UNSPECIFIED: _Task.ValueType  # 0
+    """Unknown: faregate classifies the messages itself."""
+    TASK_BOILERPLATE: _Task.ValueType  # 1
+    """Boilerplate, scaffolding, templates."""
+    TASK_GENERATION: _Task.ValueType  # 2
+    """Writing new code."""
+    TASK_REFACTOR: _Task.ValueType  # 3
+    """Restructuring existing code."""
+    TASK_REVIEW: _Task.ValueType  # 4
+    """Reviewing code or a change."""
+    TASK_UNIT_TEST: _Task.ValueType  # 5
+    """Writing tests."""
+    TASK_PLANNING: _Task.ValueType  # 6
+    """Designing or planning work."""
+    TASK_ORCHESTRATION: _Task.ValueType  # 7
+    """Coordinating agents or tools."""
+    TASK_SECURITY_REVIEW: _Task.ValueType  # 8
+    """Looking for security problems."""
+    TASK_DEBUG: _Task.ValueType  # 9
+    """Finding and fixing a bug."""
+    TASK_EXPLAIN: _Task.ValueType  # 10
+    """Explaining code or concepts."""
+
+class Task(_Task, metaclass=_TaskEnumTypeWrapper):
+    """Task is the kind of work a request asks for; harder tasks weigh model
+    quality more heavily.
+    """
+
+TASK_UNSPECIFIED: Task.ValueType  # 0
+"""Unknown: faregate classifies the messages itself."""
+TASK_BOILERPLATE: Task.ValueType  # 1
+"""Boilerplate, scaffolding, templates."""
+TASK_GENERATION: Task.ValueType  # 2
+"""Writing new code."""
+TASK_REFACTOR: Task.ValueType  # 3
+"""Restructuring existing code."""
+TASK_REVIEW: Task.ValueType  # 4
+"""Reviewing code or a change."""
+TASK_UNIT_TEST: Task.ValueType  # 5
+"""Writing tests."""
+TASK_PLANNING: Task.ValueType  # 6
+"""Designing or planning work."""
+TASK_ORCHESTRATION: Task.ValueType  # 7
+"""Coordinating agents or tools."""
+TASK_SECURITY_REVIEW: Task.ValueType  # 8
+"""Looking for security problems."""
+TASK_DEBUG: Task.ValueType  # 9
+"""Finding and fixing a bug."""
+TASK_EXPLAIN: Task.ValueType  # 10
+"""Explaining code or concepts."""
+Global___Task: _TypeAlias = Task  # noqa: Y015
+
+class _FallbackPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FallbackPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FallbackPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FALLBACK_POLICY_UNSPECIFIED: _FallbackPolicy.ValueType  # 0
+    """The default: SAME_ROUTE."""
+    FALLBACK_POLICY_SAME_ROUTE: _FallbackPolicy.ValueType  # 1
+    """Other candidates of the requested route may serve; an explicit model
+    name is never swapped for another model.
+    """
+    FALLBACK_POLICY_NONE: _FallbackPolicy.ValueType  # 2
+    """Only the first choice serves; a failure may still be retried on it."""
+
+class FallbackPolicy(_FallbackPolicy, metaclass=_FallbackPolicyEnumTypeWrapper):
+    """FallbackPolicy says which models may serve when the first choice fails."""
+
+FALLBACK_POLICY_UNSPECIFIED: FallbackPolicy.ValueType  # 0
+"""The default: SAME_ROUTE."""
+FALLBACK_POLICY_SAME_ROUTE: FallbackPolicy.ValueType  # 1
+"""Other candidates of the requested route may serve; an explicit model
+name is never swapped for another model.
+"""
+FALLBACK_POLICY_NONE: FallbackPolicy.ValueType  # 2
+"""Only the first choice serves; a failure may still be retried on it."""
+Global___FallbackPolicy: _TypeAlias = FallbackPolicy  # noqa: Y015
+
+class _AttemptOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    """Not reported."""
+    ATTEMPT_OUTCOME_SUCCEEDED: _AttemptOutcome.ValueType  # 1
+    """It served the request."""
+    ATTEMPT_OUTCOME_FAILED: _AttemptOutcome.ValueType  # 2
+    """It failed; `reason` says how."""
+    ATTEMPT_OUTCOME_CANCELLED: _AttemptOutcome.ValueType  # 3
+    """It lost a hedge race and was cancelled."""
+
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
+    """AttemptOutcome is how one upstream attempt ended."""
+
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+"""Not reported."""
+ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome.ValueType  # 1
+"""It served the request."""
+ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 2
+"""It failed; `reason` says how."""
+ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 3
+"""It lost a hedge race and was cancelled."""
+Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """Attempt is one upstream call made for a request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    LATENCY_US_FIELD_NUMBER: _builtins.int
+    COST_NANO_USD_FIELD_NUMBER: _builtins.int
+    HEDGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The configured name of the model called."""
+    outcome: Global___AttemptOutcome.ValueType
+    """How the attempt ended."""
+    latency_us: _builtins.int
+    """Microseconds from its start to its end (for streams: to the first token)."""
+    cost_nano_usd: _builtins.int
+    """What it cost, in nano-USD."""
+    hedge: _builtins.bool
+    """Whether it was a hedge started because the primary was slow."""
+    reason: _builtins.str
+    """For a failed attempt, the error reason it would have returned."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        outcome: Global___AttemptOutcome.ValueType = ...,
+        latency_us: _builtins.int = ...,
+        cost_nano_usd: _builtins.int = ...,
+        hedge: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_nano_usd", b"cost_nano_usd", "hedge", b"hedge", "latency_us", b"latency_us", "model", b"model", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
+
+@_typing.final
+class CandidateScore(_message.Message):
+    """CandidateScore is the router's judgement of one candidate (sent when
+    `explain` is set).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FEASIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    WORST_CASE_NANO_USD_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    SCARCITY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The configured name of the model."""
+    feasible: _builtins.bool
+    """Whether it could serve the request."""
+    reason: _builtins.str
+    """Why it could not; empty when feasible."""
+    score: _builtins.float
+    """Its score; higher is better; 0 when infeasible."""
+    worst_case_nano_usd: _builtins.int
+    """Its worst-case cost for this request, in nano-USD."""
+    quality: _builtins.float
+    """Its quality weighted for the request's task, 0 to 1."""
+    scarcity: _builtins.float
+    """The multiplier its provider limit pools put on its cost (1 = plentiful)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        feasible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        score: _builtins.float = ...,
+        worst_case_nano_usd: _builtins.int = ...,
+        quality: _builtins.float = ...,
+        scarcity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feasible", b"feasible", "model", b"model", "quality", b"quality", "reason", b"reason", "scarcity", b"scarcity", "score", b"score", "worst_case_nano_usd", b"worst_case_nano_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateScore: _TypeAlias = CandidateScore  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """Message is one turn of a chat conversation."""
@@ -166,6 +426,14 @@ class RouteRequest(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PREFER_FIELD_NUMBER: _builtins.int
+    MIN_QUALITY_FIELD_NUMBER: _builtins.int
+    MAX_COST_NANO_USD_FIELD_NUMBER: _builtins.int
+    REQUIRED_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    MIN_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias from the config; empty means the config's
     default route.
@@ -180,6 +448,20 @@ class RouteRequest(_message.Message):
     """
     temperature: _builtins.float
     """Sampling temperature passed to the provider; omitted means its default."""
+    prefer: Global___Preference.ValueType
+    """What to favour among feasible candidates."""
+    min_quality: _builtins.float
+    """The lowest model quality (0 to 1) acceptable; omitted means any."""
+    max_cost_nano_usd: _builtins.int
+    """The most this request may cost in the worst case, in nano-USD."""
+    min_context_tokens: _builtins.int
+    """The smallest context window acceptable, in tokens."""
+    task: Global___Task.ValueType
+    """The kind of work; unspecified means faregate classifies the messages."""
+    fallback: Global___FallbackPolicy.ValueType
+    """Which models may serve when the first choice fails."""
+    explain: _builtins.bool
+    """Whether to report every candidate's score in the response."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -187,6 +469,10 @@ class RouteRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels kept with the request for logs and accounting."""
+
+    @_builtins.property
+    def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
+        """Capabilities the model must have."""
 
     def __init__(
         self,
@@ -198,17 +484,37 @@ class RouteRequest(_message.Message):
         max_output_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prefer: Global___Preference.ValueType = ...,
+        min_quality: _builtins.float | None = ...,
+        max_cost_nano_usd: _builtins.int | None = ...,
+        required_capabilities: _abc.Iterable[Global___Capability.ValueType] | None = ...,
+        min_context_tokens: _builtins.int | None = ...,
+        task: Global___Task.ValueType = ...,
+        fallback: Global___FallbackPolicy.ValueType = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "max_output_tokens", b"max_output_tokens", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_context_tokens: _TypeAlias = _typing.Literal["min_context_tokens"]  # noqa: Y015
+    _WhichOneofArgType__min_context_tokens: _TypeAlias = _typing.Literal["_min_context_tokens", b"_min_context_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_quality: _TypeAlias = _typing.Literal["min_quality"]  # noqa: Y015
+    _WhichOneofArgType__min_quality: _TypeAlias = _typing.Literal["_min_quality", b"_min_quality"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_context_tokens) -> _WhichOneofReturnType__min_context_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_quality) -> _WhichOneofReturnType__min_quality | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
@@ -229,6 +535,10 @@ class RouteResponse(_message.Message):
     MODEL_USED_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """The generated text."""
     finish_reason: Global___FinishReason.ValueType
@@ -245,9 +555,21 @@ class RouteResponse(_message.Message):
     """The provider kind of that model: "openai", "anthropic" or "sim"."""
     request_id: _builtins.str
     """faregate's id for this request, as written in its logs."""
+    model_version: _builtins.str
+    """The version of the model that served, from the config."""
+    task: Global___Task.ValueType
+    """The task the request was routed as (given or classified)."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens consumed."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """Every upstream attempt, in the order they ended; the last succeeded."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
+        """Every candidate's score, when the request set `explain`."""
 
     def __init__(
         self,
@@ -261,10 +583,14 @@ class RouteResponse(_message.Message):
         model_used: _builtins.str = ...,
         provider: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        task: Global___Task.ValueType = ...,
+        attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        candidates: _abc.Iterable[Global___CandidateScore] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_remaining_nano_usd", b"budget_remaining_nano_usd", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "model_used", b"model_used", "output", b"output", "provider", b"provider", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "budget_remaining_nano_usd", b"budget_remaining_nano_usd", "candidates", b"candidates", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "model_used", b"model_used", "model_version", b"model_version", "output", b"output", "provider", b"provider", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "task", b"task", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +631,14 @@ class StreamRouteRequest(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PREFER_FIELD_NUMBER: _builtins.int
+    MIN_QUALITY_FIELD_NUMBER: _builtins.int
+    MAX_COST_NANO_USD_FIELD_NUMBER: _builtins.int
+    REQUIRED_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    MIN_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias; empty means the default route."""
     agent: _builtins.str
@@ -315,6 +649,20 @@ class StreamRouteRequest(_message.Message):
     """The most tokens the answer may have; omitted means the model's cap."""
     temperature: _builtins.float
     """Sampling temperature passed to the provider; omitted means its default."""
+    prefer: Global___Preference.ValueType
+    """What to favour among feasible candidates."""
+    min_quality: _builtins.float
+    """The lowest model quality (0 to 1) acceptable; omitted means any."""
+    max_cost_nano_usd: _builtins.int
+    """The most this request may cost in the worst case, in nano-USD."""
+    min_context_tokens: _builtins.int
+    """The smallest context window acceptable, in tokens."""
+    task: Global___Task.ValueType
+    """The kind of work; unspecified means faregate classifies the messages."""
+    fallback: Global___FallbackPolicy.ValueType
+    """Which models may serve when the first choice fails."""
+    explain: _builtins.bool
+    """Whether to report every candidate's score in the response."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -322,6 +670,10 @@ class StreamRouteRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels kept with the request for logs and accounting."""
+
+    @_builtins.property
+    def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
+        """Capabilities the model must have."""
 
     def __init__(
         self,
@@ -333,17 +685,37 @@ class StreamRouteRequest(_message.Message):
         max_output_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prefer: Global___Preference.ValueType = ...,
+        min_quality: _builtins.float | None = ...,
+        max_cost_nano_usd: _builtins.int | None = ...,
+        required_capabilities: _abc.Iterable[Global___Capability.ValueType] | None = ...,
+        min_context_tokens: _builtins.int | None = ...,
+        task: Global___Task.ValueType = ...,
+        fallback: Global___FallbackPolicy.ValueType = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "max_output_tokens", b"max_output_tokens", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "model", b"model", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_context_tokens: _TypeAlias = _typing.Literal["min_context_tokens"]  # noqa: Y015
+    _WhichOneofArgType__min_context_tokens: _TypeAlias = _typing.Literal["_min_context_tokens", b"_min_context_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_quality: _TypeAlias = _typing.Literal["min_quality"]  # noqa: Y015
+    _WhichOneofArgType__min_quality: _TypeAlias = _typing.Literal["_min_quality", b"_min_quality"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_context_tokens) -> _WhichOneofReturnType__min_context_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_quality) -> _WhichOneofReturnType__min_quality | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
@@ -359,7 +731,10 @@ class StreamRouteResponse(_message.Message):
 
     @_typing.final
     class StreamStart(_message.Message):
-        """StreamStart says which model serves the request and what was reserved."""
+        """StreamStart says which model serves the request, what was reserved and how
+        it was chosen. It is sent when the first chunk is ready, after any
+        fallbacks or hedges.
+        """
 
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -367,6 +742,10 @@ class StreamRouteResponse(_message.Message):
         PROVIDER_FIELD_NUMBER: _builtins.int
         REQUEST_ID_FIELD_NUMBER: _builtins.int
         RESERVED_NANO_USD_FIELD_NUMBER: _builtins.int
+        MODEL_VERSION_FIELD_NUMBER: _builtins.int
+        TASK_FIELD_NUMBER: _builtins.int
+        ATTEMPTS_FIELD_NUMBER: _builtins.int
+        CANDIDATES_FIELD_NUMBER: _builtins.int
         model_used: _builtins.str
         """The configured name of the model serving the request."""
         provider: _builtins.str
@@ -375,6 +754,18 @@ class StreamRouteResponse(_message.Message):
         """faregate's id for this request."""
         reserved_nano_usd: _builtins.int
         """The worst-case cost reserved before the call, in nano-USD."""
+        model_version: _builtins.str
+        """The version of the model that served, from the config."""
+        task: Global___Task.ValueType
+        """The task the request was routed as (given or classified)."""
+        @_builtins.property
+        def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+            """Every upstream attempt, in the order they ended; the last is the one streaming."""
+
+        @_builtins.property
+        def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
+            """Every candidate's score, when the request set `explain`."""
+
         def __init__(
             self,
             *,
@@ -382,10 +773,14 @@ class StreamRouteResponse(_message.Message):
             provider: _builtins.str = ...,
             request_id: _builtins.str = ...,
             reserved_nano_usd: _builtins.int = ...,
+            model_version: _builtins.str = ...,
+            task: Global___Task.ValueType = ...,
+            attempts: _abc.Iterable[Global___Attempt] | None = ...,
+            candidates: _abc.Iterable[Global___CandidateScore] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["model_used", b"model_used", "provider", b"provider", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "candidates", b"candidates", "model_used", b"model_used", "model_version", b"model_version", "provider", b"provider", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "task", b"task"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,9 +37,10 @@ class RouterServiceStub:
     google.rpc.BadRequest detail names each bad field.
     MODEL_NOT_FOUND          NOT_FOUND. `model` names no configured model or
     route. Metadata: model.
-    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. The request can never fit the
-    model (context window or output cap). Metadata:
-    model.
+    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
+    request: context window, output cap, a required
+    capability, min_quality or max_cost_nano_usd; a
+    BadRequest detail names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
@@ -51,11 +52,21 @@ class RouterServiceStub:
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
     trailer). Metadata: model.
+    LIMIT_EXHAUSTED          UNAVAILABLE. The provider limit pools behind every
+    candidate are used up until their windows reset;
+    RetryInfo says when. Metadata: model.
+    CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
+    a 429 or has its circuit breaker open. Metadata:
+    model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
     connection error, malformed answer) before any
-    output. Metadata: model, httpStatus when known.
+    output, on every attempt allowed. Metadata: model
+    (of the last attempt), httpStatus when known.
+    UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
+    than the model's idle timeout before any output.
+    Metadata: model.
     UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
     as bad (4xx other than 401, 403, 429). Metadata:
     model, httpStatus.
@@ -66,8 +77,7 @@ class RouterServiceStub:
     reached the caller; the delivered part is charged.
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
-    configured default) passed or the upstream stalled
-    before any output. Metadata: model.
+    configured default) passed. Metadata: model.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -103,9 +113,10 @@ class RouterServiceServicer:
     google.rpc.BadRequest detail names each bad field.
     MODEL_NOT_FOUND          NOT_FOUND. `model` names no configured model or
     route. Metadata: model.
-    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. The request can never fit the
-    model (context window or output cap). Metadata:
-    model.
+    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
+    request: context window, output cap, a required
+    capability, min_quality or max_cost_nano_usd; a
+    BadRequest detail names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
@@ -117,11 +128,21 @@ class RouterServiceServicer:
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
     trailer). Metadata: model.
+    LIMIT_EXHAUSTED          UNAVAILABLE. The provider limit pools behind every
+    candidate are used up until their windows reset;
+    RetryInfo says when. Metadata: model.
+    CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
+    a 429 or has its circuit breaker open. Metadata:
+    model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
     connection error, malformed answer) before any
-    output. Metadata: model, httpStatus when known.
+    output, on every attempt allowed. Metadata: model
+    (of the last attempt), httpStatus when known.
+    UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
+    than the model's idle timeout before any output.
+    Metadata: model.
     UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
     as bad (4xx other than 401, 403, 429). Metadata:
     model, httpStatus.
@@ -132,8 +153,7 @@ class RouterServiceServicer:
     reached the caller; the delivered part is charged.
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
-    configured default) passed or the upstream stalled
-    before any output. Metadata: model.
+    configured default) passed. Metadata: model.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -188,9 +208,10 @@ class RouterService:
     google.rpc.BadRequest detail names each bad field.
     MODEL_NOT_FOUND          NOT_FOUND. `model` names no configured model or
     route. Metadata: model.
-    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. The request can never fit the
-    model (context window or output cap). Metadata:
-    model.
+    MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
+    request: context window, output cap, a required
+    capability, min_quality or max_cost_nano_usd; a
+    BadRequest detail names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
@@ -202,11 +223,21 @@ class RouterService:
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
     trailer). Metadata: model.
+    LIMIT_EXHAUSTED          UNAVAILABLE. The provider limit pools behind every
+    candidate are used up until their windows reset;
+    RetryInfo says when. Metadata: model.
+    CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
+    a 429 or has its circuit breaker open. Metadata:
+    model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
     connection error, malformed answer) before any
-    output. Metadata: model, httpStatus when known.
+    output, on every attempt allowed. Metadata: model
+    (of the last attempt), httpStatus when known.
+    UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
+    than the model's idle timeout before any output.
+    Metadata: model.
     UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
     as bad (4xx other than 401, 403, 429). Metadata:
     model, httpStatus.
@@ -217,8 +248,7 @@ class RouterService:
     reached the caller; the delivered part is charged.
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
-    configured default) passed or the upstream stalled
-    before any output. Metadata: model.
+    configured default) passed. Metadata: model.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.

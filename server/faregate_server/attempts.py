@@ -1,0 +1,383 @@
+"""Upstream attempts: one call with its bookkeeping, retries, fallbacks and hedges.
+
+`Attempts` gets a request from its first lease to a first result (a whole
+completion, or a stream's first item), trying again on failures worth
+retrying, within the caller's deadline, the model's retry budget and
+`retries.max_attempts`:
+- upstream 429, 5xx/529, connection failures, malformed answers and stalls
+  before the first token are retried; a 4xx that would fail anywhere (bad
+  request, auth) is not;
+- the next attempt goes to the next option of the plan not yet tried, else
+  (or when fallback is off) to the same model after a full-jitter exponential
+  backoff that also honours Retry-After;
+- a 429 takes its model out of rotation for Retry-After (or the configured
+  cool-down), and every verdict feeds the model's circuit breaker and latency.
+On a hedged route, a primary with no first result after the route's delay
+(or its recent p95 time to first token) races a hedge on the next option;
+the first to produce wins, the loser is cancelled at once (closing its
+upstream connection), and its lease is released. A hedge needs its own lease
+(so the budget must cover both) and counts against the retry budget.
+
+Every lease handed in is released here unless it comes back with the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from faregate_server.catalog import Deployment
+from faregate_server.clock import Clock
+from faregate_server.config import RetryConfig
+from faregate_server.domain import (
+    AttemptOutcome,
+    AttemptRecord,
+    Completion,
+    StreamEnd,
+    UpstreamRequest,
+)
+from faregate_server.errors import upstream_failure
+from faregate_server.planner import Lease, Plan, Planner
+from faregate_server.providers import UpstreamError, UpstreamErrorKind
+
+T = TypeVar("T")
+
+_RETRYABLE = {
+    UpstreamErrorKind.RATE_LIMITED,
+    UpstreamErrorKind.UNAVAILABLE,
+    UpstreamErrorKind.STALLED,
+}
+
+
+class AttemptsFailed(Exception):
+    """Every attempt allowed failed; carries the last upstream error."""
+
+    def __init__(self, error: UpstreamError, deployment: Deployment) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.deployment = deployment
+
+
+def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
+    option = lease.option
+    return UpstreamRequest(
+        upstream_model=option.deployment.config.upstream_model,
+        messages=plan.call.messages,
+        max_output_tokens=option.max_output_tokens,
+        temperature=plan.call.temperature,
+    )
+
+
+async def complete_once(deployment: Deployment, request: UpstreamRequest) -> Completion:
+    """One whole-answer call through the model's pool, feeding its health."""
+    async with deployment.pool.slot():
+        _check_breaker(deployment)
+        deployment.breaker.on_attempt_start()
+        deployment.latency.started()
+        started_s = asyncio.get_running_loop().time()
+        try:
+            completion = await deployment.provider.complete(request)
+        except UpstreamError as error:
+            _record_failure(deployment, error)
+            raise
+        except BaseException:
+            deployment.breaker.on_abandoned()
+            raise
+        finally:
+            deployment.latency.finished()
+        elapsed_s = asyncio.get_running_loop().time() - started_s
+        deployment.breaker.on_success()
+        deployment.latency.observe(elapsed_s, elapsed_s)
+        return completion
+
+
+async def stream_once(
+    deployment: Deployment, request: UpstreamRequest
+) -> AsyncGenerator[str | StreamEnd, None]:
+    """One streamed call through the model's pool, feeding its health.
+
+    Closing it early (a lost hedge, a caller gone) abandons the attempt
+    without a verdict and closes the upstream connection.
+    """
+    async with deployment.pool.slot():
+        _check_breaker(deployment)
+        deployment.breaker.on_attempt_start()
+        deployment.latency.started()
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        first_s: float | None = None
+        verdict_given = False
+        try:
+            async with aclosing(deployment.provider.stream(request)) as items:
+                async for item in items:
+                    if first_s is None:
+                        first_s = loop.time()
+                    yield item
+        except UpstreamError as error:
+            verdict_given = True
+            _record_failure(deployment, error)
+            raise
+        else:
+            verdict_given = True
+            now_s = loop.time()
+            deployment.breaker.on_success()
+            deployment.latency.observe((first_s or now_s) - started_s, now_s - started_s)
+        finally:
+            deployment.latency.finished()
+            if not verdict_given:
+                deployment.breaker.on_abandoned()
+
+
+def _check_breaker(deployment: Deployment) -> None:
+    # Checked again after the wait for a worker, with no await before the
+    # attempt registers: the breaker may have opened meanwhile, or its
+    # half-open trials been taken.
+    if not deployment.breaker.allows():
+        raise UpstreamError(UpstreamErrorKind.UNAVAILABLE, "circuit breaker open")
+
+
+def _record_failure(deployment: Deployment, error: UpstreamError) -> None:
+    if error.kind is UpstreamErrorKind.REJECTED:
+        # The request was bad, not the upstream: a healthy answer.
+        deployment.breaker.on_success()
+    elif error.kind is UpstreamErrorKind.RATE_LIMITED:
+        deployment.breaker.on_abandoned()
+    else:
+        deployment.breaker.on_failure()
+
+
+@dataclass(slots=True)
+class _Runner(Generic[T]):
+    lease: Lease
+    task: asyncio.Future[T]
+    started_s: float
+    hedge: bool
+    settled: bool = False
+    """Its lease was released (or handed on) and its result dealt with."""
+
+    def record(self, outcome: AttemptOutcome, error: UpstreamError | None) -> AttemptRecord:
+        return Attempts._record(self.lease, self.started_s, self.hedge, outcome, error)
+
+
+class Attempts:
+    """Runs a plan's attempts up to the first result."""
+
+    def __init__(
+        self, planner: Planner, retries: RetryConfig, clock: Clock, rng: random.Random
+    ) -> None:
+        self._planner = planner
+        self._retries = retries
+        self._clock = clock
+        self._rng = rng
+
+    async def first_result(
+        self,
+        plan: Plan,
+        lease: Lease,
+        start: Callable[[Lease], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]],
+        records: list[AttemptRecord],
+        deadline_s: float,
+    ) -> tuple[T, Lease, AttemptRecord]:
+        """The first successful result of `start`, the lease it holds, and its record
+        (cost still zero: the caller settles it).
+
+        Raises:
+            AttemptsFailed: no attempt succeeded and no retry is allowed.
+        """
+        lease.option.deployment.retry_budget.on_request()
+        tried: list[Deployment] = []
+        while True:
+            tried.append(lease.option.deployment)
+            try:
+                delay_s = self._hedge_delay(plan, lease)
+                if delay_s is None or len(records) + 1 >= self._retries.max_attempts:
+                    return await self._attempt(lease, start, records)
+                return await self._race(plan, lease, start, discard, records, tried, delay_s)
+            except AttemptsFailed as failed:
+                if len(records) >= self._retries.max_attempts or not _retryable(failed):
+                    raise
+                next_lease = await self._next_lease(plan, failed, tried, deadline_s)
+                if next_lease is None:
+                    raise
+                lease = next_lease
+
+    async def _attempt(
+        self, lease: Lease, start: Callable[[Lease], Awaitable[T]], records: list[AttemptRecord]
+    ) -> tuple[T, Lease, AttemptRecord]:
+        """One attempt, no hedge: the common case, kept free of tasks."""
+        started_s = asyncio.get_running_loop().time()
+        try:
+            result = await start(lease)
+        except UpstreamError as error:
+            await self._planner.release(lease)
+            self._feedback(lease.option.deployment, error)
+            records.append(self._record(lease, started_s, False, AttemptOutcome.FAILED, error))
+            raise AttemptsFailed(error, lease.option.deployment) from None
+        except BaseException:
+            await self._planner.release(lease)
+            raise
+        return result, lease, self._record(lease, started_s, False, AttemptOutcome.SUCCEEDED)
+
+    async def _race(
+        self,
+        plan: Plan,
+        lease: Lease,
+        start: Callable[[Lease], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]],
+        records: list[AttemptRecord],
+        tried: list[Deployment],
+        delay_s: float,
+    ) -> tuple[T, Lease, AttemptRecord]:
+        """The primary attempt, raced by a hedge once it is `delay_s` late."""
+        loop = asyncio.get_running_loop()
+        runners = [_Runner(lease, asyncio.ensure_future(start(lease)), loop.time(), False)]
+        winner: _Runner[T] | None = None
+        failure: AttemptsFailed | None = None
+        try:
+            await asyncio.wait({runners[0].task}, timeout=delay_s)
+            if not runners[0].task.done():
+                hedge = await self._hedge_lease(plan, lease, tried)
+                if hedge is not None:
+                    tried.append(hedge.option.deployment)
+                    task = asyncio.ensure_future(start(hedge))
+                    runners.append(_Runner(hedge, task, loop.time(), True))
+            pending = {runner.task for runner in runners}
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for runner in runners:
+                    if runner.task not in done or runner.settled:
+                        continue
+                    error = runner.task.exception()
+                    if error is None and winner is None:
+                        winner = runner
+                        winner.settled = True
+                    elif isinstance(error, UpstreamError):
+                        runner.settled = True
+                        self._feedback(runner.lease.option.deployment, error)
+                        records.append(runner.record(AttemptOutcome.FAILED, error))
+                        await self._planner.release(runner.lease)
+                        failure = AttemptsFailed(error, runner.lease.option.deployment)
+                    elif error is not None:
+                        raise error  # not an upstream failure: nothing to retry
+            if winner is None:
+                assert failure is not None
+                raise failure
+            record = winner.record(AttemptOutcome.SUCCEEDED, None)
+            return winner.task.result(), winner.lease, record
+        finally:
+            await self._settle_losers(runners, discard, records)
+
+    async def _settle_losers(
+        self,
+        runners: list[_Runner[T]],
+        discard: Callable[[T], Awaitable[None]],
+        records: list[AttemptRecord],
+    ) -> None:
+        """Cancels every runner still going and releases every lease not handed on."""
+        for runner in runners:
+            if runner.settled:
+                continue
+            runner.settled = True
+            if not runner.task.done():
+                runner.task.cancel()
+            try:
+                result = await runner.task
+            except BaseException:
+                pass
+            else:
+                await discard(result)  # finished in a tie: the later one loses
+            records.append(runner.record(AttemptOutcome.CANCELLED, None))
+            await self._planner.release(runner.lease)
+
+    def _hedge_delay(self, plan: Plan, lease: Lease) -> float | None:
+        route = plan.route
+        if not route.hedged or len(plan.options) < 2:
+            return None
+        if route.hedge_after_p95:
+            p95_s = lease.option.deployment.latency.p95_ttft_s
+            if p95_s is not None:
+                return p95_s
+        return route.hedge_after_s
+
+    async def _hedge_lease(self, plan: Plan, lease: Lease, tried: list[Deployment]) -> Lease | None:
+        primary = lease.option.deployment
+        others = tuple(
+            o
+            for o in plan.options
+            if o.deployment not in tried and _available(o.deployment, self._clock)
+        )
+        if not others or not primary.retry_budget.try_spend():
+            return None
+        return await self._planner.lease(plan, others)
+
+    async def _next_lease(
+        self, plan: Plan, failed: AttemptsFailed, tried: list[Deployment], deadline_s: float
+    ) -> Lease | None:
+        deployment = failed.deployment
+        others = tuple(
+            option
+            for option in plan.options
+            if option.deployment not in tried and _available(option.deployment, self._clock)
+        )
+        same = tuple(o for o in plan.options if o.deployment is deployment)
+        if not deployment.retry_budget.try_spend():
+            return None
+        lease = await self._planner.lease(plan, others) if others else None
+        delay_s = 0.0
+        if lease is None and same and deployment.breaker.allows():
+            retry_number = sum(1 for d in tried if d is deployment)
+            ceiling_s = self._retries.backoff_base_s * 2 ** (retry_number - 1)
+            delay_s = self._rng.uniform(0, min(self._retries.backoff_max_s, ceiling_s))
+            delay_s = max(delay_s, deployment.cooldown_until_s - self._clock.monotonic_s())
+            if asyncio.get_running_loop().time() + delay_s >= deadline_s:
+                return None
+            lease = await self._planner.lease(plan, same)
+        if lease is None:
+            return None
+        try:
+            await asyncio.sleep(delay_s)
+        except BaseException:
+            await self._planner.release(lease)
+            raise
+        return lease
+
+    def _feedback(self, deployment: Deployment, error: UpstreamError) -> None:
+        if error.kind is UpstreamErrorKind.RATE_LIMITED:
+            cooldown_s = error.retry_after_s
+            if cooldown_s is None:
+                cooldown_s = self._retries.rate_limit_cooldown_s
+            deployment.cooldown_until_s = self._clock.monotonic_s() + cooldown_s
+
+    @staticmethod
+    def _record(
+        lease: Lease,
+        started_s: float,
+        hedge: bool,
+        outcome: AttemptOutcome,
+        error: UpstreamError | None = None,
+    ) -> AttemptRecord:
+        return AttemptRecord(
+            model=lease.option.deployment.name,
+            outcome=outcome,
+            latency_s=asyncio.get_running_loop().time() - started_s,
+            cost_nano_usd=0,
+            hedge=hedge,
+            reason="" if error is None else upstream_failure(error, "").reason,
+        )
+
+
+def _available(deployment: Deployment, clock: Clock) -> bool:
+    return (
+        deployment.cooldown_until_s <= clock.monotonic_s()
+        and deployment.breaker.allows()
+        and not deployment.pool.saturated
+    )
+
+
+def _retryable(failed: AttemptsFailed) -> bool:
+    return failed.error.kind in _RETRYABLE

@@ -1,0 +1,416 @@
+"""Reads the YAML config, validates it whole, and builds the frozen `Config`.
+
+A bad file stops startup (or is refused by a reload) with a `ConfigError`
+naming the field path and the problem, e.g.
+`models.gpt-4o.workers: must be an integer >= 1`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from faregate_server.config import (
+    BudgetConfig,
+    Config,
+    ConfigError,
+    LimitDraw,
+    LimitPoolConfig,
+    LimitUnit,
+    ModelConfig,
+    ProviderKind,
+    RetryConfig,
+    RouteConfig,
+    RouteSlot,
+    RoutingConfig,
+    ServerConfig,
+    SimSettings,
+    Window,
+)
+from faregate_server.domain import Capability
+from faregate_server.health import BreakerSettings
+from faregate_server.money import MoneyFormatError, Price, usd_to_nano_usd
+
+_PROVIDER_DEFAULT_BASE = {
+    ProviderKind.ANTHROPIC: "https://api.anthropic.com",
+    ProviderKind.SIM: "sim://",
+}
+_TOP_LEVEL = {"server", "models", "routes", "budgets", "limit_pools", "routing", "retries"}
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Loads and validates a config file, or the embedded default when path is None."""
+    if path is None:
+        text = resources.files("faregate_server").joinpath("default_config.yaml").read_text()
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_config(text, env)
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validates config YAML text; see `load_config`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid YAML: {error}") from None
+    root = _Node(data if data is not None else {}, "")
+    root.expect_keys(_TOP_LEVEL)
+    server = _server(root.child("server", {}))
+    limit_pools = {name: _limit_pool(name, node) for name, node in root.items("limit_pools")}
+    models = {
+        name: _model(name, node, env or os.environ, limit_pools)
+        for name, node in root.items("models")
+    }
+    if not models:
+        raise ConfigError("models: at least one model is required")
+    routes = {name: _route(name, node, models) for name, node in root.items("routes")}
+    for name in routes:
+        if name in models:
+            raise ConfigError(f"routes.{name}: a model has the same name")
+    if server.default_route not in routes and server.default_route not in models:
+        raise ConfigError(
+            f"server.default_route: {server.default_route!r} is neither a route nor a model"
+        )
+    budgets = {key: _budget(key, node) for key, node in root.items("budgets")}
+    return Config(
+        server=server,
+        models=models,
+        routes=routes,
+        budgets=budgets,
+        limit_pools=limit_pools,
+        routing=_routing(root.child("routing", {})),
+        retries=_retries(root.child("retries", {})),
+    )
+
+
+def _server(node: _Node) -> ServerConfig:
+    defaults = ServerConfig()
+    node.expect_keys(set(ServerConfig.__slots__))
+    return ServerConfig(
+        listen=node.string("listen", defaults.listen),
+        default_route=node.string("default_route", defaults.default_route),
+        default_deadline_s=node.number("default_deadline_s", defaults.default_deadline_s),
+        max_request_bytes=node.integer("max_request_bytes", defaults.max_request_bytes),
+        max_output_tokens_limit=node.integer(
+            "max_output_tokens_limit", defaults.max_output_tokens_limit
+        ),
+        shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
+        reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
+    )
+
+
+def _model(
+    name: str, node: _Node, env: Mapping[str, str], pools: Mapping[str, LimitPoolConfig]
+) -> ModelConfig:
+    node.expect_keys(
+        {
+            "provider", "upstream_model", "api_base", "api_key_env", "input_usd_per_mtok",
+            "output_usd_per_mtok", "context_window_tokens", "max_output_tokens", "workers",
+            "queue", "idle_timeout_s", "connect_timeout_s", "sim", "version", "quality",
+            "capabilities", "limits", "breaker",
+        }
+    )  # fmt: skip
+    provider = node.choice("provider", ProviderKind)
+    api_base = node.string("api_base", _PROVIDER_DEFAULT_BASE.get(provider, ""))
+    if not api_base:
+        raise node.error("api_base", "is required for openai models")
+    key_env = node.string("api_key_env", "")
+    api_key = None
+    if key_env:
+        api_key = env.get(key_env)
+        if not api_key:
+            raise node.error("api_key_env", f"environment variable {key_env} is not set")
+    elif provider is ProviderKind.ANTHROPIC:
+        raise node.error("api_key_env", "is required for anthropic models")
+    context_window = node.integer("context_window_tokens", 128_000)
+    max_output = node.integer("max_output_tokens", 4096)
+    if max_output >= context_window:
+        raise node.error("max_output_tokens", "must be smaller than context_window_tokens")
+    quality = node.number("quality", 0.5, minimum=0)
+    if quality > 1:
+        raise node.error("quality", "must be between 0 and 1")
+    capabilities = node.child("capabilities", [])
+    if not isinstance(capabilities.value, list):
+        raise node.error("capabilities", "must be a list")
+    return ModelConfig(
+        name=name,
+        provider=provider,
+        upstream_model=node.string("upstream_model", name),
+        api_base=api_base.rstrip("/"),
+        api_key=api_key,
+        price=Price(
+            input_nano_usd_per_mtok=node.usd("input_usd_per_mtok"),
+            output_nano_usd_per_mtok=node.usd("output_usd_per_mtok"),
+        ),
+        context_window_tokens=context_window,
+        max_output_tokens=max_output,
+        workers=node.integer("workers", 16),
+        queue=node.integer("queue", 64, minimum=0),
+        idle_timeout_s=node.number("idle_timeout_s", 30.0),
+        connect_timeout_s=node.number("connect_timeout_s", 10.0),
+        sim=_sim(node.child("sim", {})),
+        version=str(node.scalar("version", "")),
+        quality=quality,
+        capabilities=frozenset(
+            _Node(item, f"{capabilities.path}[{index}]").as_choice(Capability)
+            for index, item in enumerate(capabilities.value)
+        ),
+        draws=tuple(_draw(pool, draw, pools) for pool, draw in node.items("limits")),
+        breaker=_breaker(node.child("breaker", {})),
+    )
+
+
+def _sim(node: _Node) -> SimSettings:
+    defaults = SimSettings()
+    node.expect_keys(set(SimSettings.__slots__))
+    return SimSettings(
+        first_token_delay_s=node.number(
+            "first_token_delay_s", defaults.first_token_delay_s, minimum=0
+        ),
+        token_delay_s=node.number("token_delay_s", defaults.token_delay_s, minimum=0),
+        output_tokens=node.integer("output_tokens", defaults.output_tokens),
+        failure_rate=node.fraction("failure_rate", defaults.failure_rate),
+        slow_rate=node.fraction("slow_rate", defaults.slow_rate),
+        slow_first_token_delay_s=node.number(
+            "slow_first_token_delay_s", defaults.slow_first_token_delay_s, minimum=0
+        ),
+    )
+
+
+def _breaker(node: _Node) -> BreakerSettings:
+    defaults = BreakerSettings()
+    node.expect_keys(set(BreakerSettings.__slots__))
+    return BreakerSettings(
+        consecutive_failures=node.integer("consecutive_failures", defaults.consecutive_failures),
+        error_rate=node.fraction("error_rate", defaults.error_rate),
+        min_requests=node.integer("min_requests", defaults.min_requests),
+        window_s=node.number("window_s", defaults.window_s),
+        cooldown_s=node.number("cooldown_s", defaults.cooldown_s),
+        half_open_trials=node.integer("half_open_trials", defaults.half_open_trials),
+    )
+
+
+def _limit_pool(name: str, node: _Node) -> LimitPoolConfig:
+    node.expect_keys({"unit", "capacity", "capacity_usd", "window", "scarcity_k"})
+    unit = node.choice("unit", LimitUnit)
+    capacity = node.usd("capacity_usd") if unit is LimitUnit.USD else node.integer("capacity")
+    return LimitPoolConfig(
+        name=name,
+        unit=unit,
+        capacity=capacity,
+        window=node.choice("window", Window, Window.MINUTE),
+        scarcity_k=node.number("scarcity_k", 1.0, minimum=0),
+    )
+
+
+def _draw(pool: str, node: _Node, pools: Mapping[str, LimitPoolConfig]) -> LimitDraw:
+    if pool not in pools:
+        raise ConfigError(f"{node.path}: {pool!r} is not a configured limit pool")
+    node.expect_keys({"per_request", "per_1k_tokens"})
+    per_request = node.integer("per_request", 0, minimum=0)
+    per_1k_tokens = node.integer("per_1k_tokens", 0, minimum=0)
+    unit = pools[pool].unit
+    if unit is not LimitUnit.USD and per_request == 0 and per_1k_tokens == 0:
+        # The natural draw of the pool's unit.
+        if unit is LimitUnit.TOKENS:
+            per_1k_tokens = 1000
+        else:
+            per_request = 1
+    return LimitDraw(pool=pool, per_request=per_request, per_1k_tokens=per_1k_tokens)
+
+
+def _route(name: str, node: _Node, models: Mapping[str, ModelConfig]) -> RouteConfig:
+    if isinstance(node.value, list):  # the short form: just the candidates
+        entries = node
+        node = _Node({"candidates": node.value}, node.path)
+    else:
+        node.expect_keys({"candidates", "hedge_after_s", "hedge_after_p95"})
+        entries = node.child("candidates")
+    if not isinstance(entries.value, list) or not entries.value:
+        raise ConfigError(f"{entries.path}: must be a non-empty list of models or splits")
+    slots = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries.value):
+        path = f"{entries.path}[{index}]"
+        if isinstance(entry, dict):
+            split = _Node(entry, path)
+            split.expect_keys({"split"})
+            weights = split.items("split")
+            slot = RouteSlot(
+                models=tuple(model for model, _ in weights),
+                weights=tuple(weight.as_integer() for _, weight in weights),
+            )
+        else:
+            slot = RouteSlot(models=(entry,), weights=(1,))
+        for model in slot.models:
+            if model not in models:
+                raise ConfigError(f"{path}: {model!r} is not a configured model")
+            if model in seen:
+                raise ConfigError(f"{path}: lists {model!r} twice")
+            seen.add(model)
+        if not slot.models:
+            raise ConfigError(f"{path}: a split needs at least one model")
+        slots.append(slot)
+    hedge_after_s = node.scalar("hedge_after_s", None)
+    if hedge_after_s is not None:
+        hedge_after_s = node.number("hedge_after_s")
+    return RouteConfig(
+        name=name,
+        slots=tuple(slots),
+        hedge_after_s=hedge_after_s,
+        hedge_after_p95=node.boolean("hedge_after_p95", False),
+    )
+
+
+def _budget(key: str, node: _Node) -> BudgetConfig:
+    node.expect_keys({"limit_usd", "window"})
+    return BudgetConfig(
+        key=key,
+        limit_nano_usd=node.usd("limit_usd"),
+        window=node.choice("window", Window, Window.NONE),
+    )
+
+
+def _routing(node: _Node) -> RoutingConfig:
+    defaults = RoutingConfig()
+    node.expect_keys(set(RoutingConfig.__slots__))
+    return RoutingConfig(
+        task_weight=node.number("task_weight", defaults.task_weight, minimum=0),
+        score_margin=node.number("score_margin", defaults.score_margin, minimum=0),
+        use_it_or_lose_it_discount=node.fraction(
+            "use_it_or_lose_it_discount", defaults.use_it_or_lose_it_discount
+        ),
+        use_it_or_lose_it_horizon_s=node.number(
+            "use_it_or_lose_it_horizon_s", defaults.use_it_or_lose_it_horizon_s, minimum=0
+        ),
+        use_it_or_lose_it_headroom=node.fraction(
+            "use_it_or_lose_it_headroom", defaults.use_it_or_lose_it_headroom
+        ),
+    )
+
+
+def _retries(node: _Node) -> RetryConfig:
+    defaults = RetryConfig()
+    node.expect_keys(set(RetryConfig.__slots__))
+    return RetryConfig(
+        max_attempts=node.integer("max_attempts", defaults.max_attempts),
+        backoff_base_s=node.number("backoff_base_s", defaults.backoff_base_s, minimum=0),
+        backoff_max_s=node.number("backoff_max_s", defaults.backoff_max_s, minimum=0),
+        budget_ratio=node.number("budget_ratio", defaults.budget_ratio, minimum=0),
+        budget_min_retries=node.integer(
+            "budget_min_retries", defaults.budget_min_retries, minimum=0
+        ),
+        budget_window_s=node.number("budget_window_s", defaults.budget_window_s),
+        rate_limit_cooldown_s=node.number(
+            "rate_limit_cooldown_s", defaults.rate_limit_cooldown_s, minimum=0
+        ),
+    )
+
+
+_MISSING: Any = object()
+E = TypeVar("E", bound=StrEnum)
+
+
+class _Node:
+    """A YAML value with its dotted path, for typed reads with precise errors."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        self.value = value
+        self.path = path
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._join(key)}: {problem}")
+
+    def expect_keys(self, allowed: set[str]) -> None:
+        if not isinstance(self.value, dict):
+            raise ConfigError(f"{self.path or 'config'}: must be a mapping")
+        for key in self.value:
+            if key not in allowed:
+                raise self.error(str(key), "unknown field")
+
+    def child(self, key: str, default: Any = _MISSING) -> _Node:
+        return _Node(self._get(key, default), self._join(key))
+
+    def items(self, key: str) -> list[tuple[str, _Node]]:
+        mapping = self._get(key, {})
+        if not isinstance(mapping, dict):
+            raise self.error(key, "must be a mapping of names")
+        path = self._join(key)
+        entries = []
+        for name, value in mapping.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{path}: names must be non-empty strings, got {name!r}")
+            entries.append((name, _Node(value if value is not None else {}, f"{path}.{name}")))
+        return entries
+
+    def scalar(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, default)
+
+    def string(self, key: str, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self.error(key, "must be a string")
+        return value
+
+    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, "must be true or false")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, minimum: int = 1) -> int:
+        return self.child(key, default).as_integer(minimum)
+
+    def as_integer(self, minimum: int = 1) -> int:
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{self.path}: must be an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, minimum: float = 0.001) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self.error(key, f"must be a number >= {minimum}")
+        return float(value)
+
+    def fraction(self, key: str, default: Any = _MISSING) -> float:
+        value = self.number(key, default, minimum=0)
+        if value > 1:
+            raise self.error(key, "must be between 0 and 1")
+        return value
+
+    def choice(self, key: str, kind: type[E], default: Any = _MISSING) -> E:
+        return self.child(key, default).as_choice(kind)
+
+    def as_choice(self, kind: type[E]) -> E:
+        try:
+            return kind(self.value)
+        except ValueError:
+            choices = ", ".join(member.value for member in kind)
+            raise ConfigError(f"{self.path}: must be one of {choices}") from None
+
+    def usd(self, key: str) -> int:
+        try:
+            return usd_to_nano_usd(self._get(key))
+        except MoneyFormatError as error:
+            raise self.error(key, str(error)) from None
+
+    def _get(self, key: str, default: Any = _MISSING) -> Any:
+        if not isinstance(self.value, dict):
+            raise ConfigError(f"{self.path or 'config'}: must be a mapping")
+        value = self.value.get(key, default)
+        if value is _MISSING:
+            raise self.error(key, "is required")
+        return value
+
+    def _join(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
