@@ -46,7 +46,10 @@ class SimProvider:
                 UpstreamErrorKind.UNAVAILABLE, "simulated upstream failure", http_status=503
             )
         output_tokens = min(settings.output_tokens, request.max_output_tokens)
-        await asyncio.sleep(settings.first_token_delay_s)
+        slow = settings.slow_rate and self._rng.random() < settings.slow_rate
+        await asyncio.sleep(
+            settings.slow_first_token_delay_s if slow else settings.first_token_delay_s
+        )
         for index in range(output_tokens):
             if index:
                 await asyncio.sleep(settings.token_delay_s)
