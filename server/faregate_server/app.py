@@ -10,6 +10,7 @@ down in reverse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -91,12 +92,13 @@ async def serve(
         limits = LimitPools(config.limit_pools, clock)
         gateway = Gateway(catalog, Planner(budgets, limits, clock, rng), clock, rng)
         reloader = Reloader(config_path, gateway, budgets, limits, session, clock)
-        # Background loops live in the server's task group; each is cancelled
-        # (callbacks run last-in, first-out) before the group waits for it.
-        background = await stack.enter_async_context(asyncio.TaskGroup())
         if config_path is not None and config.server.reload_poll_s > 0:
-            watcher = background.create_task(reloader.watch(config.server.reload_poll_s))
-            stack.callback(watcher.cancel)
+            # A background loop owned by the server's lifetime: cancelled and
+            # awaited when the server stops.
+            watcher = asyncio.create_task(
+                reloader.watch(config.server.reload_poll_s), name="faregate-config-watch"
+            )
+            stack.push_async_callback(_cancel_and_wait, watcher)
 
         server = grpc.aio.server(
             options=[
@@ -126,3 +128,9 @@ async def serve(
         yield RunningServer(
             port=port, budgets=budgets, limits=limits, gateway=gateway, reloader=reloader
         )
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

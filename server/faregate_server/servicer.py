@@ -80,7 +80,9 @@ _TASKS = {
     router_pb2.TASK_DEBUG: TaskKind.DEBUG,
     router_pb2.TASK_EXPLAIN: TaskKind.EXPLAIN,
 }
-_TASK_NUMBERS: dict[TaskKind | None, int] = {kind: number for number, kind in _TASKS.items()}
+_TASK_NUMBERS: dict[TaskKind | None, router_pb2.Task.ValueType] = {
+    kind: number for number, kind in _TASKS.items()
+}
 _TASK_NUMBERS[None] = router_pb2.TASK_UNSPECIFIED
 _OUTCOMES = {
     AttemptOutcome.SUCCEEDED: router_pb2.ATTEMPT_OUTCOME_SUCCEEDED,

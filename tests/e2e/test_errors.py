@@ -25,10 +25,11 @@ USER = router_pb2.ROLE_USER
 
 async def _call(faregate: Faregate, rpc: str, request: dict[str, Any]) -> FaregateError:
     """Sends the request as Route or StreamRoute; returns the error it must raise."""
-    with pytest.raises(FaregateError) as caught:
-        if rpc == "route":
+    if rpc == "route":
+        with pytest.raises(FaregateError) as caught:
             await faregate.client.route(**request)
-        else:
+    else:
+        with pytest.raises(FaregateError) as caught:
             await read_stream(faregate.client.stream_route(**request))
     return caught.value
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faregate_client import FaregateClient
+import yaml
+from faregate_client import FaregateClient, NotFound
 
 from tests.conftest import Faregate
 from tests.fakes.upstream import FakeUpstream, Script
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "server/faregate_server/default_config.yaml"
 BUF = Path(os.environ.get("FAREGATE_BUF", REPO / ".tools/node_modules/.bin/buf"))
 
 
@@ -149,3 +152,38 @@ async def test_command_line_client_prints_the_answer_and_accounting(
     assert "simulated" in stdout.decode()
     assert "model=sim-small" in stderr.decode()
     assert "cost_nano_usd=" in stderr.decode()
+
+
+async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["server"]["reload_poll_s"] = 0  # only the signal may reload
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "serve", "--config", str(path),
+        "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            target = (await process.stdout.readline()).decode().split()[-1]
+        async with FaregateClient(target) as client:
+            with pytest.raises(NotFound):
+                await client.route("hi", budget_key="demo", model="small-only")
+
+            config["routes"]["small-only"] = ["sim-small"]
+            path.write_text(yaml.safe_dump(config))
+            process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        reply = await client.route("hi", budget_key="demo", model="small-only")
+                        break
+                    except NotFound:
+                        await asyncio.sleep(0.05)
+
+        assert reply.model_used == "sim-small"
+    finally:
+        process.terminate()
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0

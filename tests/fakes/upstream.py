@@ -62,9 +62,12 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.default = Script()
+        self.by_model: dict[str, Script] = {}
+        """Scripts for requests naming a model; they take precedence over `default`."""
         self._queued: deque[Script] = deque()
         self.received: list[Received] = []
         self.disconnected_at: list[float] = []
+        self.disconnected_models: list[str] = []
         self.completed = 0
         self.reported_usage: list[tuple[int, int]] = []
         self._runner: web.AppRunner | None = None
@@ -103,8 +106,13 @@ class FakeUpstream:
                 self._changed.clear()
                 await self._changed.wait()
 
-    def _next_script(self) -> Script:
-        return self._queued.popleft() if self._queued else self.default
+    def _next_script(self, model: str) -> Script:
+        if self._queued:
+            return self._queued.popleft()
+        return self.by_model.get(model, self.default)
+
+    def calls_to(self, model: str) -> int:
+        return sum(1 for received in self.received if received.body.get("model") == model)
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, _OpenAIFormat())
@@ -116,7 +124,7 @@ class FakeUpstream:
         body = await request.json()
         self.received.append(Received(request.path, body, dict(request.headers)))
         self._changed.set()
-        script = self._next_script()
+        script = self._next_script(body.get("model", ""))
         try:
             if script.gate is not None:
                 await script.gate.wait()
@@ -136,6 +144,7 @@ class FakeUpstream:
             return await self._stream(request, body, script, wire)
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnected_at.append(time.monotonic())
+            self.disconnected_models.append(body.get("model", ""))
             self._changed.set()
             raise
 
@@ -156,6 +165,7 @@ class FakeUpstream:
                 await asyncio.sleep(3600)
             if index == script.drop_after:
                 assert request.transport is not None
+                await asyncio.sleep(0.05)  # let what was written reach the client first
                 request.transport.abort()
                 return response
             if index == script.error_event_after:

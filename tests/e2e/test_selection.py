@@ -1,0 +1,219 @@
+"""Scored selection end to end: hints, explanations, limit pools, canaries and
+config reload, through the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from faregate.v1 import router_pb2, router_pb2_grpc
+from faregate_client import InvalidArgument
+from faregate_client._errors import error_from_rpc
+
+from tests.conftest import TEST_ENV, Faregate, StartFaregate, to_config
+from tests.fakes.clock import FakeClock
+from tests.fakes.upstream import FakeUpstream, Script
+
+
+def _request(**fields: Any) -> router_pb2.RouteRequest:
+    fields.setdefault("budget_key", "team")
+    fields.setdefault("messages", [router_pb2.Message(role=router_pb2.ROLE_USER, content="hi")])
+    return router_pb2.RouteRequest(**fields)
+
+
+async def _route(faregate: Faregate, **fields: Any) -> router_pb2.RouteResponse:
+    async with grpc.aio.insecure_channel(faregate.target) as channel:
+        reply: router_pb2.RouteResponse = await router_pb2_grpc.RouterServiceStub(channel).Route(
+            _request(**fields)
+        )
+        return reply
+
+
+async def test_preferences_move_the_choice_between_cost_and_quality(faregate: Faregate) -> None:
+    balanced = await _route(faregate)
+    cheapest = await _route(faregate, prefer=router_pb2.PREFERENCE_COST)
+    best = await _route(faregate, prefer=router_pb2.PREFERENCE_QUALITY)
+
+    assert balanced.model_used == "gpt-fake"  # 0.9 quality outweighs 16x the price of 0.2
+    assert cheapest.model_used == "cheap-fake"
+    assert best.model_used == "gpt-fake"
+
+
+async def test_explain_reports_every_candidate_and_why(faregate: Faregate) -> None:
+    reply = await _route(faregate, explain=True, min_quality=0.5)
+
+    scores = {c.model: c for c in reply.candidates}
+    assert set(scores) == {"gpt-fake", "cheap-fake"}
+    assert scores["gpt-fake"].feasible
+    assert scores["gpt-fake"].score > 0
+    assert scores["gpt-fake"].worst_case_nano_usd == reply.reserved_nano_usd
+    assert not scores["cheap-fake"].feasible
+    assert scores["cheap-fake"].reason.startswith("min_quality")
+    assert reply.task == router_pb2.TASK_GENERATION
+
+
+async def test_task_hint_overrides_the_classifier(faregate: Faregate) -> None:
+    reply = await _route(faregate, task=router_pb2.TASK_SECURITY_REVIEW)
+
+    assert reply.task == router_pb2.TASK_SECURITY_REVIEW
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"min_quality": 0.99}, "min_quality"),
+        ({"max_cost_nano_usd": 10}, "max_cost_nano_usd"),
+        ({"required_capabilities": [router_pb2.CAPABILITY_VISION]}, "required_capabilities"),
+        ({"min_context_tokens": 1_000_000}, "min_context_tokens"),
+    ],
+)
+async def test_hints_no_candidate_meets_are_model_cannot_serve(
+    faregate: Faregate, upstream: FakeUpstream, fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _route(faregate, **fields)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "") or field in str(caught.value.trailing_metadata())
+    assert upstream.received == []
+    assert faregate.reserved_nano_usd() == 0
+
+
+async def test_required_capability_picks_the_model_that_has_it(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    config_data["models"]["cheap-fake"]["capabilities"] = ["tools", "json_mode"]
+    async with start_faregate(to_config(config_data)) as faregate:
+        reply = await _route(faregate, required_capabilities=[router_pb2.CAPABILITY_TOOLS])
+
+        assert reply.model_used == "cheap-fake"
+
+
+async def test_bad_hints_are_invalid_argument_naming_each_field(faregate: Faregate) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _route(faregate, min_quality=1.5, max_cost_nano_usd=-1, task=99)
+
+    error = error_from_rpc(caught.value)
+    assert isinstance(error, InvalidArgument)
+    assert set(error.field_violations) == {"min_quality", "max_cost_nano_usd", "task"}
+
+
+async def test_exhausted_limit_pool_moves_traffic_and_resets_on_schedule(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    config_data["limit_pools"] = {
+        "gpt-rpm": {"unit": "requests", "capacity": 2, "window": "minute"}
+    }
+    config_data["models"]["gpt-fake"]["limits"] = {"gpt-rpm": {"per_request": 1}}
+    clock = FakeClock(now_s=1_800_000_000.0)
+    async with start_faregate(to_config(config_data), clock=clock) as faregate:
+        served = [(await _route(faregate)).model_used for _ in range(3)]
+        assert served == ["gpt-fake", "gpt-fake", "cheap-fake"]
+        assert faregate.running.limits.snapshot("gpt-rpm").used == 2
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _route(faregate, model="gpt-fake")
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        clock.advance(60)
+        assert (await _route(faregate)).model_used == "gpt-fake"
+        assert faregate.running.limits.snapshot("gpt-rpm").reserved == 0
+
+
+async def test_scarcity_shifts_traffic_before_the_pool_is_empty(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    # Steep scarcity (k=8): a nearly drained pool prices gpt-fake out early.
+    config_data["limit_pools"] = {
+        "gpt-rpm": {"unit": "requests", "capacity": 10, "window": "minute", "scarcity_k": 8}
+    }
+    config_data["models"]["gpt-fake"]["limits"] = {"gpt-rpm": {}}
+    async with start_faregate(to_config(config_data), clock=FakeClock()) as faregate:
+        served = [(await _route(faregate)).model_used for _ in range(10)]
+
+        assert served[0] == "gpt-fake"
+        assert "cheap-fake" in served
+        assert faregate.running.limits.snapshot("gpt-rpm").used < 10
+
+
+async def test_canary_split_serves_both_versions_by_weight(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    config_data["models"]["gpt-fake"]["version"] = "v1"
+    config_data["models"]["gpt-fake-v2"] = {**config_data["models"]["gpt-fake"], "version": "v2"}
+    config_data["routes"]["canary"] = [{"split": {"gpt-fake": 3, "gpt-fake-v2": 1}}]
+    async with start_faregate(to_config(config_data)) as faregate:
+        replies = [await _route(faregate, model="canary") for _ in range(80)]
+
+        versions = [reply.model_version for reply in replies]
+        assert {reply.model_used for reply in replies} == {"gpt-fake", "gpt-fake-v2"}
+        assert 0.1 < versions.count("v2") / len(versions) < 0.45
+
+
+@pytest.fixture
+def keys_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload reads API keys from the process environment, as at start."""
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("keys_in_environment")
+async def test_reload_applies_a_good_config_keeps_spend_and_refuses_a_bad_one(
+    start_faregate: StartFaregate, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "faregate.yaml"
+    config_data["server"]["reload_poll_s"] = 0.05
+    path.write_text(yaml.safe_dump(config_data))
+    async with start_faregate(to_config(config_data), config_path=path) as faregate:
+        first = await _route(faregate)
+        pool_before = faregate.running.catalog.deployments["gpt-fake"].pool
+
+        config_data["routes"]["fresh"] = ["cheap-fake"]
+        path.write_text(yaml.safe_dump(config_data))
+        await _wait_for(lambda: faregate.running.reloader.reloads == 1)
+
+        assert (await _route(faregate, model="fresh")).model_used == "cheap-fake"
+        assert faregate.spent_nano_usd() > first.cost_nano_usd  # spend survived the reload
+        assert faregate.running.catalog.deployments["gpt-fake"].pool is pool_before
+
+        path.write_text("models: {broken: {provider: nowhere}}")
+        await asyncio.sleep(0.3)
+        assert faregate.running.reloader.reloads == 1
+        assert (await _route(faregate, model="fresh")).model_used == "cheap-fake"
+
+
+@pytest.mark.usefixtures("keys_in_environment")
+async def test_requests_in_flight_finish_on_the_config_they_started_with(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    upstream.default = Script(hang_s=0.3)
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    async with start_faregate(to_config(config_data), config_path=path) as faregate:
+        in_flight = asyncio.create_task(_route(faregate, model="gpt-fake"))
+        await upstream.wait_for_requests(1)
+
+        del config_data["models"]["gpt-fake"]
+        config_data["routes"]["default"] = ["cheap-fake"]
+        path.write_text(yaml.safe_dump(config_data))
+        assert faregate.running.reloader.reload() is True
+
+        reply = await in_flight
+        assert reply.model_used == "gpt-fake"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _route(faregate, model="gpt-fake")
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert faregate.reserved_nano_usd() == 0
+
+
+async def _wait_for(predicate: Any) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
