@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 from faregate_server.budgets import MemoryBudgetStore
-from faregate_server.windows import next_reset_s
 from faregate_server.config import BudgetConfig, BudgetWindow
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
+from faregate_server.windows import next_reset_s
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -214,7 +214,7 @@ def _score(
     if prefer is Preference.QUALITY:
         return float(quality / effective_cost**0.05)
     if prefer is Preference.LATENCY:
-        return float(quality**0.5 / (effective_cost**0.1 * _expected_wait_s(deployment)))
+        return float(quality**0.1 / (effective_cost**0.05 * _expected_wait_s(deployment)))
     return quality / effective_cost
 
 

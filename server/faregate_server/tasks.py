@@ -11,9 +11,9 @@ How a request is classified:
   lower-cased, so the cost is bounded however large the prompt.
 - One compiled regex finds keyword hits. A keyword matches at the start of a
   word; it must end the word too unless it ends in `*` ("refactor*" matches
-  the start of "refactoring"); spaces between its words also match "-", "_" or nothing
-  ("unit test*" matches "unit-tests" and "unittest"); an apostrophe may be
-  curly or missing. Hits never overlap, and at one position the longest
+  the start of "refactoring"); a space in it also matches "-", "_", other
+  whitespace or nothing ("unit test*" matches "unit-tests" and "unittest");
+  an apostrophe may be curly or missing. Hits never overlap, and at one position the longest
   keyword wins, so "write tests" counts once, for UNIT_TEST, not also as
   GENERATION's "write".
 - Each hit adds its weight (1 weak, 2 clear, 3 decisive) to its kind; the
@@ -143,7 +143,9 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "fixture*": 2,
         "edge cases": 1,
         "assert*": 1,
-        "test*": 1,
+        "test": 1,
+        "tests": 1,
+        "testing": 1,
     },
     TaskKind.DEBUG: {
         "traceback": 3,
@@ -157,20 +159,35 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "not working": 3,
         "what's wrong": 3,
         "what is wrong": 3,
+        "keyerror": 3,
+        "typeerror": 3,
+        "valueerror": 3,
+        "attributeerror": 3,
+        "indexerror": 3,
+        "importerror": 3,
+        "nullpointerexception": 3,
+        "race condition*": 3,
+        "deadlock*": 3,
+        "memory leak*": 3,
         "exception*": 2,
         "bug*": 2,
         "crash*": 2,
-        "failing": 2,
+        "fix*": 2,
+        "fail": 2,
         "fails": 2,
+        "failing": 2,
+        "failed": 2,
+        "failure*": 2,
         "broken": 2,
         "regression": 2,
+        "hangs": 2,
         "error*": 1,
-        "fix*": 1,
     },
     TaskKind.REFACTOR: {
         "refactor*": 3,
         "restructur*": 3,
         "clean up": 2,
+        "clean it up": 2,
         "cleanup": 2,
         "rename*": 2,
         "extract*": 2,
@@ -180,10 +197,14 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "decoupl*": 2,
         "deduplicat*": 2,
         "modulari*": 2,
+        "optimi*": 2,
+        "speed up": 2,
         "tech debt": 2,
         "technical debt": 2,
         "dependency injection": 1,
         "readab*": 1,
+        "performance": 1,
+        "convert*": 1,
         "tidy": 1,
     },
     TaskKind.REVIEW: {
@@ -193,6 +214,9 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "pull request*": 2,
         "diff": 2,
         "look over": 2,
+        "is this correct": 2,
+        "any issues": 2,
+        "thread safe*": 2,
         "second pair of eyes": 2,
         "pr": 1,
         "lgtm": 1,
@@ -246,6 +270,8 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "what is": 2,
         "what are": 2,
         "difference between": 2,
+        "docstring*": 2,
+        "document*": 1,
         "meaning of": 1,
     },
     TaskKind.GENERATION: {
@@ -260,6 +286,8 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
         "make a": 1,
         "add a": 1,
         "feature*": 1,
+        "translate": 1,
+        "port": 1,
     },
     TaskKind.BOILERPLATE: {
         "boilerplate": 3,
@@ -285,6 +313,8 @@ _KEYWORDS: Mapping[TaskKind, Mapping[str, int]] = {
 _Trie = dict[str, "_Trie"]
 
 _SEPARATOR = r"[ \t\r\n_-]*"
+_WORD_END = r"(?!\w)"
+_PREFIX_END = ""
 _APOSTROPHE = "['\u2019]?"
 _UNSPELLED = str.maketrans("", "", " \t\r\n_-'\u2019")
 
@@ -295,16 +325,19 @@ def _atoms(keyword: str) -> list[str]:
         _SEPARATOR if char == " " else _APOSTROPHE if char == "'" else re.escape(char)
         for char in body
     ]
-    if not keyword.endswith("*") and body[-1].isalnum():
-        atoms.append(r"(?!\w)")
+    whole_word = not keyword.endswith("*") and body[-1].isalnum()
+    atoms.append(_WORD_END if whole_word else _PREFIX_END)
     return atoms
 
 
 def _trie_regex(trie: _Trie) -> str:
-    # Continuations come before the end of a keyword, so the longest one wins.
-    branches = [atom + _trie_regex(child) for atom, child in sorted(trie.items()) if atom]
-    if "" in trie:
-        branches.append("")
+    # Continuations come before the ends of keywords, so the longest one wins:
+    # "what is wrong" before "what is".
+    ends = (_WORD_END, _PREFIX_END)
+    branches = [
+        atom + _trie_regex(child) for atom, child in sorted(trie.items()) if atom not in ends
+    ]
+    branches += [end for end in ends if end in trie]
     if len(branches) == 1:
         return branches[0]
     return "(?:" + "|".join(branches) + ")"
@@ -325,7 +358,6 @@ def _compile() -> tuple[re.Pattern[str], dict[str, tuple[TaskKind, int]]]:
             node = trie
             for atom in _atoms(keyword):
                 node = node.setdefault(atom, {})
-            node[""] = {}
             spelling = keyword.removesuffix("*")
             for key in (spelling, spelling.translate(_UNSPELLED)):
                 if hits.setdefault(key, (kind, weight)) != (kind, weight):

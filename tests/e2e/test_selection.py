@@ -43,6 +43,21 @@ async def test_preferences_move_the_choice_between_cost_and_quality(faregate: Fa
     assert best.model_used == "gpt-fake"
 
 
+async def test_prefer_latency_follows_measured_latency(
+    faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    upstream.by_model["gpt-fake"] = Script(hang_s=0.2)
+    for model in ("gpt-fake", "cheap-fake"):  # let both build a latency history
+        for _ in range(3):
+            await _route(faregate, model=model)
+
+    balanced = await _route(faregate)
+    fastest = await _route(faregate, prefer=router_pb2.PREFERENCE_LATENCY)
+
+    assert balanced.model_used == "gpt-fake"
+    assert fastest.model_used == "cheap-fake"
+
+
 async def test_explain_reports_every_candidate_and_why(faregate: Faregate) -> None:
     reply = await _route(faregate, explain=True, min_quality=0.5)
 
