@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,3 +76,15 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Any) -> None
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_the_readme_config_reference_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = readme.split("## Config reference", 1)[1]
+    block = reference.split("```yaml\n", 1)[1].split("```", 1)[0]
+    env = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"}
+
+    config = parse_config(block, env=env)
+
+    assert config.routes["fast"].hedge_after_s == 0.8
+    assert config.limit_pools["anthropic-spend"].capacity == 200 * 10**9
