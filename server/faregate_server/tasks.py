@@ -1,7 +1,8 @@
 """Guesses what kind of coding task a request is, for weighting model quality.
 
 When an agent names no task, the router calls `classify_task` and weights each
-candidate's quality by the task's difficulty: quality ** (1 + 3 * difficulty),
+candidate's quality by the task's difficulty: quality ** (1 + task_weight *
+difficulty), with `routing.task_weight` from the config,
 so a hard task punishes a weak model far more than boilerplate does.
 
 How a request is classified:
@@ -34,32 +35,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from types import MappingProxyType
 
-from faregate_server.domain import ChatMessage, Role
-
-
-class TaskKind(StrEnum):
-    """The kinds of work a coding agent asks a model for."""
-
-    BOILERPLATE = "boilerplate"
-    GENERATION = "generation"
-    REFACTOR = "refactor"
-    REVIEW = "review"
-    UNIT_TEST = "unit_test"
-    PLANNING = "planning"
-    ORCHESTRATION = "orchestration"
-    SECURITY_REVIEW = "security_review"
-    DEBUG = "debug"
-    EXPLAIN = "explain"
-
+from faregate_server.domain import ChatMessage, Role, TaskKind
 
 TASK_DIFFICULTY: Mapping[TaskKind, float] = MappingProxyType(
     {
         # How much the task punishes a weak model, in [0, 1]: 0 means any model
         # does it well, 1 means a miss is costly and hard to notice. The router
-        # uses quality ** (1 + 3 * difficulty) as the task-weighted quality.
+        # uses quality ** (1 + task_weight * difficulty) as the task-weighted quality.
         TaskKind.SECURITY_REVIEW: 1.0,  # a missed vulnerability ships silently
         TaskKind.PLANNING: 0.9,  # a bad plan wastes every step after it
         TaskKind.ORCHESTRATION: 0.8,  # errors compound across sub-agents
