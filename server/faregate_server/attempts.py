@@ -283,14 +283,13 @@ class Attempts:
             if runner.settled:
                 continue
             runner.settled = True
-            if not runner.task.done():
-                runner.task.cancel()
-            try:
-                result = await runner.task
-            except BaseException:
-                pass
-            else:
-                await discard(result)  # finished in a tie: the later one loses
+            task = runner.task
+            if not task.done():
+                task.cancel()
+                # wait() rather than await: the loser's own end is not ours to raise.
+                await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is None:
+                await discard(task.result())  # finished in a tie: the later one loses
             records.append(runner.record(AttemptOutcome.CANCELLED, None))
             await self._planner.release(runner.lease)
 
