@@ -43,6 +43,7 @@ from faregate_server.domain import (
 from faregate_server.errors import upstream_failure
 from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError, UpstreamErrorKind
+from faregate_server.selection import Option
 
 T = TypeVar("T")
 
@@ -305,11 +306,7 @@ class Attempts:
 
     async def _hedge_lease(self, plan: Plan, lease: Lease, tried: list[Deployment]) -> Lease | None:
         primary = lease.option.deployment
-        others = tuple(
-            o
-            for o in plan.options
-            if o.deployment not in tried and _available(o.deployment, self._clock)
-        )
+        others = self._untried(plan, tried)
         if not others or not primary.retry_budget.try_spend():
             return None
         return await self._planner.lease(plan, others)
@@ -318,11 +315,7 @@ class Attempts:
         self, plan: Plan, failed: AttemptsFailed, tried: list[Deployment], deadline_s: float
     ) -> Lease | None:
         deployment = failed.deployment
-        others = tuple(
-            option
-            for option in plan.options
-            if option.deployment not in tried and _available(option.deployment, self._clock)
-        )
+        others = self._untried(plan, tried)
         same = tuple(o for o in plan.options if o.deployment is deployment)
         if not deployment.retry_budget.try_spend():
             return None
@@ -344,6 +337,14 @@ class Attempts:
             await self._planner.release(lease)
             raise
         return lease
+
+    def _untried(self, plan: Plan, tried: list[Deployment]) -> tuple[Option, ...]:
+        """The plan's options not tried yet that can serve now, in plan order."""
+        return tuple(
+            option
+            for option in plan.options
+            if option.deployment not in tried and _available(option.deployment, self._clock)
+        )
 
     def _feedback(self, deployment: Deployment, error: UpstreamError) -> None:
         if error.kind is UpstreamErrorKind.RATE_LIMITED:
