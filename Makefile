@@ -50,7 +50,8 @@ buf-lint: tools
 buf-breaking: tools
 	@previous=$$(git log -n 2 --format=%H -- protos | sed -n 2p); \
 	if [ -n "$$previous" ]; then \
-	  $(BUF) breaking --against ".git#ref=$$previous"; \
+	  $(BUF) breaking --against ".git#ref=$$previous" \
+	    && echo "buf breaking: no breaking change against $$previous"; \
 	else echo "buf breaking: no earlier contract to compare with"; fi
 
 lint: setup

@@ -219,7 +219,7 @@ def _figures_table(report: BenchReport) -> list[str]:
     table.append(
         ("peak RSS, VmHWM (MiB)", *(f"{report.peak_rss_bytes[name] / MIB:.1f}" for name in names))
     )
-    return _align(table)
+    return align(table)
 
 
 def _direct_lines(report: BenchReport) -> list[str]:
@@ -283,7 +283,7 @@ def _goals_table(report: BenchReport) -> list[str]:
     )
     saturated = max(settings.latency_concurrencies)
     return [
-        *_align(table),
+        *align(table),
         f"Note: at c={saturated} the closed loop keeps the server core busy, so latency there "
         f"is mostly queueing: about {saturated} x CPU per request.",
     ]
@@ -326,7 +326,7 @@ def _failure_lines(report: BenchReport) -> list[str]:
     return ["", *lines] if lines else []
 
 
-def _align(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def align(rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Left-aligns the first column, right-aligns the others, rules off the header."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = []
