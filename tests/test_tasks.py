@@ -294,3 +294,25 @@ _KEYWORD_FRAGMENTS = st.sampled_from(
 )
 def test_any_messages_give_a_task_kind(messages: list[ChatMessage]) -> None:
     assert isinstance(classify_task(messages), TaskKind)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kind"),
+    [
+        (
+            "Refactor this module so parsing and validation are separate steps.\n"
+            "```python\ndef parse(text):\n    raise ValueError(text)\n```",
+            TaskKind.REFACTOR,
+        ),
+        (
+            "Explain what this decorator does.\n```python\ntry:\n    x()\nexcept KeyError:\n"
+            "    pass\n```",
+            TaskKind.EXPLAIN,
+        ),
+        ("```\nTraceback (most recent call last):\nKeyError: 'x'\n```", TaskKind.DEBUG),
+    ],
+)
+def test_code_pasted_in_fences_does_not_outvote_the_instruction(
+    prompt: str, kind: TaskKind
+) -> None:
+    assert classify_task([ChatMessage(Role.USER, prompt)]) == kind

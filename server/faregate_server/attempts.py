@@ -115,18 +115,20 @@ async def stream_once(
         try:
             async with aclosing(deployment.provider.stream(request)) as items:
                 async for item in items:
+                    now_s = loop.time()
                     if first_s is None:
-                        first_s = loop.time()
+                        first_s = now_s
+                    if isinstance(item, StreamEnd):
+                        # The verdict is due now: the consumer may close this
+                        # generator as soon as it has the end in hand.
+                        verdict_given = True
+                        deployment.breaker.on_success()
+                        deployment.latency.observe(first_s - started_s, now_s - started_s)
                     yield item
         except UpstreamError as error:
             verdict_given = True
             _record_failure(deployment, error)
             raise
-        else:
-            verdict_given = True
-            now_s = loop.time()
-            deployment.breaker.on_success()
-            deployment.latency.observe((first_s or now_s) - started_s, now_s - started_s)
         finally:
             deployment.latency.finished()
             if not verdict_given:

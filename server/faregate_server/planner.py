@@ -27,7 +27,7 @@ from faregate_server.errors import (
     PoolSaturated,
 )
 from faregate_server.limits import LimitPools, LimitReservation, projected_draw
-from faregate_server.selection import Option, Selector
+from faregate_server.selection import Option, Selection, Selector
 from faregate_server.tasks import classify_task
 
 
@@ -73,7 +73,7 @@ class Planner:
         selector = Selector(self._limits, catalog.config.routing, self._clock, self._rng)
         selection = selector.select(call, route, catalog.deployments, task)
         if not selection.options:
-            raise _nothing_feasible(call, route, selection.unfit, selection.unavailable, catalog)
+            raise _nothing_feasible(call, route, selection, catalog)
         options = selection.options
         if not (call.hints.fallback and catalog.is_route(call.model)):
             options = options[:1]
@@ -128,20 +128,17 @@ class Planner:
 
 
 def _nothing_feasible(
-    call: RouteCall,
-    route: RouteConfig,
-    unfit: tuple[str, str] | None,
-    unavailable: str,
-    catalog: Catalog,
+    call: RouteCall, route: RouteConfig, selection: Selection, catalog: Catalog
 ) -> FaregateError:
     name = call.model or route.name
+    unavailable = selection.unavailable
     if not unavailable:
-        assert unfit is not None
-        field, description = unfit
+        assert selection.unfit is not None
+        field, description = selection.unfit
         return ModelCannotServe(name, field, description)
     if unavailable == "workers and queue full":
         first = catalog.deployments[route.slots[0].models[0]]
         return PoolSaturated(name, first.pool.retry_after_s())
     if unavailable.startswith("a limit pool"):
-        return LimitExhausted(name, retry_after_s=1.0)
+        return LimitExhausted(name, selection.limits_retry_after_s)
     return CandidatesUnavailable(name, unavailable)

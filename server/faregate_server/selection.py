@@ -59,6 +59,8 @@ class Selection:
     """(field, problem) of the first candidate that can never serve this request."""
     unavailable: str
     """Why the first candidate that cannot serve now can't ("" if none)."""
+    limits_retry_after_s: float
+    """When the limit pools that ruled candidates out reset (inf if none did)."""
 
 
 class Selector:
@@ -85,6 +87,7 @@ class Selector:
         scores: list[CandidateScore] = []
         unfit: tuple[str, str] | None = None
         unavailable = ""
+        limits_retry_after_s = math.inf
         for slot in route.slots:
             name = (
                 slot.models[0]
@@ -119,6 +122,9 @@ class Selector:
                 scarcity = self._limits.scarcity(draw, self._routing) if draw else 1.0
                 reason = _unavailable(deployment, now_s, scarcity)
                 unavailable = unavailable or reason
+                if math.isinf(scarcity):
+                    wait_s = self._limits.retry_after_s(draw)
+                    limits_retry_after_s = min(limits_retry_after_s, wait_s)
             score = 0.0
             if not reason:
                 score = _score(hints.prefer, quality, max(worst_case, 1) * scarcity, deployment)
@@ -137,7 +143,9 @@ class Selector:
                         scarcity=scarcity,
                     )
                 )
-        return Selection(tuple(self._rank(options)), tuple(scores), unfit, unavailable)
+        return Selection(
+            tuple(self._rank(options)), tuple(scores), unfit, unavailable, limits_retry_after_s
+        )
 
     def _rank(self, options: list[Option]) -> list[Option]:
         if len(options) < 2:

@@ -58,6 +58,8 @@ TASK_DIFFICULTY: Mapping[TaskKind, float] = MappingProxyType(
 )
 
 _WINDOW_CHARS = 4_000
+# A fenced code block, or an unclosed fence running to the end of the window.
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _LONG_PROMPT_CHARS = 3_000
 _MANY_FENCES = 4  # two fenced code blocks
 _MANY_NEWLINES = 50
@@ -365,13 +367,12 @@ def classify_task(messages: Sequence[ChatMessage]) -> TaskKind:
     """
     text = _chosen_text(messages)
     window = text[-_WINDOW_CHARS:].lower()
-    scores = dict.fromkeys(_KINDS, 0)
-    for found in _PATTERN.findall(window):
-        # A prefix keyword matches without its word's ending ("refactor" in
-        # "refactoring"), so the text is the keyword as written, or else the
-        # keyword with other separators or apostrophes, which these remove.
-        hit = _HITS.get(found) or _HITS[found.translate(_UNSPELLED)]
-        scores[hit[0]] += hit[1]
+    # The instruction is the prose: code pasted in fences (an exception name
+    # in a snippet to refactor) must not outvote it. Only when the prose says
+    # nothing do the fenced parts count.
+    scores = _scores(_FENCED.sub(" ", window)) if "```" in window else _scores(window)
+    if not any(scores.values()) and "```" in window:
+        scores = _scores(window)
     complex_prompt = (
         len(text) >= _LONG_PROMPT_CHARS
         or window.count("```") >= _MANY_FENCES
@@ -382,6 +383,17 @@ def classify_task(messages: Sequence[ChatMessage]) -> TaskKind:
         return TaskKind.PLANNING if complex_prompt else TaskKind.GENERATION
     priority = _COMPLEX_PRIORITY if complex_prompt else _PRIORITY
     return next(kind for kind in priority if scores[kind] == best)
+
+
+def _scores(text: str) -> dict[TaskKind, int]:
+    scores = dict.fromkeys(_KINDS, 0)
+    for found in _PATTERN.findall(text):
+        # A prefix keyword matches without its word's ending ("refactor" in
+        # "refactoring"), so the text is the keyword as written, or else the
+        # keyword with other separators or apostrophes, which these remove.
+        hit = _HITS.get(found) or _HITS[found.translate(_UNSPELLED)]
+        scores[hit[0]] += hit[1]
+    return scores
 
 
 def _chosen_text(messages: Sequence[ChatMessage]) -> str:

@@ -4,6 +4,7 @@ end against fake upstreams scripted per model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FaregateError, InvalidArgument, StreamInterrupted, Unavailable
 
-from tests.conftest import StartFaregate, read_stream, to_config
+from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 
 OUTCOME = router_pb2.AttemptOutcome.Name
@@ -261,3 +262,20 @@ async def test_cancelling_a_hedged_request_cancels_both_upstreams(
         async with asyncio.timeout(2):
             while faregate.reserved_nano_usd():  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
+
+
+async def test_completed_streams_feed_the_breaker_and_latency(
+    faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    # A failure every third stream: never five in a row, under half the window.
+    upstream.queue(*(Script(status=500) if i % 3 == 2 else Script() for i in range(10)))
+    for _ in range(10):
+        with contextlib.suppress(Unavailable):
+            await read_stream(
+                faregate.client.stream_route("hi", budget_key="team", model="gpt-fake")
+            )
+
+    deployment = faregate.running.catalog.deployments["gpt-fake"]
+    assert deployment.breaker.state.value == "closed"
+    assert deployment.latency.samples == 7
+    assert deployment.latency.in_flight == 0

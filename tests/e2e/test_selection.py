@@ -11,7 +11,7 @@ import grpc
 import pytest
 import yaml
 from faregate.v1 import router_pb2, router_pb2_grpc
-from faregate_client import InvalidArgument
+from faregate_client import InvalidArgument, Unavailable
 from faregate_client._errors import error_from_rpc
 
 from tests.conftest import TEST_ENV, Faregate, StartFaregate, to_config
@@ -137,6 +137,23 @@ async def test_exhausted_limit_pool_moves_traffic_and_resets_on_schedule(
         clock.advance(60)
         assert (await _route(faregate)).model_used == "gpt-fake"
         assert faregate.running.limits.snapshot("gpt-rpm").reserved == 0
+
+
+async def test_limit_exhausted_says_when_the_pool_resets(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    config_data["limit_pools"] = {
+        "gpt-daily": {"unit": "requests", "capacity": 1, "window": "daily"}
+    }
+    config_data["models"]["gpt-fake"]["limits"] = {"gpt-daily": {}}
+    clock = FakeClock(now_s=1_800_000_000.0)  # 08:00:00 UTC: the pool resets in 16 hours
+    async with start_faregate(to_config(config_data), clock=clock) as faregate:
+        await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+        with pytest.raises(Unavailable) as caught:
+            await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+
+        assert caught.value.reason == "LIMIT_EXHAUSTED"
+        assert caught.value.retry_after_s == 16 * 3600
 
 
 async def test_scarcity_shifts_traffic_before_the_pool_is_empty(
