@@ -36,6 +36,20 @@ in time. Each figure is the median over rounds, printed with its range; each
 faregate/pass-through comparison is the median of the per-round ratios or
 differences. The report also says how much CPU other processes used
 meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
-but the bench exits 0 either way: it reports, it does not gate. Nothing here
-is collected by pytest, and importing any module has no side effects.
+but the bench exits 0 either way: it reports, it does not gate.
+
+Two more sections follow, each runnable alone, both in this process:
+
+- Routing simulation (`routing_sim.py`, `python -m tests.bench.routing_sim`):
+  10,000 requests of a coding agent's mix over three sim models sharing one
+  limit pool, served always-best, always-cheapest and by faregate's scoring,
+  on a fake clock; cost, quality against per-task floors, rejections and
+  modelled latency, side by side.
+- Hedging (`hedging.py`, `python -m tests.bench.hedging`): StreamRoute through
+  the gRPC server to a primary with a heavy first-token tail, hedging off, at
+  a fixed delay and at the primary's p95; time to first token at the client,
+  hedges, and what they cost.
+
+Nothing here is collected by pytest, and importing any module has no side
+effects.
 """

@@ -1,4 +1,5 @@
-"""`python -m tests.bench`: start the servers, run the rounds, print the report.
+"""`python -m tests.bench`: start the servers, run the rounds, print the report;
+then the routing simulation and the hedging measurement, each printed as it ends.
 
 See the package docstring for the method. Every child process is owned by a
 `Children` context, so they are all stopped however the bench ends (an
@@ -24,6 +25,7 @@ from types import FrameType
 import aiohttp
 import grpc
 
+from tests.bench import hedging, routing_report, routing_sim
 from tests.bench.faregate_config import write_bench_config
 from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from tests.bench.memory import exercise_default_config
@@ -191,10 +193,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         report = _run(server_cpu, load_cpu, started_s)
+        print(render(report), flush=True)
+        print(routing_report.render(asyncio.run(routing_sim.simulate())), flush=True)
+        print(hedging.render(asyncio.run(hedging.measure())), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130
-    print(render(report))
     return 0
 
 
