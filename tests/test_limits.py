@@ -3,13 +3,18 @@ from __future__ import annotations
 import math
 
 from faregate_server.config import LimitDraw, LimitPoolConfig, LimitUnit, RoutingConfig, Window
-from faregate_server.limits import LimitPools, projected_draw
+from faregate_server.limits import LimitPools, LimitReservation, projected_draw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes.clock import FakeClock
 
 ROUTING = RoutingConfig(use_it_or_lose_it_horizon_s=0)  # no discount unless a test asks
+TOKENS = (LimitDraw("p", per_1k_tokens=1000),)  # one unit per token
+
+
+def _hold(pools: LimitPools, tokens: int) -> LimitReservation | None:
+    return pools.reserve(TOKENS, (("p", tokens),))
 
 
 def _pools(capacity: int = 1_000, window: Window = Window.MINUTE, k: float = 1.0) -> LimitPools:
@@ -35,10 +40,10 @@ def test_draws_follow_the_pool_unit() -> None:
 def test_reservation_is_all_or_nothing_and_commit_records_the_actual_draw() -> None:
     pools = _pools(capacity=100)
 
-    held = pools.reserve((("p", 80),))
+    held = _hold(pools, 80)
     assert held is not None
-    assert pools.reserve((("p", 21),)) is None
-    pools.commit(held, (("p", 30),))
+    assert _hold(pools, 21) is None
+    pools.commit(held, tokens=30, cost_nano_usd=0)
 
     snapshot = pools.snapshot("p")
     assert (snapshot.used, snapshot.reserved) == (30, 0)
@@ -47,14 +52,15 @@ def test_reservation_is_all_or_nothing_and_commit_records_the_actual_draw() -> N
 def test_pool_resets_at_its_window_boundary() -> None:
     clock = FakeClock(now_s=1_800_000_030.0)
     pools = LimitPools({"p": LimitPoolConfig("p", LimitUnit.REQUESTS, 1, Window.MINUTE)}, clock)
-    held = pools.reserve((("p", 1),))
+    per_request = (LimitDraw("p", per_request=1),)
+    held = pools.reserve(per_request, (("p", 1),))
     assert held is not None
-    pools.commit(held, (("p", 1),))
-    assert pools.reserve((("p", 1),)) is None
+    pools.commit(held, tokens=500, cost_nano_usd=0)
+    assert pools.reserve(per_request, (("p", 1),)) is None
 
     clock.advance(30)
 
-    assert pools.reserve((("p", 1),)) is not None
+    assert pools.reserve(per_request, (("p", 1),)) is not None
 
 
 def test_scarcity_is_infinite_when_the_draw_cannot_fit() -> None:
@@ -78,9 +84,10 @@ def test_scarcity_grows_monotonically_as_the_pool_drains(used: list[int], k: flo
     pools = _pools(capacity=1_000, k=k)
     multipliers = []
     for amount in sorted(used):
-        held = pools.reserve((("p", amount - pools.snapshot("p").used),))
+        step = amount - pools.snapshot("p").used
+        held = _hold(pools, step)
         if held is not None:
-            pools.commit(held, held.amounts)
+            pools.commit(held, tokens=step, cost_nano_usd=0)
         multipliers.append(pools.scarcity((("p", 0),), ROUTING))
 
     assert multipliers == sorted(multipliers)
@@ -95,16 +102,16 @@ def test_scarcity_grows_monotonically_as_the_pool_drains(used: list[int], k: flo
 )
 def test_reservations_never_drive_a_pool_past_capacity(steps: list[tuple[str, int]]) -> None:
     pools = _pools(capacity=1_000)
-    held = []
+    held: list[tuple[LimitReservation, int]] = []
     for action, amount in steps:
         if action == "reserve":
-            reservation = pools.reserve((("p", amount),))
+            reservation = _hold(pools, amount)
             if reservation is not None:
-                held.append(reservation)
+                held.append((reservation, amount))
         elif held:
-            reservation = held.pop(0)
+            reservation, reserved = held.pop(0)
             if action == "commit":
-                pools.commit(reservation, (("p", min(amount, reservation.amounts[0][1])),))
+                pools.commit(reservation, tokens=min(amount, reserved), cost_nano_usd=0)
             else:
                 pools.release(reservation)
         snapshot = pools.snapshot("p")

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import yaml
 from faregate_server.catalog import Catalog
-from faregate_server.config import Config
+from faregate_server.config import Config, LimitDraw
 from faregate_server.config_loader import parse_config
 from faregate_server.domain import (
     Capability,
@@ -85,7 +85,9 @@ def test_selector_never_offers_an_infeasible_candidate(
         config = _config(qualities, capacity)
         clock = FakeClock()
         limits = LimitPools(config.limit_pools, clock)
-        held = limits.reserve((("shared", min(used, capacity)),))
+        held = limits.reserve(
+            (LimitDraw("shared", per_1k_tokens=1000),), (("shared", min(used, capacity)),)
+        )
         assert held is not None
         async with aiohttp.ClientSession() as session:
             catalog = Catalog(config, session, clock)

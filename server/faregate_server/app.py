@@ -10,7 +10,6 @@ down in reverse.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -132,5 +131,5 @@ async def serve(
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # wait() rather than await: the task's cancellation is not ours to raise.
+    await asyncio.wait({task})

@@ -160,7 +160,7 @@ class _Runner(Generic[T]):
     started_s: float
     hedge: bool
     settled: bool = False
-    """Its lease was released (or handed on) and its result dealt with."""
+    """Its lease was released and its end recorded."""
 
     def record(self, outcome: AttemptOutcome, error: UpstreamError | None) -> AttemptRecord:
         return Attempts._record(self.lease, self.started_s, self.hedge, outcome, error)
@@ -236,11 +236,14 @@ class Attempts:
         tried: list[Deployment],
         delay_s: float,
     ) -> tuple[T, Lease, AttemptRecord]:
-        """The primary attempt, raced by a hedge once it is `delay_s` late."""
+        """The primary attempt, raced by a hedge once it is `delay_s` late.
+
+        Whatever ends the race, cancellation included, every runner but the
+        one handed back is cancelled and its lease released before this returns.
+        """
         loop = asyncio.get_running_loop()
         runners = [_Runner(lease, asyncio.ensure_future(start(lease)), loop.time(), False)]
         winner: _Runner[T] | None = None
-        failure: AttemptsFailed | None = None
         try:
             await asyncio.wait({runners[0].task}, timeout=delay_s)
             if not runners[0].task.done():
@@ -249,52 +252,73 @@ class Attempts:
                     tried.append(hedge.option.deployment)
                     task = asyncio.ensure_future(start(hedge))
                     runners.append(_Runner(hedge, task, loop.time(), True))
-            pending = {runner.task for runner in runners}
-            while pending and winner is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for runner in runners:
-                    if runner.task not in done or runner.settled:
-                        continue
-                    error = runner.task.exception()
-                    if error is None and winner is None:
-                        winner = runner
-                        winner.settled = True
-                    elif isinstance(error, UpstreamError):
-                        runner.settled = True
-                        self._feedback(runner.lease.option.deployment, error)
-                        records.append(runner.record(AttemptOutcome.FAILED, error))
-                        await self._planner.release(runner.lease)
-                        failure = AttemptsFailed(error, runner.lease.option.deployment)
-                    elif error is not None:
-                        raise error  # not an upstream failure: nothing to retry
-            if winner is None:
-                assert failure is not None
-                raise failure
-            record = winner.record(AttemptOutcome.SUCCEEDED, None)
-            return winner.task.result(), winner.lease, record
+            winner = await self._first_success(runners, records)
         finally:
-            await self._settle_losers(runners, discard, records)
+            await self._end_race(runners, winner, discard, records)
+        return winner.task.result(), winner.lease, winner.record(AttemptOutcome.SUCCEEDED, None)
 
-    async def _settle_losers(
+    async def _first_success(
+        self, runners: list[_Runner[T]], records: list[AttemptRecord]
+    ) -> _Runner[T]:
+        """Waits for the first runner to succeed; raises when every one failed."""
+        failure: BaseException | None = None
+        pending = {runner.task for runner in runners}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for runner in runners:
+                if runner.task not in done:
+                    continue
+                error = runner.task.exception()
+                if error is None:
+                    return runner
+                runner.settled = True
+                await self._planner.release(runner.lease)
+                if isinstance(error, UpstreamError):
+                    self._feedback(runner.lease.option.deployment, error)
+                    records.append(runner.record(AttemptOutcome.FAILED, error))
+                    failure = AttemptsFailed(error, runner.lease.option.deployment)
+                else:
+                    # Not an upstream failure (a full pool, say): it ends this
+                    # attempt, not the race.
+                    records.append(runner.record(AttemptOutcome.FAILED, None))
+                    failure = failure or error
+        assert failure is not None
+        raise failure
+
+    async def _end_race(
         self,
         runners: list[_Runner[T]],
+        winner: _Runner[T] | None,
         discard: Callable[[T], Awaitable[None]],
         records: list[AttemptRecord],
     ) -> None:
-        """Cancels every runner still going and releases every lease not handed on."""
-        for runner in runners:
-            if runner.settled:
-                continue
+        """Cancels and releases every runner but the winner, which it hands on.
+
+        Leases are released before any wait, so a second cancellation arriving
+        meanwhile cannot leak them; if one does arrive, the winner is given up
+        too and the cancellation re-raised once every task has ended.
+        """
+        losers = [runner for runner in runners if runner is not winner and not runner.settled]
+        for runner in losers:
             runner.settled = True
+            runner.task.cancel()
+            await self._planner.release(runner.lease)  # the store answers without suspending
+            records.append(runner.record(AttemptOutcome.CANCELLED, None))
+        cancelled = False
+        while unfinished := {runner.task for runner in losers if not runner.task.done()}:
+            try:
+                await asyncio.wait(unfinished)
+            except asyncio.CancelledError:
+                cancelled = True
+        for runner in losers:
             task = runner.task
-            if not task.done():
-                task.cancel()
-                # wait() rather than await: the loser's own end is not ours to raise.
-                await asyncio.wait({task})
             if not task.cancelled() and task.exception() is None:
                 await discard(task.result())  # finished in a tie: the later one loses
-            records.append(runner.record(AttemptOutcome.CANCELLED, None))
-            await self._planner.release(runner.lease)
+        if cancelled:
+            if winner is not None:
+                await self._planner.release(winner.lease)
+                await discard(winner.task.result())
+            raise asyncio.CancelledError
 
     def _hedge_delay(self, plan: Plan, lease: Lease) -> float | None:
         route = plan.route

@@ -103,8 +103,8 @@ class MemoryBudgetStore:
         self._clock = clock
         now_s = clock.now_s()
         self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
-        # Budgets a reload removed, kept so reservations in flight still settle.
-        self._retired: dict[str, _Account] = {}
+        # Reservation id -> the account it holds money on, until it settles.
+        self._holders: dict[int, _Account] = {}
         self._ids = itertools.count(1)
 
     async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
@@ -113,7 +113,9 @@ class MemoryBudgetStore:
         if amount_nano_usd > account.remaining:
             raise BudgetExhausted(budget_key, account.remaining, amount_nano_usd)
         account.reserved += amount_nano_usd
-        return Reservation(budget_key, amount_nano_usd, next(self._ids))
+        reservation = Reservation(budget_key, amount_nano_usd, next(self._ids))
+        self._holders[reservation.reservation_id] = account
+        return reservation
 
     async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
         account = self._held(reservation)
@@ -159,15 +161,12 @@ class MemoryBudgetStore:
             else:
                 account.config = budget
             accounts[budget.key] = account
-        self._retired.update(
-            (key, account) for key, account in self._accounts.items() if key not in accounts
-        )
         self._accounts = accounts
 
     def _held(self, reservation: Reservation) -> _Account:
-        # A reload may have removed the budget while this request was in flight.
-        account = self._accounts.get(reservation.budget_key)
-        return account or self._retired[reservation.budget_key]
+        # The account the money was held on, even if a reload has since
+        # removed its budget or replaced it with a new one of the same key.
+        return self._holders.pop(reservation.reservation_id)
 
     def _account(self, budget_key: str) -> _Account:
         account = self._accounts.get(budget_key)

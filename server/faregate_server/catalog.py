@@ -74,6 +74,8 @@ class Deployment:
 class Catalog:
     """Maps names and route aliases to deployments."""
 
+    config: Config
+
     def __init__(
         self,
         config: Config,
@@ -83,7 +85,10 @@ class Catalog:
     ) -> None:
         counters: dict[ProviderKind, TokenCounter] = {}
         deployments: dict[str, Deployment] = {}
-        kept = previous.deployments if previous is not None else {}
+        kept: Mapping[str, Deployment] = {}
+        if previous is not None and previous.config.retries == config.retries:
+            # The retry budgets were built from the retry settings: keep them only if those stay.
+            kept = previous.deployments
         for model in config.models.values():
             old = kept.get(model.name)
             if old is not None and old.config == model:

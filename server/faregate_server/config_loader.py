@@ -50,9 +50,11 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         text = resources.files("faregate_server").joinpath("default_config.yaml").read_text()
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from None
     return parse_config(text, env)
 
 

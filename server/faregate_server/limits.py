@@ -29,7 +29,10 @@ Draw = tuple[tuple[str, int], ...]
 
 @dataclass(frozen=True, slots=True)
 class LimitReservation:
-    amounts: Draw
+    """Units held on pools; it keeps the pools themselves, so a reload that
+    removes or replaces a pool meanwhile cannot misdirect its settlement."""
+
+    holds: tuple[tuple[_Pool, LimitDraw, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +71,15 @@ def projected_draw(
     draws: tuple[LimitDraw, ...], units: Mapping[str, LimitUnit], tokens: int, cost_nano_usd: int
 ) -> Draw:
     """What one request of `tokens` input plus output tokens costing `cost_nano_usd` draws."""
-    amounts = []
-    for draw in draws:
-        if units[draw.pool] is LimitUnit.USD:
-            amount = cost_nano_usd
-        else:
-            amount = draw.per_request + -(-draw.per_1k_tokens * tokens // 1000)
-        amounts.append((draw.pool, amount))
-    return tuple(amounts)
+    return tuple(
+        (draw.pool, _units(draw, units[draw.pool], tokens, cost_nano_usd)) for draw in draws
+    )
+
+
+def _units(draw: LimitDraw, unit: LimitUnit, tokens: int, cost_nano_usd: int) -> int:
+    if unit is LimitUnit.USD:
+        return cost_nano_usd
+    return draw.per_request + -(-draw.per_1k_tokens * tokens // 1000)
 
 
 class LimitPools:
@@ -92,7 +96,9 @@ class LimitPools:
         multiplier = 1.0
         now_s = self._clock.now_s()
         for name, amount in amounts:
-            pool = self._pools[name]
+            pool = self._pools.get(name)
+            if pool is None:
+                continue  # a reload removed it: it limits nothing any more
             pool.roll(now_s)
             remaining = pool.remaining
             if amount > remaining or remaining <= 0:
@@ -105,41 +111,41 @@ class LimitPools:
             multiplier *= factor
         return multiplier
 
-    def reserve(self, amounts: Draw) -> LimitReservation | None:
-        """Holds every amount, or nothing when any pool lacks room."""
+    def reserve(self, draws: tuple[LimitDraw, ...], amounts: Draw) -> LimitReservation | None:
+        """Holds every amount (one per draw, in order), or nothing when any pool lacks room."""
         now_s = self._clock.now_s()
-        for name, amount in amounts:
-            pool = self._pools[name]
+        holds = []
+        for draw, (name, amount) in zip(draws, amounts, strict=True):
+            pool = self._pools.get(name)
+            if pool is None:
+                continue  # a reload removed it since the request was planned
             pool.roll(now_s)
             if amount > pool.remaining:
                 return None
-        for name, amount in amounts:
-            self._pools[name].reserved += amount
-        return LimitReservation(amounts)
+            holds.append((pool, draw, amount))
+        for pool, _, amount in holds:
+            pool.reserved += amount
+        return LimitReservation(tuple(holds))
 
-    def commit(self, reservation: LimitReservation, actual: Draw) -> None:
-        """Records the actual draw and frees the reservation."""
-        self.release(reservation)
+    def commit(self, reservation: LimitReservation, tokens: int, cost_nano_usd: int) -> None:
+        """Records the actual draw of a request of `tokens` costing `cost_nano_usd`."""
         now_s = self._clock.now_s()
-        for name, amount in actual:
-            pool = self._pools.get(name)
-            if pool is not None:
-                pool.roll(now_s)
-                pool.used += amount
+        for pool, draw, amount in reservation.holds:
+            pool.reserved -= amount
+            pool.roll(now_s)
+            pool.used += _units(draw, pool.config.unit, tokens, cost_nano_usd)
 
     def release(self, reservation: LimitReservation) -> None:
-        for name, amount in reservation.amounts:
-            pool = self._pools.get(name)
-            if pool is not None:  # a reload may have removed it meanwhile
-                pool.reserved -= amount
+        for pool, _, amount in reservation.holds:
+            pool.reserved -= amount
 
     def retry_after_s(self, amounts: Draw) -> float:
         """Seconds until every pool too full for `amounts` has reset (inf if never)."""
         now_s = self._clock.now_s()
         wait_s = 0.0
         for name, amount in amounts:
-            pool = self._pools[name]
-            if amount > pool.remaining:
+            pool = self._pools.get(name)
+            if pool is not None and amount > pool.remaining:
                 wait_s = max(wait_s, pool.resets_at_s - now_s)
         return wait_s
 
@@ -159,8 +165,14 @@ class LimitPools:
         now_s = self._clock.now_s()
         pools = {}
         for name, config in configs.items():
-            pool = self._pools.get(name) or _Pool(config, now_s)
-            pool.config = config
+            pool = self._pools.get(name)
+            if pool is None:
+                pool = _Pool(config, now_s)
+            elif pool.config.window != config.window:
+                pool.config = config
+                pool.resets_at_s = next_reset_s(config.window, now_s)
+            else:
+                pool.config = config
             pools[name] = pool
         self._pools = pools
         self.units = {name: c.unit for name, c in configs.items()}

@@ -26,7 +26,7 @@ from faregate_server.errors import (
     ModelCannotServe,
     PoolSaturated,
 )
-from faregate_server.limits import LimitPools, LimitReservation, projected_draw
+from faregate_server.limits import LimitPools, LimitReservation
 from faregate_server.selection import Option, Selection, Selector
 from faregate_server.tasks import classify_task
 
@@ -106,7 +106,7 @@ class Planner:
                 continue
             limits = None
             if option.draw:
-                limits = self._limits.reserve(option.draw)
+                limits = self._limits.reserve(option.deployment.config.draws, option.draw)
                 if limits is None:
                     await self._budgets.release(reservation)
                     continue
@@ -121,9 +121,7 @@ class Planner:
     async def settle(self, lease: Lease, cost_nano_usd: int, tokens: int) -> int:
         """Commits the actual cost and draw; returns the budget's money remaining."""
         if lease.limits is not None:
-            draws = lease.option.deployment.config.draws
-            actual = projected_draw(draws, self._limits.units, tokens, cost_nano_usd)
-            self._limits.commit(lease.limits, actual)
+            self._limits.commit(lease.limits, tokens, cost_nano_usd)
         return await self._budgets.commit(lease.reservation, cost_nano_usd)
 
 

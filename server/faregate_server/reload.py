@@ -88,7 +88,11 @@ class Reloader:
             await asyncio.sleep(poll_s)
             stamp = self._stamp()
             if stamp != self._seen:
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:
+                    # A watcher that died would stop reloads silently.
+                    logger.exception("config reload failed; the old config keeps serving")
 
     def _stamp(self) -> tuple[int, int] | None:
         if self._path is None:

@@ -89,6 +89,7 @@ _OUTCOMES = {
     AttemptOutcome.FAILED: router_pb2.ATTEMPT_OUTCOME_FAILED,
     AttemptOutcome.CANCELLED: router_pb2.ATTEMPT_OUTCOME_CANCELLED,
 }
+_FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _MAX_TEMPERATURE = 2.0
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
@@ -228,7 +229,7 @@ def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints
     task = _TASKS.get(request.task)
     if task is None and request.task != router_pb2.TASK_UNSPECIFIED:
         violations["task"] = "is not a known task"
-    if request.fallback not in router_pb2.FallbackPolicy.values():
+    if request.fallback not in _FALLBACK_POLICIES:
         violations["fallback"] = "is not a known fallback policy"
     return RoutingHints(
         prefer=prefer or Preference.BALANCED,
@@ -305,11 +306,15 @@ async def _abort(context: AnyContext, error: Exception, model: str) -> NoReturn:
     """Ends the call with the status for error: the one place errors meet the wire."""
     if isinstance(error, TimeoutError):
         error = DeadlineExceeded("the request's deadline passed", model=model)
-    if isinstance(error, FaregateError):
+    try:
+        if not isinstance(error, FaregateError):
+            raise error
         code, message, trailers = error.to_grpc()
-    else:
+    except Exception as unexpected:  # a bug, or a status that could not be built
         trace_id = uuid.uuid4().hex
-        logger.error("unexpected error serving a request (trace id %s)", trace_id, exc_info=error)
+        logger.error(
+            "unexpected error serving a request (trace id %s)", trace_id, exc_info=unexpected
+        )
         code, message, trailers = internal_error_status(trace_id)
     await context.abort(code, message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover

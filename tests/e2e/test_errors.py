@@ -3,6 +3,7 @@ details, nothing changed, no reservation leaked, the server still serving."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -268,3 +269,45 @@ async def test_upstream_refusing_connections_is_unavailable(
             assert isinstance(error, Unavailable)
             assert error.reason == "UPSTREAM_UNAVAILABLE"
         assert faregate.reserved_nano_usd() == 0
+
+
+async def _garbage_http_server() -> asyncio.Server:
+    """Answers every request with a broken HTTP response."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("model", ["gpt-fake", "claude-fake"])
+async def test_api_keys_never_reach_the_client_even_from_broken_http(
+    start_faregate: StartFaregate, config_data: dict[str, Any], model: str
+) -> None:
+    server = await _garbage_http_server()
+    port = server.sockets[0].getsockname()[1]
+    config_data["models"]["gpt-fake"]["api_base"] = f"http://127.0.0.1:{port}/v1"
+    config_data["models"]["claude-fake"]["api_base"] = f"http://127.0.0.1:{port}"
+    async with server, start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(Unavailable) as caught:
+            await faregate.client.route("hi", budget_key="team", model=model)
+
+        assert "sk-test-openai" not in str(caught.value)
+        assert "sk-ant-test" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "86400"])
+async def test_absurd_retry_after_is_capped(
+    faregate: Faregate, upstream: FakeUpstream, value: str
+) -> None:
+    upstream.default = Script(status=429, headers={"Retry-After": value})
+
+    with pytest.raises(Unavailable) as caught:
+        await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+
+    assert caught.value.reason == "UPSTREAM_RATE_LIMITED"
+    assert caught.value.retry_after_s is not None
+    assert caught.value.retry_after_s <= 3600

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FaregateError, InvalidArgument, StreamInterrupted, Unavailable
+from faregate_server.domain import ChatMessage, Role, RouteCall
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
@@ -279,3 +280,47 @@ async def test_completed_streams_feed_the_breaker_and_latency(
     assert deployment.breaker.state.value == "closed"
     assert deployment.latency.samples == 7
     assert deployment.latency.in_flight == 0
+
+
+@pytest.mark.parametrize("rpc", ["route", "stream"])
+async def test_cancel_at_any_point_after_a_hedge_wins_leaks_nothing(
+    start_faregate: StartFaregate, resilient: dict[str, Any], upstream: FakeUpstream, rpc: str
+) -> None:
+    resilient["retries"]["budget_min_retries"] = 1000  # every round may hedge
+    resilient["routes"]["pair"] = {"candidates": ["gpt-fake", "cheap-fake"], "hedge_after_s": 0.02}
+    call = RouteCall(
+        model="pair", messages=(ChatMessage(Role.USER, "hi"),), agent="", budget_key="team",
+        max_output_tokens=None, temperature=None, metadata={},
+    )  # fmt: skip
+    async with start_faregate(to_config(resilient)) as faregate:
+        gateway = faregate.running.gateway
+        cheap_pool = faregate.running.catalog.deployments["cheap-fake"].pool
+
+        async def serve_one() -> None:
+            deadline_s = asyncio.get_running_loop().time() + 10
+            if rpc == "route":
+                await gateway.route(call, deadline_s)
+            else:
+                async with contextlib.aclosing(gateway.stream(call, deadline_s)) as events:
+                    async for _ in events:
+                        pass
+
+        # Cancel after 0, 1, 2, ... loop turns past the hedge's answer, so the
+        # cancellation lands at every await of the race's ending in turn.
+        for turns in range(30):
+            gate = asyncio.Event()
+            upstream.by_model["gpt-fake"] = Script(hang_s=5)
+            upstream.by_model["cheap-fake"] = Script(gate=gate)
+            seen = len(upstream.received)
+            task = asyncio.create_task(serve_one())
+            await upstream.wait_for_requests(seen + 2)
+            gate.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.02)
+
+            assert faregate.reserved_nano_usd() == 0, f"leaked after {turns} turns"
+            assert cheap_pool.statistics().in_use == 0

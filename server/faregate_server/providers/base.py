@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -19,6 +21,11 @@ import aiohttp
 
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 3600.0
+_ERROR_EXCERPT_BYTES = 300
 
 
 class UpstreamErrorKind(StrEnum):
@@ -119,7 +126,7 @@ async def error_from_response(response: aiohttp.ClientResponse) -> UpstreamError
     """Classifies a non-200 upstream answer, keeping a short excerpt of its body."""
     status = response.status
     try:
-        body = (await response.text(errors="replace"))[:300]
+        body = (await response.content.read(_ERROR_EXCERPT_BYTES)).decode(errors="replace")
     except (aiohttp.ClientError, TimeoutError):
         body = ""
     message = f"upstream answered HTTP {status}: {body}".rstrip(": ")
@@ -140,14 +147,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    # A provider's word is capped: one bad header must not bench a model for days.
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 @contextmanager
@@ -157,15 +167,19 @@ def translate_transport_errors() -> Iterator[None]:
         yield
     except UpstreamError:
         raise
-    except TimeoutError as error:
+    except TimeoutError:
         # aiohttp's sock_read and sock_connect timeouts; faregate's own deadline
         # arrives as cancellation instead, so it never lands here.
-        raise UpstreamError(UpstreamErrorKind.STALLED, f"upstream stalled: {error!r}") from None
+        raise UpstreamError(UpstreamErrorKind.STALLED, "upstream stalled") from None
     except aiohttp.ClientError as error:
+        # Only the class name goes into the message: the reprs of some aiohttp
+        # errors carry the request's headers, and with them the API key.
+        logger.info("upstream connection failed: %s", type(error).__name__)
         raise UpstreamError(
-            UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed: {error!r}"
+            UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed ({type(error).__name__})"
         ) from None
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise UpstreamError(
-            UpstreamErrorKind.UNAVAILABLE, f"upstream sent a malformed answer: {error!r}"
+            UpstreamErrorKind.UNAVAILABLE,
+            f"upstream sent a malformed answer ({type(error).__name__})",
         ) from None
