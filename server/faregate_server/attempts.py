@@ -40,7 +40,7 @@ from faregate_server.domain import (
     StreamEnd,
     UpstreamRequest,
 )
-from faregate_server.errors import upstream_failure
+from faregate_server.errors import failure_reason
 from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError, UpstreamErrorKind
 from faregate_server.selection import Option
@@ -393,7 +393,7 @@ class Attempts:
             latency_s=asyncio.get_running_loop().time() - started_s,
             cost_nano_usd=0,
             hedge=hedge,
-            reason="" if error is None else upstream_failure(error, "").reason,
+            reason="" if error is None else failure_reason(error),
         )
 
 

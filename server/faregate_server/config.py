@@ -7,6 +7,7 @@ environment variables the config names, are kept out of every repr.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -150,6 +151,11 @@ class RouteSlot:
 
     models: tuple[str, ...]
     weights: tuple[int, ...]
+    cumulative_weights: tuple[int, ...] = field(init=False)
+    """Running totals of `weights`, computed once for the per-request draw."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cumulative_weights", tuple(itertools.accumulate(self.weights)))
 
 
 @dataclass(frozen=True, slots=True)

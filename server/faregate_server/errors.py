@@ -273,6 +273,11 @@ def _pack(
     return code, message, tuple(trailers)
 
 
+def failure_reason(error: UpstreamError) -> str:
+    """The ErrorInfo reason an upstream failure maps to."""
+    return _UPSTREAM_FAILURES[error.kind].reason
+
+
 def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
     """Maps an upstream failure before any output onto faregate's catalogue."""
     metadata = {"model": model}
@@ -291,3 +296,12 @@ def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
     if error.kind is UpstreamErrorKind.AUTH_FAILED:
         return UpstreamAuthFailed(message, **metadata)
     return UpstreamUnavailable(message, **metadata)
+
+
+_UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
+    UpstreamErrorKind.RATE_LIMITED: UpstreamRateLimited,
+    UpstreamErrorKind.UNAVAILABLE: UpstreamUnavailable,
+    UpstreamErrorKind.STALLED: UpstreamStalled,
+    UpstreamErrorKind.REJECTED: UpstreamRejected,
+    UpstreamErrorKind.AUTH_FAILED: UpstreamAuthFailed,
+}

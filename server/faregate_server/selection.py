@@ -92,7 +92,7 @@ class Selector:
             name = (
                 slot.models[0]
                 if len(slot.models) == 1
-                else self._rng.choices(slot.models, weights=slot.weights)[0]
+                else self._rng.choices(slot.models, cum_weights=slot.cumulative_weights)[0]
             )
             deployment = deployments[name]
             model = deployment.config

@@ -61,16 +61,17 @@ class RouterServiceStub:
                                model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
-      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
-                               connection error, malformed answer) before any
+      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
+                               409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
       UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
                                than the model's idle timeout before any output.
                                Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
-                               as bad (4xx other than 401, 403, 429). Metadata:
-                               model, httpStatus.
+                               as bad (a 4xx other than 401, 403, 408, 409 and
+                               429, which map to the reasons above and below).
+                               Metadata: model, httpStatus.
       UPSTREAM_AUTH_FAILED     FAILED_PRECONDITION. The provider refused
                                faregate's credentials (401, 403); an operator must
                                fix the configured key. Metadata: model, httpStatus.
@@ -132,16 +133,17 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
-      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
-                               connection error, malformed answer) before any
+      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
+                               409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
       UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
                                than the model's idle timeout before any output.
                                Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
-                               as bad (4xx other than 401, 403, 429). Metadata:
-                               model, httpStatus.
+                               as bad (a 4xx other than 401, 403, 408, 409 and
+                               429, which map to the reasons above and below).
+                               Metadata: model, httpStatus.
       UPSTREAM_AUTH_FAILED     FAILED_PRECONDITION. The provider refused
                                faregate's credentials (401, 403); an operator must
                                fix the configured key. Metadata: model, httpStatus.
@@ -199,16 +201,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
-      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529,
-                               connection error, malformed answer) before any
+      UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
+                               409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
       UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
                                than the model's idle timeout before any output.
                                Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
-                               as bad (4xx other than 401, 403, 429). Metadata:
-                               model, httpStatus.
+                               as bad (a 4xx other than 401, 403, 408, 409 and
+                               429, which map to the reasons above and below).
+                               Metadata: model, httpStatus.
       UPSTREAM_AUTH_FAILED     FAILED_PRECONDITION. The provider refused
                                faregate's credentials (401, 403); an operator must
                                fix the configured key. Metadata: model, httpStatus.

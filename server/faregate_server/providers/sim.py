@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
@@ -30,11 +31,12 @@ class SimProvider:
     async def complete(self, request: UpstreamRequest) -> Completion:
         chunks: list[str] = []
         end: StreamEnd | None = None
-        async for item in self.stream(request):
-            if isinstance(item, str):
-                chunks.append(item)
-            else:
-                end = item
+        async with aclosing(self.stream(request)) as items:
+            async for item in items:
+                if isinstance(item, str):
+                    chunks.append(item)
+                else:
+                    end = item
         assert end is not None
         assert end.usage is not None
         return Completion("".join(chunks), end.finish_reason, end.usage)
