@@ -29,7 +29,7 @@ def _breaker(clock: FakeClock, **overrides: Any) -> CircuitBreaker:
 
 def _trip(breaker: CircuitBreaker) -> None:
     while breaker.state is BreakerState.CLOSED:
-        breaker.on_failure()
+        breaker.on_failure(breaker.on_attempt_start())
 
 
 # --- circuit breaker -------------------------------------------------------------------------
@@ -38,11 +38,11 @@ def _trip(breaker: CircuitBreaker) -> None:
 def test_breaker_opens_after_consecutive_failures() -> None:
     breaker = _breaker(FakeClock(), consecutive_failures=3, min_requests=_NEVER)
 
-    breaker.on_failure()
-    breaker.on_failure()
+    breaker.on_failure(breaker.on_attempt_start())
+    breaker.on_failure(breaker.on_attempt_start())
     assert (breaker.state, breaker.allows()) == (BreakerState.CLOSED, True)
 
-    breaker.on_failure()
+    breaker.on_failure(breaker.on_attempt_start())
     assert (breaker.state, breaker.allows()) == (BreakerState.OPEN, False)
 
 
@@ -50,7 +50,9 @@ def test_success_resets_the_consecutive_failure_count() -> None:
     breaker = _breaker(FakeClock(), consecutive_failures=3, min_requests=_NEVER)
 
     for outcome in "FFSFF":
-        breaker.on_failure() if outcome == "F" else breaker.on_success()
+        breaker.on_failure(breaker.on_attempt_start()) if outcome == "F" else breaker.on_success(
+            breaker.on_attempt_start()
+        )
 
     assert breaker.state is BreakerState.CLOSED
     assert breaker.statistics().consecutive_failures == 2
@@ -62,13 +64,13 @@ def test_breaker_opens_on_error_rate_over_the_window() -> None:
     )
 
     for _ in range(4):
-        breaker.on_success()
-        breaker.on_failure()
-    breaker.on_success()
+        breaker.on_success(breaker.on_attempt_start())
+        breaker.on_failure(breaker.on_attempt_start())
+    breaker.on_success(breaker.on_attempt_start())
     # 4 of 9: below min_requests anyway.
     assert (breaker.state, breaker.allows()) == (BreakerState.CLOSED, True)
 
-    breaker.on_failure()  # 5 of 10
+    breaker.on_failure(breaker.on_attempt_start())  # 5 of 10
     assert breaker.state is BreakerState.OPEN
 
 
@@ -76,9 +78,9 @@ def test_breaker_stays_closed_on_a_tolerable_error_rate() -> None:
     breaker = _breaker(FakeClock(), consecutive_failures=_NEVER, error_rate=0.5, min_requests=10)
 
     for _ in range(20):
-        breaker.on_success()
-        breaker.on_success()
-        breaker.on_failure()
+        breaker.on_success(breaker.on_attempt_start())
+        breaker.on_success(breaker.on_attempt_start())
+        breaker.on_failure(breaker.on_attempt_start())
 
     assert breaker.state is BreakerState.CLOSED
     assert (breaker.statistics().window_requests, breaker.statistics().window_failures) == (60, 20)
@@ -88,7 +90,7 @@ def test_breaker_does_not_open_below_min_requests() -> None:
     breaker = _breaker(FakeClock(), consecutive_failures=_NEVER, error_rate=0.5, min_requests=10)
 
     for _ in range(9):
-        breaker.on_failure()
+        breaker.on_failure(breaker.on_attempt_start())
 
     assert breaker.state is BreakerState.CLOSED
 
@@ -99,12 +101,12 @@ def test_failures_older_than_the_window_age_out() -> None:
         clock, consecutive_failures=_NEVER, error_rate=0.5, min_requests=10, window_s=30.0
     )
     for _ in range(5):
-        breaker.on_failure()
+        breaker.on_failure(breaker.on_attempt_start())
 
     clock.advance(31.0)
     for _ in range(9):
-        breaker.on_success()
-    breaker.on_failure()
+        breaker.on_success(breaker.on_attempt_start())
+    breaker.on_failure(breaker.on_attempt_start())
 
     assert breaker.state is BreakerState.CLOSED
     statistics = breaker.statistics()
@@ -117,12 +119,12 @@ def test_failures_inside_the_window_still_count() -> None:
         clock, consecutive_failures=_NEVER, error_rate=0.5, min_requests=10, window_s=30.0
     )
     for _ in range(5):
-        breaker.on_failure()
+        breaker.on_failure(breaker.on_attempt_start())
 
     clock.advance(24.0)
     for _ in range(4):
-        breaker.on_success()
-    breaker.on_failure()  # 6 of 10 within the last 30 s
+        breaker.on_success(breaker.on_attempt_start())
+    breaker.on_failure(breaker.on_attempt_start())  # 6 of 10 within the last 30 s
 
     assert breaker.state is BreakerState.OPEN
 
@@ -158,7 +160,7 @@ def test_half_open_allows_exactly_the_configured_concurrent_trials() -> None:
 
     admitted = 0
     while breaker.allows():
-        breaker.on_attempt_start()
+        breaker.on_attempt_start()  # trials stay in flight
         admitted += 1
         assert admitted <= 2
 
@@ -173,14 +175,15 @@ def test_trial_success_closes_and_resets_the_counters() -> None:
     _trip(breaker)
     clock.advance(10.0)
 
-    breaker.on_attempt_start()
-    breaker.on_success()
+    breaker.on_success(breaker.on_attempt_start())
 
     assert breaker.state is BreakerState.CLOSED
     statistics = breaker.statistics()
     assert statistics.consecutive_failures == 0
     assert (statistics.window_requests, statistics.window_failures) == (0, 0)
-    breaker.on_failure()  # one failure is not two in a row: the old ones were forgotten
+    breaker.on_failure(
+        breaker.on_attempt_start()
+    )  # one failure is not two in a row: the old ones were forgotten
     assert breaker.state is BreakerState.CLOSED
 
 
@@ -189,10 +192,10 @@ def test_trial_failure_reopens_with_a_fresh_cooldown() -> None:
     breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0)
     _trip(breaker)
     clock.advance(10.0)
-    breaker.on_attempt_start()
+    trial = breaker.on_attempt_start()
 
     clock.advance(4.0)
-    breaker.on_failure()
+    breaker.on_failure(trial)
     assert breaker.state is BreakerState.OPEN
 
     clock.advance(9.0)  # 23 s after the first trip, 9 s after the second
@@ -206,10 +209,10 @@ def test_abandoned_trial_frees_its_slot_without_changing_state() -> None:
     breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0, half_open_trials=1)
     _trip(breaker)
     clock.advance(10.0)
-    breaker.on_attempt_start()
+    trial = breaker.on_attempt_start()
     assert not breaker.allows()
 
-    breaker.on_abandoned()
+    breaker.on_abandoned(trial)
 
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.allows()
@@ -219,13 +222,14 @@ def test_abandoned_trial_frees_its_slot_without_changing_state() -> None:
 def test_verdicts_of_attempts_started_before_opening_are_ignored() -> None:
     clock = FakeClock()
     breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0)
+    stragglers = [breaker.on_attempt_start() for _ in range(3)]  # e.g. long streams
     _trip(breaker)
     opened_at_s = clock.monotonic_s()
 
     clock.advance(5.0)
-    breaker.on_success()
-    breaker.on_failure()
-    breaker.on_abandoned()
+    breaker.on_success(stragglers[0])
+    breaker.on_failure(stragglers[1])
+    breaker.on_abandoned(stragglers[2])
 
     statistics = breaker.statistics()
     assert statistics.state is BreakerState.OPEN
@@ -249,11 +253,11 @@ def test_statistics_reflect_each_transition() -> None:
     assert statistics.consecutive_failures == 2
 
     clock.advance(10.0)
-    breaker.on_attempt_start()
+    trial = breaker.on_attempt_start()
     assert breaker.statistics().state is BreakerState.HALF_OPEN
     assert breaker.statistics().trials_in_flight == 1
 
-    breaker.on_failure()
+    breaker.on_failure(trial)
     statistics = breaker.statistics()
     assert (statistics.state, statistics.opened_total, statistics.opened_at_s) == (
         BreakerState.OPEN,
@@ -263,8 +267,7 @@ def test_statistics_reflect_each_transition() -> None:
     assert statistics.trials_in_flight == 0
 
     clock.advance(10.0)
-    breaker.on_attempt_start()
-    breaker.on_success()
+    breaker.on_success(breaker.on_attempt_start())
     statistics = breaker.statistics()
     assert (statistics.state, statistics.opened_total, statistics.opened_at_s) == (
         BreakerState.CLOSED,
@@ -282,8 +285,7 @@ def test_transitions_are_logged_with_name_states_and_reason(
     with caplog.at_level(logging.INFO, logger="faregate_server.health"):
         _trip(breaker)
         clock.advance(10.0)
-        breaker.on_attempt_start()
-        breaker.on_success()
+        breaker.on_success(breaker.on_attempt_start())
 
     assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
         (
@@ -529,3 +531,17 @@ def test_retry_budget_holds_within_bucket_granularity(
             assert count(retries_at, 0.9 * _WINDOW_S) <= limit(count(requests_at, _WINDOW_S))
         else:
             assert count(retries_at, _WINDOW_S) >= limit(count(requests_at, 0.9 * _WINDOW_S))
+
+
+def test_a_straggler_neither_frees_a_trial_slot_nor_closes_the_breaker() -> None:
+    clock = FakeClock()
+    breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0, half_open_trials=1)
+    straggler = breaker.on_attempt_start()  # a long stream started while closed
+    _trip(breaker)
+    clock.advance(10.0)
+    breaker.on_attempt_start()  # the one half-open trial
+
+    breaker.on_abandoned(straggler)
+    assert not breaker.allows()
+    breaker.on_success(straggler)
+    assert breaker.state is BreakerState.HALF_OPEN

@@ -92,8 +92,8 @@ def test_selector_never_offers_an_infeasible_candidate(
         async with aiohttp.ClientSession() as session:
             catalog = Catalog(config, session, clock)
         for name in broken:
-            catalog.deployments[name].breaker.on_attempt_start()
-            catalog.deployments[name].breaker.on_failure()
+            breaker = catalog.deployments[name].breaker
+            breaker.on_failure(breaker.on_attempt_start())
         hints = RoutingHints(
             prefer=prefer,
             min_quality=min_quality,

@@ -41,6 +41,7 @@ from faregate_server.domain import (
     UpstreamRequest,
 )
 from faregate_server.errors import failure_reason
+from faregate_server.health import BreakerTicket
 from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError, UpstreamErrorKind
 from faregate_server.selection import Option
@@ -77,21 +78,21 @@ async def complete_once(deployment: Deployment, request: UpstreamRequest) -> Com
     """One whole-answer call through the model's pool, feeding its health."""
     async with deployment.pool.slot():
         _check_breaker(deployment)
-        deployment.breaker.on_attempt_start()
+        ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
         started_s = asyncio.get_running_loop().time()
         try:
             completion = await deployment.provider.complete(request)
         except UpstreamError as error:
-            _record_failure(deployment, error)
+            _record_failure(deployment, ticket, error)
             raise
         except BaseException:
-            deployment.breaker.on_abandoned()
+            deployment.breaker.on_abandoned(ticket)
             raise
         finally:
             deployment.latency.finished()
         elapsed_s = asyncio.get_running_loop().time() - started_s
-        deployment.breaker.on_success()
+        deployment.breaker.on_success(ticket)
         deployment.latency.observe(elapsed_s, elapsed_s)
         return completion
 
@@ -106,7 +107,7 @@ async def stream_once(
     """
     async with deployment.pool.slot():
         _check_breaker(deployment)
-        deployment.breaker.on_attempt_start()
+        ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
         loop = asyncio.get_running_loop()
         started_s = loop.time()
@@ -122,17 +123,17 @@ async def stream_once(
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
-                        deployment.breaker.on_success()
+                        deployment.breaker.on_success(ticket)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
                     yield item
         except UpstreamError as error:
             verdict_given = True
-            _record_failure(deployment, error)
+            _record_failure(deployment, ticket, error)
             raise
         finally:
             deployment.latency.finished()
             if not verdict_given:
-                deployment.breaker.on_abandoned()
+                deployment.breaker.on_abandoned(ticket)
 
 
 def _check_breaker(deployment: Deployment) -> None:
@@ -143,14 +144,14 @@ def _check_breaker(deployment: Deployment) -> None:
         raise UpstreamError(UpstreamErrorKind.UNAVAILABLE, "circuit breaker open")
 
 
-def _record_failure(deployment: Deployment, error: UpstreamError) -> None:
+def _record_failure(deployment: Deployment, ticket: BreakerTicket, error: UpstreamError) -> None:
     if error.kind is UpstreamErrorKind.REJECTED:
         # The request was bad, not the upstream: a healthy answer.
-        deployment.breaker.on_success()
+        deployment.breaker.on_success(ticket)
     elif error.kind is UpstreamErrorKind.RATE_LIMITED:
-        deployment.breaker.on_abandoned()
+        deployment.breaker.on_abandoned(ticket)  # the cool-down handles it
     else:
-        deployment.breaker.on_failure()
+        deployment.breaker.on_failure(ticket)
 
 
 @dataclass(slots=True)

@@ -155,11 +155,21 @@ class BreakerStatistics:
     trials_in_flight: int
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerTicket:
+    """Issued per attempt: which state generation it started in, and whether
+    it is a half-open trial."""
+
+    generation: int
+    trial: bool
+
+
 class CircuitBreaker:
     """Stops sending requests to a failing deployment, then probes it carefully.
 
-    Use: `if breaker.allows(): breaker.on_attempt_start()` in one synchronous
-    step, then exactly one of `on_success()`, `on_failure()`, `on_abandoned()`.
+    Use: `if breaker.allows(): ticket = breaker.on_attempt_start()` in one
+    synchronous step, then exactly one of `on_success(ticket)`,
+    `on_failure(ticket)`, `on_abandoned(ticket)`.
     """
 
     def __init__(self, name: str, settings: BreakerSettings, clock: Clock) -> None:
@@ -173,6 +183,9 @@ class CircuitBreaker:
         self._opened_total = 0
         self._opened_at_s: float | None = None
         self._trials_in_flight = 0
+        # Bumped on every transition: a verdict whose ticket is older belongs to
+        # an attempt started under another state, and is ignored.
+        self._generation = 0
 
     @property
     def name(self) -> str:
@@ -199,38 +212,42 @@ class CircuitBreaker:
             return self._cooled_down()
         return self._trials_in_flight < self._settings.half_open_trials
 
-    def on_attempt_start(self) -> None:
-        """Registers an attempt that `allows()` just admitted."""
-        if self._state is BreakerState.OPEN:
-            if not self._cooled_down():
-                return  # Not admitted; its verdict will be ignored as a straggler's.
+    def on_attempt_start(self) -> BreakerTicket:
+        """Registers an attempt that `allows()` just admitted; its verdict takes the ticket."""
+        if self._state is BreakerState.OPEN and self._cooled_down():
             self._transition(
                 BreakerState.HALF_OPEN, f"cool-down of {self._settings.cooldown_s:g}s passed"
             )
-        if self._state is BreakerState.HALF_OPEN:
+        trial = self._state is BreakerState.HALF_OPEN
+        if trial:
             self._trials_in_flight += 1
+        return BreakerTicket(self._generation, trial)
 
-    def on_success(self) -> None:
+    def on_success(self, ticket: BreakerTicket) -> None:
         """Records a successful attempt."""
+        if ticket.generation != self._generation:
+            return  # started under an earlier state: a straggler's verdict
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures = 0
             self._outcomes.add()
-        elif self._state is BreakerState.HALF_OPEN:
+        elif ticket.trial:
             self._close("trial succeeded")
 
-    def on_failure(self) -> None:
+    def on_failure(self, ticket: BreakerTicket) -> None:
         """Records a failed attempt (the deployment's fault, not the caller's)."""
+        if ticket.generation != self._generation:
+            return
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures += 1
             self._outcomes.add()
             self._failures.add()
             self._open_if_tripped()
-        elif self._state is BreakerState.HALF_OPEN:
+        elif ticket.trial:
             self._open("trial failed")
 
-    def on_abandoned(self) -> None:
+    def on_abandoned(self, ticket: BreakerTicket) -> None:
         """Records an attempt that ended without a verdict, e.g. its caller cancelled."""
-        if self._state is BreakerState.HALF_OPEN and self._trials_in_flight:
+        if ticket.trial and ticket.generation == self._generation and self._trials_in_flight:
             self._trials_in_flight -= 1
 
     def _open_if_tripped(self) -> None:
@@ -262,6 +279,7 @@ class CircuitBreaker:
     def _transition(self, new: BreakerState, why: str) -> None:
         old = self._state
         self._state = new
+        self._generation += 1
         self._trials_in_flight = 0
         level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
         _log.log(level, "circuit breaker %s: %s -> %s (%s)", self._name, old, new, why)
