@@ -20,7 +20,6 @@ requests while those in flight finish on the one they started with.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -90,7 +89,9 @@ class Gateway:
         remaining = await self._planner.settle(
             lease, cost, usage.input_tokens + usage.output_tokens
         )
-        records.append(dataclasses.replace(record, cost_nano_usd=cost))
+        records.append(
+            AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
+        )
         return RouteResult(
             output=completion.text,
             finish_reason=completion.finish_reason,

@@ -9,8 +9,9 @@ released by the gateway.
 
 from __future__ import annotations
 
+import itertools
 import random
-import uuid
+import secrets
 from dataclasses import dataclass
 
 from faregate_server.budgets import BudgetStore, Reservation
@@ -36,7 +37,8 @@ class Plan:
     request_id: str
     call: RouteCall
     route: RouteConfig
-    task: TaskKind
+    task: TaskKind | None
+    """None when the request named none and its route had one candidate."""
     options: tuple[Option, ...]
     """Feasible options, first choice first; one only when fallback is off."""
     scores: tuple[CandidateScore, ...]
@@ -59,6 +61,18 @@ class Planner:
         self._limits = limits
         self._clock = clock
         self._rng = rng
+        # Request ids: random per process, counted within it; unique without
+        # costing a random draw per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._request_numbers = itertools.count()
+        self._selectors: tuple[Catalog, Selector] | None = None
+
+    def _selector(self, catalog: Catalog) -> Selector:
+        """The selector for a catalog's routing settings, built once per catalog."""
+        if self._selectors is None or self._selectors[0] is not catalog:
+            selector = Selector(self._limits, catalog.config.routing, self._clock, self._rng)
+            self._selectors = (catalog, selector)
+        return self._selectors[1]
 
     async def plan(self, call: RouteCall, catalog: Catalog) -> tuple[Plan, Lease]:
         """Chooses the options for a request and leases the first that the budget covers.
@@ -69,16 +83,19 @@ class Planner:
         """
         route = catalog.resolve(call.model)
         self._budgets.check(call.budget_key)
-        task = call.hints.task or classify_task(call.messages)
-        selector = Selector(self._limits, catalog.config.routing, self._clock, self._rng)
-        selection = selector.select(call, route, catalog.deployments, task)
+        task = call.hints.task
+        if task is None and (len(route.slots) > 1 or call.hints.explain):
+            # The task only weighs candidates against each other: a route of
+            # one is not worth classifying for.
+            task = classify_task(call.messages)
+        selection = self._selector(catalog).select(call, route, catalog.deployments, task)
         if not selection.options:
             raise _nothing_feasible(call, route, selection, catalog)
         options = selection.options
         if not (call.hints.fallback and catalog.is_route(call.model)):
             options = options[:1]
         plan = Plan(
-            request_id=uuid.uuid4().hex,
+            request_id=f"{self._id_prefix}{next(self._request_numbers):016x}",
             call=call,
             route=route,
             task=task,

@@ -77,10 +77,11 @@ class Selector:
         call: RouteCall,
         route: RouteConfig,
         deployments: Mapping[str, Deployment],
-        task: TaskKind,
+        task: TaskKind | None,
     ) -> Selection:
         hints = call.hints
-        exponent = 1 + self._routing.task_weight * TASK_DIFFICULTY[task]
+        difficulty = 0.0 if task is None else TASK_DIFFICULTY[task]
+        exponent = 1 + self._routing.task_weight * difficulty
         now_s = self._clock.monotonic_s()
         input_tokens_by_counter: dict[str, int] = {}
         options: list[Option] = []

@@ -89,6 +89,7 @@ _OUTCOMES = {
     AttemptOutcome.FAILED: router_pb2.ATTEMPT_OUTCOME_FAILED,
     AttemptOutcome.CANCELLED: router_pb2.ATTEMPT_OUTCOME_CANCELLED,
 }
+_NO_HINTS = RoutingHints()
 _FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _MAX_TEMPERATURE = 2.0
 
@@ -202,7 +203,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
 
 def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints:
-    """Reads the routing hints; the default request pays for none of this."""
+    """Reads the routing hints; a request that sets none costs a few field reads."""
+    if not (
+        request.prefer
+        or request.task
+        or request.fallback
+        or request.explain
+        or request.required_capabilities
+        or request.HasField("min_quality")
+        or request.HasField("max_cost_nano_usd")
+        or request.HasField("min_context_tokens")
+    ):
+        return _NO_HINTS
     min_quality = max_cost = min_context = None
     if request.HasField("min_quality"):
         min_quality = request.min_quality

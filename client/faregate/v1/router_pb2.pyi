@@ -558,7 +558,9 @@ class RouteResponse(_message.Message):
     model_version: _builtins.str
     """The version of the model that served, from the config."""
     task: Global___Task.ValueType
-    """The task the request was routed as (given or classified)."""
+    """The task the request was routed as: given, or classified when the route
+    had candidates to weigh (unspecified for a route of one).
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens consumed."""
@@ -757,7 +759,9 @@ class StreamRouteResponse(_message.Message):
         model_version: _builtins.str
         """The version of the model that served, from the config."""
         task: Global___Task.ValueType
-        """The task the request was routed as (given or classified)."""
+        """The task the request was routed as: given, or classified when the route
+        had candidates to weigh (unspecified for a route of one).
+        """
         @_builtins.property
         def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
             """Every upstream attempt, in the order they ended; the last is the one streaming."""
