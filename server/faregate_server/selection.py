@@ -114,13 +114,14 @@ class Selector:
                 unfit = unfit or problem
                 reason = f"{problem[0]}: {problem[1]}"
             else:
-                draw = projected_draw(
-                    model.draws,
-                    self._limits.units,
-                    input_tokens + max_output_tokens,
-                    worst_case,
-                )
-                scarcity = self._limits.scarcity(draw, self._routing) if draw else 1.0
+                if model.draws:
+                    draw = projected_draw(
+                        model.draws,
+                        self._limits.units,
+                        input_tokens + max_output_tokens,
+                        worst_case,
+                    )
+                    scarcity = self._limits.scarcity(draw, self._routing)
                 reason = _unavailable(deployment, now_s, scarcity)
                 unavailable = unavailable or reason
                 if math.isinf(scarcity):
