@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.config) if args.config else None
     try:
         asyncio.run(_serve_until_signalled(config, args.listen, path))
+    except ConfigError as error:  # e.g. a ledger file that is corrupt or locked
+        print(f"faregate: cannot start: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"faregate: {error}", file=sys.stderr)
         return 1

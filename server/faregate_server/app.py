@@ -28,10 +28,12 @@ from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
 from faregate_server.gateway import Gateway
+from faregate_server.ledger import Ledger, open_ledger
 from faregate_server.limits import LimitPools
 from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
+from faregate_server.windows import window_start_s
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class RunningServer:
 
     port: int
     budgets: MemoryBudgetStore
+    ledger: Ledger
     limits: LimitPools
     gateway: Gateway
     reloader: Reloader
@@ -86,10 +89,17 @@ async def serve(
         )
         stack.push_async_callback(session.close)
 
+        ledger = await open_ledger(config.state)
+        stack.push_async_callback(ledger.aclose)
         catalog = Catalog(config, session, clock)
-        budgets = MemoryBudgetStore(config.budgets.values(), clock)
+        now_s = clock.now_s()
+        spent = ledger.spent_since(
+            {key: window_start_s(b.window, now_s) for key, b in config.budgets.items()}
+        )
+        budgets = MemoryBudgetStore(config.budgets.values(), clock, spent)
         limits = LimitPools(config.limit_pools, clock)
-        gateway = Gateway(catalog, Planner(budgets, limits, clock, rng), clock, rng)
+        planner = Planner(budgets, limits, ledger, clock, rng)
+        gateway = Gateway(catalog, planner, clock, rng)
         reloader = Reloader(config_path, gateway, budgets, limits, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
@@ -125,7 +135,12 @@ async def serve(
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
         yield RunningServer(
-            port=port, budgets=budgets, limits=limits, gateway=gateway, reloader=reloader
+            port=port,
+            budgets=budgets,
+            ledger=ledger,
+            limits=limits,
+            gateway=gateway,
+            reloader=reloader,
         )
 
 

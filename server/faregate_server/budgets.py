@@ -15,7 +15,7 @@ each one atomic under asyncio.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,10 +99,19 @@ class _Account:
 class MemoryBudgetStore:
     """Budgets in this process's memory."""
 
-    def __init__(self, budgets: Iterable[BudgetConfig], clock: Clock) -> None:
+    def __init__(
+        self,
+        budgets: Iterable[BudgetConfig],
+        clock: Clock,
+        spent: Mapping[str, int] | None = None,
+    ) -> None:
+        """Budgets start with `spent` (from the ledger) in their current window."""
         self._clock = clock
         now_s = clock.now_s()
         self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
+        for key, amount in (spent or {}).items():
+            if key in self._accounts:
+                self._accounts[key].spent = amount
         # Reservation id -> the account it holds money on, until it settles.
         self._holders: dict[int, _Account] = {}
         self._ids = itertools.count(1)

@@ -223,6 +223,20 @@ class ServerConfig:
     """How often the config file is checked for changes (0 turns watching off)."""
 
 
+class StateBackend(StrEnum):
+    MEMORY = "memory"
+    """Nothing survives a restart; for tests and demos."""
+    SQLITE = "sqlite"
+    """Committed spend is durable in an SQLite file before it is reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: StateBackend = StateBackend.MEMORY
+    path: str = "faregate.db"
+    """The SQLite file, for the sqlite backend."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
@@ -232,3 +246,4 @@ class Config:
     limit_pools: Mapping[str, LimitPoolConfig] = field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     retries: RetryConfig = RetryConfig()
+    state: StateConfig = StateConfig()

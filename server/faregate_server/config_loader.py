@@ -31,6 +31,8 @@ from faregate_server.config import (
     RoutingConfig,
     ServerConfig,
     SimSettings,
+    StateBackend,
+    StateConfig,
     Window,
 )
 from faregate_server.domain import Capability
@@ -41,7 +43,9 @@ _PROVIDER_DEFAULT_BASE = {
     ProviderKind.ANTHROPIC: "https://api.anthropic.com",
     ProviderKind.SIM: "sim://",
 }
-_TOP_LEVEL = {"server", "models", "routes", "budgets", "limit_pools", "routing", "retries"}
+_TOP_LEVEL = {
+    "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
+}  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -91,6 +95,16 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         limit_pools=limit_pools,
         routing=_routing(root.child("routing", {})),
         retries=_retries(root.child("retries", {})),
+        state=_state(root.child("state", {})),
+    )
+
+
+def _state(node: _Node) -> StateConfig:
+    defaults = StateConfig()
+    node.expect_keys(set(StateConfig.__slots__))
+    return StateConfig(
+        backend=node.choice("backend", StateBackend, defaults.backend),
+        path=node.string("path", defaults.path),
     )
 
 

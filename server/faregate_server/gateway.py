@@ -44,7 +44,7 @@ from faregate_server.domain import (
     Usage,
 )
 from faregate_server.errors import StreamInterrupted, upstream_failure
-from faregate_server.planner import Lease, Planner
+from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError
 
 Stream = AsyncGenerator[str | StreamEnd, None]
@@ -86,9 +86,7 @@ class Gateway:
             lease.option.input_tokens, deployment.counter.count_text(completion.text)
         )
         cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-        remaining = await self._planner.settle(
-            lease, cost, usage.input_tokens + usage.output_tokens
-        )
+        remaining = await self._planner.settle(plan, lease, usage, cost, "succeeded")
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
@@ -155,9 +153,7 @@ class Gateway:
             end = item
             usage = end.usage or self._counted_usage(lease, delivered)
             cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-            remaining = await self._planner.settle(
-                lease, cost, usage.input_tokens + usage.output_tokens
-            )
+            remaining = await self._planner.settle(plan, lease, usage, cost, "succeeded")
             settled = True
             yield StreamFinished(
                 usage=usage,
@@ -174,9 +170,9 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settle_interrupted(lease, delivered)
+                await self._settle_interrupted(plan, lease, delivered)
 
-    async def _settle_interrupted(self, lease: Lease, delivered: Sequence[str]) -> None:
+    async def _settle_interrupted(self, plan: Plan, lease: Lease, delivered: Sequence[str]) -> None:
         if not delivered:
             await self._planner.release(lease)
             return
@@ -186,7 +182,7 @@ class Gateway:
             price.cost_nano_usd(usage.input_tokens, usage.output_tokens),
             lease.reservation.amount_nano_usd,
         )
-        await self._planner.settle(lease, cost, usage.input_tokens + usage.output_tokens)
+        await self._planner.settle(plan, lease, usage, cost, "interrupted")
 
     @staticmethod
     def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:

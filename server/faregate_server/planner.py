@@ -18,7 +18,7 @@ from faregate_server.budgets import BudgetStore, Reservation
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import RouteConfig
-from faregate_server.domain import CandidateScore, RouteCall, TaskKind
+from faregate_server.domain import CandidateScore, RouteCall, TaskKind, Usage
 from faregate_server.errors import (
     BudgetExhausted,
     CandidatesUnavailable,
@@ -27,6 +27,7 @@ from faregate_server.errors import (
     ModelCannotServe,
     PoolSaturated,
 )
+from faregate_server.ledger import Ledger, SpendRecord
 from faregate_server.limits import LimitPools, LimitReservation
 from faregate_server.selection import Option, Selection, Selector
 from faregate_server.tasks import classify_task
@@ -55,9 +56,15 @@ class Lease:
 
 class Planner:
     def __init__(
-        self, budgets: BudgetStore, limits: LimitPools, clock: Clock, rng: random.Random
+        self,
+        budgets: BudgetStore,
+        limits: LimitPools,
+        ledger: Ledger,
+        clock: Clock,
+        rng: random.Random,
     ) -> None:
         self._budgets = budgets
+        self._ledger = ledger
         self._limits = limits
         self._clock = clock
         self._rng = rng
@@ -135,11 +142,30 @@ class Planner:
         if lease.limits is not None:
             self._limits.release(lease.limits)
 
-    async def settle(self, lease: Lease, cost_nano_usd: int, tokens: int) -> int:
-        """Commits the actual cost and draw; returns the budget's money remaining."""
+    async def settle(
+        self, plan: Plan, lease: Lease, usage: Usage, cost_nano_usd: int, outcome: str
+    ) -> int:
+        """Commits the actual cost and draw, and returns the budget's money remaining
+        once the ledger holds the record durably."""
+        tokens = usage.input_tokens + usage.output_tokens
         if lease.limits is not None:
             self._limits.commit(lease.limits, tokens, cost_nano_usd)
-        return await self._budgets.commit(lease.reservation, cost_nano_usd)
+        remaining = await self._budgets.commit(lease.reservation, cost_nano_usd)
+        await self._ledger.record(
+            SpendRecord(
+                request_id=plan.request_id,
+                time_s=self._clock.now_s(),
+                budget_key=plan.call.budget_key,
+                agent=plan.call.agent,
+                model=lease.option.deployment.name,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                reserved_nano_usd=lease.reservation.amount_nano_usd,
+                cost_nano_usd=cost_nano_usd,
+                outcome=outcome,
+            )
+        )
+        return remaining
 
 
 def _nothing_feasible(

@@ -36,6 +36,7 @@ from faregate_server.config_loader import parse_config
 from faregate_server.domain import ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.errors import FaregateError
 from faregate_server.gateway import Gateway
+from faregate_server.ledger import MemoryLedger
 from faregate_server.limits import LimitPools
 from faregate_server.planner import Planner
 
@@ -93,7 +94,8 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
         catalog = Catalog(config, session, clock)
         budgets = MemoryBudgetStore(config.budgets.values(), clock)
         limits = LimitPools(config.limit_pools, clock)
-        gateway = Gateway(catalog, Planner(budgets, limits, clock, rng), clock, rng)
+        planner = Planner(budgets, limits, MemoryLedger(), clock, rng)
+        gateway = Gateway(catalog, planner, clock, rng)
 
         async def serve(request: SimRequest, call: RouteCall) -> Outcome:
             try:

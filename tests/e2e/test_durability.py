@@ -1,0 +1,92 @@
+"""Committed spend survives restarts and SIGKILL with the sqlite state backend."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from faregate.v1 import router_pb2
+from faregate_client import FaregateClient
+from faregate_server.config_loader import load_config
+
+from tests.conftest import StartFaregate, to_config
+from tests.fakes.upstream import FakeUpstream, Script
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_spend_survives_a_restart(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    config_data["state"] = {"backend": "sqlite", "path": str(tmp_path / "faregate.db")}
+    upstream.default = Script(usage=(10, 2))
+    async with start_faregate(to_config(config_data)) as faregate:
+        replies = [await faregate.client.route("hi", budget_key="team") for _ in range(3)]
+        spent = faregate.spent_nano_usd()
+        assert spent == sum(reply.cost_nano_usd for reply in replies)
+
+    async with start_faregate(to_config(config_data)) as restarted:
+        assert restarted.spent_nano_usd() == spent
+        reply = await restarted.client.route("hi", budget_key="team")
+        assert reply.budget_remaining_nano_usd == 100 * 10**9 - spent - reply.cost_nano_usd
+
+
+async def test_sigkill_under_load_loses_no_committed_spend(
+    start_faregate: StartFaregate, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((REPO / "server/faregate_server/default_config.yaml").read_text())
+    ledger_path = tmp_path / "faregate.db"
+    config["state"] = {"backend": "sqlite", "path": str(ledger_path)}
+    config["server"]["reload_poll_s"] = 0
+    config["budgets"]["demo"]["limit_usd"] = 1000
+    for model in config["models"].values():
+        model["sim"] = {"first_token_delay_s": 0.01, "token_delay_s": 0.001, "output_tokens": 8}
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "serve", "--config", str(path),
+        "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    answered: list[router_pb2.RouteResponse] = []
+    try:
+        async with asyncio.timeout(20):
+            target = (await process.stdout.readline()).decode().split()[-1]
+        async with FaregateClient(target) as client:
+
+            async def keep_calling() -> None:
+                while True:
+                    answered.append(await client.route("hi", budget_key="demo", timeout_s=5))
+
+            callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
+            async with asyncio.timeout(20):
+                while len(answered) < 50:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            await asyncio.gather(*callers, return_exceptions=True)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    with sqlite3.connect(ledger_path) as ledger:
+        recorded = dict(ledger.execute("SELECT request_id, cost_nano_usd FROM spend"))
+    # Every answer a caller received was recorded first, at the cost it reported.
+    for reply in answered:
+        assert recorded[reply.request_id] == reply.cost_nano_usd
+    assert len(recorded) >= len(answered)
+
+    # A restart picks the budget up where the killed process left it.
+    async with start_faregate(load_config(path)) as restarted:
+        assert restarted.spent_nano_usd("demo") == sum(recorded.values())
+        assert restarted.reserved_nano_usd("demo") == 0

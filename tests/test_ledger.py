@@ -1,0 +1,97 @@
+"""The SQLite ledger: durable before it answers, group commits, and it never
+silently resets spend when its file is unusable."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from faregate_server.config import ConfigError
+from faregate_server.ledger import SpendRecord, SqliteLedger
+
+
+def _record(number: int, budget_key: str = "team", time_s: float = 1_000.0) -> SpendRecord:
+    return SpendRecord(
+        request_id=f"r{number}",
+        time_s=time_s,
+        budget_key=budget_key,
+        agent="tester",
+        model="m",
+        input_tokens=10,
+        output_tokens=number,
+        reserved_nano_usd=1_000,
+        cost_nano_usd=100 + number,
+        outcome="succeeded",
+    )
+
+
+async def test_records_survive_a_reopen_and_sum_by_window(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    await ledger.record(_record(1, time_s=500.0))
+    await ledger.record(_record(2, time_s=1_500.0))
+    await ledger.record(_record(3, budget_key="other", time_s=1_500.0))
+    await ledger.aclose()
+
+    reopened = await SqliteLedger.open(path)
+    try:
+        assert reopened.spent_since({"team": 1_000.0, "other": 0.0, "none": 0.0}) == {
+            "team": 102,
+            "other": 103,
+            "none": 0,
+        }
+    finally:
+        await reopened.aclose()
+
+
+async def test_concurrent_records_share_transactions(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        await asyncio.gather(*(ledger.record(_record(n)) for n in range(200)))
+
+        statistics = ledger.statistics()
+        assert statistics.records == 200
+        assert statistics.transactions < 20
+        assert ledger.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(200))}
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_whose_caller_was_cancelled_is_still_written(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    writing = asyncio.create_task(ledger.record(_record(7)))
+    await asyncio.sleep(0)
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    await ledger.aclose()
+
+    reopened = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        assert reopened.spent_since({"team": 0.0}) == {"team": 107}
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_corrupt_file_is_refused_not_reset(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(ConfigError, match="cannot use"):
+        await SqliteLedger.open(path)
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+async def test_a_locked_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError, match="locked"):
+            await SqliteLedger.open(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
