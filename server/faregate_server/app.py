@@ -19,10 +19,11 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-from faregate.v1 import router_pb2, router_pb2_grpc
+from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from faregate_server.admin import AdminServicer
 from faregate_server.budgets import MemoryBudgetStore
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
@@ -38,6 +39,7 @@ from faregate_server.windows import window_start_s
 logger = logging.getLogger(__name__)
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # Room above max_request_bytes so a slightly oversized request reaches
 # validation and gets a BadRequest naming the limit, not a bare transport error.
 _RECEIVE_SLACK_BYTES = 64 * 1024
@@ -120,10 +122,17 @@ async def serve(
         router_pb2_grpc.add_RouterServiceServicer_to_server(
             RouterServicer(gateway, config.server), server
         )
+        services = [ROUTER_SERVICE]
+        if config.admin.enabled:
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(
+                AdminServicer(budgets, gateway, ledger, reloader), server
+            )
+            services.append(ADMIN_SERVICE)
+            logger.warning("the admin service is on, with no authentication yet")
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = listen or config.server.listen
         port = server.add_insecure_port(address)

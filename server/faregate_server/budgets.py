@@ -14,6 +14,7 @@ each one atomic under asyncio.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -153,8 +154,20 @@ class MemoryBudgetStore:
             resets_at_s=account.resets_at_s,
         )
 
-    def keys(self) -> list[str]:
+    def budget_keys(self) -> list[str]:
         return list(self._accounts)
+
+    def config(self, budget_key: str) -> BudgetConfig:
+        return self._account(budget_key).config
+
+    def set_limit(self, budget_key: str, limit_nano_usd: int) -> None:
+        """Changes a budget's limit until the next reload (an operator's override)."""
+        account = self._account(budget_key)
+        account.config = dataclasses.replace(account.config, limit_nano_usd=limit_nano_usd)
+
+    def reset_spend(self, budget_key: str) -> None:
+        """Forgets the current window's spend (reservations in flight stay)."""
+        self._account(budget_key).spent = 0
 
     def reconfigure(self, budgets: Iterable[BudgetConfig]) -> None:
         """Adopts new budget configs; a budget that keeps its key keeps its spend."""

@@ -238,6 +238,13 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    enabled: bool = False
+    """Serve faregate.v1.AdminService on the same port (no auth yet: keep it off
+    on shared networks)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     models: Mapping[str, ModelConfig]
@@ -247,3 +254,4 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     retries: RetryConfig = RetryConfig()
     state: StateConfig = StateConfig()
+    admin: AdminConfig = AdminConfig()

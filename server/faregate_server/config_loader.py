@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from faregate_server.config import (
+    AdminConfig,
     BudgetConfig,
     Config,
     ConfigError,
@@ -45,6 +46,7 @@ _PROVIDER_DEFAULT_BASE = {
 }
 _TOP_LEVEL = {
     "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
+    "admin",
 }  # fmt: skip
 
 
@@ -96,7 +98,13 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         routing=_routing(root.child("routing", {})),
         retries=_retries(root.child("retries", {})),
         state=_state(root.child("state", {})),
+        admin=_admin(root.child("admin", {})),
     )
+
+
+def _admin(node: _Node) -> AdminConfig:
+    node.expect_keys(set(AdminConfig.__slots__))
+    return AdminConfig(enabled=node.boolean("enabled", AdminConfig().enabled))
 
 
 def _state(node: _Node) -> StateConfig:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from faregate_server.config import ConfigError, StateBackend, StateConfig
 
@@ -73,6 +74,15 @@ class Ledger(Protocol):
         """Returns once the record is durable."""
         ...
 
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        """Records newest first, each with its position; `before` pages on from one.
+
+        Empty `budget_key` or `agent` match every record.
+        """
+        ...
+
     def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
         """Each budget's recorded spend since its window started (budget key -> since)."""
         ...
@@ -83,13 +93,31 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """Keeps nothing: spend lives and dies with the process."""
+    """Keeps the latest records in memory: spend lives and dies with the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self._records = 0
+        self._recent: deque[tuple[int, SpendRecord]] = deque(maxlen=capacity)
 
     async def record(self, record: SpendRecord) -> None:
         self._records += 1
+        self._recent.append((self._records, record))
+
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        found = []
+        for position, record in reversed(self._recent):
+            if before is not None and position >= before:
+                continue
+            if (budget_key and record.budget_key != budget_key) or (
+                agent and record.agent != agent
+            ):
+                continue
+            found.append((position, record))
+            if len(found) == limit:
+                break
+        return found
 
     def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
         return {}
@@ -174,6 +202,27 @@ class SqliteLedger:
         with self._connection:  # one transaction: BEGIN ... COMMIT
             self._connection.execute("BEGIN")
             self._connection.executemany(_INSERT, rows)
+
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(
+            self._thread, self._select, budget_key, agent, limit, before
+        )
+        return [(row[0], SpendRecord(*row[1:])) for row in rows]
+
+    def _select(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[Any, ...]]:
+        assert self._connection is not None
+        query = (
+            "SELECT rowid, * FROM spend WHERE rowid < ? AND (? = '' OR budget_key = ?)"
+            " AND (? = '' OR agent = ?) ORDER BY rowid DESC LIMIT ?"
+        )
+        before_row = before if before is not None else 2**63 - 1
+        arguments = (before_row, budget_key, budget_key, agent, agent, limit)
+        return self._connection.execute(query, arguments).fetchall()
 
     def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
         """Read once at start, before serving, so it may block."""

@@ -13,7 +13,7 @@ import logging
 import math
 import uuid
 from contextlib import aclosing
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
@@ -114,7 +114,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async with asyncio.timeout_at(deadline_s):
                 result = await self._gateway.route(call, deadline_s)
         except Exception as error:
-            await _abort(context, error, request.model)
+            await abort(context, error, request.model)
         return router_pb2.RouteResponse(
             output=result.output,
             finish_reason=_FINISH_REASONS[result.finish_reason],
@@ -146,7 +146,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 async for event in events:
                     await context.write(_stream_event(event))
         except Exception as error:
-            await _abort(context, error, request.model)
+            await abort(context, error, request.model)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -314,7 +314,9 @@ def _usage(usage: Usage) -> router_pb2.Usage:
     return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
-async def _abort(context: AnyContext, error: Exception, model: str) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: Exception, model: str
+) -> NoReturn:
     """Ends the call with the status for error: the one place errors meet the wire."""
     if isinstance(error, TimeoutError):
         error = DeadlineExceeded("the request's deadline passed", model=model)

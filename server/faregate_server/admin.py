@@ -1,0 +1,154 @@
+"""The AdminService servicer: budgets, models and the spend ledger for operators.
+
+Like the router's servicer it only translates: it reads the budget store,
+the catalog and the ledger, and maps errors through the same catalogue.
+Budget changes made here last until the next config reload or restart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
+
+from faregate_server.budgets import BudgetSnapshot, MemoryBudgetStore
+from faregate_server.errors import InvalidRequest
+from faregate_server.gateway import Gateway
+from faregate_server.ledger import Ledger
+from faregate_server.reload import Reloader
+from faregate_server.servicer import abort
+
+_DEFAULT_PAGE_SIZE = 100
+_MAX_PAGE_SIZE = 1000
+
+AdminContext = grpc.aio.ServicerContext[object, object]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, budgets: MemoryBudgetStore, gateway: Gateway, ledger: Ledger, reloader: Reloader
+    ) -> None:
+        self._budgets = budgets
+        self._gateway = gateway
+        self._ledger = ledger
+        self._reloader = reloader
+
+    async def GetBudget(
+        self, request: admin_pb2.GetBudgetRequest, context: AdminContext
+    ) -> admin_pb2.GetBudgetResponse:
+        try:
+            return admin_pb2.GetBudgetResponse(budget=self._budget(request.key))
+        except Exception as error:
+            await abort(context, error, "")
+
+    async def ListBudgets(
+        self, request: admin_pb2.ListBudgetsRequest, context: AdminContext
+    ) -> admin_pb2.ListBudgetsResponse:
+        return admin_pb2.ListBudgetsResponse(
+            budgets=[self._budget(key) for key in self._budgets.budget_keys()]
+        )
+
+    async def UpdateBudget(
+        self, request: admin_pb2.UpdateBudgetRequest, context: AdminContext
+    ) -> admin_pb2.UpdateBudgetResponse:
+        try:
+            snapshot = self._budgets.snapshot(request.key)
+            change = request.WhichOneof("change")
+            if change == "set_limit_nano_usd":
+                if request.set_limit_nano_usd < 0:
+                    raise InvalidRequest({"set_limit_nano_usd": "must not be negative"})
+                self._budgets.set_limit(request.key, request.set_limit_nano_usd)
+            elif change == "top_up_nano_usd":
+                if request.top_up_nano_usd <= 0:
+                    raise InvalidRequest({"top_up_nano_usd": "must be positive"})
+                limit = snapshot.limit_nano_usd + request.top_up_nano_usd
+                self._budgets.set_limit(request.key, limit)
+            elif change == "reset_spend" and request.reset_spend:
+                self._budgets.reset_spend(request.key)
+            else:
+                raise InvalidRequest({"change": "set one of the changes"})
+            return admin_pb2.UpdateBudgetResponse(budget=self._budget(request.key))
+        except Exception as error:
+            await abort(context, error, "")
+
+    async def ListModels(
+        self, request: admin_pb2.ListModelsRequest, context: AdminContext
+    ) -> admin_pb2.ListModelsResponse:
+        models = []
+        for deployment in self._gateway.catalog.deployments.values():
+            config = deployment.config
+            pool = deployment.pool.statistics()
+            latency = deployment.latency
+            models.append(
+                admin_pb2.ModelState(
+                    name=config.name,
+                    provider=config.provider.value,
+                    version=config.version,
+                    input_nano_usd_per_mtok=config.price.input_nano_usd_per_mtok,
+                    output_nano_usd_per_mtok=config.price.output_nano_usd_per_mtok,
+                    quality=config.quality,
+                    workers=pool.workers,
+                    in_use=pool.in_use,
+                    queue_depth=pool.waiting,
+                    breaker_state=deployment.breaker.state.value,
+                    ewma_latency_s=latency.ewma_total_s or 0.0,
+                    ewma_ttft_s=latency.ewma_ttft_s or 0.0,
+                )
+            )
+        return admin_pb2.ListModelsResponse(models=models)
+
+    async def ListSpend(
+        self, request: admin_pb2.ListSpendRequest, context: AdminContext
+    ) -> admin_pb2.ListSpendResponse:
+        try:
+            page_size = request.page_size or _DEFAULT_PAGE_SIZE
+            if not 0 < page_size <= _MAX_PAGE_SIZE:
+                raise InvalidRequest({"page_size": f"must be between 1 and {_MAX_PAGE_SIZE}"})
+            before = None
+            if request.page_token:
+                if not request.page_token.isdigit():
+                    raise InvalidRequest({"page_token": "is not a token this service gave"})
+                before = int(request.page_token)
+            found = await self._ledger.query(
+                request.budget_key, request.agent, page_size + 1, before
+            )
+        except Exception as error:
+            await abort(context, error, "")
+        page = found[:page_size]
+        entries = [
+            admin_pb2.SpendEntry(
+                request_id=record.request_id,
+                time_unix_s=record.time_s,
+                budget_key=record.budget_key,
+                agent=record.agent,
+                model=record.model,
+                usage=router_pb2.Usage(
+                    input_tokens=record.input_tokens, output_tokens=record.output_tokens
+                ),
+                reserved_nano_usd=record.reserved_nano_usd,
+                cost_nano_usd=record.cost_nano_usd,
+                outcome=record.outcome,
+            )
+            for _, record in page
+        ]
+        next_token = str(page[-1][0]) if len(found) > page_size else ""
+        return admin_pb2.ListSpendResponse(entries=entries, next_page_token=next_token)
+
+    async def ReloadConfig(
+        self, request: admin_pb2.ReloadConfigRequest, context: AdminContext
+    ) -> admin_pb2.ReloadConfigResponse:
+        return admin_pb2.ReloadConfigResponse(applied=self._reloader.reload())
+
+    def _budget(self, key: str) -> admin_pb2.Budget:
+        snapshot: BudgetSnapshot = self._budgets.snapshot(key)
+        budget = self._budgets.config(key)
+        return admin_pb2.Budget(
+            key=key,
+            limit_nano_usd=snapshot.limit_nano_usd,
+            spent_nano_usd=snapshot.spent_nano_usd,
+            reserved_nano_usd=snapshot.reserved_nano_usd,
+            remaining_nano_usd=snapshot.remaining_nano_usd,
+            window=budget.window.value,
+            resets_at_unix_s=0.0 if math.isinf(snapshot.resets_at_s) else snapshot.resets_at_s,
+        )
