@@ -86,7 +86,8 @@ class Gateway:
             lease.option.input_tokens, deployment.counter.count_text(completion.text)
         )
         cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-        remaining = await self._planner.settle(plan, lease, usage, cost, "succeeded")
+        remaining, spend = await self._planner.settle(plan, lease, usage, cost, "succeeded")
+        await self._planner.record(spend)
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
@@ -153,8 +154,9 @@ class Gateway:
             end = item
             usage = end.usage or self._counted_usage(lease, delivered)
             cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-            remaining = await self._planner.settle(plan, lease, usage, cost, "succeeded")
+            remaining, spend = await self._planner.settle(plan, lease, usage, cost, "succeeded")
             settled = True
+            await self._planner.record(spend)
             yield StreamFinished(
                 usage=usage,
                 cost_nano_usd=cost,
@@ -182,7 +184,8 @@ class Gateway:
             price.cost_nano_usd(usage.input_tokens, usage.output_tokens),
             lease.reservation.amount_nano_usd,
         )
-        await self._planner.settle(plan, lease, usage, cost, "interrupted")
+        _, spend = await self._planner.settle(plan, lease, usage, cost, "interrupted")
+        await self._planner.record(spend)
 
     @staticmethod
     def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:

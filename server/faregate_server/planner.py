@@ -144,28 +144,35 @@ class Planner:
 
     async def settle(
         self, plan: Plan, lease: Lease, usage: Usage, cost_nano_usd: int, outcome: str
-    ) -> int:
-        """Commits the actual cost and draw, and returns the budget's money remaining
-        once the ledger holds the record durably."""
+    ) -> tuple[int, SpendRecord]:
+        """Commits the actual cost and draw.
+
+        Returns the budget's money remaining and the ledger record, which the
+        caller must pass to `record` before reporting the spend: committing
+        happens here at once, the durable write may wait, and a cancellation
+        landing in the wait must not look like an unsettled lease.
+        """
         tokens = usage.input_tokens + usage.output_tokens
         if lease.limits is not None:
             self._limits.commit(lease.limits, tokens, cost_nano_usd)
         remaining = await self._budgets.commit(lease.reservation, cost_nano_usd)
-        await self._ledger.record(
-            SpendRecord(
-                request_id=plan.request_id,
-                time_s=self._clock.now_s(),
-                budget_key=plan.call.budget_key,
-                agent=plan.call.agent,
-                model=lease.option.deployment.name,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                reserved_nano_usd=lease.reservation.amount_nano_usd,
-                cost_nano_usd=cost_nano_usd,
-                outcome=outcome,
-            )
+        record = SpendRecord(
+            request_id=plan.request_id,
+            time_s=self._clock.now_s(),
+            budget_key=plan.call.budget_key,
+            agent=plan.call.agent,
+            model=lease.option.deployment.name,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            reserved_nano_usd=lease.reservation.amount_nano_usd,
+            cost_nano_usd=cost_nano_usd,
+            outcome=outcome,
         )
-        return remaining
+        return remaining, record
+
+    async def record(self, record: SpendRecord) -> None:
+        """Returns once the ledger holds the record durably."""
+        await self._ledger.record(record)
 
 
 def _nothing_feasible(
