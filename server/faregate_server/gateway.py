@@ -8,7 +8,8 @@ Settlement rules, for every way a request can end:
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
 A lease is always either settled or released, whatever interrupts the request,
-so the reserved totals of budgets and limit pools return to zero.
+so the reserved totals of budgets and limit pools return to zero. Every
+settlement leaves a record in the ledger, durable before the spend is reported.
 
 The caller's deadline is enforced by the servicer around these calls; here it
 arrives as cancellation, which settles like any other interruption, and as a

@@ -38,7 +38,7 @@ differences. The report also says how much CPU other processes used
 meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
 but the bench exits 0 either way: it reports, it does not gate.
 
-Two more sections follow, each runnable alone, both in this process:
+Three more sections follow, each runnable alone, all in this process:
 
 - Routing simulation (`routing_sim.py`, `python -m tests.bench.routing_sim`):
   10,000 requests of a coding agent's mix over three sim models sharing one
@@ -49,6 +49,9 @@ Two more sections follow, each runnable alone, both in this process:
   the gRPC server to a primary with a heavy first-token tail, hedging off, at
   a fixed delay and at the primary's p95; time to first token at the client,
   hedges, and what they cost.
+- State backends (`state.py`, `python -m tests.bench.state`): reserve +
+  commit + ledger record per backend, at concurrency 1 and 64 (where the
+  SQLite ledger's group commit shares transactions).
 
 Nothing here is collected by pytest, and importing any module has no side
 effects.
