@@ -95,3 +95,21 @@ async def test_a_locked_file_is_refused(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+async def test_records_handed_in_before_close_are_written_and_later_ones_refused(
+    tmp_path: Path,
+) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    writes = [asyncio.create_task(ledger.record(_record(n))) for n in range(5)]
+    await asyncio.sleep(0)
+    await ledger.aclose()
+    await asyncio.gather(*writes)
+    with pytest.raises(RuntimeError, match="closed"):
+        await ledger.record(_record(9))
+
+    reopened = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        assert reopened.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(5))}
+    finally:
+        await reopened.aclose()

@@ -19,6 +19,7 @@ from faregate_server.ledger import Ledger
 from faregate_server.reload import Reloader
 from faregate_server.servicer import abort
 
+_MAX_NANO_USD = 2**63 - 1  # int64 on the wire
 _DEFAULT_PAGE_SIZE = 100
 _MAX_PAGE_SIZE = 1000
 
@@ -45,9 +46,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListBudgets(
         self, request: admin_pb2.ListBudgetsRequest, context: AdminContext
     ) -> admin_pb2.ListBudgetsResponse:
-        return admin_pb2.ListBudgetsResponse(
-            budgets=[self._budget(key) for key in self._budgets.budget_keys()]
-        )
+        try:
+            budgets = [self._budget(key) for key in self._budgets.budget_keys()]
+        except Exception as error:
+            await abort(context, error, "")
+        return admin_pb2.ListBudgetsResponse(budgets=budgets)
 
     async def UpdateBudget(
         self, request: admin_pb2.UpdateBudgetRequest, context: AdminContext
@@ -60,9 +63,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     raise InvalidRequest({"set_limit_nano_usd": "must not be negative"})
                 self._budgets.set_limit(request.key, request.set_limit_nano_usd)
             elif change == "top_up_nano_usd":
-                if request.top_up_nano_usd <= 0:
-                    raise InvalidRequest({"top_up_nano_usd": "must be positive"})
                 limit = snapshot.limit_nano_usd + request.top_up_nano_usd
+                if request.top_up_nano_usd <= 0 or limit > _MAX_NANO_USD:
+                    problem = f"must be positive and keep the limit at most {_MAX_NANO_USD}"
+                    raise InvalidRequest({"top_up_nano_usd": problem})
                 self._budgets.set_limit(request.key, limit)
             elif change == "reset_spend" and request.reset_spend:
                 self._budgets.reset_spend(request.key)
@@ -75,6 +79,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: AdminContext
     ) -> admin_pb2.ListModelsResponse:
+        try:
+            return self._models()
+        except Exception as error:
+            await abort(context, error, "")
+
+    def _models(self) -> admin_pb2.ListModelsResponse:
         models = []
         for deployment in self._gateway.catalog.deployments.values():
             config = deployment.config
@@ -107,9 +117,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 raise InvalidRequest({"page_size": f"must be between 1 and {_MAX_PAGE_SIZE}"})
             before = None
             if request.page_token:
-                if not request.page_token.isdigit():
+                token = request.page_token
+                if not (token.isascii() and token.isdecimal() and 0 < int(token) <= _MAX_NANO_USD):
                     raise InvalidRequest({"page_token": "is not a token this service gave"})
-                before = int(request.page_token)
+                before = int(token)
             found = await self._ledger.query(
                 request.budget_key, request.agent, page_size + 1, before
             )
@@ -138,7 +149,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadConfig(
         self, request: admin_pb2.ReloadConfigRequest, context: AdminContext
     ) -> admin_pb2.ReloadConfigResponse:
-        return admin_pb2.ReloadConfigResponse(applied=self._reloader.reload())
+        try:
+            return admin_pb2.ReloadConfigResponse(applied=self._reloader.reload())
+        except Exception as error:
+            await abort(context, error, "")
 
     def _budget(self, key: str) -> admin_pb2.Budget:
         snapshot: BudgetSnapshot = self._budgets.snapshot(key)

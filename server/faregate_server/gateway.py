@@ -13,7 +13,9 @@ settlement leaves a record in the ledger, durable before the spend is reported.
 
 The caller's deadline is enforced by the servicer around these calls; here it
 arrives as cancellation, which settles like any other interruption, and as a
-value that bounds retry backoffs.
+value that bounds retry backoffs. A request whose answer is already in hand
+is charged even if its deadline passes while the ledger makes that durable:
+the provider did the work.
 
 Each request reads the current catalog once; a config reload swaps it for new
 requests while those in flight finish on the one they started with.

@@ -15,6 +15,7 @@ committed spend. Reservations are not recorded; a crash voids them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faregate_server.config import ConfigError, StateBackend, StateConfig
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -40,6 +43,8 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE INDEX IF NOT EXISTS spend_by_budget_time ON spend (budget_key, time_s);
 """
+_WRITE_ATTEMPTS = 3
+_WRITE_RETRY_S = 0.05
 _INSERT = "INSERT INTO spend VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE budget_key = ? AND time_s >= ?"
@@ -141,6 +146,7 @@ class SqliteLedger:
         self._writer: asyncio.Task[None] | None = None
         self._records = 0
         self._transactions = 0
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteLedger:
@@ -174,6 +180,8 @@ class SqliteLedger:
         self._connection = connection
 
     async def record(self, record: SpendRecord) -> None:
+        if self._closed:
+            raise RuntimeError("the ledger is closed")
         done = asyncio.get_running_loop().create_future()
         self._pending.append((record, done))
         if self._writer is None or self._writer.done():
@@ -182,20 +190,43 @@ class SqliteLedger:
         await asyncio.shield(done)
 
     async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
+        batch: list[tuple[SpendRecord, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write_batch(batch)
+                batch = []
+        finally:
+            # Only if this task itself was cancelled: nobody may wait forever.
+            for _, done in (*batch, *self._pending):
+                if not done.done():
+                    done.set_exception(RuntimeError("the ledger writer stopped"))
+                    done.exception()  # retrieved: its caller may be gone
+
+    async def _write_batch(self, batch: list[tuple[SpendRecord, asyncio.Future[None]]]) -> None:
+        rows = [astuple(record) for record, _ in batch]
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                await self._run(self._insert, [astuple(record) for record, _ in batch])
-            except Exception as error:
+                await self._run(self._insert, rows)
+                break
+            except sqlite3.Error as error:
+                if attempt < _WRITE_ATTEMPTS:
+                    await asyncio.sleep(_WRITE_RETRY_S * attempt)
+                    continue
+                # The spend stands in memory but not on disk: say exactly what
+                # is missing so an operator can repair the ledger.
+                for row in rows:
+                    logger.error("spend record not written to the ledger: %r", row)
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(error)
-                continue
-            self._records += len(batch)
-            self._transactions += 1
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+                        done.exception()
+                return
+        self._records += len(batch)
+        self._transactions += 1
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     def _insert(self, rows: Iterable[tuple[object, ...]]) -> None:
         assert self._connection is not None
@@ -240,11 +271,14 @@ class SqliteLedger:
         return LedgerStatistics(records=self._records, transactions=self._transactions)
 
     async def aclose(self) -> None:
-        if self._writer is not None:
+        """Writes every record already handed in, then closes; later records are refused."""
+        self._closed = True
+        while self._writer is not None and not self._writer.done():
             await asyncio.wait({self._writer})
         if self._connection is not None:
             await self._run(self._connection.close)
-        self._thread.shutdown(wait=True)
+            self._connection = None
+        await asyncio.to_thread(self._thread.shutdown)
 
     async def _run(self, function: Callable[..., None], *args: object) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)

@@ -56,7 +56,9 @@ async def test_budgets_show_spend_and_can_be_topped_up_set_and_reset(
 
 
 @pytest.mark.parametrize(
-    "change", [{}, {"top_up_nano_usd": -1}, {"set_limit_nano_usd": -5}], ids=str
+    "change",
+    [{}, {"top_up_nano_usd": -1}, {"set_limit_nano_usd": -5}, {"top_up_nano_usd": 2**63 - 1}],
+    ids=str,
 )
 async def test_bad_budget_updates_are_invalid_argument(
     admin: tuple[Faregate, admin_pb2_grpc.AdminServiceAsyncStub], change: dict[str, Any]
@@ -66,6 +68,8 @@ async def test_bad_budget_updates_are_invalid_argument(
         await stub.UpdateBudget(admin_pb2.UpdateBudgetRequest(key="team", **change))
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    listed = await stub.ListBudgets(admin_pb2.ListBudgetsRequest())
+    assert listed.budgets[0].limit_nano_usd == 100 * 10**9  # nothing changed
 
 
 async def test_unknown_budget_is_budget_not_found(
@@ -118,12 +122,13 @@ async def test_spend_pages_newest_first_with_filters(
     assert first.entries[0].cost_nano_usd > 0
 
 
+@pytest.mark.parametrize("token", ["garbage", "²", "9" * 25, "0", "-3"])
 async def test_a_bad_page_token_is_invalid_argument(
-    admin: tuple[Faregate, admin_pb2_grpc.AdminServiceAsyncStub],
+    admin: tuple[Faregate, admin_pb2_grpc.AdminServiceAsyncStub], token: str
 ) -> None:
     _, stub = admin
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.ListSpend(admin_pb2.ListSpendRequest(page_token="garbage"))
+        await stub.ListSpend(admin_pb2.ListSpendRequest(page_token=token))
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 

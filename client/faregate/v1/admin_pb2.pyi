@@ -155,7 +155,9 @@ Global___ListBudgetsResponse: _TypeAlias = ListBudgetsResponse  # noqa: Y015
 @_typing.final
 class UpdateBudgetRequest(_message.Message):
     """UpdateBudgetRequest changes one budget; set exactly one of the changes.
-    The change lasts until the config is reloaded or faregate restarts.
+    A new limit lasts until the config is reloaded or faregate restarts. A
+    spend reset lasts until the window ends or faregate restarts (with the
+    sqlite backend a restart sums the spend from the ledger again).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
