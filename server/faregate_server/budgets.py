@@ -23,7 +23,7 @@ from typing import Protocol
 from faregate_server.clock import Clock
 from faregate_server.config import BudgetConfig
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
-from faregate_server.windows import next_reset_s
+from faregate_server.windows import WindowedTally
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +78,16 @@ class BudgetStore(Protocol):
         ...
 
 
-class _Account:
-    __slots__ = ("config", "reserved", "resets_at_s", "spent")
+class _Account(WindowedTally):
+    __slots__ = ("config",)
 
     def __init__(self, config: BudgetConfig, now_s: float) -> None:
+        super().__init__(config.window, now_s)
         self.config = config
-        self.spent = 0
-        self.reserved = 0
-        self.resets_at_s = next_reset_s(config.window, now_s)
-
-    def roll(self, now_s: float) -> None:
-        if now_s >= self.resets_at_s:
-            self.spent = 0
-            self.resets_at_s = next_reset_s(self.config.window, now_s)
 
     @property
     def remaining(self) -> int:
-        return self.config.limit_nano_usd - self.spent - self.reserved
+        return self.config.limit_nano_usd - self.used - self.reserved
 
 
 class MemoryBudgetStore:
@@ -112,7 +105,7 @@ class MemoryBudgetStore:
         self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
         for key, amount in (spent or {}).items():
             if key in self._accounts:
-                self._accounts[key].spent = amount
+                self._accounts[key].used = amount
         # Reservation id -> the account it holds money on, until it settles.
         self._holders: dict[int, _Account] = {}
         self._ids = itertools.count(1)
@@ -131,7 +124,7 @@ class MemoryBudgetStore:
         account = self._held(reservation)
         account.roll(self._clock.now_s())
         account.reserved -= reservation.amount_nano_usd
-        account.spent += cost_nano_usd
+        account.used += cost_nano_usd
         return account.remaining
 
     async def release(self, reservation: Reservation) -> int:
@@ -149,7 +142,7 @@ class MemoryBudgetStore:
         return BudgetSnapshot(
             key=budget_key,
             limit_nano_usd=account.config.limit_nano_usd,
-            spent_nano_usd=account.spent,
+            spent_nano_usd=account.used,
             reserved_nano_usd=account.reserved,
             resets_at_s=account.resets_at_s,
         )
@@ -167,7 +160,7 @@ class MemoryBudgetStore:
 
     def reset_spend(self, budget_key: str) -> None:
         """Forgets the current window's spend (reservations in flight stay)."""
-        self._account(budget_key).spent = 0
+        self._account(budget_key).used = 0
 
     def reconfigure(self, budgets: Iterable[BudgetConfig]) -> None:
         """Adopts new budget configs; a budget that keeps its key keeps its spend."""
@@ -177,11 +170,8 @@ class MemoryBudgetStore:
             account = self._accounts.get(budget.key)
             if account is None:
                 account = _Account(budget, now_s)
-            elif account.config.window != budget.window:
-                account.config = budget
-                account.resets_at_s = next_reset_s(budget.window, now_s)
-            else:
-                account.config = budget
+            account.config = budget
+            account.rewindow(budget.window, now_s)
             accounts[budget.key] = account
         self._accounts = accounts
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from faregate_server.clock import Clock
 from faregate_server.config import LimitDraw, LimitPoolConfig, LimitUnit, RoutingConfig
-from faregate_server.windows import next_reset_s
+from faregate_server.windows import WindowedTally
 
 Draw = tuple[tuple[str, int], ...]
 """(pool name, units) pairs of one request."""
@@ -48,19 +48,12 @@ class LimitPoolSnapshot:
         return self.capacity - self.used - self.reserved
 
 
-class _Pool:
-    __slots__ = ("config", "reserved", "resets_at_s", "used")
+class _Pool(WindowedTally):
+    __slots__ = ("config",)
 
     def __init__(self, config: LimitPoolConfig, now_s: float) -> None:
+        super().__init__(config.window, now_s)
         self.config = config
-        self.used = 0
-        self.reserved = 0
-        self.resets_at_s = next_reset_s(config.window, now_s)
-
-    def roll(self, now_s: float) -> None:
-        if now_s >= self.resets_at_s:
-            self.used = 0
-            self.resets_at_s = next_reset_s(self.config.window, now_s)
 
     @property
     def remaining(self) -> int:
@@ -168,11 +161,8 @@ class LimitPools:
             pool = self._pools.get(name)
             if pool is None:
                 pool = _Pool(config, now_s)
-            elif pool.config.window != config.window:
-                pool.config = config
-                pool.resets_at_s = next_reset_s(config.window, now_s)
-            else:
-                pool.config = config
+            pool.config = config
+            pool.rewindow(config.window, now_s)
             pools[name] = pool
         self._pools = pools
         self.units = {name: c.unit for name, c in configs.items()}
