@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -103,6 +105,30 @@ async def read_stream(stream: AsyncIterable[str], into: list[str] | None = None)
     async for text in stream:
         texts.append(text)
     return texts
+
+
+@asynccontextmanager
+async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`faregate serve ARGS --listen 127.0.0.1:0` in a process of its own.
+
+    Yields the process and its target once it listens. On exit a process still
+    running is stopped with SIGTERM and must exit 0 (a graceful stop).
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("faregate listening on "), line
+        yield process, line.split()[-1]
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            async with asyncio.timeout(10):
+                assert await process.wait() == 0
 
 
 StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from faregate_client import FaregateClient, NotFound
 
-from tests.conftest import Faregate
+from tests.conftest import Faregate, faregate_process
 from tests.fakes.upstream import FakeUpstream, Script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,20 +101,8 @@ def _split_json_objects(text: str) -> list[str]:
 @pytest.fixture
 async def default_config_server() -> AsyncIterator[str]:
     """`faregate serve` on the embedded default config, as `make run` starts it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "faregate_server", "serve", "--listen", "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(20):
-            line = (await process.stdout.readline()).decode()
-        assert line.startswith("faregate listening on "), line
-        yield line.split()[-1]
-    finally:
-        process.terminate()
-        async with asyncio.timeout(10):
-            assert await process.wait() == 0
+    async with faregate_process() as (_, target):
+        yield target
 
 
 async def test_faregate_serves_its_embedded_default_config(default_config_server: str) -> None:
@@ -159,31 +147,22 @@ async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
     config["server"]["reload_poll_s"] = 0  # only the signal may reload
     path = tmp_path / "faregate.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "faregate_server", "serve", "--config", str(path),
-        "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(20):
-            target = (await process.stdout.readline()).decode().split()[-1]
-        async with FaregateClient(target) as client:
-            with pytest.raises(NotFound):
-                await client.route("hi", budget_key="demo", model="small-only")
+    async with (
+        faregate_process("--config", str(path)) as (process, target),
+        FaregateClient(target) as client,
+    ):
+        with pytest.raises(NotFound):
+            await client.route("hi", budget_key="demo", model="small-only")
 
-            config["routes"]["small-only"] = ["sim-small"]
-            path.write_text(yaml.safe_dump(config))
-            process.send_signal(signal.SIGHUP)
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        reply = await client.route("hi", budget_key="demo", model="small-only")
-                        break
-                    except NotFound:
-                        await asyncio.sleep(0.05)
-
-        assert reply.model_used == "sim-small"
-    finally:
-        process.terminate()
+        config["routes"]["small-only"] = ["sim-small"]
+        path.write_text(yaml.safe_dump(config))
+        process.send_signal(signal.SIGHUP)
         async with asyncio.timeout(10):
-            assert await process.wait() == 0
+            while True:
+                try:
+                    reply = await client.route("hi", budget_key="demo", model="small-only")
+                    break
+                except NotFound:
+                    await asyncio.sleep(0.05)
+
+    assert reply.model_used == "sim-small"
