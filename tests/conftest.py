@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import random
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from faregate_server.config import Config
 from faregate_server.config_loader import parse_config
 
 from tests.fakes.upstream import FakeUpstream
+from tests.support.redis_server import RedisServer
 
 TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-test"}
 
@@ -74,6 +76,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         # One attempt: these tests see each upstream failure as it is; retry
         # tests turn retries on.
         "retries": {"max_attempts": 1},
+        # The state contract is the same on every backend
+        # (test_state_contract.py); these tests need no durability.
+        "state": {"backend": "memory"},
     }
 
 
@@ -92,11 +97,11 @@ class Faregate:
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
-    def reserved_nano_usd(self, budget_key: str = "team") -> int:
-        return self.running.budgets.snapshot(budget_key).reserved_nano_usd
+    async def reserved_nano_usd(self, budget_key: str = "team") -> int:
+        return (await self.running.state.budget(budget_key)).reserved_nano_usd
 
-    def spent_nano_usd(self, budget_key: str = "team") -> int:
-        return self.running.budgets.snapshot(budget_key).spent_nano_usd
+    async def spent_nano_usd(self, budget_key: str = "team") -> int:
+        return (await self.running.state.budget(budget_key)).spent_nano_usd
 
 
 async def read_stream(stream: AsyncIterable[str], into: list[str] | None = None) -> list[str]:
@@ -132,6 +137,22 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
 
 
 StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by key namespace."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_state(redis_server: RedisServer, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A `state` config section for the session's Redis, in a namespace of this test's own."""
+    namespace = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return {"backend": "redis", "redis": {"url": redis_server.url, "namespace": namespace}}
 
 
 @pytest.fixture

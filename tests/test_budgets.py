@@ -21,12 +21,12 @@ def _store(limit: int, window: BudgetWindow = BudgetWindow.NONE) -> MemoryBudget
 async def test_reserve_commit_release_keep_the_books() -> None:
     store = _store(1_000)
 
-    first = await store.reserve("b", 600)
+    first = store.reserve(("b",), 600)
     with pytest.raises(BudgetExhausted):
-        await store.reserve("b", 401)
-    second = await store.reserve("b", 400)
-    assert await store.commit(first, 250) == 350  # 1000 - 250 spent - 400 reserved
-    assert await store.release(second) == 750
+        store.reserve(("b",), 401)
+    second = store.reserve(("b",), 400)
+    assert store.commit(first, 250) == 350  # 1000 - 250 spent - 400 reserved
+    store.release(second)
 
     snapshot = store.snapshot("b")
     assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (250, 0)
@@ -34,7 +34,7 @@ async def test_reserve_commit_release_keep_the_books() -> None:
 
 async def test_unknown_budget_is_not_found() -> None:
     with pytest.raises(BudgetNotFound):
-        await _store(1).reserve("nope", 1)
+        _store(1).reserve(("nope",), 1)
 
 
 @settings(max_examples=200, deadline=None)
@@ -50,16 +50,16 @@ def test_concurrent_reservations_never_overspend(
 
         async def spend(worst: int, percent: int) -> None:
             try:
-                reservation = await store.reserve("b", worst)
+                reservation = store.reserve(("b",), worst)
             except BudgetExhausted:
                 return
             await asyncio.sleep(0)  # interleave with the others
             snapshot = store.snapshot("b")
             assert snapshot.spent_nano_usd + snapshot.reserved_nano_usd <= limit
             if percent % 3:
-                await store.commit(reservation, worst * percent // 100)
+                store.commit(reservation, worst * percent // 100)
             else:
-                await store.release(reservation)
+                store.release(reservation)
 
         await asyncio.gather(*(spend(worst, percent) for worst, percent in requests))
         snapshot = store.snapshot("b")
@@ -89,12 +89,12 @@ def test_windows_end_on_utc_calendar_boundaries(window: BudgetWindow, now: str, 
 async def test_spend_resets_at_the_window_boundary_but_reservations_stay() -> None:
     clock = FakeClock(_at("2026-11-23 23:00:00"))
     store = MemoryBudgetStore([BudgetConfig("b", 100, BudgetWindow.DAILY)], clock)
-    await store.commit(await store.reserve("b", 60), 60)
-    held = await store.reserve("b", 30)
+    store.commit(store.reserve(("b",), 60), 60)
+    held = store.reserve(("b",), 30)
 
     clock.advance(3600)
 
     snapshot = store.snapshot("b")
     assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (0, 30)
-    await store.commit(held, 30)
+    store.commit(held, 30)
     assert store.snapshot("b").remaining_nano_usd == 70

@@ -12,11 +12,13 @@ from faregate_server.config import ConfigError
 from faregate_server.ledger import SpendRecord, SqliteLedger
 
 
-def _record(number: int, budget_key: str = "team", time_s: float = 1_000.0) -> SpendRecord:
+def _record(
+    number: int, budget_key: str = "team", time_s: float = 1_000.0, *also: str
+) -> SpendRecord:
     return SpendRecord(
         request_id=f"r{number}",
         time_s=time_s,
-        budget_key=budget_key,
+        budget_keys=(budget_key, *also),
         agent="tester",
         model="m",
         input_tokens=10,
@@ -44,6 +46,50 @@ async def test_records_survive_a_reopen_and_sum_by_window(tmp_path: Path) -> Non
         }
     finally:
         await reopened.aclose()
+
+
+async def test_a_record_counts_for_every_budget_it_charged(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        await ledger.record(_record(1, "agent", 1_000.0, "team", "org"))
+        await ledger.record(_record(2, "team", 1_000.0))
+
+        assert ledger.spent_since({"agent": 0.0, "team": 0.0, "org": 0.0}) == {
+            "agent": 101,
+            "team": 203,
+            "org": 101,
+        }
+        found = await ledger.query("org", "", 10, None)
+        assert [record.budget_keys for _, record in found] == [("agent", "team", "org")]
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_ledger_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE spend (request_id TEXT NOT NULL, time_s REAL NOT NULL,"
+        " budget_key TEXT NOT NULL, agent TEXT NOT NULL, model TEXT NOT NULL,"
+        " input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,"
+        " reserved_nano_usd INTEGER NOT NULL, cost_nano_usd INTEGER NOT NULL,"
+        " outcome TEXT NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO spend VALUES ('old', 1.0, 'team', 'a', 'm', 1, 2, 30, 20, 'succeeded')"
+    )
+    old.commit()
+    old.close()
+
+    ledger = await SqliteLedger.open(path)
+    try:
+        await ledger.record(_record(1))
+        assert ledger.spent_since({"team": 0.0}) == {"team": 20 + 101}
+        (_, newest), (_, oldest) = await ledger.query("", "", 10, None)
+        assert (newest.request_id, oldest.request_id) == ("r1", "old")
+        assert (oldest.budget_keys, oldest.attempts) == (("team",), 1)
+    finally:
+        await ledger.aclose()
 
 
 async def test_concurrent_records_share_transactions(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Like the router's servicer it only translates: it reads the budget store,
 the catalog and the ledger, and maps errors through the same catalogue.
-Budget changes made here last until the next config reload or restart.
+A limit set here holds until the budget's configured limit changes; a reset
+of spend lasts until the window ends.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import math
 import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 
-from faregate_server.budgets import BudgetSnapshot, MemoryBudgetStore
-from faregate_server.errors import InvalidRequest
+from faregate_server.budgets import BudgetSnapshot
+from faregate_server.errors import BudgetNotFound, InvalidRequest
 from faregate_server.gateway import Gateway
-from faregate_server.ledger import Ledger
 from faregate_server.reload import Reloader
 from faregate_server.servicer import abort
+from faregate_server.state import StateStore
 
 _MAX_NANO_USD = 2**63 - 1  # int64 on the wire
 _DEFAULT_PAGE_SIZE = 100
@@ -27,19 +28,16 @@ AdminContext = grpc.aio.ServicerContext[object, object]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(
-        self, budgets: MemoryBudgetStore, gateway: Gateway, ledger: Ledger, reloader: Reloader
-    ) -> None:
-        self._budgets = budgets
+    def __init__(self, state: StateStore, gateway: Gateway, reloader: Reloader) -> None:
+        self._state = state
         self._gateway = gateway
-        self._ledger = ledger
         self._reloader = reloader
 
     async def GetBudget(
         self, request: admin_pb2.GetBudgetRequest, context: AdminContext
     ) -> admin_pb2.GetBudgetResponse:
         try:
-            return admin_pb2.GetBudgetResponse(budget=self._budget(request.key))
+            return admin_pb2.GetBudgetResponse(budget=await self._budget(request.key))
         except Exception as error:
             await abort(context, error, "")
 
@@ -47,7 +45,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListBudgetsRequest, context: AdminContext
     ) -> admin_pb2.ListBudgetsResponse:
         try:
-            budgets = [self._budget(key) for key in self._budgets.budget_keys()]
+            budgets = [await self._budget(key) for key in self._gateway.catalog.config.budgets]
         except Exception as error:
             await abort(context, error, "")
         return admin_pb2.ListBudgetsResponse(budgets=budgets)
@@ -56,23 +54,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.UpdateBudgetRequest, context: AdminContext
     ) -> admin_pb2.UpdateBudgetResponse:
         try:
-            snapshot = self._budgets.snapshot(request.key)
+            snapshot = await self._state.budget(request.key)
             change = request.WhichOneof("change")
             if change == "set_limit_nano_usd":
                 if request.set_limit_nano_usd < 0:
                     raise InvalidRequest({"set_limit_nano_usd": "must not be negative"})
-                self._budgets.set_limit(request.key, request.set_limit_nano_usd)
+                await self._state.update_budget(
+                    request.key, set_limit_nano_usd=request.set_limit_nano_usd
+                )
             elif change == "top_up_nano_usd":
                 limit = snapshot.limit_nano_usd + request.top_up_nano_usd
                 if request.top_up_nano_usd <= 0 or limit > _MAX_NANO_USD:
                     problem = f"must be positive and keep the limit at most {_MAX_NANO_USD}"
                     raise InvalidRequest({"top_up_nano_usd": problem})
-                self._budgets.set_limit(request.key, limit)
+                await self._state.update_budget(
+                    request.key, top_up_nano_usd=request.top_up_nano_usd
+                )
             elif change == "reset_spend" and request.reset_spend:
-                self._budgets.reset_spend(request.key)
+                await self._state.update_budget(request.key, reset_spend=True)
             else:
                 raise InvalidRequest({"change": "set one of the changes"})
-            return admin_pb2.UpdateBudgetResponse(budget=self._budget(request.key))
+            return admin_pb2.UpdateBudgetResponse(budget=await self._budget(request.key))
         except Exception as error:
             await abort(context, error, "")
 
@@ -121,7 +123,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 if not (token.isascii() and token.isdecimal() and 0 < int(token) <= _MAX_NANO_USD):
                     raise InvalidRequest({"page_token": "is not a token this service gave"})
                 before = int(token)
-            found = await self._ledger.query(
+            found = await self._state.spend(
                 request.budget_key, request.agent, page_size + 1, before
             )
         except Exception as error:
@@ -131,7 +133,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             admin_pb2.SpendEntry(
                 request_id=record.request_id,
                 time_unix_s=record.time_s,
-                budget_key=record.budget_key,
+                budget_key=record.budget_keys[0],
                 agent=record.agent,
                 model=record.model,
                 usage=router_pb2.Usage(
@@ -140,6 +142,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 reserved_nano_usd=record.reserved_nano_usd,
                 cost_nano_usd=record.cost_nano_usd,
                 outcome=record.outcome,
+                additional_budget_keys=record.budget_keys[1:],
+                route=record.route,
+                model_version=record.model_version,
+                attempts=record.attempts,
             )
             for _, record in page
         ]
@@ -154,9 +160,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except Exception as error:
             await abort(context, error, "")
 
-    def _budget(self, key: str) -> admin_pb2.Budget:
-        snapshot: BudgetSnapshot = self._budgets.snapshot(key)
-        budget = self._budgets.config(key)
+    async def _budget(self, key: str) -> admin_pb2.Budget:
+        budget = self._gateway.catalog.config.budgets.get(key)
+        if budget is None:
+            raise BudgetNotFound(key)
+        snapshot: BudgetSnapshot = await self._state.budget(key)
         return admin_pb2.Budget(
             key=key,
             limit_nano_usd=snapshot.limit_nano_usd,

@@ -1,7 +1,7 @@
 """The composition root: builds every part from a Config and serves gRPC.
 
 `serve()` is one async context manager: entering it builds the HTTP session,
-the catalog of deployments, the budget store, the gateway and the gRPC server
+the state store, the catalog of deployments, the gateway and the gRPC server
 (with health and reflection always on) inside a single AsyncExitStack;
 leaving it stops the server with the configured grace and tears the rest
 down in reverse.
@@ -24,17 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faregate_server.admin import AdminServicer
-from faregate_server.budgets import MemoryBudgetStore
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
 from faregate_server.gateway import Gateway
-from faregate_server.ledger import Ledger, open_ledger
-from faregate_server.limits import LimitPools
 from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
-from faregate_server.windows import window_start_s
+from faregate_server.state import StateStore, open_state
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +48,7 @@ class RunningServer:
     """A serving faregate, for the command line and for tests."""
 
     port: int
-    budgets: MemoryBudgetStore
-    ledger: Ledger
-    limits: LimitPools
+    state: StateStore
     gateway: Gateway
     reloader: Reloader
 
@@ -91,18 +86,12 @@ async def serve(
         )
         stack.push_async_callback(session.close)
 
-        ledger = await open_ledger(config.state)
-        stack.push_async_callback(ledger.aclose)
+        state = await open_state(config, clock)
+        stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
-        now_s = clock.now_s()
-        spent = ledger.spent_since(
-            {key: window_start_s(b.window, now_s) for key, b in config.budgets.items()}
-        )
-        budgets = MemoryBudgetStore(config.budgets.values(), clock, spent)
-        limits = LimitPools(config.limit_pools, clock)
-        planner = Planner(budgets, limits, ledger, clock, rng)
-        gateway = Gateway(catalog, planner, clock, rng)
-        reloader = Reloader(config_path, gateway, budgets, limits, session, clock)
+        planner = Planner(state, clock, rng)
+        gateway = Gateway(catalog, planner, state, clock, rng)
+        reloader = Reloader(config_path, gateway, state, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
             # awaited when the server stops.
@@ -125,7 +114,7 @@ async def serve(
         services = [ROUTER_SERVICE]
         if config.admin.enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminServicer(budgets, gateway, ledger, reloader), server
+                AdminServicer(state, gateway, reloader), server
             )
             services.append(ADMIN_SERVICE)
             logger.warning("the admin service is on, with no authentication yet")
@@ -145,9 +134,7 @@ async def serve(
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)
         yield RunningServer(
             port=port,
-            budgets=budgets,
-            ledger=ledger,
-            limits=limits,
+            state=state,
             gateway=gateway,
             reloader=reloader,
         )

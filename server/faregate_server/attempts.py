@@ -218,12 +218,12 @@ class Attempts:
         try:
             result = await start(lease)
         except UpstreamError as error:
-            await self._planner.release(lease)
+            self._planner.release(lease)
             self._feedback(lease.option.deployment, error)
             records.append(self._record(lease, started_s, False, AttemptOutcome.FAILED, error))
             raise AttemptsFailed(error, lease.option.deployment) from None
         except BaseException:
-            await self._planner.release(lease)
+            self._planner.release(lease)
             raise
         return result, lease, self._record(lease, started_s, False, AttemptOutcome.SUCCEEDED)
 
@@ -273,7 +273,7 @@ class Attempts:
                 if error is None:
                     return runner
                 runner.settled = True
-                await self._planner.release(runner.lease)
+                self._planner.release(runner.lease)
                 if isinstance(error, UpstreamError):
                     self._feedback(runner.lease.option.deployment, error)
                     records.append(runner.record(AttemptOutcome.FAILED, error))
@@ -303,7 +303,7 @@ class Attempts:
         for runner in losers:
             runner.settled = True
             runner.task.cancel()
-            await self._planner.release(runner.lease)  # the store answers without suspending
+            self._planner.release(runner.lease)
             records.append(runner.record(AttemptOutcome.CANCELLED, None))
         cancelled = False
         while unfinished := {runner.task for runner in losers if not runner.task.done()}:
@@ -317,7 +317,7 @@ class Attempts:
                 await discard(task.result())  # finished in a tie: the later one loses
         if cancelled:
             if winner is not None:
-                await self._planner.release(winner.lease)
+                self._planner.release(winner.lease)
                 await discard(winner.task.result())
             raise asyncio.CancelledError
 
@@ -361,7 +361,7 @@ class Attempts:
         try:
             await asyncio.sleep(delay_s)
         except BaseException:
-            await self._planner.release(lease)
+            self._planner.release(lease)
             raise
         return lease
 

@@ -1,38 +1,27 @@
-"""Budgets: reserve the worst case before a call, commit the actual cost after.
+"""Budgets in this process's memory: the embedded backends' accounting.
 
 Invariant: for every budget, `spent + reserved <= limit` holds after every
-`reserve`, so two requests can never both spend the same remaining money.
-`commit` records the true cost (which a correct worst-case estimate keeps at or
-below the reservation) and frees the rest; `release` frees a reservation whole.
-Spend returns to zero at each window boundary (calendar hour, day or month in
-UTC); reservations in flight across a boundary stay reserved.
+`reserve`, so two requests can never both spend the same remaining money. A
+request may draw on several budgets at once (an agent's and its team's); it
+holds its worst case on each, all or nothing. `commit` records the true cost
+on each and frees the rest; `release` frees the reservation whole. Spend
+returns to zero at each window boundary (calendar hour, day or month in UTC);
+reservations in flight across a boundary stay reserved.
 
-`BudgetStore` is the seam for the durable and shared backends; `MemoryBudgetStore`
-keeps state in this process. Its operations never suspend, which is what makes
-each one atomic under asyncio.
+Every operation completes without suspending, which is what makes each one
+atomic under asyncio.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from faregate_server.clock import Clock
 from faregate_server.config import BudgetConfig
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
 from faregate_server.windows import WindowedTally
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """Money held for one request until it commits or releases."""
-
-    budget_key: str
-    amount_nano_usd: int
-    reservation_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,49 +38,44 @@ class BudgetSnapshot:
         return self.limit_nano_usd - self.spent_nano_usd - self.reserved_nano_usd
 
 
-class BudgetStore(Protocol):
-    """Atomic budget accounting; each call is all-or-nothing."""
-
-    async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
-        """Holds amount_nano_usd.
-
-        Raises:
-            BudgetNotFound: no budget has this key.
-            BudgetExhausted: the amount does not fit what remains.
-        """
-        ...
-
-    async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
-        """Spends cost_nano_usd, frees the reservation; returns the money remaining."""
-        ...
-
-    async def release(self, reservation: Reservation) -> int:
-        """Frees the reservation without spending; returns the money remaining."""
-        ...
-
-    def check(self, budget_key: str) -> None:
-        """Raises BudgetNotFound unless the key exists."""
-        ...
-
-    def snapshot(self, budget_key: str) -> BudgetSnapshot:
-        """The budget's current state; raises BudgetNotFound."""
-        ...
+def effective_limit(config: BudgetConfig, override: tuple[int, int] | None) -> int:
+    """The limit in force: an operator's override holds while the configured
+    limit it overrode (its base) stays the configured one."""
+    if override is not None and override[0] == config.limit_nano_usd:
+        return override[1]
+    return config.limit_nano_usd
 
 
 class _Account(WindowedTally):
-    __slots__ = ("config",)
+    __slots__ = ("config", "override")
 
     def __init__(self, config: BudgetConfig, now_s: float) -> None:
         super().__init__(config.window, now_s)
         self.config = config
+        self.override: tuple[int, int] | None = None
+
+    @property
+    def limit(self) -> int:
+        return effective_limit(self.config, self.override)
 
     @property
     def remaining(self) -> int:
-        return self.config.limit_nano_usd - self.used - self.reserved
+        return self.limit - self.used - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Money held on one or more budgets for one request. It keeps the
+    accounts themselves, so a reload that removes or replaces a budget
+    meanwhile cannot misdirect its settlement."""
+
+    amount_nano_usd: int
+    accounts: tuple[_Account, ...]
+    reservation_id: int
 
 
 class MemoryBudgetStore:
-    """Budgets in this process's memory."""
+    """Every configured budget, in this process's memory."""
 
     def __init__(
         self,
@@ -106,57 +90,57 @@ class MemoryBudgetStore:
         for key, amount in (spent or {}).items():
             if key in self._accounts:
                 self._accounts[key].used = amount
-        # Reservation id -> the account it holds money on, until it settles.
-        self._holders: dict[int, _Account] = {}
         self._ids = itertools.count(1)
 
-    async def reserve(self, budget_key: str, amount_nano_usd: int) -> Reservation:
-        account = self._account(budget_key)
-        account.roll(self._clock.now_s())
-        if amount_nano_usd > account.remaining:
-            raise BudgetExhausted(budget_key, account.remaining, amount_nano_usd)
-        account.reserved += amount_nano_usd
-        reservation = Reservation(budget_key, amount_nano_usd, next(self._ids))
-        self._holders[reservation.reservation_id] = account
-        return reservation
+    def reserve(self, budget_keys: tuple[str, ...], amount_nano_usd: int) -> Reservation:
+        """Holds amount_nano_usd on every budget, or on none.
 
-    async def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
-        account = self._held(reservation)
-        account.roll(self._clock.now_s())
-        account.reserved -= reservation.amount_nano_usd
-        account.used += cost_nano_usd
-        return account.remaining
+        Raises:
+            BudgetNotFound: a key names no budget.
+            BudgetExhausted: the amount does not fit what one of them has left.
+        """
+        accounts = tuple(self._account(key) for key in budget_keys)
+        now_s = self._clock.now_s()
+        for account in accounts:
+            account.roll(now_s)
+            if amount_nano_usd > account.remaining:
+                raise BudgetExhausted(account.config.key, account.remaining, amount_nano_usd)
+        for account in accounts:
+            account.reserved += amount_nano_usd
+        return Reservation(amount_nano_usd, accounts, next(self._ids))
 
-    async def release(self, reservation: Reservation) -> int:
-        account = self._held(reservation)
-        account.roll(self._clock.now_s())
-        account.reserved -= reservation.amount_nano_usd
-        return account.remaining
+    def commit(self, reservation: Reservation, cost_nano_usd: int) -> int:
+        """Spends cost_nano_usd on each budget and frees the reservation.
 
-    def check(self, budget_key: str) -> None:
-        self._account(budget_key)
+        Returns the least money any of the request's budgets has left.
+        """
+        now_s = self._clock.now_s()
+        for account in reservation.accounts:
+            account.roll(now_s)
+            account.reserved -= reservation.amount_nano_usd
+            account.used += cost_nano_usd
+        return min(account.remaining for account in reservation.accounts)
+
+    def release(self, reservation: Reservation) -> None:
+        for account in reservation.accounts:
+            account.reserved -= reservation.amount_nano_usd
 
     def snapshot(self, budget_key: str) -> BudgetSnapshot:
+        """The budget's current state; raises BudgetNotFound."""
         account = self._account(budget_key)
         account.roll(self._clock.now_s())
         return BudgetSnapshot(
             key=budget_key,
-            limit_nano_usd=account.config.limit_nano_usd,
+            limit_nano_usd=account.limit,
             spent_nano_usd=account.used,
             reserved_nano_usd=account.reserved,
             resets_at_s=account.resets_at_s,
         )
 
-    def budget_keys(self) -> list[str]:
-        return list(self._accounts)
-
-    def config(self, budget_key: str) -> BudgetConfig:
-        return self._account(budget_key).config
-
     def set_limit(self, budget_key: str, limit_nano_usd: int) -> None:
-        """Changes a budget's limit until the next reload (an operator's override)."""
+        """Overrides a budget's limit until its configured limit changes."""
         account = self._account(budget_key)
-        account.config = dataclasses.replace(account.config, limit_nano_usd=limit_nano_usd)
+        account.override = (account.config.limit_nano_usd, limit_nano_usd)
 
     def reset_spend(self, budget_key: str) -> None:
         """Forgets the current window's spend (reservations in flight stay)."""
@@ -174,11 +158,6 @@ class MemoryBudgetStore:
             account.rewindow(budget.window, now_s)
             accounts[budget.key] = account
         self._accounts = accounts
-
-    def _held(self, reservation: Reservation) -> _Account:
-        # The account the money was held on, even if a reload has since
-        # removed its budget or replaced it with a new one of the same key.
-        return self._holders.pop(reservation.reservation_id)
 
     def _account(self, budget_key: str) -> _Account:
         account = self._accounts.get(budget_key)

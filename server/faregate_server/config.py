@@ -227,14 +227,51 @@ class StateBackend(StrEnum):
     MEMORY = "memory"
     """Nothing survives a restart; for tests and demos."""
     SQLITE = "sqlite"
-    """Committed spend is durable in an SQLite file before it is reported."""
+    """Committed spend is durable in an SQLite file before it is reported; one
+    process per file."""
+    REDIS = "redis"
+    """Budgets, limit pools, the ledger and request ids shared by every replica
+    through one Redis."""
+
+
+class WhenUnavailable(StrEnum):
+    """What a replica does while its shared store is unreachable."""
+
+    FAIL_CLOSED = "fail_closed"
+    """Refuse requests with UNAVAILABLE: never a nano-dollar unaccounted."""
+    FAIL_OPEN = "fail_open"
+    """Serve on, each replica spending at most `emergency_cap_usd` per budget,
+    and write that spend to the store once it returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    """Where the shared store is (redis:// or rediss:// for TLS)."""
+    namespace: str = "faregate"
+    """Prefix of every key; also their cluster hash tag, so the keys of one
+    request share a slot."""
+    lease_s: float = 30.0
+    """How long a reservation outlives its replica: a crashed replica's
+    reservations return to their budgets this long after its last renewal."""
+    timeout_s: float = 0.5
+    """How long one call to Redis may take before the store counts as unreachable."""
+    when_unavailable: WhenUnavailable = WhenUnavailable.FAIL_CLOSED
+    emergency_cap_nano_usd: int = 0
+    """For fail_open: what this replica may spend per budget while Redis is away."""
+    ledger_max_records: int = 1_000_000
+    """The ledger stream keeps about this many newest records (export to keep more)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    backend: StateBackend = StateBackend.MEMORY
+    backend: StateBackend = StateBackend.SQLITE
     path: str = "faregate.db"
     """The SQLite file, for the sqlite backend."""
+    request_id_window_s: float = 86_400.0
+    """How long the result of a request with a client request_id is kept for its retries."""
+    redis: RedisConfig = RedisConfig()
+    """The shared store, for the redis backend."""
 
 
 @dataclass(frozen=True, slots=True)

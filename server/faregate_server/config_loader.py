@@ -26,6 +26,7 @@ from faregate_server.config import (
     LimitUnit,
     ModelConfig,
     ProviderKind,
+    RedisConfig,
     RetryConfig,
     RouteConfig,
     RouteSlot,
@@ -34,6 +35,7 @@ from faregate_server.config import (
     SimSettings,
     StateBackend,
     StateConfig,
+    WhenUnavailable,
     Window,
 )
 from faregate_server.domain import Capability
@@ -113,6 +115,29 @@ def _state(node: _Node) -> StateConfig:
     return StateConfig(
         backend=node.choice("backend", StateBackend, defaults.backend),
         path=node.string("path", defaults.path),
+        request_id_window_s=node.number("request_id_window_s", defaults.request_id_window_s),
+        redis=_redis(node.child("redis", {})),
+    )
+
+
+def _redis(node: _Node) -> RedisConfig:
+    defaults = RedisConfig()
+    node.expect_keys(
+        set(RedisConfig.__slots__) - {"emergency_cap_nano_usd"} | {"emergency_cap_usd"}
+    )
+    url = node.string("url", defaults.url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise node.error("url", "must start with redis://, rediss:// or unix://")
+    return RedisConfig(
+        url=url,
+        namespace=node.string("namespace", defaults.namespace),
+        lease_s=node.number("lease_s", defaults.lease_s, minimum=1.0),
+        timeout_s=node.number("timeout_s", defaults.timeout_s),
+        when_unavailable=node.choice(
+            "when_unavailable", WhenUnavailable, defaults.when_unavailable
+        ),
+        emergency_cap_nano_usd=node.usd("emergency_cap_usd", 0),
+        ledger_max_records=node.integer("ledger_max_records", defaults.ledger_max_records),
     )
 
 
@@ -422,9 +447,9 @@ class _Node:
             choices = ", ".join(member.value for member in kind)
             raise ConfigError(f"{self.path}: must be one of {choices}") from None
 
-    def usd(self, key: str) -> int:
+    def usd(self, key: str, default: Any = _MISSING) -> int:
         try:
-            return usd_to_nano_usd(self._get(key))
+            return usd_to_nano_usd(self._get(key, default))
         except MoneyFormatError as error:
             raise self.error(key, str(error)) from None
 

@@ -134,6 +134,12 @@ class RouteCall:
         temperature: Sampling temperature, or None for the provider's default.
         metadata: Caller labels kept for logs.
         hints: The caller's routing preferences.
+        additional_budget_keys: Further budgets the request draws on (a team's, say),
+            each charged the whole cost, all or nothing.
+        request_id: The client's id for the request (AIP-155), or empty; a
+            retry with the same id is answered from the first one's result.
+        fingerprint: A digest of the request without its id, so a reused id
+            with a different request is caught.
     """
 
     model: str
@@ -144,6 +150,14 @@ class RouteCall:
     temperature: float | None
     metadata: Mapping[str, str]
     hints: RoutingHints = RoutingHints()
+    additional_budget_keys: tuple[str, ...] = ()
+    request_id: str = ""
+    fingerprint: str = ""
+
+    @property
+    def budget_keys(self) -> tuple[str, ...]:
+        """Every budget the request draws on, its own first."""
+        return (self.budget_key, *self.additional_budget_keys)
 
 
 @dataclass(frozen=True, slots=True)

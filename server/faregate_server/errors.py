@@ -19,7 +19,11 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── UpstreamRejected        INVALID_ARGUMENT    UPSTREAM_REJECTED
     ├── UpstreamAuthFailed      FAILED_PRECONDITION UPSTREAM_AUTH_FAILED
     ├── StreamInterrupted       ABORTED             STREAM_INTERRUPTED
-    └── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
+    ├── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
+    ├── RequestIdReused         INVALID_ARGUMENT    REQUEST_ID_REUSED (+ BadRequest)
+    ├── RequestInFlight         ABORTED             REQUEST_IN_FLIGHT (+ RetryInfo)
+    ├── RequestAlreadyServed    ALREADY_EXISTS      REQUEST_ALREADY_SERVED
+    └── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
 
 Anything else that escapes a handler is a bug: `internal_error_status` turns it
 into INTERNAL with a trace id and no internals.
@@ -148,6 +152,7 @@ class BudgetExhausted(FaregateError):
         )
         self.budget_key = budget_key
         self.remaining_nano_usd = remaining_nano_usd
+        self.needed_nano_usd = needed_nano_usd
 
     def details(self) -> Sequence[Message]:
         violation = error_details_pb2.QuotaFailure.Violation(
@@ -237,6 +242,71 @@ class StreamInterrupted(FaregateError):
 class DeadlineExceeded(FaregateError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
+
+
+class RequestIdReused(FaregateError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was used for a different request", requestId=request_id
+        )
+
+    def details(self) -> Sequence[Message]:
+        return (_bad_request({"request_id": "was used for a different request"}),)
+
+
+class RequestInFlight(_Retryable):
+    code = grpc.StatusCode.ABORTED
+    reason = "REQUEST_IN_FLIGHT"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"a request with request_id {request_id!r} is still in flight;"
+            " retry once it has ended to get its result",
+            _UNKNOWN_RETRY_S,
+            requestId=request_id,
+        )
+
+
+class RequestAlreadyServed(FaregateError):
+    """A streamed request's retry: the stream can't be replayed, its accounting can."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "REQUEST_ALREADY_SERVED"
+
+    def __init__(
+        self,
+        request_id: str,
+        model_used: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_nano_usd: int,
+        budget_remaining_nano_usd: int,
+    ) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already served by {model_used!r}"
+            f" for {cost_nano_usd} nano-USD; it is not served or charged again",
+            requestId=request_id,
+            modelUsed=model_used,
+            inputTokens=str(input_tokens),
+            outputTokens=str(output_tokens),
+            costNanoUsd=str(cost_nano_usd),
+            budgetRemainingNanoUsd=str(budget_remaining_nano_usd),
+        )
+
+
+class StateUnavailable(_Retryable):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "STATE_UNAVAILABLE"
+
+    def __init__(self, why: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"the shared budget store is unreachable ({why}); no spend can be"
+            " reserved until it returns",
+            retry_after_s,
+        )
 
 
 def internal_error_status(trace_id: str) -> tuple[grpc.StatusCode, str, Metadata]:

@@ -23,6 +23,7 @@ requests while those in flight finish on the one they started with.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -46,9 +47,16 @@ from faregate_server.domain import (
     StreamStarted,
     Usage,
 )
-from faregate_server.errors import StreamInterrupted, upstream_failure
+from faregate_server.errors import (
+    RequestAlreadyServed,
+    RequestIdReused,
+    StreamInterrupted,
+    upstream_failure,
+)
 from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError
+from faregate_server.replay import decode_result
+from faregate_server.state import StateStore
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -57,16 +65,54 @@ class Gateway:
     """Serves validated requests; knows nothing of gRPC."""
 
     def __init__(
-        self, catalog: Catalog, planner: Planner, clock: Clock, rng: random.Random
+        self,
+        catalog: Catalog,
+        planner: Planner,
+        state: StateStore,
+        clock: Clock,
+        rng: random.Random,
     ) -> None:
         self.catalog = catalog
         """The current catalog; replaced whole by a config reload."""
         self._planner = planner
+        self._state = state
         self._clock = clock
         self._rng = rng
 
     async def route(self, call: RouteCall, deadline_s: float) -> RouteResult:
-        """Serves one request whole; deadline_s is on the event loop's clock."""
+        """Serves one request whole; deadline_s is on the event loop's clock.
+
+        A request whose client request id was served before gets that
+        result again, neither served nor charged a second time.
+
+        Raises:
+            RequestInFlight, RequestIdReused: see `_claim`.
+        """
+        if not call.request_id:
+            return await self._route(call, deadline_s)
+        served = await self._claim(call)
+        if served is not None:
+            return served
+        try:
+            return await self._route(call, deadline_s)
+        finally:
+            self._state.unclaim(call.request_id)  # a no-op once its result is kept
+
+    async def _claim(self, call: RouteCall) -> RouteResult | None:
+        """Claims the call's request id, or finds the result of its first serving.
+
+        Raises:
+            RequestInFlight: a request with this id is still being served.
+            RequestIdReused: the id was served for a different request.
+        """
+        stored = await self._state.claim(call.request_id, call.fingerprint)
+        if stored is None:
+            return None
+        if stored.fingerprint != call.fingerprint:
+            raise RequestIdReused(call.request_id)
+        return decode_result(stored)
+
+    async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
         catalog = self.catalog
         plan, lease = await self._planner.plan(call, catalog)
         records: list[AttemptRecord] = []
@@ -89,18 +135,16 @@ class Gateway:
             lease.option.input_tokens, deployment.counter.count_text(completion.text)
         )
         cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-        remaining, spend = await self._planner.settle(plan, lease, usage, cost, "succeeded")
-        await self._planner.record(spend)
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
-        return RouteResult(
+        result = RouteResult(
             output=completion.text,
             finish_reason=completion.finish_reason,
             usage=usage,
             cost_nano_usd=cost,
-            reserved_nano_usd=lease.reservation.amount_nano_usd,
-            budget_remaining_nano_usd=remaining,
+            reserved_nano_usd=lease.holding.amount_nano_usd,
+            budget_remaining_nano_usd=0,  # known once committed
             model_used=deployment.name,
             provider=deployment.config.provider.value,
             request_id=plan.request_id,
@@ -109,14 +153,51 @@ class Gateway:
             attempts=tuple(records),
             candidates=plan.scores,
         )
+        remaining = await self._planner.settle(
+            plan, lease, usage, cost, "succeeded", len(records), result if call.request_id else None
+        )
+        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
-    async def stream(
+    def stream(
         self, call: RouteCall, deadline_s: float
     ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
         """Serves one request as a StreamStarted, text chunks, then a StreamFinished.
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
+
+        Raises:
+            RequestAlreadyServed: the request id was served before; a stream
+                can't be replayed, so this carries the first one's accounting.
+            RequestInFlight, RequestIdReused: see `_claim`.
         """
+        if call.request_id:
+            return self._stream_once(call, deadline_s)
+        return self._stream(call, deadline_s)  # no extra hop per chunk
+
+    async def _stream_once(
+        self, call: RouteCall, deadline_s: float
+    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
+        """A stream with a client request id: served at most once."""
+        served = await self._claim(call)
+        if served is not None:
+            raise RequestAlreadyServed(
+                served.request_id,
+                served.model_used,
+                served.usage.input_tokens,
+                served.usage.output_tokens,
+                served.cost_nano_usd,
+                served.budget_remaining_nano_usd,
+            )
+        try:
+            async with aclosing(self._stream(call, deadline_s)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._state.unclaim(call.request_id)  # a no-op once its result is kept
+
+    async def _stream(
+        self, call: RouteCall, deadline_s: float
+    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
         catalog = self.catalog
         plan, lease = await self._planner.plan(call, catalog)
         records: list[AttemptRecord] = []
@@ -144,7 +225,7 @@ class Gateway:
                     model_used=deployment.name,
                     provider=deployment.config.provider.value,
                     request_id=plan.request_id,
-                    reserved_nano_usd=lease.reservation.amount_nano_usd,
+                    reserved_nano_usd=lease.holding.amount_nano_usd,
                     model_version=deployment.config.version,
                     task=plan.task,
                     attempts=(*records, record),
@@ -157,9 +238,25 @@ class Gateway:
             end = item
             usage = end.usage or self._counted_usage(lease, delivered)
             cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-            remaining, spend = await self._planner.settle(plan, lease, usage, cost, "succeeded")
             settled = True
-            await self._planner.record(spend)
+            result = None
+            if call.request_id:
+                result = RouteResult(
+                    output="",  # a stream is not replayed, only its accounting
+                    finish_reason=end.finish_reason,
+                    usage=usage,
+                    cost_nano_usd=cost,
+                    reserved_nano_usd=lease.holding.amount_nano_usd,
+                    budget_remaining_nano_usd=0,
+                    model_used=deployment.name,
+                    provider=deployment.config.provider.value,
+                    request_id=plan.request_id,
+                    model_version=deployment.config.version,
+                    task=plan.task,
+                )
+            remaining = await self._planner.settle(
+                plan, lease, usage, cost, "succeeded", len(records) + 1, result
+            )
             yield StreamFinished(
                 usage=usage,
                 cost_nano_usd=cost,
@@ -175,20 +272,21 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settle_interrupted(plan, lease, delivered)
+                await self._settle_interrupted(plan, lease, delivered, len(records) + 1)
 
-    async def _settle_interrupted(self, plan: Plan, lease: Lease, delivered: Sequence[str]) -> None:
+    async def _settle_interrupted(
+        self, plan: Plan, lease: Lease, delivered: Sequence[str], attempts: int
+    ) -> None:
         if not delivered:
-            await self._planner.release(lease)
+            self._planner.release(lease)
             return
         usage = self._counted_usage(lease, delivered)
         price = lease.option.deployment.config.price
         cost = min(
             price.cost_nano_usd(usage.input_tokens, usage.output_tokens),
-            lease.reservation.amount_nano_usd,
+            lease.holding.amount_nano_usd,
         )
-        _, spend = await self._planner.settle(plan, lease, usage, cost, "interrupted")
-        await self._planner.record(spend)
+        await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
 
     @staticmethod
     def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:

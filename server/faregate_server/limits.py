@@ -16,12 +16,16 @@ fit, and discounted when a reset is near and headroom large (use it or lose it).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from faregate_server.clock import Clock
-from faregate_server.config import LimitDraw, LimitPoolConfig, LimitUnit, RoutingConfig
-from faregate_server.windows import WindowedTally
+from faregate_server.config import Config, LimitDraw, LimitPoolConfig, LimitUnit, RoutingConfig
+from faregate_server.windows import WindowedTally, window_start_s
+
+if TYPE_CHECKING:
+    from faregate_server.ledger import SpendRecord
 
 Draw = tuple[tuple[str, int], ...]
 """(pool name, units) pairs of one request."""
@@ -65,11 +69,11 @@ def projected_draw(
 ) -> Draw:
     """What one request of `tokens` input plus output tokens costing `cost_nano_usd` draws."""
     return tuple(
-        (draw.pool, _units(draw, units[draw.pool], tokens, cost_nano_usd)) for draw in draws
+        (draw.pool, units_drawn(draw, units[draw.pool], tokens, cost_nano_usd)) for draw in draws
     )
 
 
-def _units(draw: LimitDraw, unit: LimitUnit, tokens: int, cost_nano_usd: int) -> int:
+def units_drawn(draw: LimitDraw, unit: LimitUnit, tokens: int, cost_nano_usd: int) -> int:
     if unit is LimitUnit.USD:
         return cost_nano_usd
     return draw.per_request + -(-draw.per_1k_tokens * tokens // 1000)
@@ -126,7 +130,7 @@ class LimitPools:
         for pool, draw, amount in reservation.holds:
             pool.reserved -= amount
             pool.roll(now_s)
-            pool.used += _units(draw, pool.config.unit, tokens, cost_nano_usd)
+            pool.used += units_drawn(draw, pool.config.unit, tokens, cost_nano_usd)
 
     def release(self, reservation: LimitReservation) -> None:
         for pool, _, amount in reservation.holds:
@@ -141,6 +145,36 @@ class LimitPools:
             if pool is not None and amount > pool.remaining:
                 wait_s = max(wait_s, pool.resets_at_s - now_s)
         return wait_s
+
+    def earliest_window_start_s(self) -> float:
+        """When the oldest current window began (inf with no pools)."""
+        now_s = self._clock.now_s()
+        return min(
+            (window_start_s(pool.window, now_s) for pool in self._pools.values()),
+            default=math.inf,
+        )
+
+    def seed(self, records: Iterable[SpendRecord], config: Config) -> None:
+        """Counts the draws of recorded requests in each pool's current window
+        (at start, from the durable ledger)."""
+        now_s = self._clock.now_s()
+        starts = {name: window_start_s(pool.window, now_s) for name, pool in self._pools.items()}
+        for record in records:
+            model = config.models.get(record.model)
+            if model is None:
+                continue
+            tokens = record.input_tokens + record.output_tokens
+            for draw in model.draws:
+                pool = self._pools.get(draw.pool)
+                if pool is not None and record.time_s >= starts[draw.pool]:
+                    pool.used += units_drawn(draw, pool.config.unit, tokens, record.cost_nano_usd)
+
+    def observe(self, name: str, used: int, reserved: int) -> None:
+        """Adopts a shared store's reading of a pool (for pricing its scarcity)."""
+        pool = self._pools.get(name)
+        if pool is not None:
+            pool.roll(self._clock.now_s())
+            pool.used, pool.reserved = used, reserved
 
     def snapshot(self, name: str) -> LimitPoolSnapshot:
         pool = self._pools[name]

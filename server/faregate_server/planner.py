@@ -1,10 +1,10 @@
 """Turns a request into a plan: its route, task, ranked options, and leases.
 
-A `Lease` is an option with its money held: the worst case reserved from the
-budget and the projected draw from the limit pools, both atomically. The
-planner hands out the first lease at planning time and further ones when an
-attempt fails and a retry is allowed; every lease is either settled or
-released by the gateway.
+A `Lease` is an option with its money held: the worst case reserved from
+every budget the request draws on and the projected draw from the limit
+pools, all atomically. The planner hands out the first lease at planning time
+and further ones when an attempt fails and a retry is allowed; every lease is
+either settled or released by the gateway.
 """
 
 from __future__ import annotations
@@ -14,22 +14,22 @@ import random
 import secrets
 from dataclasses import dataclass
 
-from faregate_server.budgets import BudgetStore, Reservation
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import RouteConfig
-from faregate_server.domain import CandidateScore, RouteCall, TaskKind, Usage
+from faregate_server.domain import CandidateScore, RouteCall, RouteResult, TaskKind, Usage
 from faregate_server.errors import (
     BudgetExhausted,
+    BudgetNotFound,
     CandidatesUnavailable,
     FaregateError,
     LimitExhausted,
     ModelCannotServe,
     PoolSaturated,
 )
-from faregate_server.ledger import Ledger, SpendRecord
-from faregate_server.limits import LimitPools, LimitReservation
+from faregate_server.ledger import SpendRecord
 from faregate_server.selection import Option, Selection, Selector
+from faregate_server.state import Holding, StateStore
 from faregate_server.tasks import classify_task
 
 
@@ -47,25 +47,15 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """An option with the request's worst case held on its budget and limit pools."""
+    """An option with the request's worst case held on its budgets and limit pools."""
 
     option: Option
-    reservation: Reservation
-    limits: LimitReservation | None
+    holding: Holding
 
 
 class Planner:
-    def __init__(
-        self,
-        budgets: BudgetStore,
-        limits: LimitPools,
-        ledger: Ledger,
-        clock: Clock,
-        rng: random.Random,
-    ) -> None:
-        self._budgets = budgets
-        self._ledger = ledger
-        self._limits = limits
+    def __init__(self, state: StateStore, clock: Clock, rng: random.Random) -> None:
+        self._state = state
         self._clock = clock
         self._rng = rng
         # Request ids: random per process, counted within it; unique without
@@ -77,7 +67,7 @@ class Planner:
     def _selector(self, catalog: Catalog) -> Selector:
         """The selector for a catalog's routing settings, built once per catalog."""
         if self._selectors is None or self._selectors[0] is not catalog:
-            selector = Selector(self._limits, catalog.config.routing, self._clock, self._rng)
+            selector = Selector(self._state.limits, catalog.config.routing, self._clock, self._rng)
             self._selectors = (catalog, selector)
         return self._selectors[1]
 
@@ -89,7 +79,9 @@ class Planner:
             PoolSaturated, LimitExhausted, CandidatesUnavailable.
         """
         route = catalog.resolve(call.model)
-        self._budgets.check(call.budget_key)
+        for key in call.budget_keys:
+            if key not in catalog.config.budgets:
+                raise BudgetNotFound(key)
         task = call.hints.task
         if task is None and (len(route.slots) > 1 or call.hints.explain):
             # The task only weighs candidates against each other: a route of
@@ -102,77 +94,87 @@ class Planner:
         if not (call.hints.fallback and catalog.is_route(call.model)):
             options = options[:1]
         plan = Plan(
-            request_id=f"{self._id_prefix}{next(self._request_numbers):016x}",
+            request_id=call.request_id or f"{self._id_prefix}{next(self._request_numbers):016x}",
             call=call,
             route=route,
             task=task,
             options=options,
             scores=selection.scores,
         )
-        lease = await self.lease(plan, options)
-        if lease is None:
-            cheapest = min(option.worst_case_nano_usd for option in options)
-            remaining = self._budgets.snapshot(call.budget_key).remaining_nano_usd
-            if remaining >= cheapest:
-                draws = [option.draw for option in options]
-                raise LimitExhausted(route.name, min(map(self._limits.retry_after_s, draws)))
-            raise BudgetExhausted(call.budget_key, remaining, cheapest)
-        return plan, lease
+        lease = await self._lease_or_refusal(plan, options)
+        if isinstance(lease, Lease):
+            return plan, lease
+        if lease is not None:
+            raise lease
+        draws = [option.draw for option in options]
+        raise LimitExhausted(route.name, min(map(self._state.limits.retry_after_s, draws)))
 
     async def lease(self, plan: Plan, options: tuple[Option, ...]) -> Lease | None:
-        """Leases the first of `options` whose budget and limit pools have room."""
+        """Leases the first of `options` whose budgets and limit pools have room."""
+        lease = await self._lease_or_refusal(plan, options)
+        return lease if isinstance(lease, Lease) else None
+
+    async def _lease_or_refusal(
+        self, plan: Plan, options: tuple[Option, ...]
+    ) -> Lease | BudgetExhausted | None:
+        """A lease on the first option with room; without one, why the cheapest
+        option's budget refused it, or None when only limit pools refused."""
+        refused: BudgetExhausted | None = None
         for option in options:
             try:
-                reservation = await self._budgets.reserve(
-                    plan.call.budget_key, option.worst_case_nano_usd
+                holding = await self._state.reserve(
+                    plan.call.budget_keys,
+                    option.worst_case_nano_usd,
+                    option.deployment.config.draws,
+                    option.draw,
                 )
-            except BudgetExhausted:
+            except BudgetExhausted as exhausted:
+                if refused is None or exhausted.needed_nano_usd < refused.needed_nano_usd:
+                    refused = exhausted
                 continue
-            limits = None
-            if option.draw:
-                limits = self._limits.reserve(option.deployment.config.draws, option.draw)
-                if limits is None:
-                    await self._budgets.release(reservation)
-                    continue
-            return Lease(option, reservation, limits)
-        return None
+            if holding is not None:
+                return Lease(option, holding)
+        return refused
 
-    async def release(self, lease: Lease) -> None:
-        await self._budgets.release(lease.reservation)
-        if lease.limits is not None:
-            self._limits.release(lease.limits)
+    def release(self, lease: Lease) -> None:
+        """Frees a lease whole; never suspends, so cleanup can't be interrupted."""
+        self._state.release(lease.holding)
 
     async def settle(
-        self, plan: Plan, lease: Lease, usage: Usage, cost_nano_usd: int, outcome: str
-    ) -> tuple[int, SpendRecord]:
-        """Commits the actual cost and draw.
+        self,
+        plan: Plan,
+        lease: Lease,
+        usage: Usage,
+        cost_nano_usd: int,
+        outcome: str,
+        attempts: int,
+        result: RouteResult | None = None,
+    ) -> int:
+        """Commits the actual cost and draw, and makes the spend record durable.
 
-        Returns the budget's money remaining and the ledger record, which the
-        caller must pass to `record` before reporting the spend: committing
-        happens here at once, the durable write may wait, and a cancellation
-        landing in the wait must not look like an unsettled lease.
+        `result`, for a request with a client request id, is kept for its
+        retries. Returns the least money left in the request's budgets. The
+        caller must count the lease as settled before awaiting this: the
+        store completes the commit even if the caller is cancelled meanwhile.
         """
-        tokens = usage.input_tokens + usage.output_tokens
-        if lease.limits is not None:
-            self._limits.commit(lease.limits, tokens, cost_nano_usd)
-        remaining = await self._budgets.commit(lease.reservation, cost_nano_usd)
+        deployment = lease.option.deployment
         record = SpendRecord(
             request_id=plan.request_id,
             time_s=self._clock.now_s(),
-            budget_key=plan.call.budget_key,
+            budget_keys=plan.call.budget_keys,
             agent=plan.call.agent,
-            model=lease.option.deployment.name,
+            model=deployment.name,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
-            reserved_nano_usd=lease.reservation.amount_nano_usd,
+            reserved_nano_usd=lease.holding.amount_nano_usd,
             cost_nano_usd=cost_nano_usd,
             outcome=outcome,
+            route=plan.route.name,
+            model_version=deployment.config.version,
+            attempts=attempts,
         )
-        return remaining, record
-
-    async def record(self, record: SpendRecord) -> None:
-        """Returns once the ledger holds the record durably."""
-        await self._ledger.record(record)
+        tokens = usage.input_tokens + usage.output_tokens
+        return await self._state.commit(lease.holding, cost_nano_usd, tokens, record, result)
 
 
 def _nothing_feasible(

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import aiohttp
 
-from faregate_server.budgets import MemoryBudgetStore
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import Config, ConfigError
 from faregate_server.config_loader import load_config
 from faregate_server.gateway import Gateway
-from faregate_server.limits import LimitPools
+from faregate_server.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +32,13 @@ class Reloader:
         self,
         path: Path | None,
         gateway: Gateway,
-        budgets: MemoryBudgetStore,
-        limits: LimitPools,
+        state: StateStore,
         session: aiohttp.ClientSession,
         clock: Clock,
     ) -> None:
         self._path = path
         self._gateway = gateway
-        self._budgets = budgets
-        self._limits = limits
+        self._state = state
         self._session = session
         self._clock = clock
         self._seen = self._stamp()
@@ -71,8 +68,7 @@ class Reloader:
         if config.server != self.config.server:
             logger.warning("config reload: server settings change only on restart")
         catalog = Catalog(config, self._session, self._clock, previous=self._gateway.catalog)
-        self._budgets.reconfigure(config.budgets.values())
-        self._limits.reconfigure(config.limit_pools)
+        self._state.reconfigure(config)
         self._gateway.catalog = catalog
         self.reloads += 1
         logger.info(

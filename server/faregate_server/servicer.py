@@ -42,6 +42,7 @@ from faregate_server.errors import (
     internal_error_status,
 )
 from faregate_server.gateway import Gateway
+from faregate_server.replay import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ _OUTCOMES = {
 _NO_HINTS = RoutingHints()
 _FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _MAX_TEMPERATURE = 2.0
+_MAX_ADDITIONAL_BUDGETS = 8
+_MAX_REQUEST_ID_CHARS = 128
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
 StreamEvent = router_pb2.StreamRouteResponse
@@ -174,6 +177,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             violations["messages"] = "every message is empty; at least one needs content"
         if not request.budget_key:
             violations["budget_key"] = "is required"
+        additional = tuple(request.additional_budget_keys)
+        if additional and not _distinct_budgets(request.budget_key, additional):
+            violations["additional_budget_keys"] = (
+                f"must be at most {_MAX_ADDITIONAL_BUDGETS} non-empty keys,"
+                " none repeated or equal to budget_key"
+            )
+        fingerprint = ""
+        if request.request_id:
+            if len(request.request_id) > _MAX_REQUEST_ID_CHARS:
+                violations["request_id"] = f"must be at most {_MAX_REQUEST_ID_CHARS} characters"
+            fingerprint = _fingerprint(request)
         max_output_tokens = None
         if request.HasField("max_output_tokens"):
             max_output_tokens = request.max_output_tokens
@@ -199,7 +213,29 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             temperature=temperature,
             metadata=dict(request.metadata),
             hints=hints,
+            additional_budget_keys=additional,
+            request_id=request.request_id,
+            fingerprint=fingerprint,
         )
+
+
+def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:
+    keys = {budget_key, *additional}
+    return (
+        len(additional) <= _MAX_ADDITIONAL_BUDGETS
+        and all(additional)
+        and len(keys) == len(additional) + 1
+    )
+
+
+def _fingerprint(request: AnyRouteRequest) -> str:
+    """Which request this is, its id aside; the RPC counts, so a Route id
+    can't replay as a stream."""
+    request_id = request.request_id
+    request.ClearField("request_id")
+    serialized = request.SerializeToString(deterministic=True)
+    request.request_id = request_id
+    return fingerprint(type(request).__name__.encode() + serialized)
 
 
 def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints:

@@ -30,15 +30,14 @@ from collections.abc import Sequence
 
 import aiohttp
 import yaml
-from faregate_server.budgets import MemoryBudgetStore
 from faregate_server.catalog import Catalog
 from faregate_server.config_loader import parse_config
 from faregate_server.domain import ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.errors import FaregateError
 from faregate_server.gateway import Gateway
 from faregate_server.ledger import MemoryLedger
-from faregate_server.limits import LimitPools
 from faregate_server.planner import Planner
+from faregate_server.state import LocalState
 
 from tests.bench.routing_report import render
 from tests.bench.routing_setup import (
@@ -92,10 +91,9 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
     # The sim provider makes no HTTP calls, but a catalog is built with a session.
     async with aiohttp.ClientSession() as session:
         catalog = Catalog(config, session, clock)
-        budgets = MemoryBudgetStore(config.budgets.values(), clock)
-        limits = LimitPools(config.limit_pools, clock)
-        planner = Planner(budgets, limits, MemoryLedger(), clock, rng)
-        gateway = Gateway(catalog, planner, clock, rng)
+        state = LocalState(config, clock, MemoryLedger())
+        planner = Planner(state, clock, rng)
+        gateway = Gateway(catalog, planner, state, clock, rng)
 
         async def serve(request: SimRequest, call: RouteCall) -> Outcome:
             try:

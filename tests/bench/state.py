@@ -1,9 +1,11 @@
-"""Reserve + commit (+ ledger record) per state backend, in process (not a test).
+"""Reserve + commit (with its ledger record) per state backend (not a test).
 
-Each backend serves a closed loop of settle cycles: reserve a worst case,
-commit a cost, record the spend. At concurrency 1 a cycle pays a whole
-durable commit; at 64 concurrent cycles the SQLite ledger's group commit
-shares each transaction. Run alone: `python -m tests.bench.state`.
+Each backend serves a closed loop of settle cycles through the StateStore
+interface: reserve a worst case, commit a cost with its spend record. At
+concurrency 1 a cycle pays a whole durable commit (SQLite) or two round trips
+(Redis, on a redis-server on loopback started here); at 64 concurrent cycles
+the SQLite ledger's group commit shares each transaction. Run alone:
+`python -m tests.bench.state`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from faregate_server.budgets import MemoryBudgetStore
+import yaml
 from faregate_server.clock import SystemClock
-from faregate_server.config import BudgetConfig, StateBackend, StateConfig, Window
-from faregate_server.ledger import SpendRecord, open_ledger
+from faregate_server.config import StateBackend
+from faregate_server.config_loader import parse_config
+from faregate_server.ledger import SpendRecord
+from faregate_server.state import LocalState, open_state
 
 from tests.bench.report import align
+from tests.support.redis_server import RedisServer
 
 _CYCLES = {1: 2_000, 64: 20_000}
 _MAX_PHASE_S = 10.0
@@ -36,10 +41,29 @@ class StateResult:
     transactions: int
 
 
-async def _measure(backend: StateBackend, concurrency: int, scratch: Path) -> StateResult:
+async def _measure(
+    backend: StateBackend, concurrency: int, scratch: Path, redis_url: str
+) -> StateResult:
+    state = {
+        "backend": backend.value,
+        "path": str(scratch / f"{backend}-{concurrency}.db"),
+        "redis": {"url": redis_url, "namespace": f"bench-{concurrency}"},
+    }
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+                },
+                "routes": {"default": ["m"]},
+                "budgets": {"b": {"limit_usd": 1_000_000, "window": "none"}},
+                "state": state,
+            }
+        ),
+        env={},
+    )
     clock = SystemClock()
-    budgets = MemoryBudgetStore([BudgetConfig("b", 10**18, Window.NONE)], clock)
-    ledger = await open_ledger(StateConfig(backend, str(scratch / f"{backend}-{concurrency}.db")))
+    store = await open_state(config, clock)
     latencies: list[float] = []
     deadline = time.monotonic() + _MAX_PHASE_S
     total = _CYCLES[concurrency]
@@ -49,18 +73,19 @@ async def _measure(backend: StateBackend, concurrency: int, scratch: Path) -> St
             if time.monotonic() > deadline:
                 return
             started = time.perf_counter()
-            reservation = await budgets.reserve("b", 1_000)
-            await budgets.commit(reservation, 700)
-            await ledger.record(
-                SpendRecord(f"r{number}", clock.now_s(), "b", "", "m", 10, 5, 1_000, 700, "ok")
+            holding = await store.reserve(("b",), 1_000, (), ())
+            assert holding is not None
+            record = SpendRecord(
+                f"r{number}", clock.now_s(), ("b",), "", "m", 10, 5, 1_000, 700, "ok"
             )
+            await store.commit(holding, 700, 15, record)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(total // concurrency) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    transactions = ledger.statistics().transactions
-    await ledger.aclose()
+    transactions = store.ledger.statistics().transactions if isinstance(store, LocalState) else 0
+    await store.aclose()
     latencies.sort()
     return StateResult(
         backend=backend.value,
@@ -75,11 +100,16 @@ async def _measure(backend: StateBackend, concurrency: int, scratch: Path) -> St
 
 async def measure() -> list[StateResult]:
     with tempfile.TemporaryDirectory(prefix="faregate-state-") as scratch:
-        return [
-            await _measure(backend, concurrency, Path(scratch))
-            for backend in StateBackend
-            for concurrency in _CYCLES
-        ]
+        redis = RedisServer(Path(scratch))
+        redis.start()
+        try:
+            return [
+                await _measure(backend, concurrency, Path(scratch), redis.url)
+                for backend in StateBackend
+                for concurrency in _CYCLES
+            ]
+        finally:
+            redis.stop()
 
 
 def render(results: list[StateResult]) -> str:
@@ -96,7 +126,10 @@ def render(results: list[StateResult]) -> str:
                 f"{r.transactions:,}",
             )
         )
-    title = "State backends: reserve + commit + ledger record, in process (durable: fsync'd WAL)"
+    title = (
+        "State backends: reserve + commit with its ledger record"
+        " (sqlite: fsync'd WAL; redis: loopback, no persistence)"
+    )
     return "\n".join([title, *align(rows)])
 
 

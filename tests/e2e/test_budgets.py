@@ -63,7 +63,7 @@ async def test_concurrent_requests_never_share_money_and_the_ledger_is_exact(
         async with asyncio.timeout(30):
             while sum(call.done() for call in calls) < total - admitted:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        assert faregate.reserved_nano_usd("race") == admitted * worst_case
+        assert await faregate.reserved_nano_usd("race") == admitted * worst_case
         gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
 
@@ -75,9 +75,9 @@ async def test_concurrent_requests_never_share_money_and_the_ledger_is_exact(
         assert all(r.reserved_nano_usd == worst_case for r in served)
         reported = sum(GPT_PRICE.cost_nano_usd(i, o) for i, o in upstream.reported_usage)
         assert len(upstream.reported_usage) == admitted
-        assert faregate.spent_nano_usd("race") == reported
+        assert await faregate.spent_nano_usd("race") == reported
         assert sum(r.cost_nano_usd for r in served) == reported
-        assert faregate.reserved_nano_usd("race") == 0
+        assert await faregate.reserved_nano_usd("race") == 0
 
 
 async def test_route_falls_back_to_the_cheapest_candidate_that_fits(
@@ -126,7 +126,7 @@ async def test_exhausted_budget_is_resource_exhausted_naming_the_budget(
         assert caught.value.budget_key == "empty"
         assert caught.value.metadata["remainingNanoUsd"] == "1"
         assert upstream.received == []
-        assert faregate.reserved_nano_usd("empty") == 0
+        assert await faregate.reserved_nano_usd("empty") == 0
 
 
 async def test_budget_window_resets_on_schedule(
@@ -150,4 +150,4 @@ async def test_budget_window_resets_on_schedule(
         reply = await faregate.client.route(PROMPT, **request)  # type: ignore[arg-type]
 
         assert reply.budget_remaining_nano_usd == 0
-        assert faregate.spent_nano_usd("hourly") == worst_case
+        assert await faregate.spent_nano_usd("hourly") == worst_case

@@ -35,7 +35,7 @@ async def test_cancelled_route_closes_the_upstream_request_within_100ms(
     with pytest.raises(asyncio.CancelledError):
         await call
     await _wait_until_settled(faregate)
-    assert faregate.spent_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
 
 
 @pytest.mark.parametrize("model", ["gpt-fake", "claude-fake"])
@@ -57,7 +57,7 @@ async def test_cancelled_stream_closes_the_upstream_mid_stream_and_charges_deliv
     assert upstream.disconnected_at[0] - cancelled_at < CANCEL_WINDOW_S
     await _wait_until_settled(faregate)
     # Charged for the input and at least the three chunks the caller read.
-    assert faregate.spent_nano_usd() > 0
+    assert await faregate.spent_nano_usd() > 0
 
 
 async def test_deadline_passing_mid_call_is_deadline_exceeded_and_closes_upstream(
@@ -72,7 +72,7 @@ async def test_deadline_passing_mid_call_is_deadline_exceeded_and_closes_upstrea
 
     assert upstream.disconnected_at[0] - (started + 0.3) < CANCEL_WINDOW_S
     await _wait_until_settled(faregate)
-    assert faregate.spent_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
 
 
 async def test_deadline_passing_mid_stream_closes_upstream(
@@ -88,7 +88,7 @@ async def test_deadline_passing_mid_stream_closes_upstream(
 
     assert upstream.disconnected_at[0] - (started + 0.4) < CANCEL_WINDOW_S
     await _wait_until_settled(faregate)
-    assert faregate.spent_nano_usd() > 0
+    assert await faregate.spent_nano_usd() > 0
 
 
 async def test_caller_without_deadline_gets_the_configured_default(
@@ -102,12 +102,12 @@ async def test_caller_without_deadline_gets_the_configured_default(
         await upstream.wait_for_disconnects(1)
 
         assert caught.value.reason == "DEADLINE_EXCEEDED"
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def _wait_until_settled(faregate: Faregate) -> None:
     """The server settles a cancelled call right after the cancel reaches it."""
     async with asyncio.timeout(2):
         # Polled: the server's budget store offers no event to wait on.
-        while faregate.reserved_nano_usd():  # noqa: ASYNC110
+        while await faregate.reserved_nano_usd():  # noqa: ASYNC110
             await asyncio.sleep(0.001)

@@ -29,11 +29,11 @@ async def test_spend_survives_a_restart(
     upstream.default = Script(usage=(10, 2))
     async with start_faregate(to_config(config_data)) as faregate:
         replies = [await faregate.client.route("hi", budget_key="team") for _ in range(3)]
-        spent = faregate.spent_nano_usd()
+        spent = await faregate.spent_nano_usd()
         assert spent == sum(reply.cost_nano_usd for reply in replies)
 
     async with start_faregate(to_config(config_data)) as restarted:
-        assert restarted.spent_nano_usd() == spent
+        assert await restarted.spent_nano_usd() == spent
         reply = await restarted.client.route("hi", budget_key="team")
         assert reply.budget_remaining_nano_usd == 100 * 10**9 - spent - reply.cost_nano_usd
 
@@ -78,5 +78,5 @@ async def test_sigkill_under_load_loses_no_committed_spend(
 
     # A restart picks the budget up where the killed process left it.
     async with start_faregate(load_config(path)) as restarted:
-        assert restarted.spent_nano_usd("demo") == sum(recorded.values())
-        assert restarted.reserved_nano_usd("demo") == 0
+        assert await restarted.spent_nano_usd("demo") == sum(recorded.values())
+        assert await restarted.reserved_nano_usd("demo") == 0

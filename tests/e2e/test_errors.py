@@ -65,8 +65,8 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
         assert field in error.field_violations
 
     assert upstream.received == []
-    assert faregate.reserved_nano_usd() == 0
-    assert faregate.spent_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
     reply = await faregate.client.route("still serving?", budget_key="team")
     assert reply.output
 
@@ -114,7 +114,7 @@ async def test_request_that_cannot_fit_the_model_names_max_output_tokens(
         assert isinstance(error, InvalidArgument)
         assert error.reason == "MODEL_CANNOT_SERVE"
         assert "max_output_tokens" in error.field_violations
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 UPSTREAM_FAILURES = [
@@ -152,8 +152,8 @@ async def test_upstream_http_errors_map_to_documented_statuses(
             assert isinstance(error, Unavailable)
             assert error.retry_after_s == 7.0
 
-    assert faregate.reserved_nano_usd() == 0
-    assert faregate.spent_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
 
 
 async def test_rate_limited_status_carries_the_pushback_trailer(
@@ -185,8 +185,8 @@ async def test_error_event_mid_stream_aborts_and_charges_the_delivered_part(
 
     assert received == ["a", "b"]
     assert caught.value.reason == "STREAM_INTERRUPTED"
-    assert faregate.spent_nano_usd() > 0
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() > 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 @pytest.mark.parametrize("model", ["gpt-fake", "claude-fake"])
@@ -200,8 +200,8 @@ async def test_error_event_before_output_is_unavailable_and_free(
             pass
 
     assert caught.value.reason == "UPSTREAM_UNAVAILABLE"
-    assert faregate.spent_nano_usd() == 0
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_connection_dropped_mid_stream_aborts_and_charges_the_delivered_part(
@@ -213,8 +213,8 @@ async def test_connection_dropped_mid_stream_aborts_and_charges_the_delivered_pa
         async for _ in faregate.client.stream_route("go", budget_key="team", model="gpt-fake"):
             pass
 
-    assert faregate.spent_nano_usd() > 0
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() > 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_stream_stalled_between_tokens_is_cut_and_charged_for_what_it_delivered(
@@ -229,8 +229,8 @@ async def test_stream_stalled_between_tokens_is_cut_and_charged_for_what_it_deli
 
     assert received == ["a", "b"]
     # Input counted by tiktoken plus two delivered tokens, at gpt-fake's prices.
-    assert faregate.spent_nano_usd() > 2 * 10_000
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() > 2 * 10_000
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_stream_stalled_before_output_is_unavailable(
@@ -243,8 +243,8 @@ async def test_stream_stalled_before_output_is_unavailable(
             pass
 
     assert caught.value.reason == "UPSTREAM_STALLED"
-    assert faregate.spent_nano_usd() == 0
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_garbage_body_is_unavailable(faregate: Faregate, upstream: FakeUpstream) -> None:
@@ -255,7 +255,7 @@ async def test_garbage_body_is_unavailable(faregate: Faregate, upstream: FakeUps
             pass
 
     assert caught.value.reason == "UPSTREAM_UNAVAILABLE"
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_upstream_refusing_connections_is_unavailable(
@@ -268,7 +268,7 @@ async def test_upstream_refusing_connections_is_unavailable(
         ):
             assert isinstance(error, Unavailable)
             assert error.reason == "UPSTREAM_UNAVAILABLE"
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def _garbage_http_server() -> asyncio.Server:

@@ -45,8 +45,8 @@ async def test_overloaded_pool_rejects_the_excess_and_completes_every_admitted_r
             assert error.retry_after_s is not None
             assert error.retry_after_s > 0
         assert upstream.completed == WORKERS + QUEUE
-        assert faregate.reserved_nano_usd() == 0
-        assert faregate.spent_nano_usd() == sum(r.cost_nano_usd for r in served)
+        assert await faregate.reserved_nano_usd() == 0
+        assert await faregate.spent_nano_usd() == sum(r.cost_nano_usd for r in served)
 
 
 async def test_pool_saturation_sends_the_retry_pushback_trailer(
@@ -98,7 +98,7 @@ async def test_queued_request_whose_caller_cancels_leaves_the_queue_at_once(
 
         await asyncio.gather(*running)
         assert len(upstream.received) == WORKERS  # the cancelled one never went upstream
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_queued_request_whose_deadline_passes_leaves_the_queue(
@@ -120,7 +120,7 @@ async def test_queued_request_whose_deadline_passes_leaves_the_queue(
         await _wait_for(lambda: pool.statistics().waiting == 0)
         await asyncio.gather(*running)
         assert len(upstream.received) == WORKERS
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def _wait_for(predicate: Any) -> None:

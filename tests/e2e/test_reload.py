@@ -29,7 +29,7 @@ async def test_budget_removed_and_readded_mid_request_keeps_reserved_at_zero(
         fg.running.reloader.apply(to_config(config_data))  # and added back
         gate.set()
         await call
-        snap = fg.running.budgets.snapshot("team")
+        snap = await fg.running.state.budget("team")
         assert snap.reserved_nano_usd == 0
         assert snap.remaining_nano_usd <= snap.limit_nano_usd
 
@@ -52,7 +52,7 @@ async def test_limit_pool_removed_mid_request_settles_cleanly(
         fg.running.reloader.apply(to_config(config_data))  # pool and the model's draw gone
         gate.set()
         await call
-        assert fg.reserved_nano_usd() == 0
+        assert await fg.reserved_nano_usd() == 0
 
 
 async def test_limit_pool_removed_and_readded_mid_request_keeps_reserved_at_zero(
@@ -72,7 +72,7 @@ async def test_limit_pool_removed_and_readded_mid_request_keeps_reserved_at_zero
         fg.running.reloader.apply(to_config(with_pool))
         gate.set()
         await call
-        snap = fg.running.limits.snapshot("rpm")
+        snap = fg.running.state.limits.snapshot("rpm")
         assert snap.reserved == 0
         assert snap.remaining <= snap.capacity
 
@@ -84,7 +84,7 @@ async def test_limit_pool_window_change_takes_effect(
     never["limit_pools"]["rpm"]["window"] = "none"
     async with start_faregate(to_config(never)) as fg:
         fg.running.reloader.apply(to_config(_with_pool(config_data)))  # none -> minute
-        snap = fg.running.limits.snapshot("rpm")
+        snap = fg.running.state.limits.snapshot("rpm")
         assert snap.resets_at_s != float("inf")
 
 
@@ -105,7 +105,7 @@ async def test_retry_after_a_reload_that_removed_a_pool(
         gate.set()
         reply = await call  # the fallback to cheap-fake serves it
         assert reply.model_used == "cheap-fake"
-        assert fg.reserved_nano_usd() == 0
+        assert await fg.reserved_nano_usd() == 0
 
 
 async def test_reload_of_retry_settings_reaches_the_retry_budget(

@@ -65,8 +65,8 @@ async def test_stream_falls_back_to_the_next_candidate_before_the_first_token(
         ]
         assert stream.finish is not None
         assert stream.finish.cost_nano_usd == 5 * 150 + 1 * 600
-        assert faregate.spent_nano_usd() == stream.finish.cost_nano_usd
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.spent_nano_usd() == stream.finish.cost_nano_usd
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_route_falls_back_and_reports_every_attempt(
@@ -80,7 +80,7 @@ async def test_route_falls_back_and_reports_every_attempt(
         assert reply.model_used == "cheap-fake"
         assert [a.model for a in reply.attempts] == ["gpt-fake", "cheap-fake"]
         assert reply.attempts[-1].cost_nano_usd == reply.cost_nano_usd
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_rate_limited_model_cools_down_for_its_retry_after(
@@ -112,7 +112,7 @@ async def test_requests_that_would_fail_anywhere_are_not_retried(
 
         assert upstream.calls_to("cheap-fake") == 0
         assert upstream.calls_to("gpt-fake") == 1
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_failure_after_the_first_token_is_not_retried_and_charges_the_part(
@@ -127,8 +127,8 @@ async def test_failure_after_the_first_token_is_not_retried_and_charges_the_part
 
         assert received == ["a", "b"]
         assert upstream.calls_to("cheap-fake") == 0
-        assert faregate.spent_nano_usd() > 0
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.spent_nano_usd() > 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_explicit_model_is_retried_but_never_swapped(
@@ -141,7 +141,7 @@ async def test_explicit_model_is_retried_but_never_swapped(
 
         assert upstream.calls_to("gpt-fake") == 3  # max_attempts, with backoff between
         assert upstream.calls_to("cheap-fake") == 0
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_fallback_none_keeps_the_first_choice(
@@ -204,7 +204,7 @@ async def test_retry_budget_caps_retries_when_the_breaker_stays_closed(
         print(f"outage without breaker: {calls / requests:.3f} upstream calls per client request")
         # ratio 0.1 of the window's requests plus the minimum of 3 per window.
         assert calls <= requests + 0.1 * requests + 3
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_hedge_wins_when_the_primary_is_slow_and_the_loser_is_cancelled(
@@ -229,8 +229,8 @@ async def test_hedge_wins_when_the_primary_is_slow_and_the_loser_is_cancelled(
         }
         assert upstream.disconnected_models == ["gpt-fake"]
         assert upstream.disconnected_at[0] - won_at < 0.1
-        assert faregate.spent_nano_usd() == 5 * 150 + 1 * 600  # the loser delivered nothing
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.spent_nano_usd() == 5 * 150 + 1 * 600  # the loser delivered nothing
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_no_hedge_when_the_budget_cannot_cover_both(
@@ -245,7 +245,7 @@ async def test_no_hedge_when_the_budget_cannot_cover_both(
 
         assert reply.model_used == "gpt-fake"
         assert upstream.calls_to("cheap-fake") == 0
-        assert faregate.reserved_nano_usd("tight") == 0
+        assert await faregate.reserved_nano_usd("tight") == 0
 
 
 async def test_cancelling_a_hedged_request_cancels_both_upstreams(
@@ -261,7 +261,7 @@ async def test_cancelling_a_hedged_request_cancels_both_upstreams(
 
         assert sorted(upstream.disconnected_models) == ["cheap-fake", "gpt-fake"]
         async with asyncio.timeout(2):
-            while faregate.reserved_nano_usd():  # noqa: ASYNC110
+            while await faregate.reserved_nano_usd():  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
 
 
@@ -322,5 +322,5 @@ async def test_cancel_at_any_point_after_a_hedge_wins_leaks_nothing(
                 await task
             await asyncio.sleep(0.02)
 
-            assert faregate.reserved_nano_usd() == 0, f"leaked after {turns} turns"
+            assert await faregate.reserved_nano_usd() == 0, f"leaked after {turns} turns"
             assert cheap_pool.statistics().in_use == 0

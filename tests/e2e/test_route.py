@@ -43,8 +43,8 @@ async def test_route_returns_the_completion_with_exact_accounting(
         counted * GPT_INPUT_NANO_PER_TOKEN + 50 * GPT_OUTPUT_NANO_PER_TOKEN
     )
     assert reply.budget_remaining_nano_usd == 100 * 10**9 - reply.cost_nano_usd
-    assert faregate.spent_nano_usd() == reply.cost_nano_usd
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == reply.cost_nano_usd
+    assert await faregate.reserved_nano_usd() == 0
     sent = upstream.received[0]
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["Authorization"] == "Bearer sk-test-openai"
@@ -80,7 +80,7 @@ async def test_stream_route_relays_each_chunk_between_start_and_finish(
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["max_tokens"] == 100  # the model's cap, as the request set none
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_anthropic_route_and_stream_speak_the_messages_api(
@@ -109,8 +109,8 @@ async def test_anthropic_route_and_stream_speak_the_messages_api(
         assert received.body["system"] == "Speak French."
         assert received.body["messages"] == [{"role": "user", "content": "Hello"}]
         assert received.body["max_tokens"] == 100
-    assert faregate.spent_nano_usd() == 2 * expected_cost
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 2 * expected_cost
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_empty_model_uses_the_default_route(
@@ -135,5 +135,5 @@ async def test_stream_without_reported_usage_is_charged_for_what_was_delivered(
     assert stream.finish.usage.output_tokens >= 3
     assert stream.finish.usage.input_tokens > 0
     assert stream.finish.cost_nano_usd > 0
-    assert faregate.spent_nano_usd() == stream.finish.cost_nano_usd
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == stream.finish.cost_nano_usd
+    assert await faregate.reserved_nano_usd() == 0

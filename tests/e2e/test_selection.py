@@ -95,7 +95,7 @@ async def test_hints_no_candidate_meets_are_model_cannot_serve(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (caught.value.details() or "") or field in str(caught.value.trailing_metadata())
     assert upstream.received == []
-    assert faregate.reserved_nano_usd() == 0
+    assert await faregate.reserved_nano_usd() == 0
 
 
 async def test_required_capability_picks_the_model_that_has_it(
@@ -128,7 +128,7 @@ async def test_exhausted_limit_pool_moves_traffic_and_resets_on_schedule(
     async with start_faregate(to_config(config_data), clock=clock) as faregate:
         served = [(await _route(faregate)).model_used for _ in range(3)]
         assert served == ["gpt-fake", "gpt-fake", "cheap-fake"]
-        assert faregate.running.limits.snapshot("gpt-rpm").used == 2
+        assert faregate.running.state.limits.snapshot("gpt-rpm").used == 2
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _route(faregate, model="gpt-fake")
@@ -136,7 +136,7 @@ async def test_exhausted_limit_pool_moves_traffic_and_resets_on_schedule(
 
         clock.advance(60)
         assert (await _route(faregate)).model_used == "gpt-fake"
-        assert faregate.running.limits.snapshot("gpt-rpm").reserved == 0
+        assert faregate.running.state.limits.snapshot("gpt-rpm").reserved == 0
 
 
 async def test_limit_exhausted_says_when_the_pool_resets(
@@ -169,7 +169,7 @@ async def test_scarcity_shifts_traffic_before_the_pool_is_empty(
 
         assert served[0] == "gpt-fake"
         assert "cheap-fake" in served
-        assert faregate.running.limits.snapshot("gpt-rpm").used < 10
+        assert faregate.running.state.limits.snapshot("gpt-rpm").used < 10
 
 
 async def test_canary_split_serves_both_versions_by_weight(
@@ -209,7 +209,7 @@ async def test_reload_applies_a_good_config_keeps_spend_and_refuses_a_bad_one(
         await _wait_for(lambda: faregate.running.reloader.reloads == 1)
 
         assert (await _route(faregate, model="fresh")).model_used == "cheap-fake"
-        assert faregate.spent_nano_usd() > first.cost_nano_usd  # spend survived the reload
+        assert await faregate.spent_nano_usd() > first.cost_nano_usd  # spend survived the reload
         assert faregate.running.catalog.deployments["gpt-fake"].pool is pool_before
 
         path.write_text("models: {broken: {provider: nowhere}}")
@@ -242,7 +242,7 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _route(faregate, model="gpt-fake")
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert faregate.reserved_nano_usd() == 0
+        assert await faregate.reserved_nano_usd() == 0
 
 
 async def _wait_for(predicate: Any) -> None:

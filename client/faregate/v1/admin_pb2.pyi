@@ -372,6 +372,10 @@ class SpendEntry(_message.Message):
     RESERVED_NANO_USD_FIELD_NUMBER: _builtins.int
     COST_NANO_USD_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_BUDGET_KEYS_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """faregate's request id."""
     time_unix_s: _builtins.float
@@ -388,9 +392,19 @@ class SpendEntry(_message.Message):
     """What it cost, in nano-USD."""
     outcome: _builtins.str
     """"succeeded", or "interrupted" for a stream charged for its delivered part."""
+    route: _builtins.str
+    """The route (or model) the request named."""
+    model_version: _builtins.str
+    """The version of the model that served it."""
+    attempts: _builtins.int
+    """Upstream attempts made for it, retries and hedges included."""
     @_builtins.property
     def usage(self) -> _router_pb2.Usage:
         """Its tokens."""
+
+    @_builtins.property
+    def additional_budget_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further budgets it was charged to, besides `budget_key`."""
 
     def __init__(
         self,
@@ -404,10 +418,14 @@ class SpendEntry(_message.Message):
         reserved_nano_usd: _builtins.int = ...,
         cost_nano_usd: _builtins.int = ...,
         outcome: _builtins.str = ...,
+        additional_budget_keys: _abc.Iterable[_builtins.str] | None = ...,
+        route: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "outcome", b"outcome", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "time_unix_s", b"time_unix_s", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "attempts", b"attempts", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "model_version", b"model_version", "outcome", b"outcome", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "route", b"route", "time_unix_s", b"time_unix_s", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

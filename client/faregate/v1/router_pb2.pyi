@@ -434,6 +434,8 @@ class RouteRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_BUDGET_KEYS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias from the config; empty means the config's
     default route.
@@ -462,6 +464,14 @@ class RouteRequest(_message.Message):
     """Which models may serve when the first choice fails."""
     explain: _builtins.bool
     """Whether to report every candidate's score in the response."""
+    request_id: _builtins.str
+    """A client-chosen id for the request, a UUID (AIP-155), that makes retrying
+    safe. A second request with the id of one already served is not served
+    or charged again: Route answers with the recorded response and
+    StreamRoute with ALREADY_EXISTS carrying the first one's accounting.
+    While the first is in flight, a second gets ABORTED. Ids are remembered
+    for the configured window (a day by default) across every replica.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -473,6 +483,13 @@ class RouteRequest(_message.Message):
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
         """Capabilities the model must have."""
+
+    @_builtins.property
+    def additional_budget_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further budgets the request also draws on (an agent's team's, say). The
+        worst case is reserved on `budget_key` and on each of these, all or
+        nothing, and each is charged the whole cost. At most 8, no repeats.
+        """
 
     def __init__(
         self,
@@ -492,10 +509,12 @@ class RouteRequest(_message.Message):
         task: Global___Task.ValueType = ...,
         fallback: Global___FallbackPolicy.ValueType = ...,
         explain: _builtins.bool = ...,
+        additional_budget_keys: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
@@ -641,6 +660,8 @@ class StreamRouteRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_BUDGET_KEYS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias; empty means the default route."""
     agent: _builtins.str
@@ -665,6 +686,14 @@ class StreamRouteRequest(_message.Message):
     """Which models may serve when the first choice fails."""
     explain: _builtins.bool
     """Whether to report every candidate's score in the response."""
+    request_id: _builtins.str
+    """A client-chosen id for the request, a UUID (AIP-155), that makes retrying
+    safe. A second request with the id of one already served is not served
+    or charged again: Route answers with the recorded response and
+    StreamRoute with ALREADY_EXISTS carrying the first one's accounting.
+    While the first is in flight, a second gets ABORTED. Ids are remembered
+    for the configured window (a day by default) across every replica.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -676,6 +705,13 @@ class StreamRouteRequest(_message.Message):
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
         """Capabilities the model must have."""
+
+    @_builtins.property
+    def additional_budget_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further budgets the request also draws on (an agent's team's, say). The
+        worst case is reserved on `budget_key` and on each of these, all or
+        nothing, and each is charged the whole cost. At most 8, no repeats.
+        """
 
     def __init__(
         self,
@@ -695,10 +731,12 @@ class StreamRouteRequest(_message.Message):
         task: Global___Task.ValueType = ...,
         fallback: Global___FallbackPolicy.ValueType = ...,
         explain: _builtins.bool = ...,
+        additional_budget_keys: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015

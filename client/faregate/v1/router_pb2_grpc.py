@@ -45,9 +45,9 @@ class RouterServiceStub:
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
     BUDGET_EXHAUSTED         RESOURCE_EXHAUSTED. No candidate's worst-case cost
-    fits the budget's remaining money; a
-    google.rpc.QuotaFailure detail names the budget.
-    Metadata: budgetKey, remainingNanoUsd.
+    fits the remaining money of one of the request's
+    budgets; a google.rpc.QuotaFailure detail names
+    it. Metadata: budgetKey, remainingNanoUsd.
     POOL_SATURATED           UNAVAILABLE. The model's workers and waiting room
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
@@ -79,6 +79,19 @@ class RouterServiceStub:
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
     configured default) passed. Metadata: model.
+    REQUEST_ID_REUSED        INVALID_ARGUMENT. `request_id` was already used
+    for a different request; a BadRequest names it.
+    Metadata: requestId.
+    REQUEST_IN_FLIGHT        ABORTED. A request with this `request_id` is
+    still being served; retry after it ends (RetryInfo)
+    to get its result. Metadata: requestId.
+    REQUEST_ALREADY_SERVED   ALREADY_EXISTS. StreamRoute only: the request with
+    this `request_id` was served and charged already.
+    Metadata: requestId, modelUsed, inputTokens,
+    outputTokens, costNanoUsd, budgetRemainingNanoUsd.
+    STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
+    unreachable and faregate is configured to fail
+    closed; RetryInfo says when to try again.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -122,9 +135,9 @@ class RouterServiceServicer:
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
     BUDGET_EXHAUSTED         RESOURCE_EXHAUSTED. No candidate's worst-case cost
-    fits the budget's remaining money; a
-    google.rpc.QuotaFailure detail names the budget.
-    Metadata: budgetKey, remainingNanoUsd.
+    fits the remaining money of one of the request's
+    budgets; a google.rpc.QuotaFailure detail names
+    it. Metadata: budgetKey, remainingNanoUsd.
     POOL_SATURATED           UNAVAILABLE. The model's workers and waiting room
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
@@ -156,6 +169,19 @@ class RouterServiceServicer:
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
     configured default) passed. Metadata: model.
+    REQUEST_ID_REUSED        INVALID_ARGUMENT. `request_id` was already used
+    for a different request; a BadRequest names it.
+    Metadata: requestId.
+    REQUEST_IN_FLIGHT        ABORTED. A request with this `request_id` is
+    still being served; retry after it ends (RetryInfo)
+    to get its result. Metadata: requestId.
+    REQUEST_ALREADY_SERVED   ALREADY_EXISTS. StreamRoute only: the request with
+    this `request_id` was served and charged already.
+    Metadata: requestId, modelUsed, inputTokens,
+    outputTokens, costNanoUsd, budgetRemainingNanoUsd.
+    STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
+    unreachable and faregate is configured to fail
+    closed; RetryInfo says when to try again.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -218,9 +244,9 @@ class RouterService:
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
     BUDGET_EXHAUSTED         RESOURCE_EXHAUSTED. No candidate's worst-case cost
-    fits the budget's remaining money; a
-    google.rpc.QuotaFailure detail names the budget.
-    Metadata: budgetKey, remainingNanoUsd.
+    fits the remaining money of one of the request's
+    budgets; a google.rpc.QuotaFailure detail names
+    it. Metadata: budgetKey, remainingNanoUsd.
     POOL_SATURATED           UNAVAILABLE. The model's workers and waiting room
     are full; retry after the google.rpc.RetryInfo
     delay (also sent as the grpc-retry-pushback-ms
@@ -252,6 +278,19 @@ class RouterService:
     Metadata: model.
     DEADLINE_EXCEEDED        DEADLINE_EXCEEDED. The caller's deadline (or the
     configured default) passed. Metadata: model.
+    REQUEST_ID_REUSED        INVALID_ARGUMENT. `request_id` was already used
+    for a different request; a BadRequest names it.
+    Metadata: requestId.
+    REQUEST_IN_FLIGHT        ABORTED. A request with this `request_id` is
+    still being served; retry after it ends (RetryInfo)
+    to get its result. Metadata: requestId.
+    REQUEST_ALREADY_SERVED   ALREADY_EXISTS. StreamRoute only: the request with
+    this `request_id` was served and charged already.
+    Metadata: requestId, modelUsed, inputTokens,
+    outputTokens, costNanoUsd, budgetRemainingNanoUsd.
+    STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
+    unreachable and faregate is configured to fail
+    closed; RetryInfo says when to try again.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.

@@ -1,0 +1,225 @@
+"""The Lua scripts that make Redis state atomic across replicas.
+
+Each reserve, commit and release runs as one script, so Redis applies it whole
+with nothing in between, whatever the number of replicas. Keys:
+
+    {ns}:budget:<key>      hash  used, reserved, window[, obase, olimit]
+    {ns}:pool:<name>       hash  used, reserved, window
+    {ns}:hold:<id>         hash  account key -> units held by one request
+    {ns}:leases            zset  hold key -> expiry (ms, Redis's clock)
+    {ns}:ledger            stream of spend records (bounded, approximately)
+    {ns}:request:<id>      hash  state (inflight|done), fingerprint, result, remaining
+
+`{ns}` is a cluster hash tag: every key of a deployment lives in one slot, so
+a script may touch any of them. An account's `window` is the start of the
+window its `used` counts; a caller passing a later start rolls it over. An
+operator's limit override (`olimit`) holds while the configured limit stays
+`obase`. Reservations carry leases: whichever script runs next after a lease
+expires (a reserve, or the renewal loop of any replica) returns its units.
+
+Numbers are Lua doubles: exact for integers up to 2^53, which bounds every
+limit (faregate refuses larger ones for this backend).
+"""
+
+from __future__ import annotations
+
+# Shared by the scripts below: the clock, rolling an account's window, and
+# returning the units of expired leases.
+_INT = """
+-- Integers go to Redis as exact decimal strings, never in a double's
+-- exponent form.
+local function int(x)
+  return string.format('%d', x)
+end
+"""
+
+_COMMON = (
+    _INT
+    + """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Reads an account, starting its window afresh when `window` is later;
+-- returns used, reserved and the limit in force.
+local function account(key, limit, window)
+  local a = redis.call('HMGET', key, 'used', 'reserved', 'window', 'obase', 'olimit')
+  local used = tonumber(a[1] or '0')
+  local reserved = tonumber(a[2] or '0')
+  if a[3] == false or tonumber(a[3]) < tonumber(window) then
+    used = 0
+    redis.call('HSET', key, 'used', '0', 'window', window)
+  end
+  if a[4] ~= false and tonumber(a[4]) == tonumber(limit) then
+    limit = tonumber(a[5])
+  end
+  return used, reserved, tonumber(limit)
+end
+
+local function reap(leases, now)
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)
+  for _, hold in ipairs(expired) do
+    local fields = redis.call('HGETALL', hold)
+    for j = 1, #fields, 2 do
+      redis.call('HINCRBY', fields[j], 'reserved', int(-tonumber(fields[j + 1])))
+    end
+    redis.call('DEL', hold)
+    redis.call('ZREM', leases, hold)
+  end
+  return #expired
+end
+"""
+)
+
+RESERVE = (
+    _COMMON
+    + """
+-- KEYS: leases, hold, account...   ARGV: lease_ms, then amount, limit, window per account
+-- Returns {0, index, remaining} when account `index` lacks room (nothing held),
+-- else {1, used, reserved, ...} per account after holding.
+local now = now_ms()
+reap(KEYS[1], now)
+local n = #KEYS - 2
+local state = {}
+for i = 1, n do
+  local amount = tonumber(ARGV[3 * i - 1])
+  local used, reserved, limit = account(KEYS[i + 2], ARGV[3 * i], ARGV[3 * i + 1])
+  if amount > limit - used - reserved then
+    return {0, i, limit - used - reserved}
+  end
+  state[i] = {used, reserved + amount}
+end
+local result = {1}
+for i = 1, n do
+  local amount = ARGV[3 * i - 1]
+  redis.call('HINCRBY', KEYS[i + 2], 'reserved', amount)
+  redis.call('HINCRBY', KEYS[2], KEYS[i + 2], amount)
+  table.insert(result, state[i][1])
+  table.insert(result, state[i][2])
+end
+redis.call('ZADD', KEYS[1], int(now + tonumber(ARGV[1])), KEYS[2])
+return result
+"""
+)
+
+COMMIT = (
+    _COMMON
+    + """
+-- KEYS: leases, hold, ledger, request, account...
+-- ARGV: n_budgets, max_records, result_ttl_ms, fingerprint, result,
+--       then actual, limit, window per account, then the record's field/value pairs.
+-- A hold whose lease expired was returned already: only the spend is added.
+-- Returns {least remaining of the budgets, used, reserved per account...}.
+local n = #KEYS - 4
+local n_budgets = tonumber(ARGV[1])
+local least = nil
+local result = {0}
+for i = 1, n do
+  local key = KEYS[i + 4]
+  local held = tonumber(redis.call('HGET', KEYS[2], key) or '0')
+  local actual = tonumber(ARGV[3 * i + 3])
+  local used, reserved, limit = account(key, ARGV[3 * i + 4], ARGV[3 * i + 5])
+  redis.call('HINCRBY', key, 'reserved', int(-held))
+  redis.call('HINCRBY', key, 'used', int(actual))
+  used = used + actual
+  reserved = reserved - held
+  if i <= n_budgets and (least == nil or limit - used - reserved < least) then
+    least = limit - used - reserved
+  end
+  table.insert(result, used)
+  table.insert(result, reserved)
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+local record = {}
+for j = 3 * n + 6, #ARGV do table.insert(record, ARGV[j]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
+result[1] = least
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], 'state', 'done', 'fingerprint', ARGV[4],
+    'result', ARGV[5], 'remaining', int(least))
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+return result
+"""
+)
+
+RELEASE = (
+    _INT
+    + """
+-- KEYS: leases, hold. Returns the hold's units to its accounts.
+local fields = redis.call('HGETALL', KEYS[2])
+for j = 1, #fields, 2 do
+  redis.call('HINCRBY', fields[j], 'reserved', int(-tonumber(fields[j + 1])))
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+return #fields / 2
+"""
+)
+
+RENEW = (
+    _COMMON
+    + """
+-- KEYS: leases. ARGV: lease_ms, then hold keys, '', then claimed request keys.
+-- Extends this replica's leases and claims, and returns expired holds' units.
+local now = now_ms()
+local lease_ms = tonumber(ARGV[1])
+local claims = false
+for j = 2, #ARGV do
+  if ARGV[j] == '' then
+    claims = true
+  elseif claims then
+    redis.call('PEXPIRE', ARGV[j], lease_ms)
+  else
+    redis.call('ZADD', KEYS[1], 'XX', int(now + lease_ms), ARGV[j])
+  end
+end
+return reap(KEYS[1], now)
+"""
+)
+
+CLAIM = """
+-- KEYS: request. ARGV: fingerprint, lease_ms.
+-- Returns {'claimed'}, {'inflight'} or {'done', fingerprint, result, remaining}.
+local r = redis.call('HMGET', KEYS[1], 'state', 'fingerprint', 'result', 'remaining')
+if r[1] == 'done' then return {'done', r[2], r[3], r[4]} end
+if r[1] == 'inflight' then return {'inflight'} end
+redis.call('HSET', KEYS[1], 'state', 'inflight', 'fingerprint', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'claimed'}
+"""
+
+UNCLAIM = """
+-- KEYS: request. Frees an id still in flight; a served one keeps its result.
+if redis.call('HGET', KEYS[1], 'state') == 'inflight' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+READ_ACCOUNT = (
+    _COMMON
+    + """
+-- KEYS: account. ARGV: limit, window. Returns {used, reserved, limit in force}.
+local used, reserved, limit = account(KEYS[1], ARGV[1], ARGV[2])
+return {used, reserved, limit}
+"""
+)
+
+UPDATE_BUDGET = (
+    _COMMON
+    + """
+-- KEYS: budget. ARGV: configured limit, window, change (limit|top_up|reset), amount.
+local used, reserved, limit = account(KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == 'limit' then
+  redis.call('HSET', KEYS[1], 'obase', ARGV[1], 'olimit', ARGV[4])
+elseif ARGV[3] == 'top_up' then
+  redis.call('HSET', KEYS[1], 'obase', ARGV[1], 'olimit', int(limit + tonumber(ARGV[4])))
+else
+  redis.call('HSET', KEYS[1], 'used', '0')
+end
+return 1
+"""
+)
