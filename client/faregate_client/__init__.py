@@ -7,6 +7,8 @@ async with FaregateClient("127.0.0.1:50051") as client:
 
 from faregate_client._client import FaregateClient, Messages, RouteStream
 from faregate_client._errors import (
+    Aborted,
+    AlreadyExists,
     BudgetExhausted,
     DeadlineExceeded,
     FailedPrecondition,
@@ -19,6 +21,8 @@ from faregate_client._errors import (
 )
 
 __all__ = [
+    "Aborted",
+    "AlreadyExists",
     "BudgetExhausted",
     "DeadlineExceeded",
     "FailedPrecondition",

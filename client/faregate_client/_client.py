@@ -96,8 +96,14 @@ class FaregateClient:
         temperature: float | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        additional_budget_keys: Sequence[str] = (),
+        request_id: str = "",
     ) -> router_pb2.RouteResponse:
         """One whole completion with its accounting.
+
+        Pass a `request_id` (a fresh UUID per logical request, the same on
+        every retry of it) and a retry is answered from the first result,
+        never charged twice.
 
         Raises:
             faregate_client.FaregateError: a subclass per status code.
@@ -110,6 +116,8 @@ class FaregateClient:
             max_output_tokens=max_output_tokens,
             temperature=temperature,
             metadata=metadata,
+            additional_budget_keys=additional_budget_keys,
+            request_id=request_id,
         )
         try:
             return await self._stub.Route(request, timeout=timeout_s)
@@ -127,6 +135,8 @@ class FaregateClient:
         temperature: float | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        additional_budget_keys: Sequence[str] = (),
+        request_id: str = "",
     ) -> RouteStream:
         """A streamed completion: `async for text in client.stream_route(...)`."""
         request = router_pb2.StreamRouteRequest(
@@ -137,5 +147,7 @@ class FaregateClient:
             max_output_tokens=max_output_tokens,
             temperature=temperature,
             metadata=metadata,
+            additional_budget_keys=additional_budget_keys,
+            request_id=request_id,
         )
         return RouteStream(self._stub.StreamRoute(request, timeout=timeout_s))

@@ -6,7 +6,9 @@ FaregateError
 ├── FailedPrecondition   FAILED_PRECONDITION
 ├── BudgetExhausted      RESOURCE_EXHAUSTED (budget_key)
 ├── Unavailable          UNAVAILABLE (retry_after_s: retry then, if set)
-├── StreamInterrupted    ABORTED
+├── Aborted              ABORTED: a stream broke after output, or the
+│                        request_id is in flight (`StreamInterrupted` too)
+├── AlreadyExists        ALREADY_EXISTS: a streamed request_id already served
 ├── DeadlineExceeded     DEADLINE_EXCEEDED
 └── Internal             INTERNAL and anything else
 """
@@ -67,8 +69,22 @@ class Unavailable(FaregateError):
     """When faregate suggests retrying, from RetryInfo; None when it did not say."""
 
 
-class StreamInterrupted(FaregateError):
-    pass
+class Aborted(FaregateError):
+    """The reason says which: STREAM_INTERRUPTED or REQUEST_IN_FLIGHT."""
+
+
+StreamInterrupted = Aborted
+"""The name of ABORTED's exception before request ids could be in flight."""
+
+
+class AlreadyExists(FaregateError):
+    """A StreamRoute whose request_id was served before; nothing was charged
+    again. The first request's accounting is in `metadata` (costNanoUsd,
+    inputTokens, outputTokens, modelUsed, budgetRemainingNanoUsd)."""
+
+    @property
+    def cost_nano_usd(self) -> int:
+        return int(self.metadata.get("costNanoUsd", "0"))
 
 
 class DeadlineExceeded(FaregateError):
@@ -85,7 +101,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FaregateError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: BudgetExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.ABORTED: StreamInterrupted,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 

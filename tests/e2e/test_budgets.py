@@ -151,3 +151,51 @@ async def test_budget_window_resets_on_schedule(
 
         assert reply.budget_remaining_nano_usd == 0
         assert await faregate.spent_nano_usd("hourly") == worst_case
+
+
+async def test_a_request_draws_on_several_budgets_all_or_nothing(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    worst_case = GPT_PRICE.cost_nano_usd(_input_tokens(), MAX_OUTPUT)
+    config_data["budgets"]["agent"] = {"limit_usd": _usd(worst_case * 3 // 2)}
+    upstream.default = Script(usage=(_input_tokens(), MAX_OUTPUT))  # costs the worst case
+    async with start_faregate(to_config(config_data)) as faregate:
+
+        async def call() -> router_pb2.RouteResponse:
+            return await faregate.client.route(
+                PROMPT,
+                budget_key="agent",
+                additional_budget_keys=["team"],
+                model="gpt-fake",
+                max_output_tokens=MAX_OUTPUT,
+            )
+
+        served = await call()
+        with pytest.raises(BudgetExhausted) as exhausted:
+            await call()  # the agent's half a worst case left is too little
+
+        assert exhausted.value.budget_key == "agent"
+        assert await faregate.spent_nano_usd("agent") == served.cost_nano_usd
+        assert await faregate.spent_nano_usd("team") == served.cost_nano_usd
+        assert await faregate.reserved_nano_usd("team") == 0
+        assert served.budget_remaining_nano_usd == worst_case * 3 // 2 - served.cost_nano_usd
+        assert len(upstream.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("additional", "reason"),
+    [(["team"], "INVALID_REQUEST"), ([""], "INVALID_REQUEST"), (["nope"], "BUDGET_NOT_FOUND")],
+)
+async def test_bad_additional_budgets_are_refused_and_charge_nothing(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    additional: list[str],
+    reason: str,
+) -> None:
+    async with start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(FaregateError) as refused:
+            await faregate.client.route("hi", budget_key="team", additional_budget_keys=additional)
+
+        assert refused.value.reason == reason
+        assert await faregate.reserved_nano_usd() == 0
+        assert await faregate.spent_nano_usd() == 0
