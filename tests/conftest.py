@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import os
 import random
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
@@ -121,7 +122,7 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV},
     )  # fmt: skip
     assert process.stdout is not None
     try:

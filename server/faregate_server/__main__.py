@@ -1,4 +1,9 @@
-"""The faregate command line: `faregate serve [--config FILE] [--listen HOST:PORT]`."""
+"""The faregate command line.
+
+faregate serve [--config FILE] [--listen HOST:PORT] [--workers N]
+faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
+faregate version
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,16 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from faregate_server import __version__
 from faregate_server.app import serve
-from faregate_server.config import Config, ConfigError
+from faregate_server.config import Config, ConfigError, StateBackend
 from faregate_server.config_loader import load_config
+from faregate_server.export import export_spend
+from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
 
@@ -23,6 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="serve gRPC until SIGINT or SIGTERM")
     serve_parser.add_argument("--config", help="YAML config (default: the embedded one)")
     serve_parser.add_argument("--listen", help="host:port, overriding server.listen")
+    serve_parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend redis",
+    )
+    export_parser = commands.add_parser(
+        "export-spend", help="print the spend ledger as JSON lines, newest first"
+    )
+    export_parser.add_argument("--config", help="YAML config (default: the embedded one)")
+    export_parser.add_argument("--budget-key", default="", help="only this budget's records")
+    export_parser.add_argument("--agent", default="", help="only this agent's records")
     commands.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -37,9 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"faregate: bad config: {error}", file=sys.stderr)
         return 2
+    if args.command == "export-spend":
+        return _run(export_spend(config, args.budget_key, args.agent, sys.stdout))
+    if args.workers > 1:
+        if config.state.backend is not StateBackend.REDIS:
+            print(
+                f"faregate: --workers {args.workers} needs a shared state backend"
+                f" (state.backend: redis); {config.state.backend.value} state lives in one"
+                " process, so workers would each spend the whole budget",
+                file=sys.stderr,
+            )
+            return 2
+        return serve_workers(args.workers, args.config, args.listen or config.server.listen)
     path = Path(args.config) if args.config else None
+    return _run(_serve_until_signalled(config, args.listen, path))
+
+
+def _run(main: Coroutine[Any, Any, None]) -> int:
     try:
-        asyncio.run(_serve_until_signalled(config, args.listen, path))
+        asyncio.run(main)
     except ConfigError as error:  # e.g. a ledger file that is corrupt or locked
         print(f"faregate: cannot start: {error}", file=sys.stderr)
         return 2

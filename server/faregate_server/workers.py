@@ -1,0 +1,89 @@
+"""`faregate serve --workers N`: N server processes sharing one port.
+
+Each worker is a whole `faregate serve` of its own; gRPC binds its port with
+SO_REUSEPORT, so the kernel spreads incoming connections across them and a
+machine's cores are all used. They share budgets, limits, the ledger and
+request ids through the Redis state backend, which is why more than one
+worker requires it. Breakers, latency averages and worker pools stay per
+process, as they would per replica.
+
+The parent only supervises: it passes SIGTERM, SIGINT and SIGHUP on, and
+if a worker dies on its own it stops the rest and exits non-zero, so the
+process supervisor above (systemd, Kubernetes) restarts the whole set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+_STOP_TIMEOUT_S = 60.0
+
+
+def serve_workers(count: int, config_path: str | None, listen: str) -> int:
+    """Runs `count` workers on `listen` until signalled; returns the exit status."""
+    host, _, port = listen.rpartition(":")
+    # Port 0 means any free port, but every worker must take the same one:
+    # pick it here and hold it (bound, never listening) while they run.
+    holder = None
+    if port == "0":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        holder = socket.socket(family, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host.strip("[]"), 0))
+        port = str(holder.getsockname()[1])
+    command = [sys.executable, "-m", "faregate_server", "serve", "--listen", f"{host}:{port}"]
+    if config_path is not None:
+        command += ["--config", config_path]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(count)]
+    stopping = False
+
+    def forward(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        # Each worker prints one line once it listens; say so once all do.
+        ready = [_readiness(worker) for worker in workers]
+        if all(ready):
+            logger.info("%d workers serving on %s:%s", count, host, port)
+            print(ready[0], flush=True)
+        pid, status = os.wait()
+        if not stopping:
+            code = os.waitstatus_to_exitcode(status)
+            logger.error("worker %d exited on its own (%d); stopping the others", pid, code)
+            forward(signal.SIGTERM, None)
+        codes = [_wait(worker) for worker in workers if worker.pid != pid]
+        codes.append(os.waitstatus_to_exitcode(status))
+        return 0 if stopping and not any(codes) else 1
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def _readiness(worker: subprocess.Popen[bytes]) -> str:
+    """The worker's "listening" line ("" if it ended first)."""
+    assert worker.stdout is not None
+    line = worker.stdout.readline().decode().strip()
+    worker.stdout.close()  # nothing else comes on stdout
+    return line
+
+
+def _wait(worker: subprocess.Popen[bytes]) -> int:
+    try:
+        return worker.wait(_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        return worker.wait()

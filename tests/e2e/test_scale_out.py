@@ -1,0 +1,223 @@
+"""Several faregate processes sharing one Redis: never overspending together,
+`serve --workers N`, SIGKILL mid-load, and the ledger export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from faregate.v1 import router_pb2
+from faregate_client import BudgetExhausted, FaregateClient, FaregateError
+from faregate_server.clock import SystemClock
+from faregate_server.domain import ChatMessage, Role
+from faregate_server.money import Price
+from faregate_server.state import StateStore, open_state
+from faregate_server.tokens import TiktokenCounter
+
+from tests.conftest import faregate_process, to_config
+from tests.fakes.upstream import FakeUpstream, Script
+
+GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
+MAX_OUTPUT = 10
+PROMPT = "How many budgets fit?"
+
+
+# Each config file written here, for reading the shared state it names.
+_WRITTEN: dict[Path, dict[str, Any]] = {}
+
+
+def _write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    _WRITTEN[path] = data
+    return path
+
+
+@asynccontextmanager
+async def _store(path: Path) -> AsyncIterator[StateStore]:
+    """The shared state, read the way any replica reads it."""
+    store = await open_state(to_config(_WRITTEN[path]), SystemClock())
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_two_processes_never_overspend_one_budget_together(
+    config_data: dict[str, Any],
+    redis_state: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    admitted, total = 37, 500
+    input_tokens = TiktokenCounter().count_messages([ChatMessage(Role.USER, PROMPT)])
+    worst_case = GPT_PRICE.cost_nano_usd(input_tokens, MAX_OUTPUT)
+    config_data["budgets"]["race"] = {"limit_usd": str(Decimal(admitted * worst_case) / 10**9)}
+    config_data["models"]["gpt-fake"].update(workers=16, queue=total)
+    config_data["state"] = redis_state
+    config_data["server"]["reload_poll_s"] = 0
+    path = _write_config(tmp_path / "faregate.yaml", config_data)
+    gate = asyncio.Event()
+    upstream.queue(
+        *(
+            Script(gate=gate, usage=(input_tokens - i % 3, i % (MAX_OUTPUT + 1)))
+            for i in range(total)
+        )
+    )
+
+    async with (
+        faregate_process("--config", str(path)) as (_, one),
+        faregate_process("--config", str(path)) as (_, two),
+        FaregateClient(one) as first,
+        FaregateClient(two) as second,
+    ):
+        calls = [
+            asyncio.create_task(
+                client.route(
+                    PROMPT,
+                    budget_key="race",
+                    model="gpt-fake",
+                    max_output_tokens=MAX_OUTPUT,
+                    timeout_s=60,
+                )
+            )
+            for number in range(total)
+            for client in [(first, second)[number % 2]]
+        ]
+        # Every answer waits until each call is admitted or refused.
+        async with asyncio.timeout(60):
+            while sum(call.done() for call in calls) < total - admitted:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+
+    served = [r for r in results if isinstance(r, router_pb2.RouteResponse)]
+    refused = [r for r in results if isinstance(r, FaregateError)]
+    assert len(served) == admitted
+    assert len(refused) == total - admitted
+    assert all(isinstance(error, BudgetExhausted) for error in refused)
+    assert {r.request_id[:16] for r in served} != {served[0].request_id[:16]}  # both served
+    reported = sum(GPT_PRICE.cost_nano_usd(i, o) for i, o in upstream.reported_usage)
+    async with _store(path) as store:
+        budget = await store.budget("race")
+        ledger = await store.spend("race", "", 1000, None)
+    assert (budget.spent_nano_usd, budget.reserved_nano_usd) == (reported, 0)
+    assert sum(record.cost_nano_usd for _, record in ledger) == reported
+    assert sorted(record.request_id for _, record in ledger) == sorted(r.request_id for r in served)
+
+
+def _sim_config(tmp_path: Path, state: dict[str, Any]) -> Path:
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "server/faregate_server/default_config.yaml").read_text())
+    config["state"] = state
+    config["server"]["reload_poll_s"] = 0
+    config["budgets"]["demo"]["limit_usd"] = 1000
+    for model in config["models"].values():
+        model["sim"] = {"first_token_delay_s": 0.01, "token_delay_s": 0.001, "output_tokens": 8}
+    return _write_config(tmp_path / "faregate.yaml", config)
+
+
+async def test_workers_share_one_port_and_one_budget(
+    redis_state: dict[str, Any], tmp_path: Path
+) -> None:
+    path = _sim_config(tmp_path, redis_state)
+    async with faregate_process("--config", str(path), "--workers", "2") as (_, target):
+        # A connection each: gRPC would otherwise share one between channels.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        clients = [
+            FaregateClient(channel=grpc.aio.insecure_channel(target, options=options))
+            for _ in range(16)
+        ]
+        try:
+            replies = await asyncio.gather(
+                *(client.route("hi", budget_key="demo") for client in clients)
+            )
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    workers = {reply.request_id[:16] for reply in replies}  # a random prefix per process
+    assert len(workers) == 2
+    async with _store(path) as store:
+        spent = (await store.budget("demo")).spent_nano_usd
+    assert spent == sum(reply.cost_nano_usd for reply in replies)
+
+
+async def test_workers_without_a_shared_backend_are_refused(tmp_path: Path) -> None:
+    path = _sim_config(tmp_path, {"backend": "sqlite", "path": str(tmp_path / "f.db")})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "serve", "--config", str(path), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await process.communicate()
+
+    assert process.returncode == 2
+    assert b"needs a shared state backend" in stderr
+
+
+async def test_sigkill_under_load_loses_no_spend_and_leases_return_the_rest(
+    redis_state: dict[str, Any], tmp_path: Path
+) -> None:
+    redis_state["redis"]["lease_s"] = 1
+    path = _sim_config(tmp_path, redis_state)
+    answered: list[router_pb2.RouteResponse] = []
+    async with (
+        faregate_process("--config", str(path)) as (process, target),
+        FaregateClient(target) as client,
+    ):
+
+        async def keep_calling() -> None:
+            while True:
+                answered.append(await client.route("hi", budget_key="demo", timeout_s=5))
+
+        callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
+        async with asyncio.timeout(20):
+            while len(answered) < 50:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        await asyncio.gather(*callers, return_exceptions=True)
+
+    async with _store(path) as store:
+        killed_with = (await store.budget("demo")).reserved_nano_usd
+        await asyncio.sleep(1.2)  # the dead replica's leases lapse
+        await store.renew()  # type: ignore[attr-defined]
+        budget = await store.budget("demo")
+        recorded = {
+            r.request_id: r.cost_nano_usd for _, r in await store.spend("", "", 10**4, None)
+        }
+
+    assert killed_with > 0  # requests were in flight when it died
+    assert budget.reserved_nano_usd == 0
+    for reply in answered:
+        assert recorded[reply.request_id] == reply.cost_nano_usd
+    assert budget.spent_nano_usd == sum(recorded.values())
+
+
+async def test_the_ledger_exports_as_json_lines(tmp_path: Path) -> None:
+    path = _sim_config(tmp_path, {"backend": "sqlite", "path": str(tmp_path / "f.db")})
+    async with (
+        faregate_process("--config", str(path)) as (_, target),
+        FaregateClient(target) as client,
+    ):
+        replies = [await client.route("hi", budget_key="demo", agent="a") for _ in range(3)]
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "export-spend", "--config", str(path),
+        "--agent", "a", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await process.communicate()
+
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert process.returncode == 0
+    assert [line["request_id"] for line in lines] == [r.request_id for r in reversed(replies)]
+    assert lines[0]["budget_keys"] == ["demo"]
+    assert lines[0]["cost_nano_usd"] == replies[-1].cost_nano_usd
