@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import sys
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -120,9 +121,12 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     Yields the process and its target once it listens. On exit a process still
     running is stopped with SIGTERM and must exit 0 (a graceful stop).
     """
+    # A working directory of its own: the embedded config's SQLite state
+    # goes there, not into the checkout.
+    workdir = tempfile.TemporaryDirectory(prefix="faregate-")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV},
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV}, cwd=workdir.name,
     )  # fmt: skip
     assert process.stdout is not None
     try:
@@ -135,6 +139,7 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
             process.terminate()
             async with asyncio.timeout(10):
                 assert await process.wait() == 0
+        workdir.cleanup()
 
 
 StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]
