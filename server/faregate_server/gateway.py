@@ -96,7 +96,7 @@ class Gateway:
         try:
             return await self._route(call, deadline_s)
         finally:
-            self._state.unclaim(call.request_id)  # a no-op once its result is kept
+            await self._state.unclaim(call.request_id)  # a no-op once its result is kept
 
     async def _claim(self, call: RouteCall) -> RouteResult | None:
         """Claims the call's request id, or finds the result of its first serving.
@@ -193,7 +193,7 @@ class Gateway:
                 async for event in events:
                     yield event
         finally:
-            self._state.unclaim(call.request_id)  # a no-op once its result is kept
+            await self._state.unclaim(call.request_id)  # a no-op once its result is kept
 
     async def _stream(
         self, call: RouteCall, deadline_s: float

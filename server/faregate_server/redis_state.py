@@ -363,14 +363,13 @@ class RedisState:
         self._claimed[request_id] = fingerprint
         return None
 
-    def unclaim(self, request_id: str) -> None:
+    async def unclaim(self, request_id: str) -> None:
         self._local_claims.pop(request_id, None)
         if self._claimed.pop(request_id, None) is None:
-            return
+            return  # never claimed in Redis, or its result is kept
         key = self._request_key(request_id)
-        if key in self._live_claims:
-            self._live_claims.discard(key)
-            self._spawn(self._write_unclaim(key))
+        self._live_claims.discard(key)
+        await asyncio.shield(self._spawn(self._write_unclaim(key)))
 
     async def _write_unclaim(self, key: str) -> None:
         try:

@@ -109,8 +109,9 @@ class StateStore(Protocol):
         """
         ...
 
-    def unclaim(self, request_id: str) -> None:
-        """Frees a claimed id that ended without a result; never suspends."""
+    async def unclaim(self, request_id: str) -> None:
+        """Frees a claimed id that ended without a result, so its retry is
+        served; it completes even if the caller is cancelled meanwhile."""
         ...
 
     async def budget(self, budget_key: str) -> BudgetSnapshot:
@@ -241,7 +242,7 @@ class LocalState:
             del self._claims[request_id]
         return served
 
-    def unclaim(self, request_id: str) -> None:
+    async def unclaim(self, request_id: str) -> None:
         if request_id not in self._committing:
             self._claims.pop(request_id, None)
 

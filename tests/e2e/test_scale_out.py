@@ -31,20 +31,21 @@ MAX_OUTPUT = 10
 PROMPT = "How many budgets fit?"
 
 
-# Each config file written here, for reading the shared state it names.
-_WRITTEN: dict[Path, dict[str, Any]] = {}
-
-
 def _write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data))
-    _WRITTEN[path] = data
     return path
 
 
 @asynccontextmanager
-async def _store(path: Path) -> AsyncIterator[StateStore]:
-    """The shared state, read the way any replica reads it."""
-    store = await open_state(to_config(_WRITTEN[path]), SystemClock())
+async def _store(state: dict[str, Any]) -> AsyncIterator[StateStore]:
+    """The shared state named by a config's `state` section, read as any replica reads it."""
+    data = {
+        "models": {"m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}},
+        "routes": {"default": ["m"]},
+        "budgets": {key: {"limit_usd": 1000} for key in ("race", "demo")},
+        "state": state,
+    }
+    store = await open_state(to_config(data), SystemClock())
     try:
         yield store
     finally:
@@ -106,7 +107,7 @@ async def test_two_processes_never_overspend_one_budget_together(
     assert all(isinstance(error, BudgetExhausted) for error in refused)
     assert {r.request_id[:16] for r in served} != {served[0].request_id[:16]}  # both served
     reported = sum(GPT_PRICE.cost_nano_usd(i, o) for i, o in upstream.reported_usage)
-    async with _store(path) as store:
+    async with _store(redis_state) as store:
         budget = await store.budget("race")
         ledger = await store.spend("race", "", 1000, None)
     assert (budget.spent_nano_usd, budget.reserved_nano_usd) == (reported, 0)
@@ -146,7 +147,7 @@ async def test_workers_share_one_port_and_one_budget(
 
     workers = {reply.request_id[:16] for reply in replies}  # a random prefix per process
     assert len(workers) == 2
-    async with _store(path) as store:
+    async with _store(redis_state) as store:
         spent = (await store.budget("demo")).spent_nano_usd
     assert spent == sum(reply.cost_nano_usd for reply in replies)
 
@@ -186,7 +187,7 @@ async def test_sigkill_under_load_loses_no_spend_and_leases_return_the_rest(
         await process.wait()
         await asyncio.gather(*callers, return_exceptions=True)
 
-    async with _store(path) as store:
+    async with _store(redis_state) as store:
         killed_with = (await store.budget("demo")).reserved_nano_usd
         await asyncio.sleep(1.2)  # the dead replica's leases lapse
         await store.renew()  # type: ignore[attr-defined]
