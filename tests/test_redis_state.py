@@ -156,3 +156,26 @@ async def test_failing_open_spends_within_the_emergency_cap_and_writes_it_back(
     [(_, record)] = await store.spend("team", "", 10, None)
     assert (record.request_id, record.cost_nano_usd) == ("offline", 400)
     assert await store.reserve(("team",), LIMIT - 400, (), ()) is not None  # Redis decides again
+
+
+async def test_a_commit_whose_reply_was_lost_counts_once(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    holding = await store.reserve(("team",), 500, (), ())
+    assert holding is not None
+    blocker = aioredis.Redis.from_url(own_redis.url)
+    sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.5"))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0.05)
+
+    # Redis runs the commit after its sleep, but the reply comes too late:
+    # the commit is queued and written again once Redis answers.
+    await store.commit(holding, 300, 2, _record("slow", 300))
+    await sleeping
+    await blocker.aclose()
+    await asyncio.sleep(1.1)
+    await store.renew()
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (300, 0)
+    assert [record.request_id for _, record in await store.spend("", "", 10, None)] == ["slow"]

@@ -5,17 +5,26 @@ with nothing in between, whatever the number of replicas. Keys:
 
     {ns}:budget:<key>      hash  used, reserved, window[, obase, olimit]
     {ns}:pool:<name>       hash  used, reserved, window
-    {ns}:hold:<id>         hash  account key -> units held by one request
+    {ns}:hold:<id>         hash  account key -> units held by one request;
+                                 after its lease lapsed: only `_reaped`
     {ns}:leases            zset  hold key -> expiry (ms, Redis's clock)
     {ns}:ledger            stream of spend records (bounded, approximately)
-    {ns}:request:<id>      hash  state (inflight|done), fingerprint, result, remaining
+    {ns}:request:<id>      hash  state (inflight|done), owner, fingerprint,
+                                 result, remaining
+    {ns}:done:<id>         string  an emergency commit already written
 
 `{ns}` is a cluster hash tag: every key of a deployment lives in one slot, so
 a script may touch any of them. An account's `window` is the start of the
 window its `used` counts; a caller passing a later start rolls it over. An
 operator's limit override (`olimit`) holds while the configured limit stays
 `obase`. Reservations carry leases: whichever script runs next after a lease
-expires (a reserve, or the renewal loop of any replica) returns its units.
+expires (a reserve, or the renewal loop of any replica) returns its units and
+leaves the hold marked `_reaped` for an hour.
+
+A commit may be sent twice: a reply lost to a timeout gets it queued and
+written again once Redis answers. It counts once: a commit consumes its hold
+(a missing hold means it was committed), and a commit without a hold (spent
+on the emergency allowance) leaves a `done` marker for an hour.
 
 Numbers are Lua doubles: exact for integers up to 2^53, which bounds every
 limit (faregate refuses larger ones for this backend).
@@ -57,14 +66,23 @@ local function account(key, limit, window)
   return used, reserved, tonumber(limit)
 end
 
+-- Returns a hold's units to its accounts, except those in `keep`.
+local function unhold(hold, keep)
+  local fields = redis.call('HGETALL', hold)
+  for j = 1, #fields, 2 do
+    if fields[j] ~= '_reaped' and not keep[fields[j]] then
+      redis.call('HINCRBY', fields[j], 'reserved', int(-tonumber(fields[j + 1])))
+    end
+  end
+end
+
 local function reap(leases, now)
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)
   for _, hold in ipairs(expired) do
-    local fields = redis.call('HGETALL', hold)
-    for j = 1, #fields, 2 do
-      redis.call('HINCRBY', fields[j], 'reserved', int(-tonumber(fields[j + 1])))
-    end
+    unhold(hold, {})
     redis.call('DEL', hold)
+    redis.call('HSET', hold, '_reaped', '1')
+    redis.call('PEXPIRE', hold, 3600000)
     redis.call('ZREM', leases, hold)
   end
   return #expired
@@ -106,18 +124,26 @@ return result
 COMMIT = (
     _COMMON
     + """
--- KEYS: leases, hold, ledger, request, account...
+-- KEYS: leases, hold (or done marker), ledger, request, account...
 -- ARGV: n_budgets, max_records, result_ttl_ms, fingerprint, result,
 --       then actual, limit, window per account, then the record's field/value pairs.
 -- A hold whose lease expired was returned already: only the spend is added.
--- Returns {least remaining of the budgets, used, reserved per account...}.
+-- Returns {least remaining of the budgets, used, reserved per account...},
+-- or {'written'} for a commit that was written before.
+local marker = string.find(KEYS[2], ':done:', 1, true)
+if marker then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', 3600000) then return {'written'} end
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  return {'written'}
+end
 local n = #KEYS - 4
 local n_budgets = tonumber(ARGV[1])
 local least = nil
 local result = {0}
 for i = 1, n do
   local key = KEYS[i + 4]
-  local held = tonumber(redis.call('HGET', KEYS[2], key) or '0')
+  local held = 0
+  if not marker then held = tonumber(redis.call('HGET', KEYS[2], key) or '0') end
   local actual = tonumber(ARGV[3 * i + 3])
   local used, reserved, limit = account(key, ARGV[3 * i + 4], ARGV[3 * i + 5])
   redis.call('HINCRBY', key, 'reserved', int(-held))
@@ -130,7 +156,13 @@ for i = 1, n do
   table.insert(result, used)
   table.insert(result, reserved)
 end
-redis.call('DEL', KEYS[2])
+-- Units held on a pool a reload removed since go back all the same.
+if not marker then
+  local given = {}
+  for i = 1, n do given[KEYS[i + 4]] = true end
+  unhold(KEYS[2], given)
+  redis.call('DEL', KEYS[2])
+end
 redis.call('ZREM', KEYS[1], KEYS[2])
 local record = {}
 for j = 3 * n + 6, #ARGV do table.insert(record, ARGV[j]) end
@@ -146,16 +178,13 @@ return result
 )
 
 RELEASE = (
-    _INT
+    _COMMON
     + """
 -- KEYS: leases, hold. Returns the hold's units to its accounts.
-local fields = redis.call('HGETALL', KEYS[2])
-for j = 1, #fields, 2 do
-  redis.call('HINCRBY', fields[j], 'reserved', int(-tonumber(fields[j + 1])))
-end
+unhold(KEYS[2], {})
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], KEYS[2])
-return #fields / 2
+return 1
 """
 )
 
@@ -163,7 +192,8 @@ RENEW = (
     _COMMON
     + """
 -- KEYS: leases. ARGV: lease_ms, then hold keys, '', then claimed request keys.
--- Extends this replica's leases and claims, and returns expired holds' units.
+-- Extends this replica's leases and in-flight claims (never a kept result's
+-- lifetime), and returns expired holds' units.
 local now = now_ms()
 local lease_ms = tonumber(ARGV[1])
 local claims = false
@@ -171,7 +201,9 @@ for j = 2, #ARGV do
   if ARGV[j] == '' then
     claims = true
   elseif claims then
-    redis.call('PEXPIRE', ARGV[j], lease_ms)
+    if redis.call('HGET', ARGV[j], 'state') == 'inflight' then
+      redis.call('PEXPIRE', ARGV[j], lease_ms)
+    end
   else
     redis.call('ZADD', KEYS[1], 'XX', int(now + lease_ms), ARGV[j])
   end
@@ -181,19 +213,21 @@ return reap(KEYS[1], now)
 )
 
 CLAIM = """
--- KEYS: request. ARGV: fingerprint, lease_ms.
+-- KEYS: request. ARGV: fingerprint, lease_ms, owner.
 -- Returns {'claimed'}, {'inflight'} or {'done', fingerprint, result, remaining}.
 local r = redis.call('HMGET', KEYS[1], 'state', 'fingerprint', 'result', 'remaining')
 if r[1] == 'done' then return {'done', r[2], r[3], r[4]} end
 if r[1] == 'inflight' then return {'inflight'} end
-redis.call('HSET', KEYS[1], 'state', 'inflight', 'fingerprint', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'inflight', 'fingerprint', ARGV[1], 'owner', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'claimed'}
 """
 
 UNCLAIM = """
--- KEYS: request. Frees an id still in flight; a served one keeps its result.
-if redis.call('HGET', KEYS[1], 'state') == 'inflight' then
+-- KEYS: request. ARGV: owner. Frees the owner's claim of an id still in
+-- flight; a served one keeps its result, and another request's claim stays.
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if r[1] == 'inflight' and r[2] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0

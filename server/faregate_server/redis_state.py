@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from faregate_server.budgets import BudgetSnapshot, MemoryBudgetStore, Reservation
 from faregate_server.clock import Clock
@@ -77,6 +79,8 @@ _LARGEST_EXACT = 2**53
 _RETRY_AFTER_S = 1.0
 _STOP_WAIT_S = 5.0
 _CONNECTIONS = 32
+# What says Redis is away or too slow, rather than that a command was wrong.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,8 @@ class _PendingCommit:
     """A commit that could not reach Redis, written when it returns."""
 
     hold_key: str
+    """The request's hold, or for emergency spend a marker of its own: a
+    commit written twice (its first reply lost) counts once."""
     budget_keys: tuple[str, ...]
     draws: tuple[LimitDraw, ...]
     cost_nano_usd: int
@@ -140,7 +146,8 @@ class RedisState:
         self._live_claims: set[str] = set()
         # Request ids claimed in Redis, and (failing open) on this replica
         # only, each with its request's fingerprint.
-        self._claimed: dict[str, str] = {}
+        self._claimed: dict[str, tuple[str, str]] = {}
+        """Request id -> (fingerprint, owner token) of claims held in Redis."""
         self._local_claims: dict[str, str] = {}
         self._pending: list[_PendingCommit] = []
         self._down_until_s = 0.0
@@ -213,6 +220,8 @@ class RedisState:
         try:
             reply = await asyncio.shield(reserving)
         except StateUnavailable:
+            # The script may have run before the reply was lost.
+            self._spawn(self._write_release(hold_key))
             return self._reserve_locally(budget_keys, amount_nano_usd, draws)
         except asyncio.CancelledError:
             # The script may still run: whatever it holds goes straight back.
@@ -250,16 +259,17 @@ class RedisState:
         stored = None
         if result is not None:
             # Ended here, not by `unclaim`: the commit sets the id's result.
-            fingerprint = self._claimed.pop(result.request_id, None) or self._local_claims.pop(
-                result.request_id, ""
-            )
+            claimed = self._claimed.pop(result.request_id, None)
+            fingerprint = claimed[0] if claimed else self._local_claims.pop(result.request_id, "")
             stored = StoredResult(fingerprint, encode_result(result), 0)
         hold = holding.handle
         if isinstance(hold, _EmergencyHold):
             remaining = self._emergency.commit(hold.reservation, cost_nano_usd)
+            # No hold in Redis: a marker of its own keeps a repeated write out.
+            marker = f"{self._ns}:done:{self._replica}:{next(self._ids)}"
             self._pending.append(
                 _PendingCommit(
-                    "", holding.budget_keys, hold.draws, cost_nano_usd, tokens, record, stored
+                    marker, holding.budget_keys, hold.draws, cost_nano_usd, tokens, record, stored
                 )
             )
             return remaining
@@ -305,10 +315,9 @@ class RedisState:
             arguments += [drawn, pool.capacity, _window(pool.window, now_s)]
         result = pending.result
         request_key = self._request_key(pending.record.request_id) if result else self._leases
-        hold_key = pending.hold_key or f"{self._ns}:hold:none"
         reply = await self._call(
             self._commit,
-            [self._leases, hold_key, self._ledger, request_key, *accounts],
+            [self._leases, pending.hold_key, self._ledger, request_key, *accounts],
             [
                 len(pending.budget_keys),
                 self._settings.ledger_max_records,
@@ -322,6 +331,8 @@ class RedisState:
         self._live_holds.discard(pending.hold_key)
         if result is not None:
             self._live_claims.discard(request_key)
+        if reply[0] == "written":
+            return 0  # a repeat of a commit whose first reply was lost
         self._observe(accounts, reply[1:])
         return int(reply[0])
 
@@ -342,17 +353,19 @@ class RedisState:
             self._live_holds.discard(hold_key)
 
     async def claim(self, request_id: str, fingerprint: str) -> StoredResult | None:
+        if request_id in self._claimed or request_id in self._local_claims:
+            raise RequestInFlight(request_id)  # a twin on this replica
         key = self._request_key(request_id)
+        owner = f"{self._replica}:{next(self._ids)}"
         try:
             if self._is_down():
                 raise StateUnavailable("Redis is unreachable", _RETRY_AFTER_S)
-            reply = await self._call(self._claim, [key], [fingerprint, self._lease_ms])
+            reply = await self._call(self._claim, [key], [fingerprint, self._lease_ms, owner])
         except StateUnavailable:
+            self._spawn(self._write_unclaim(key, owner))  # in case the script ran
             if self._settings.when_unavailable is WhenUnavailable.FAIL_CLOSED:
                 raise
             # Best effort while Redis is away: ids are guarded on this replica only.
-            if request_id in self._local_claims:
-                raise RequestInFlight(request_id) from None
             self._local_claims[request_id] = fingerprint
             return None
         if reply[0] == "inflight":
@@ -360,20 +373,21 @@ class RedisState:
         if reply[0] == "done":
             return StoredResult(reply[1] or "", reply[2], int(reply[3]))
         self._live_claims.add(key)
-        self._claimed[request_id] = fingerprint
+        self._claimed[request_id] = (fingerprint, owner)
         return None
 
     async def unclaim(self, request_id: str) -> None:
         self._local_claims.pop(request_id, None)
-        if self._claimed.pop(request_id, None) is None:
+        claimed = self._claimed.pop(request_id, None)
+        if claimed is None:
             return  # never claimed in Redis, or its result is kept
         key = self._request_key(request_id)
         self._live_claims.discard(key)
-        await asyncio.shield(self._spawn(self._write_unclaim(key)))
+        await asyncio.shield(self._spawn(self._write_unclaim(key, claimed[1])))
 
-    async def _write_unclaim(self, key: str) -> None:
+    async def _write_unclaim(self, key: str, owner: str) -> None:
         try:
-            await self._call(self._unclaim, [key], [])
+            await self._call(self._unclaim, [key], [owner])
         except StateUnavailable:
             return  # the claim lapses with its lease
 
@@ -502,7 +516,7 @@ class RedisState:
             raise StateUnavailable("Redis is unreachable", _RETRY_AFTER_S)
         try:
             reply = await script(keys=list(keys), args=list(arguments))
-        except RedisError as error:
+        except _UNREACHABLE as error:  # other errors are bugs, not an outage
             self._mark_down(error)
             raise StateUnavailable(type(error).__name__, _RETRY_AFTER_S) from None
         if self._down_until_s:

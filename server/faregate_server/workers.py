@@ -42,7 +42,7 @@ def serve_workers(count: int, config_path: str | None, listen: str) -> int:
     command = [sys.executable, "-m", "faregate_server", "serve", "--listen", f"{host}:{port}"]
     if config_path is not None:
         command += ["--config", config_path]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(count)]
+    workers: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def forward(signum: int, _: FrameType | None) -> None:
@@ -52,8 +52,13 @@ def serve_workers(count: int, config_path: str | None, listen: str) -> int:
             if worker.poll() is None:
                 worker.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # Handlers first, so no signal finds a worker unsupervised; SIGHUP is
+    # ignored by workers (inherited) until they install their reload handler.
+    for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    workers += [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(count)]
+    signal.signal(signal.SIGHUP, forward)
     try:
         # Each worker prints one line once it listens; say so once all do.
         ready = [_readiness(worker) for worker in workers]
@@ -61,13 +66,14 @@ def serve_workers(count: int, config_path: str | None, listen: str) -> int:
             logger.info("%d workers serving on %s:%s", count, host, port)
             print(ready[0], flush=True)
         pid, status = os.wait()
-        if not stopping:
+        crashed = not stopping
+        if crashed:
             code = os.waitstatus_to_exitcode(status)
             logger.error("worker %d exited on its own (%d); stopping the others", pid, code)
             forward(signal.SIGTERM, None)
         codes = [_wait(worker) for worker in workers if worker.pid != pid]
         codes.append(os.waitstatus_to_exitcode(status))
-        return 0 if stopping and not any(codes) else 1
+        return 1 if crashed or any(codes) else 0
     finally:
         if holder is not None:
             holder.close()
