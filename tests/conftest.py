@@ -7,6 +7,7 @@ import copy
 import hashlib
 import os
 import random
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from faregate.v1.router_pb2 import RouteResponse
 from faregate_client import FaregateClient
 from faregate_server.app import RunningServer, serve
 from faregate_server.clock import Clock
@@ -140,6 +142,29 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
             async with asyncio.timeout(10):
                 assert await process.wait() == 0
         workdir.cleanup()
+
+
+async def sigkill_under_load(config_path: Path, budget_key: str) -> list[RouteResponse]:
+    """Serves `config_path` in a process, kills it with SIGKILL while eight
+    callers keep it busy (after 50 answers), and returns every answer received."""
+    answered: list[RouteResponse] = []
+    async with (
+        faregate_process("--config", str(config_path)) as (process, target),
+        FaregateClient(target) as client,
+    ):
+
+        async def keep_calling() -> None:
+            while True:
+                answered.append(await client.route("hi", budget_key=budget_key, timeout_s=5))
+
+        callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
+        async with asyncio.timeout(20):
+            while len(answered) < 50:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        await asyncio.gather(*callers, return_exceptions=True)
+    return answered
 
 
 StartFaregate = Callable[..., AbstractAsyncContextManager[Faregate]]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import yaml
-from faregate.v1 import router_pb2
-from faregate_client import FaregateClient
 from faregate_server.config_loader import load_config
 
-from tests.conftest import StartFaregate, faregate_process, to_config
+from tests.conftest import StartFaregate, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,23 +47,7 @@ async def test_sigkill_under_load_loses_no_committed_spend(
     path = tmp_path / "faregate.yaml"
     path.write_text(yaml.safe_dump(config))
 
-    answered: list[router_pb2.RouteResponse] = []
-    async with (
-        faregate_process("--config", str(path)) as (process, target),
-        FaregateClient(target) as client,
-    ):
-
-        async def keep_calling() -> None:
-            while True:
-                answered.append(await client.route("hi", budget_key="demo", timeout_s=5))
-
-        callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
-        async with asyncio.timeout(20):
-            while len(answered) < 50:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-        await asyncio.gather(*callers, return_exceptions=True)
+    answered = await sigkill_under_load(path, "demo")
 
     with sqlite3.connect(ledger_path) as ledger:
         recorded = dict(ledger.execute("SELECT request_id, cost_nano_usd FROM spend"))

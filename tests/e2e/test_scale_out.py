@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,7 @@ from faregate_server.money import Price
 from faregate_server.state import StateStore, open_state
 from faregate_server.tokens import TiktokenCounter
 
-from tests.conftest import faregate_process, to_config
+from tests.conftest import faregate_process, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 
 GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
@@ -169,23 +168,7 @@ async def test_sigkill_under_load_loses_no_spend_and_leases_return_the_rest(
 ) -> None:
     redis_state["redis"]["lease_s"] = 1
     path = _sim_config(tmp_path, redis_state)
-    answered: list[router_pb2.RouteResponse] = []
-    async with (
-        faregate_process("--config", str(path)) as (process, target),
-        FaregateClient(target) as client,
-    ):
-
-        async def keep_calling() -> None:
-            while True:
-                answered.append(await client.route("hi", budget_key="demo", timeout_s=5))
-
-        callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
-        async with asyncio.timeout(20):
-            while len(answered) < 50:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-        await asyncio.gather(*callers, return_exceptions=True)
+    answered = await sigkill_under_load(path, "demo")
 
     async with _store(redis_state) as store:
         killed_with = (await store.budget("demo")).reserved_nano_usd
