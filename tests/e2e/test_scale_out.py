@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import yaml
 from faregate.v1 import router_pb2
-from faregate_client import BudgetExhausted, FaregateClient, FaregateError
+from faregate_client import BudgetExhausted, FaregateClient, FaregateError, Unavailable
 from faregate_server.clock import SystemClock
 from faregate_server.domain import ChatMessage, Role
 from faregate_server.money import Price
 from faregate_server.state import StateStore, open_state
 from faregate_server.tokens import TiktokenCounter
 
-from tests.conftest import faregate_process, sigkill_under_load, to_config
+from tests.conftest import StartFaregate, faregate_process, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.redis_server import RedisServer
 
 GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
 MAX_OUTPUT = 10
@@ -205,3 +207,16 @@ async def test_the_ledger_exports_as_json_lines(tmp_path: Path) -> None:
     assert [line["request_id"] for line in lines] == [r.request_id for r in reversed(replies)]
     assert lines[0]["budget_keys"] == ["demo"]
     assert lines[0]["cost_nano_usd"] == replies[-1].cost_nano_usd
+
+
+async def test_an_unreachable_redis_fails_closed_with_state_unavailable(
+    start_faregate: StartFaregate, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    absent = RedisServer(tmp_path)  # a free port, never started
+    config_data["state"] = {"backend": "redis", "redis": {"url": absent.url, "timeout_s": 0.2}}
+    async with start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(Unavailable) as refused:
+            await faregate.client.route("hi", budget_key="team")
+
+    assert refused.value.reason == "STATE_UNAVAILABLE"
+    assert refused.value.retry_after_s is not None
