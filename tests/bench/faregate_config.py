@@ -2,7 +2,8 @@
 
 `bench` is an openai model on the fake upstream with workers and a waiting
 room well above the bench's highest concurrency (64), behind a budget that
-cannot run out, so nothing but faregate's own work is measured. `slow` has a
+cannot run out, so nothing but faregate's own work is measured; state is in
+memory, the durable backends being measured apart. `slow` has a
 tiny pool (2 workers, 2 waiting) for the overload measurement; the upstream
 delays its answers.
 """
@@ -43,6 +44,9 @@ def bench_config(api_base: str) -> dict[str, Any]:
             SLOW_MODEL: _openai_model(api_base, workers=SLOW_WORKERS, queue=SLOW_QUEUE),
         },
         "budgets": {BENCH_BUDGET: {"limit_usd": 1_000_000, "window": "none"}},
+        # Like for like with the pass-through, which keeps nothing: the cost
+        # of a durable or shared ledger is measured on its own (state.py).
+        "state": {"backend": "memory"},
     }
 
 
