@@ -17,6 +17,11 @@ value that bounds retry backoffs. A request whose answer is already in hand
 is charged even if its deadline passes while the ledger makes that durable:
 the provider did the work.
 
+A request with a client request id is served at most once: its id is claimed
+before planning, and its result is kept in the same durable step as its
+spend; a retry gets that result (or, for a stream, its accounting) instead.
+An attempt that ends without a result frees the id for the retry.
+
 Each request reads the current catalog once; a config reload swaps it for new
 requests while those in flight finish on the one they started with.
 """
