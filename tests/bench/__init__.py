@@ -50,8 +50,9 @@ Three more sections follow, each runnable alone, all in this process:
   a fixed delay and at the primary's p95; time to first token at the client,
   hedges, and what they cost.
 - State backends (`state.py`, `python -m tests.bench.state`): reserve +
-  commit + ledger record per backend, at concurrency 1 and 64 (where the
-  SQLite ledger's group commit shares transactions).
+  commit with its ledger record per backend (memory, sqlite, and redis on a
+  redis-server started for it), at concurrency 1 and 64 (where the SQLite
+  ledger's group commit shares transactions).
 
 Nothing here is collected by pytest, and importing any module has no side
 effects.
