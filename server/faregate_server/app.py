@@ -3,8 +3,8 @@
 `serve()` is one async context manager: entering it builds the HTTP session,
 the state store, the catalog of deployments, the gateway and the gRPC server
 (with health and reflection always on) inside a single AsyncExitStack;
-leaving it stops the server with the configured grace and tears the rest
-down in reverse.
+leaving it drains the server gracefully (drain.py) and tears the rest down
+in reverse.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
+from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,7 +27,9 @@ from faregate_server.admin import AdminServicer
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
+from faregate_server.drain import Drain
 from faregate_server.gateway import Gateway
+from faregate_server.handlers import register_router_service
 from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
@@ -106,11 +108,11 @@ async def serve(
                     "grpc.max_receive_message_length",
                     config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
                 ),
+                ("grpc.max_metadata_size", config.server.max_header_bytes),
             ]
         )
-        router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServicer(gateway, config.server), server
-        )
+        drain = Drain()
+        register_router_service(server, RouterServicer(gateway, config.server, drain))
         services = [ROUTER_SERVICE]
         if config.admin.enabled:
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -128,10 +130,15 @@ async def serve(
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
-        stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
+        stack.push_async_callback(
+            drain.shutdown,
+            server,
+            health_servicer,
+            config.server.shutdown_grace_s,
+            config.server.drain_delay_s,
+        )
         for service in ("", ROUTER_SERVICE):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        stack.push_async_callback(health_servicer.enter_graceful_shutdown)
         yield RunningServer(
             port=port,
             state=state,

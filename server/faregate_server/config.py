@@ -217,8 +217,24 @@ class ServerConfig:
     """Largest serialized request accepted."""
     max_output_tokens_limit: int = 1_000_000
     """Largest `max_output_tokens` any request may ask for."""
+    max_messages: int = 1024
+    """Most messages one request may carry."""
+    max_message_chars: int = 524_288
+    """Most characters (code points) in one message's content."""
+    max_metadata_entries: int = 64
+    """Most entries in a request's `metadata` map."""
+    max_metadata_key_chars: int = 128
+    """Longest key in a request's `metadata` map."""
+    max_metadata_value_chars: int = 2048
+    """Longest value in a request's `metadata` map."""
+    max_header_bytes: int = 16384
+    """Largest gRPC header block (call metadata) the transport accepts."""
     shutdown_grace_s: float = 5.0
-    """How long in-flight requests may run on after a stop is asked."""
+    """How long in-flight requests may run on after a stop is asked; streams
+    still running then are ended with UNAVAILABLE and charged what they delivered."""
+    drain_delay_s: float = 0.0
+    """On a stop, how long health reports NOT_SERVING before new requests are
+    refused, so load balancers stop sending first."""
     reload_poll_s: float = 2.0
     """How often the config file is checked for changes (0 turns watching off)."""
 

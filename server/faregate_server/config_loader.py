@@ -141,6 +141,10 @@ def _redis(node: _Node) -> RedisConfig:
     )
 
 
+# Below this, ordinary gRPC headers (path, deadline, user agent) stop fitting.
+_MIN_HEADER_BYTES = 1024
+
+
 def _server(node: _Node) -> ServerConfig:
     defaults = ServerConfig()
     node.expect_keys(set(ServerConfig.__slots__))
@@ -152,7 +156,22 @@ def _server(node: _Node) -> ServerConfig:
         max_output_tokens_limit=node.integer(
             "max_output_tokens_limit", defaults.max_output_tokens_limit
         ),
+        max_messages=node.integer("max_messages", defaults.max_messages),
+        max_message_chars=node.integer("max_message_chars", defaults.max_message_chars),
+        max_metadata_entries=node.integer(
+            "max_metadata_entries", defaults.max_metadata_entries, minimum=0
+        ),
+        max_metadata_key_chars=node.integer(
+            "max_metadata_key_chars", defaults.max_metadata_key_chars
+        ),
+        max_metadata_value_chars=node.integer(
+            "max_metadata_value_chars", defaults.max_metadata_value_chars, minimum=0
+        ),
+        max_header_bytes=node.integer(
+            "max_header_bytes", defaults.max_header_bytes, minimum=_MIN_HEADER_BYTES
+        ),
         shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
+        drain_delay_s=node.number("drain_delay_s", defaults.drain_delay_s, minimum=0),
         reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
     )
 

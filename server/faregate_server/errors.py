@@ -23,7 +23,8 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── RequestIdReused         INVALID_ARGUMENT    REQUEST_ID_REUSED (+ BadRequest)
     ├── RequestInFlight         ABORTED             REQUEST_IN_FLIGHT (+ RetryInfo)
     ├── RequestAlreadyServed    ALREADY_EXISTS      REQUEST_ALREADY_SERVED
-    └── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
+    ├── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
+    └── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+ RetryInfo)
 
 Anything else that escapes a handler is a bug: `internal_error_status` turns it
 into INTERNAL with a trace id and no internals.
@@ -307,6 +308,17 @@ class StateUnavailable(_Retryable):
             " reserved until it returns",
             retry_after_s,
         )
+
+
+class ShuttingDown(_Retryable):
+    """The server is stopping: a new request is refused, or one still running
+    when the grace period ended is cut (its delivered part charged)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _UNKNOWN_RETRY_S)
 
 
 def internal_error_status(trace_id: str) -> tuple[grpc.StatusCode, str, Metadata]:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from contextlib import aclosing
 from typing import Any, NoReturn
 
@@ -35,6 +36,7 @@ from faregate_server.domain import (
     TaskKind,
     Usage,
 )
+from faregate_server.drain import Drain
 from faregate_server.errors import (
     DeadlineExceeded,
     FaregateError,
@@ -104,18 +106,20 @@ AnyContext = RouteContext | StreamContext
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, gateway: Gateway, settings: ServerConfig) -> None:
+    def __init__(self, gateway: Gateway, settings: ServerConfig, drain: Drain) -> None:
         self._gateway = gateway
         self._settings = settings
+        self._drain = drain
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         try:
-            call = self._to_call(request)
-            deadline_s = self._deadline(context)
-            async with asyncio.timeout_at(deadline_s):
-                result = await self._gateway.route(call, deadline_s)
+            with self._drain.track():
+                call = self._to_call(request)
+                deadline_s = self._deadline(context)
+                async with asyncio.timeout_at(deadline_s):
+                    result = await self._gateway.route(call, deadline_s)
         except Exception as error:
             await abort(context, error, request.model)
         return router_pb2.RouteResponse(
@@ -139,15 +143,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> None:
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
+        # A shutdown may cut the stream between writes, never during one.
         try:
-            call = self._to_call(request)
-            deadline_s = self._deadline(context)
-            async with (
-                asyncio.timeout_at(deadline_s),
-                aclosing(self._gateway.stream(call, deadline_s)) as events,
-            ):
-                async for event in events:
-                    await context.write(_stream_event(event))
+            with self._drain.track() as tracked:
+                call = self._to_call(request)
+                deadline_s = self._deadline(context)
+                async with (
+                    asyncio.timeout_at(deadline_s),
+                    aclosing(self._gateway.stream(call, deadline_s)) as events,
+                ):
+                    async for event in events:
+                        tracked.writing()
+                        await context.write(_stream_event(event))
+                        tracked.written()
         except Exception as error:
             await abort(context, error, request.model)
 
@@ -158,14 +166,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return asyncio.get_running_loop().time() + remaining_s
 
     def _to_call(self, request: AnyRouteRequest) -> RouteCall:
+        settings = self._settings
         violations: dict[str, str] = {}
         size = request.ByteSize()
-        if size > self._settings.max_request_bytes:
+        if size > settings.max_request_bytes:
             violations["request"] = (
-                f"is {size} bytes; the limit is {self._settings.max_request_bytes}"
+                f"is {size} bytes; {_exceeds('max_request_bytes', settings.max_request_bytes)}"
             )
         if not request.messages:
             violations["messages"] = "at least one message is required"
+        elif len(request.messages) > settings.max_messages:
+            violations["messages"] = (
+                f"has {len(request.messages)} messages;"
+                f" {_exceeds('max_messages', settings.max_messages)}"
+            )
         messages = []
         for index, message in enumerate(request.messages):
             role = _ROLES.get(message.role)
@@ -173,6 +187,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 violations[f"messages[{index}].role"] = "must be SYSTEM, USER or ASSISTANT"
             else:
                 messages.append(ChatMessage(role, message.content))
+            if len(message.content) > settings.max_message_chars:
+                violations[f"messages[{index}].content"] = (
+                    f"is {len(message.content)} characters;"
+                    f" {_exceeds('max_message_chars', settings.max_message_chars)}"
+                )
+        if request.metadata:
+            _check_metadata(request.metadata, settings, violations)
         if request.messages and not any(message.content for message in request.messages):
             violations["messages"] = "every message is empty; at least one needs content"
         if not request.budget_key:
@@ -191,11 +212,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_output_tokens = None
         if request.HasField("max_output_tokens"):
             max_output_tokens = request.max_output_tokens
-            limit = self._settings.max_output_tokens_limit
+            limit = settings.max_output_tokens_limit
             if max_output_tokens < 1:
                 violations["max_output_tokens"] = "must be positive when set"
             elif max_output_tokens > limit:
-                violations["max_output_tokens"] = f"must be at most {limit}"
+                violations["max_output_tokens"] = (
+                    f"is {max_output_tokens}; {_exceeds('max_output_tokens_limit', limit)}"
+                )
         temperature = None
         if request.HasField("temperature"):
             temperature = request.temperature
@@ -217,6 +240,34 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=request.request_id,
             fingerprint=fingerprint,
         )
+
+
+def _exceeds(setting: str, limit: int) -> str:
+    """Names the server setting a request broke, so the caller knows what to shrink."""
+    return f"exceeds server.{setting} ({limit})"
+
+
+def _check_metadata(
+    metadata: Mapping[str, str], settings: ServerConfig, violations: dict[str, str]
+) -> None:
+    if len(metadata) > settings.max_metadata_entries:
+        violations["metadata"] = (
+            f"has {len(metadata)} entries;"
+            f" {_exceeds('max_metadata_entries', settings.max_metadata_entries)}"
+        )
+        return
+    for key, value in metadata.items():
+        # The key is shown cut short: it may be the very thing that is too long.
+        if len(key) > settings.max_metadata_key_chars:
+            violations[f"metadata[{key[:32]!r}]"] = (
+                f"key is {len(key)} characters;"
+                f" {_exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
+            )
+        elif len(value) > settings.max_metadata_value_chars:
+            violations[f"metadata[{key!r}]"] = (
+                f"value is {len(value)} characters;"
+                f" {_exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
+            )
 
 
 def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:

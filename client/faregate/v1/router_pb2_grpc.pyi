@@ -93,6 +93,11 @@ class RouterServiceStub:
       STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
                                unreachable and faregate is configured to fail
                                closed; RetryInfo says when to try again.
+      SHUTTING_DOWN            UNAVAILABLE. This replica is stopping: it takes no
+                               new requests, and a request still running when its
+                               grace period ends is cut (a stream is charged for
+                               the output it delivered). Retry, on another
+                               replica if there is one (RetryInfo).
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
@@ -178,6 +183,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
       STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
                                unreachable and faregate is configured to fail
                                closed; RetryInfo says when to try again.
+      SHUTTING_DOWN            UNAVAILABLE. This replica is stopping: it takes no
+                               new requests, and a request still running when its
+                               grace period ends is cut (a stream is charged for
+                               the output it delivered). Retry, on another
+                               replica if there is one (RetryInfo).
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
@@ -259,6 +269,11 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
       STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
                                unreachable and faregate is configured to fail
                                closed; RetryInfo says when to try again.
+      SHUTTING_DOWN            UNAVAILABLE. This replica is stopping: it takes no
+                               new requests, and a request still running when its
+                               grace period ends is cut (a stream is charged for
+                               the output it delivered). Retry, on another
+                               replica if there is one (RetryInfo).
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
