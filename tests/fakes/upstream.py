@@ -39,6 +39,9 @@ class Script:
     """Delay before the response headers (and, when not streaming, the body)."""
     chunk_delay_s: float = 0.0
     """Delay before each streamed chunk after the first."""
+    pause_after: int | None = None
+    """Wait for `resume` after this many chunks, then go on."""
+    resume: asyncio.Event | None = None
     stall_after: int | None = None
     """Stop sending (but keep the connection) after this many chunks."""
     drop_after: int | None = None
@@ -64,6 +67,8 @@ class FakeUpstream:
         self.default = Script()
         self.by_model: dict[str, Script] = {}
         """Scripts for requests naming a model; they take precedence over `default`."""
+        self.choose: Callable[[dict[str, Any]], Script] | None = None
+        """Picks the script from the request body; takes precedence over the rest."""
         self._queued: deque[Script] = deque()
         self.received: list[Received] = []
         self.disconnected_at: list[float] = []
@@ -124,7 +129,7 @@ class FakeUpstream:
         body = await request.json()
         self.received.append(Received(request.path, body, dict(request.headers)))
         self._changed.set()
-        script = self._next_script(body.get("model", ""))
+        script = self.choose(body) if self.choose else self._next_script(body.get("model", ""))
         try:
             if script.gate is not None:
                 await script.gate.wait()
@@ -161,6 +166,8 @@ class FakeUpstream:
             return response
         await response.write(wire.opening(body, script))
         for index, chunk in enumerate(script.chunks):
+            if index == script.pause_after and script.resume is not None:
+                await script.resume.wait()
             if index == script.stall_after:
                 await asyncio.sleep(3600)
             if index == script.drop_after:
