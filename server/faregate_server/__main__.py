@@ -2,6 +2,7 @@
 
 faregate serve [--config FILE] [--listen HOST:PORT] [--workers N]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
+faregate check-config FILE
 faregate version
 """
 
@@ -44,12 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("--config", help="YAML config (default: the embedded one)")
     export_parser.add_argument("--budget-key", default="", help="only this budget's records")
     export_parser.add_argument("--agent", default="", help="only this agent's records")
+    check_parser = commands.add_parser(
+        "check-config", help="validate a config file without starting anything"
+    )
+    check_parser.add_argument("file", help="the YAML config to validate")
     commands.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
     if args.command == "version":
         print(f"faregate {__version__}")
         return 0
+    if args.command == "check-config":
+        return _check_config(args.file)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -69,9 +76,25 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return serve_workers(args.workers, args.config, args.listen or config.server.listen)
+        return serve_workers(
+            args.workers, args.config, args.listen or config.server.listen, config.server
+        )
     path = Path(args.config) if args.config else None
     return _run(_serve_until_signalled(config, args.listen, path))
+
+
+def _check_config(path: str) -> int:
+    """Validates the file as `serve` would (environment included); starts nothing."""
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(f"faregate: bad config: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{path}: ok ({len(config.models)} models, {len(config.routes)} routes,"
+        f" {len(config.budgets)} budgets, {len(config.limit_pools)} limit pools)"
+    )
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, None]) -> int:

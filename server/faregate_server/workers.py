@@ -22,13 +22,22 @@ import subprocess
 import sys
 from types import FrameType
 
+from faregate_server.config import ServerConfig
+
 logger = logging.getLogger(__name__)
 
-_STOP_TIMEOUT_S = 60.0
+# Beyond the drain, how long a stopping worker may take (settling cut calls,
+# closing state) before it is killed.
+_STOP_MARGIN_S = 30.0
 
 
-def serve_workers(count: int, config_path: str | None, listen: str) -> int:
-    """Runs `count` workers on `listen` until signalled; returns the exit status."""
+def serve_workers(count: int, config_path: str | None, listen: str, settings: ServerConfig) -> int:
+    """Runs `count` workers on `listen` until signalled; returns the exit status.
+
+    It is 0 when every worker stopped cleanly after SIGTERM or SIGINT (each
+    drains as `faregate serve` does), 1 when one died on its own or failed to stop.
+    """
+    stop_timeout_s = settings.drain_delay_s + settings.shutdown_grace_s + _STOP_MARGIN_S
     host, _, port = listen.rpartition(":")
     # Port 0 means any free port, but every worker must take the same one:
     # pick it here and hold it (bound, never listening) while they run.
@@ -71,7 +80,7 @@ def serve_workers(count: int, config_path: str | None, listen: str) -> int:
             code = os.waitstatus_to_exitcode(status)
             logger.error("worker %d exited on its own (%d); stopping the others", pid, code)
             forward(signal.SIGTERM, None)
-        codes = [_wait(worker) for worker in workers if worker.pid != pid]
+        codes = [_wait(worker, stop_timeout_s) for worker in workers if worker.pid != pid]
         codes.append(os.waitstatus_to_exitcode(status))
         return 1 if crashed or any(codes) else 0
     finally:
@@ -87,9 +96,9 @@ def _readiness(worker: subprocess.Popen[bytes]) -> str:
     return line
 
 
-def _wait(worker: subprocess.Popen[bytes]) -> int:
+def _wait(worker: subprocess.Popen[bytes], timeout_s: float) -> int:
     try:
-        return worker.wait(_STOP_TIMEOUT_S)
+        return worker.wait(timeout_s)
     except subprocess.TimeoutExpired:
         worker.kill()
         return worker.wait()
