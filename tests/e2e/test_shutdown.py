@@ -19,10 +19,11 @@ import pytest
 import yaml
 from faregate_client import FaregateClient, FaregateError, RouteStream, Unavailable
 from faregate_server.config_loader import load_config
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.conftest import TEST_ENV, StartFaregate, faregate_process
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.health import serving_status
 
 STREAMS = 50
 GRACE_S = 3.0
@@ -80,14 +81,13 @@ async def _read(client: FaregateClient, caller: Caller) -> None:
         caller.error = error
 
 
-async def _wait_serving_status(target: str, wanted: int) -> None:
+async def _wait_not_serving(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
-            if reply.status == wanted:
-                return
+        while await serving_status(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+        assert await serving_status(channel, "faregate.v1.RouterService") == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
 
 async def _export_spend(path: Path) -> dict[str, dict[str, Any]]:
@@ -127,7 +127,7 @@ async def test_sigterm_drains_streams_and_charges_exactly_what_each_delivered(
 
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
-            await _wait_serving_status(target, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await _wait_not_serving(target)
         # Health is NOT_SERVING only once the gate has closed: refused, not served.
         with pytest.raises(Unavailable) as refused:
             await client.route("finish 1", budget_key="team", model="gpt-fake", timeout_s=10)
@@ -160,7 +160,8 @@ async def test_sigterm_drains_streams_and_charges_exactly_what_each_delivered(
             record["input_tokens"], record["output_tokens"]
         )
         if caller.finishes:
-            assert caller.stream is not None and caller.stream.finish is not None
+            assert caller.stream is not None
+            assert caller.stream.finish is not None
             assert record["outcome"] == "succeeded"
             assert record["cost_nano_usd"] == caller.stream.finish.cost_nano_usd
         else:
