@@ -108,7 +108,11 @@ async def serve(
                     "grpc.max_receive_message_length",
                     config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
                 ),
+                # gRPC refuses headers between its soft and absolute limits
+                # at random; equal, the limit is exact. The caller gets
+                # RESOURCE_EXHAUSTED from the transport, before faregate sees the call.
                 ("grpc.max_metadata_size", config.server.max_header_bytes),
+                ("grpc.absolute_max_metadata_size", config.server.max_header_bytes),
             ]
         )
         drain = Drain()
