@@ -21,7 +21,7 @@ from faregate_client import FaregateClient, FaregateError, RouteStream, Unavaila
 from faregate_server.config_loader import load_config
 from grpc_health.v1 import health_pb2
 
-from tests.conftest import TEST_ENV, StartFaregate, faregate_process
+from tests.conftest import TEST_ENV, StartFaregate, faregate_process, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 from tests.support.health import serving_status
 
@@ -172,3 +172,24 @@ async def test_sigterm_drains_streams_and_charges_exactly_what_each_delivered(
         assert await restarted.spent_nano_usd() == sum(
             record["cost_nano_usd"] for record in ledger.values()
         )
+
+
+async def test_route_still_running_when_the_grace_ends_is_unavailable_and_costs_nothing(
+    upstream: FakeUpstream, config_data: dict[str, Any], start_faregate: StartFaregate
+) -> None:
+    config_data["server"]["shutdown_grace_s"] = 0.1
+    upstream.default = Script(gate=asyncio.Event())  # answers only after the stop
+    async with start_faregate(to_config(config_data)) as faregate:
+        # A client of its own: the fixture's closes before the server drains.
+        client = FaregateClient(faregate.target)
+        call = asyncio.create_task(client.route("hi", budget_key="team", timeout_s=30))
+        await upstream.wait_for_requests(1)
+
+    with pytest.raises(Unavailable) as cut:
+        await call
+    await client.aclose()
+
+    assert cut.value.reason == "SHUTTING_DOWN"
+    assert await faregate.reserved_nano_usd() == 0
+    assert await faregate.spent_nano_usd() == 0
+    await upstream.wait_for_disconnects(1)
