@@ -193,3 +193,54 @@ async def test_route_still_running_when_the_grace_ends_is_unavailable_and_costs_
     assert await faregate.reserved_nano_usd() == 0
     assert await faregate.spent_nano_usd() == 0
     await upstream.wait_for_disconnects(1)
+
+
+async def test_workers_drain_on_sigterm_and_the_parent_exits_0(
+    upstream: FakeUpstream,
+    config_data: dict[str, Any],
+    redis_state: dict[str, Any],
+    start_faregate: StartFaregate,
+    tmp_path: Path,
+) -> None:
+    upstream.choose = lambda body: _script(body, asyncio.Event())  # "cut K" streams only
+    config_data["server"].update(shutdown_grace_s=0.2, reload_poll_s=0)
+    config_data["state"] = redis_state
+    config_data["models"]["gpt-fake"]["idle_timeout_s"] = 60
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    callers = [Caller(str(uuid.uuid4()), finishes=False, before_pause=2) for _ in range(8)]
+
+    async with faregate_process("--config", str(path), "--workers", "2") as (process, target):
+        # A connection each, so both workers get streams.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        clients = [
+            FaregateClient(channel=grpc.aio.insecure_channel(target, options=options))
+            for _ in callers
+        ]
+        readers = [
+            asyncio.create_task(_read(client, caller))
+            for client, caller in zip(clients, callers, strict=True)
+        ]
+        async with asyncio.timeout(20):
+            while any(len(caller.deltas) < 2 for caller in callers):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*readers)
+            assert await process.wait() == 0
+        for client in clients:
+            await client.aclose()
+
+    for caller in callers:
+        assert isinstance(caller.error, Unavailable)
+        assert caller.error.reason == "SHUTTING_DOWN"
+    async with start_faregate(to_config(config_data)) as restarted:
+        ledger = {
+            record.request_id: record
+            for _, record in await restarted.running.state.spend("team", "", 100, None)
+        }
+        assert await restarted.reserved_nano_usd() == 0
+        assert await restarted.spent_nano_usd() == sum(r.cost_nano_usd for r in ledger.values())
+    assert set(ledger) == {caller.request_id for caller in callers}
+    assert all(record.output_tokens == 2 for record in ledger.values())
