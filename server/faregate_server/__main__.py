@@ -129,7 +129,9 @@ async def _serve_until_signalled(config: Config, listen: str | None, path: Path 
         # Tests and scripts read this line to learn the port.
         print(f"faregate listening on {host}:{running.port}", flush=True)
         await stop.wait()
-        logger.info("stopping: draining for up to %.1fs", config.server.shutdown_grace_s)
+        # A second signal cuts what is still running instead of waiting out the grace.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, running.drain.hurry)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class RunningServer:
     state: StateStore
     gateway: Gateway
     reloader: Reloader
+    drain: Drain
 
     @property
     def catalog(self) -> Catalog:
@@ -148,6 +149,7 @@ async def serve(
             state=state,
             gateway=gateway,
             reloader=reloader,
+            drain=drain,
         )
 
 

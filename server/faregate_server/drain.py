@@ -17,6 +17,9 @@ A call is cut only while it waits on the gateway, never in the middle of
 writing a chunk to its caller, so every chunk the gateway counts as delivered
 was handed to gRPC, and the charge matches what the caller received. A cut
 that comes during a write takes effect right after it.
+
+`hurry()` (a second SIGTERM or Ctrl-C) skips what is left of the delay and
+the grace: the requests still running are cut at once.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Drain:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._hurried = False
+        self._waiting: asyncio.Timeout | None = None
 
     @property
     def in_flight(self) -> int:
@@ -66,6 +71,12 @@ class Drain:
         """Refuses every call from now on."""
         self._closed = True
 
+    def hurry(self) -> None:
+        """Ends the drain delay and the grace now (a second SIGTERM or Ctrl-C)."""
+        self._hurried = True
+        if self._waiting is not None:
+            self._waiting.reschedule(asyncio.get_running_loop().time())
+
     async def shutdown(
         self,
         server: grpc.aio.Server,
@@ -77,7 +88,7 @@ class Drain:
         if drain_delay_s > 0:
             await health_servicer.enter_graceful_shutdown()
             logger.info("stopping: NOT_SERVING for %.1fs before refusing requests", drain_delay_s)
-            await asyncio.sleep(drain_delay_s)
+            await self._wait(None, drain_delay_s)
             self.close()
         else:
             self.close()
@@ -85,21 +96,32 @@ class Drain:
         logger.info(
             "stopping: draining %d requests in flight for up to %.1fs", self.in_flight, grace_s
         )
-        if not await self._wait_idle(grace_s):
+        if not await self._wait(self._idle, grace_s):
             logger.warning("stopping: cutting %d requests still in flight", self.in_flight)
             for call in list(self._calls):
                 call.cut()
-            if not await self._wait_idle(_CUT_SETTLE_S):
+            # Settling the cut calls (their ledger writes) is never hurried.
+            if not await self._wait(self._idle, _CUT_SETTLE_S, hurriable=False):
                 logger.error("stopping: %d cut requests did not settle", self.in_flight)
         await server.stop(_UNTRACKED_GRACE_S)
         logger.info("stopped")
 
-    async def _wait_idle(self, timeout_s: float) -> bool:
+    async def _wait(
+        self, event: asyncio.Event | None, timeout_s: float, *, hurriable: bool = True
+    ) -> bool:
+        """Waits at most timeout_s for `event` (None: for nothing) and says
+        whether it came; a hurriable wait also ends when hurried."""
+        if hurriable and self._hurried:
+            return event is not None and event.is_set()
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
+            async with asyncio.timeout(timeout_s) as scope:
+                if hurriable:
+                    self._waiting = scope
+                await (event.wait() if event else asyncio.get_running_loop().create_future())
         except TimeoutError:
             return False
+        finally:
+            self._waiting = None
         return True
 
     def _add(self, call: TrackedCall) -> None:

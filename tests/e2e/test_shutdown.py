@@ -244,3 +244,34 @@ async def test_workers_drain_on_sigterm_and_the_parent_exits_0(
         assert await restarted.spent_nano_usd() == sum(r.cost_nano_usd for r in ledger.values())
     assert set(ledger) == {caller.request_id for caller in callers}
     assert all(record.output_tokens == 2 for record in ledger.values())
+
+
+async def test_a_second_sigterm_cuts_at_once_instead_of_waiting_out_the_grace(
+    upstream: FakeUpstream, config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    upstream.choose = lambda body: _script(body, asyncio.Event())
+    config_data["server"].update(shutdown_grace_s=600, reload_poll_s=0)
+    config_data["models"]["gpt-fake"]["idle_timeout_s"] = 600
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    caller = Caller(str(uuid.uuid4()), finishes=False, before_pause=1)
+
+    async with (
+        faregate_process("--config", str(path)) as (process, target),
+        FaregateClient(target) as client,
+    ):
+        reader = asyncio.create_task(_read(client, caller))
+        async with asyncio.timeout(20):
+            while not caller.deltas:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await _wait_not_serving(target)
+        process.send_signal(signal.SIGTERM)
+        # Far sooner than the 600 s grace (the test would time out first).
+        await reader
+        assert await process.wait() == 0
+
+    assert isinstance(caller.error, Unavailable)
+    assert caller.error.reason == "SHUTTING_DOWN"
+    assert caller.deltas == [CHUNK]
