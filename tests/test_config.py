@@ -56,6 +56,10 @@ def _broken(change: dict[str, Any]) -> str:
         ({"budgets.team.limit_usd": -3}, "budgets.team.limit_usd"),
         ({"server.default_route": "nowhere"}, "server.default_route"),
         ({"server.listen": 50051}, "server.listen: must be a string"),
+        ({"server.max_messages": 0}, "server.max_messages: must be an integer >= 1"),
+        ({"server.max_metadata_entries": -1}, "server.max_metadata_entries: must be an integer"),
+        ({"server.max_header_bytes": 512}, "server.max_header_bytes: must be an integer >= 1024"),
+        ({"server.drain_delay_s": -1}, "server.drain_delay_s"),
     ],
 )
 def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], message: str) -> None:
@@ -87,4 +91,6 @@ def test_the_readme_config_reference_is_a_valid_config() -> None:
     config = parse_config(block, env=env)
 
     assert config.routes["fast"].hedge_after_s == 0.8
+    assert config.server.max_messages == 1024
+    assert config.server.max_header_bytes == 16384
     assert config.limit_pools["anthropic-spend"].capacity == 200 * 10**9
