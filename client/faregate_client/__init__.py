@@ -16,7 +16,11 @@ from faregate_client._errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    RateLimited,
+    ResourceExhausted,
     StreamInterrupted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -32,7 +36,11 @@ __all__ = [
     "InvalidArgument",
     "Messages",
     "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "ResourceExhausted",
     "RouteStream",
     "StreamInterrupted",
+    "Unauthenticated",
     "Unavailable",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from faregate_client import FaregateClient, FaregateError
@@ -13,6 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faregate-client", description=__doc__)
     parser.add_argument("message", help="the user message to send")
     parser.add_argument("--target", default="127.0.0.1:50051", help="faregate's host:port")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("FAREGATE_API_KEY"),
+        help="sent as a bearer token (default: $FAREGATE_API_KEY)",
+    )
     parser.add_argument("--budget-key", default="demo")
     parser.add_argument("--model", default="", help="a model or route (default route if empty)")
     parser.add_argument("--system", help="a system message to send first")
@@ -37,7 +43,7 @@ async def _call(args: argparse.Namespace) -> int:
         max_output_tokens=args.max_output_tokens,
         timeout_s=args.timeout,
     )
-    async with FaregateClient(args.target) as client:
+    async with FaregateClient(args.target, api_key=args.api_key) as client:
         if args.stream:
             stream = client.stream_route(messages, **options)
             async for text in stream:

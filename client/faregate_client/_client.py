@@ -66,10 +66,18 @@ class FaregateClient:
         self,
         target: str = "127.0.0.1:50051",
         *,
+        api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
+        """
+        Args:
+            target: faregate's host:port.
+            api_key: Sent as `authorization: Bearer <api_key>` on every call.
+            channel: A channel of the caller's own, instead of one to `target`.
+        """
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
 
     async def __aenter__(self) -> FaregateClient:
         return self
@@ -120,7 +128,7 @@ class FaregateClient:
             request_id=request_id,
         )
         try:
-            return await self._stub.Route(request, timeout=timeout_s)
+            return await self._stub.Route(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
 
@@ -150,4 +158,6 @@ class FaregateClient:
             additional_budget_keys=additional_budget_keys,
             request_id=request_id,
         )
-        return RouteStream(self._stub.StreamRoute(request, timeout=timeout_s))
+        return RouteStream(
+            self._stub.StreamRoute(request, timeout=timeout_s, metadata=self._metadata)
+        )

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faregate_server.admin import AdminServicer
+from faregate_server.auth import Authenticator
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
@@ -41,6 +42,10 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # validation and gets a BadRequest naming the limit, not a bare transport error.
 _RECEIVE_SLACK_BYTES = 64 * 1024
 _SSE_READ_BUFFER_BYTES = 1 << 20
+_AUTH_OFF_BANNER = (
+    "AUTHENTICATION IS OFF (auth.enabled: false): anyone who can reach this port"
+    " can spend every budget and call every model. Use this for local development only."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,9 @@ class RunningServer:
     """A serving faregate, for the command line and for tests."""
 
     port: int
+    admin_port: int | None
+    """Where the AdminService is served (`port` unless admin.listen is set);
+    None when it is off."""
     state: StateStore
     gateway: Gateway
     reloader: Reloader
@@ -91,7 +99,8 @@ async def serve(
         catalog = Catalog(config, session, clock)
         planner = Planner(state, clock, rng)
         gateway = Gateway(catalog, planner, state, clock, rng)
-        reloader = Reloader(config_path, gateway, state, session, clock)
+        authenticator = Authenticator(config.auth, clock)
+        reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
             # awaited when the server stops.
@@ -100,44 +109,60 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        server = grpc.aio.server(
-            options=[
-                (
-                    "grpc.max_receive_message_length",
-                    config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
-                ),
-            ]
-        )
+        if not config.auth.enabled:
+            logger.warning(_AUTH_OFF_BANNER)
+        router_server = _grpc_server(config)
         router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServicer(gateway, config.server), server
+            RouterServicer(gateway, config.server, authenticator), router_server
         )
-        services = [ROUTER_SERVICE]
+        services = {router_server: [ROUTER_SERVICE]}
+        admin_server = router_server
         if config.admin.enabled:
+            if config.admin.listen:
+                admin_server = _grpc_server(config)
+                services[admin_server] = []
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminServicer(state, gateway, reloader), server
+                AdminServicer(state, gateway, reloader, authenticator), admin_server
             )
-            services.append(ADMIN_SERVICE)
-            logger.warning("the admin service is on, with no authentication yet")
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = listen or config.server.listen
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
-        for service in ("", ROUTER_SERVICE):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+            services[admin_server].append(ADMIN_SERVICE)
+        ports = {}
+        for server, names in services.items():
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            address = (
+                (listen or config.server.listen)
+                if server is router_server
+                else (config.admin.listen)
+            )
+            ports[server] = server.add_insecure_port(address)
+            if ports[server] == 0:
+                raise OSError(f"cannot listen on {address}")
+            await server.start()
+            stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
+            for service in ("", *names):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            stack.push_async_callback(health_servicer.enter_graceful_shutdown)
         yield RunningServer(
-            port=port,
+            port=ports[router_server],
+            admin_port=ports[admin_server] if config.admin.enabled else None,
             state=state,
             gateway=gateway,
             reloader=reloader,
         )
+
+
+def _grpc_server(config: Config) -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            (
+                "grpc.max_receive_message_length",
+                config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
+            ),
+        ]
+    )
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

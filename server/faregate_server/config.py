@@ -277,8 +277,60 @@ class StateConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     enabled: bool = False
-    """Serve faregate.v1.AdminService on the same port (no auth yet: keep it off
-    on shared networks)."""
+    """Serve faregate.v1.AdminService (to principals granted `admin`)."""
+    listen: str = ""
+    """host:port of a separate gRPC server for the AdminService (a private
+    interface, say); empty serves it beside the RouterService."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Names a principal may use: some, or every one ("*")."""
+
+    names: frozenset[str] = frozenset()
+    everything: bool = False
+
+    def allows(self, name: str) -> bool:
+        return self.everything or name in self.names
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyHash:
+    """A stored API key: its public id and a salted digest of its secret part."""
+
+    key_id: str
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    """Someone who may call faregate, and what they may do."""
+
+    name: str
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    budgets: Grant = Grant()
+    """Budgets its requests may spend from (every one of a request's keys)."""
+    routes: Grant = Grant()
+    """Routes it may name, the default route included when `model` is empty."""
+    models: Grant = Grant()
+    """Models it may name directly, bypassing routes."""
+    requests_per_s: float = 0.0
+    """Its sustained request rate on each replica; 0 means no limit."""
+    burst: int = 1
+    """Requests it may send at once above the rate."""
+    max_concurrent: int = 0
+    """Requests (streams included) it may have open at once on each replica; 0 means no cap."""
+    admin: bool = False
+    """Whether it may call the AdminService."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = True
+    """Every RouterService and AdminService call must carry a credential
+    (health and reflection stay open for probes and grpcurl)."""
+    principals: Mapping[str, PrincipalConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,3 +344,4 @@ class Config:
     retries: RetryConfig = RetryConfig()
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
+    auth: AuthConfig = AuthConfig()

@@ -7,6 +7,7 @@ naming the field path and the problem, e.g.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from enum import StrEnum
@@ -16,15 +17,20 @@ from typing import Any, TypeVar
 
 import yaml
 
+from faregate_server.api_keys import KeyFormatError, parse_key_hash
 from faregate_server.config import (
     AdminConfig,
+    ApiKeyHash,
+    AuthConfig,
     BudgetConfig,
     Config,
     ConfigError,
+    Grant,
     LimitDraw,
     LimitPoolConfig,
     LimitUnit,
     ModelConfig,
+    PrincipalConfig,
     ProviderKind,
     RedisConfig,
     RetryConfig,
@@ -48,7 +54,7 @@ _PROVIDER_DEFAULT_BASE = {
 }
 _TOP_LEVEL = {
     "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
-    "admin",
+    "admin", "auth",
 }  # fmt: skip
 
 
@@ -101,12 +107,88 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         retries=_retries(root.child("retries", {})),
         state=_state(root.child("state", {})),
         admin=_admin(root.child("admin", {})),
+        auth=_auth(root.child("auth", {}), budgets, routes, models),
     )
 
 
 def _admin(node: _Node) -> AdminConfig:
+    defaults = AdminConfig()
     node.expect_keys(set(AdminConfig.__slots__))
-    return AdminConfig(enabled=node.boolean("enabled", AdminConfig().enabled))
+    return AdminConfig(
+        enabled=node.boolean("enabled", defaults.enabled),
+        listen=node.string("listen", defaults.listen),
+    )
+
+
+def _auth(
+    node: _Node,
+    budgets: Mapping[str, BudgetConfig],
+    routes: Mapping[str, RouteConfig],
+    models: Mapping[str, ModelConfig],
+) -> AuthConfig:
+    node.expect_keys(set(AuthConfig.__slots__))
+    enabled = node.boolean("enabled", AuthConfig().enabled)
+    principals = {
+        name: _principal(name, principal, budgets, routes, models)
+        for name, principal in node.items("principals")
+    }
+    key_ids = [stored.key_id for principal in principals.values() for stored in principal.api_keys]
+    if len(key_ids) != len(set(key_ids)):
+        raise node.error("principals", "two API keys share a key id")
+    if enabled and not key_ids:
+        raise node.error(
+            "enabled",
+            "auth is on but no principal has an API key; add one"
+            " (`faregate new-api-key`) or set auth.enabled: false for local development",
+        )
+    return AuthConfig(enabled=enabled, principals=principals)
+
+
+def _principal(
+    name: str,
+    node: _Node,
+    budgets: Mapping[str, BudgetConfig],
+    routes: Mapping[str, RouteConfig],
+    models: Mapping[str, ModelConfig],
+) -> PrincipalConfig:
+    defaults = PrincipalConfig(name)
+    node.expect_keys(set(PrincipalConfig.__slots__) - {"name"})
+    requests_per_s = node.number("requests_per_s", defaults.requests_per_s, minimum=0)
+    return PrincipalConfig(
+        name=name,
+        api_keys=_api_keys(node.child("api_keys", [])),
+        budgets=_grant(node.child("budgets", []), budgets),
+        routes=_grant(node.child("routes", []), routes),
+        models=_grant(node.child("models", []), models),
+        requests_per_s=requests_per_s,
+        burst=node.integer("burst", max(1, math.ceil(requests_per_s))),
+        max_concurrent=node.integer("max_concurrent", defaults.max_concurrent, minimum=0),
+        admin=node.boolean("admin", defaults.admin),
+    )
+
+
+def _api_keys(node: _Node) -> tuple[ApiKeyHash, ...]:
+    if not isinstance(node.value, list):
+        raise ConfigError(f"{node.path}: must be a list of stored key hashes")
+    keys = []
+    for index, entry in enumerate(node.value):
+        try:
+            keys.append(parse_key_hash(entry if isinstance(entry, str) else ""))
+        except KeyFormatError as error:
+            raise ConfigError(f"{node.path}[{index}]: {error}") from None
+    return tuple(keys)
+
+
+def _grant(node: _Node, known: Mapping[str, object]) -> Grant:
+    """A list of names, or "*" for every one (later ones included)."""
+    if node.value == "*":
+        return Grant(everything=True)
+    if not isinstance(node.value, list) or not all(isinstance(n, str) for n in node.value):
+        raise ConfigError(f'{node.path}: must be a list of names or "*"')
+    for name in node.value:
+        if name not in known:
+            raise ConfigError(f"{node.path}: {name!r} is not configured")
+    return Grant(frozenset(node.value))
 
 
 def _state(node: _Node) -> StateConfig:
