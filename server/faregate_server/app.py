@@ -32,6 +32,7 @@ from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
+from faregate_server.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,7 @@ async def serve(
             (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = listen or config.server.listen
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
+        port = add_port(server, address, config.server.tls)
         await server.start()
         stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
         for service in ("", ROUTER_SERVICE):

@@ -206,6 +206,30 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the gRPC port, read and checked when the config is loaded.
+
+    The PEM contents, not the paths, are what the server uses: new
+    certificates take effect on restart (a reload that sees them says so).
+    """
+
+    cert_file: str
+    """The server's certificate chain (PEM), leaf first."""
+    key_file: str
+    """The private key of `cert_file` (PEM, unencrypted)."""
+    client_ca_file: str = ""
+    """CA certificates (PEM) that sign client certificates; when set, every
+    client must present one (mutual TLS)."""
+    cert_pem: bytes = field(default=b"", repr=False)
+    key_pem: bytes = field(default=b"", repr=False)
+    client_ca_pem: bytes = field(default=b"", repr=False)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca_pem)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     """host:port for the gRPC server."""
@@ -221,6 +245,8 @@ class ServerConfig:
     """How long in-flight requests may run on after a stop is asked."""
     reload_poll_s: float = 2.0
     """How often the config file is checked for changes (0 turns watching off)."""
+    tls: TlsConfig | None = None
+    """TLS (and mutual TLS) for the gRPC port; None serves plaintext."""
 
 
 class StateBackend(StrEnum):

@@ -8,6 +8,7 @@ naming the field path and the problem, e.g.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
@@ -35,6 +36,7 @@ from faregate_server.config import (
     SimSettings,
     StateBackend,
     StateConfig,
+    TlsConfig,
     WhenUnavailable,
     Window,
 )
@@ -154,7 +156,62 @@ def _server(node: _Node) -> ServerConfig:
         ),
         shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
         reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
+        tls=_tls(node.child("tls")) if node.scalar("tls", None) is not None else None,
     )
+
+
+def _tls(node: _Node) -> TlsConfig:
+    """Reads the PEM files and checks them with the ssl module, so a bad file
+    stops startup naming its field instead of failing every handshake later."""
+    node.expect_keys({"cert_file", "key_file", "client_ca_file"})
+    cert_file, key_file = node.string("cert_file"), node.string("key_file")
+    client_ca_file = node.string("client_ca_file", "")
+    cert_pem = _read_certificates(node, "cert_file")
+    key_pem = _read_file(node, "key_file")
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise node.error("key_file", f"{key_file} is not a PEM private key")
+    if b"ENCRYPTED" in key_pem:
+        raise node.error("key_file", f"{key_file} is encrypted; give an unencrypted key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as error:
+        raise node.error(
+            "key_file", f"{key_file} is not the key of {cert_file}: {_reason(error)}"
+        ) from None
+    return TlsConfig(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=client_ca_file,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        client_ca_pem=_read_certificates(node, "client_ca_file") if client_ca_file else b"",
+    )
+
+
+def _read_certificates(node: _Node, key: str) -> bytes:
+    pem = _read_file(node, key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError) as error:
+        raise node.error(
+            key, f"{node.string(key)} holds no valid PEM certificate: {_reason(error)}"
+        ) from None
+    return pem
+
+
+def _reason(error: Exception) -> str:
+    # OpenSSL's short reason (e.g. KEY_VALUES_MISMATCH), not its source line.
+    return getattr(error, "reason", None) or str(error)
+
+
+def _read_file(node: _Node, key: str) -> bytes:
+    path = node.string(key)
+    if not path:
+        raise node.error(key, "must not be empty")
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise node.error(key, f"cannot read {path}: {error.strerror}") from None
 
 
 def _model(
