@@ -207,10 +207,12 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """TLS for the gRPC port, read and checked when the config is loaded.
+    """TLS for the gRPC port: the files' paths and the PEM contents read and
+    checked when the config was loaded.
 
-    The PEM contents, not the paths, are what the server uses: new
-    certificates take effect on restart (a reload that sees them says so).
+    The server reads the files again before each new connection's handshake
+    and switches to new contents that pass the same checks, so the contents
+    take no part in comparing configs.
     """
 
     cert_file: str
@@ -220,9 +222,9 @@ class TlsConfig:
     client_ca_file: str = ""
     """CA certificates (PEM) that sign client certificates; when set, every
     client must present one (mutual TLS)."""
-    cert_pem: bytes = field(default=b"", repr=False)
-    key_pem: bytes = field(default=b"", repr=False)
-    client_ca_pem: bytes = field(default=b"", repr=False)
+    cert_pem: bytes = field(default=b"", repr=False, compare=False)
+    key_pem: bytes = field(default=b"", repr=False, compare=False)
+    client_ca_pem: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def mutual(self) -> bool:

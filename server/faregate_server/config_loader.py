@@ -160,6 +160,12 @@ def _server(node: _Node) -> ServerConfig:
     )
 
 
+def load_tls(section: Mapping[str, Any], path: str = "server.tls") -> TlsConfig:
+    """Reads and checks the TLS files a `server.tls`-shaped section names; the
+    server calls it again when the files change (see `faregate_server.tls`)."""
+    return _tls(_Node(section, path))
+
+
 def _tls(node: _Node) -> TlsConfig:
     """Reads the PEM files and checks them with the ssl module, so a bad file
     stops startup naming its field instead of failing every handshake later."""

@@ -17,7 +17,7 @@ from faregate_client import ClientTls, FaregateClient, Unavailable
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.e2e.test_third_party_clients import BUF, _run
 from tests.fakes.upstream import FakeUpstream, Script
-from tests.support.certs import Pki, write_pki
+from tests.support.certs import CertificateAuthority, Pki, write_pki
 
 
 @pytest.fixture
@@ -191,3 +191,35 @@ async def test_buf_curl_calls_route_over_mutual_tls_by_reflection(
 
     assert answer["output"] == "from buf"
     assert answer["costNanoUsd"] == str(5 * 2_500 + 2 * 10_000)
+
+
+async def test_replaced_certificates_serve_new_connections_without_a_restart(
+    tls_faregate: Faregate, pki: Pki, upstream: FakeUpstream
+) -> None:
+    before = ClientTls(ca_pem=pki.ca.cert_pem)
+    async with FaregateClient(tls_faregate.target, tls=before) as connected:
+        await connected.route("hi", budget_key="team", timeout_s=10)
+        successor = CertificateAuthority("successor CA")
+        replacement = successor.issue_server()
+        pki.server_cert_file.write_bytes(replacement.cert_pem)
+        pki.server_key_file.write_bytes(replacement.key_pem)
+
+        await _route_and_stream(tls_faregate.target, ClientTls(ca_pem=successor.cert_pem), upstream)
+        await _refused(tls_faregate.target, before)
+        # A connection made before the switch keeps its certificate.
+        await connected.route("hi", budget_key="team", timeout_s=10)
+
+
+async def test_a_bad_replacement_is_logged_once_and_the_old_certificate_serves_on(
+    tls_faregate: Faregate, pki: Pki, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki.server_key_file.write_bytes(pki.client.key_pem)  # not the certificate's key
+    tls = ClientTls(ca_pem=pki.ca.cert_pem)
+
+    await _route_and_stream(tls_faregate.target, tls, upstream)
+    await _route_and_stream(tls_faregate.target, tls, upstream)
+
+    refusals = [r for r in caplog.records if "not reloaded" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "server.tls.key_file" in refusals[0].getMessage()
+    assert "KEY_VALUES_MISMATCH" in refusals[0].getMessage()
