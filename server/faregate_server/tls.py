@@ -113,7 +113,10 @@ class _CertificateFiles:
         except OSError as error:
             self._refuse(error.filename, f"cannot read {error.filename}: {error.strerror}")
             return None
-        if contents == self._serving or contents == self._refused:
+        if contents == self._serving:
+            self._refused = None  # a bad state that came back would be news again
+            return None
+        if contents == self._refused:
             return None
         try:
             fresh = load_tls(self._section)
