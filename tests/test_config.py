@@ -10,6 +10,7 @@ from faregate_server.config import BudgetWindow, ConfigError
 from faregate_server.config_loader import load_config, parse_config
 
 from tests.conftest import TEST_ENV, base_config
+from tests.support.certs import write_pki
 
 
 def test_embedded_default_config_serves_a_demo_budget_with_sim_models() -> None:
@@ -114,13 +115,22 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Any) -> None
         load_config(bad)
 
 
-def test_the_readme_config_reference_is_a_valid_config() -> None:
+def test_the_readme_config_reference_is_a_valid_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     reference = readme.split("## Config reference", 1)[1]
     block = reference.split("```yaml\n", 1)[1].split("```", 1)[0]
     env = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"}
+    # The TLS files the reference names, relative to the working directory.
+    (tmp_path / "certs").mkdir()
+    pki = write_pki(tmp_path / "certs")
+    pki.ca.write(tmp_path / "certs", "clients-ca")
+    monkeypatch.chdir(tmp_path)
 
     config = parse_config(block, env=env)
 
     assert config.routes["fast"].hedge_after_s == 0.8
     assert config.limit_pools["anthropic-spend"].capacity == 200 * 10**9
+    assert config.server.tls is not None
+    assert config.server.tls.mutual

@@ -178,7 +178,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def _require_admin(self, context: AdminContext) -> None:
         """Operators only: an admin principal sees every budget and all spend."""
-        require_admin(self._auth.authenticate(context.invocation_metadata()))
+        require_admin(self._auth.authenticate(context))
 
     async def _budget(self, key: str) -> admin_pb2.Budget:
         budget = self._gateway.catalog.config.budgets.get(key)

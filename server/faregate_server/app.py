@@ -33,6 +33,7 @@ from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
+from faregate_server.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +138,7 @@ async def serve(
                 if server is router_server
                 else (config.admin.listen)
             )
-            ports[server] = server.add_insecure_port(address)
-            if ports[server] == 0:
-                raise OSError(f"cannot listen on {address}")
+            ports[server] = add_port(server, address, config.server.tls)
             await server.start()
             stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
             for service in ("", *names):

@@ -1,7 +1,8 @@
 """Who is calling, and whether they may do what they ask.
 
 `Authenticator.authenticate` turns a call's credential (an API key in
-`authorization: Bearer …`) into a principal; `authorize` checks a request's
+`authorization: Bearer …`, or else a verified client certificate under
+mutual TLS) into a principal; `authorize` checks a request's
 budgets and route or model against the principal's grants. With auth off
 every caller is `ANONYMOUS`, which is granted everything.
 
@@ -13,6 +14,9 @@ was not given, not even whether they exist.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+import grpc
 
 from faregate_server.api_keys import key_id_of, matches
 from faregate_server.catalog import Catalog
@@ -21,6 +25,7 @@ from faregate_server.config import ApiKeyHash, AuthConfig, Grant, PrincipalConfi
 from faregate_server.domain import RouteCall
 from faregate_server.errors import CredentialInvalid, CredentialMissing, PermissionDenied
 from faregate_server.principal_limits import Admission, PrincipalLimits
+from faregate_server.tls import client_identity
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -38,6 +43,7 @@ class Authenticator:
         self._limits = PrincipalLimits(clock)
         self._enabled = settings.enabled
         self._keys: dict[str, tuple[ApiKeyHash, PrincipalConfig]] = {}
+        self._subjects: dict[str, PrincipalConfig] = {}
         self.reconfigure(settings)
 
     @property
@@ -53,20 +59,32 @@ class Authenticator:
             for principal in settings.principals.values()
             for stored in principal.api_keys
         }
+        self._subjects = {
+            subject: principal
+            for principal in settings.principals.values()
+            for subject in principal.certificate_subjects
+        }
         self._limits.reconfigure(settings.principals)
 
-    def authenticate(self, metadata: Metadata | None) -> PrincipalConfig:
-        """The principal a call's credential names.
+    def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> PrincipalConfig:
+        """The principal a call's credential names: its API key, or else its
+        client certificate's subject.
 
         Raises:
-            CredentialMissing: there is none.
+            CredentialMissing: there is neither.
             CredentialInvalid: it names no principal.
         """
         if not self._enabled:
             return ANONYMOUS
-        key = _bearer_token(metadata or ())
+        key = _bearer_token(context.invocation_metadata() or ())
         if key is None:
-            raise CredentialMissing()
+            subject = client_identity(context) if self._subjects else None
+            if subject is None:
+                raise CredentialMissing()
+            by_certificate = self._subjects.get(subject)
+            if by_certificate is None:
+                raise CredentialInvalid()
+            return by_certificate
         stored, principal = self._keys.get(key_id_of(key) or "", (None, None))
         if principal is None or not matches(key, stored):
             raise CredentialInvalid()

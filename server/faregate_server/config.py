@@ -206,6 +206,32 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the gRPC port: the files' paths and the PEM contents read and
+    checked when the config was loaded.
+
+    The server reads the files again before each new connection's handshake
+    and switches to new contents that pass the same checks, so the contents
+    take no part in comparing configs.
+    """
+
+    cert_file: str
+    """The server's certificate chain (PEM), leaf first."""
+    key_file: str
+    """The private key of `cert_file` (PEM, unencrypted)."""
+    client_ca_file: str = ""
+    """CA certificates (PEM) that sign client certificates; when set, every
+    client must present one (mutual TLS)."""
+    cert_pem: bytes = field(default=b"", repr=False, compare=False)
+    key_pem: bytes = field(default=b"", repr=False, compare=False)
+    client_ca_pem: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca_pem)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     """host:port for the gRPC server."""
@@ -221,6 +247,8 @@ class ServerConfig:
     """How long in-flight requests may run on after a stop is asked."""
     reload_poll_s: float = 2.0
     """How often the config file is checked for changes (0 turns watching off)."""
+    tls: TlsConfig | None = None
+    """TLS (and mutual TLS) for the gRPC port; None serves plaintext."""
 
 
 class StateBackend(StrEnum):
@@ -309,6 +337,9 @@ class PrincipalConfig:
 
     name: str
     api_keys: tuple[ApiKeyHash, ...] = ()
+    certificate_subjects: tuple[str, ...] = ()
+    """Verified client-certificate subjects (mutual TLS) that stand for it when
+    a call carries no API key, as grpc reports them: "O=Acme,CN=agent-1"."""
     budgets: Grant = Grant()
     """Budgets its requests may spend from (every one of a request's keys)."""
     routes: Grant = Grant()

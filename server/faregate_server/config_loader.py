@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
@@ -41,6 +42,7 @@ from faregate_server.config import (
     SimSettings,
     StateBackend,
     StateConfig,
+    TlsConfig,
     WhenUnavailable,
     Window,
 )
@@ -133,12 +135,15 @@ def _auth(
         for name, principal in node.items("principals")
     }
     key_ids = [stored.key_id for principal in principals.values() for stored in principal.api_keys]
+    subjects = [subject for p in principals.values() for subject in p.certificate_subjects]
     if len(key_ids) != len(set(key_ids)):
         raise node.error("principals", "two API keys share a key id")
-    if enabled and not key_ids:
+    if len(subjects) != len(set(subjects)):
+        raise node.error("principals", "two principals claim one certificate subject")
+    if enabled and not key_ids and not subjects:
         raise node.error(
             "enabled",
-            "auth is on but no principal has an API key; add one"
+            "auth is on but no principal has an API key or a certificate subject; add one"
             " (`faregate new-api-key`) or set auth.enabled: false for local development",
         )
     return AuthConfig(enabled=enabled, principals=principals)
@@ -157,6 +162,7 @@ def _principal(
     return PrincipalConfig(
         name=name,
         api_keys=_api_keys(node.child("api_keys", [])),
+        certificate_subjects=_names(node.child("certificate_subjects", [])),
         budgets=_grant(node.child("budgets", []), budgets),
         routes=_grant(node.child("routes", []), routes),
         models=_grant(node.child("models", []), models),
@@ -177,6 +183,12 @@ def _api_keys(node: _Node) -> tuple[ApiKeyHash, ...]:
         except KeyFormatError as error:
             raise ConfigError(f"{node.path}[{index}]: {error}") from None
     return tuple(keys)
+
+
+def _names(node: _Node) -> tuple[str, ...]:
+    if not isinstance(node.value, list) or not all(isinstance(n, str) and n for n in node.value):
+        raise ConfigError(f"{node.path}: must be a list of non-empty strings")
+    return tuple(node.value)
 
 
 def _grant(node: _Node, known: Mapping[str, object]) -> Grant:
@@ -236,7 +248,68 @@ def _server(node: _Node) -> ServerConfig:
         ),
         shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
         reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
+        tls=_tls(node.child("tls")) if node.scalar("tls", None) is not None else None,
     )
+
+
+def load_tls(section: Mapping[str, Any], path: str = "server.tls") -> TlsConfig:
+    """Reads and checks the TLS files a `server.tls`-shaped section names; the
+    server calls it again when the files change (see `faregate_server.tls`)."""
+    return _tls(_Node(section, path))
+
+
+def _tls(node: _Node) -> TlsConfig:
+    """Reads the PEM files and checks them with the ssl module, so a bad file
+    stops startup naming its field instead of failing every handshake later."""
+    node.expect_keys({"cert_file", "key_file", "client_ca_file"})
+    cert_file, key_file = node.string("cert_file"), node.string("key_file")
+    client_ca_file = node.string("client_ca_file", "")
+    cert_pem = _read_certificates(node, "cert_file")
+    key_pem = _read_file(node, "key_file")
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise node.error("key_file", f"{key_file} is not a PEM private key")
+    if b"ENCRYPTED" in key_pem:
+        raise node.error("key_file", f"{key_file} is encrypted; give an unencrypted key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as error:
+        raise node.error(
+            "key_file", f"{key_file} is not the key of {cert_file}: {_reason(error)}"
+        ) from None
+    return TlsConfig(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=client_ca_file,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        client_ca_pem=_read_certificates(node, "client_ca_file") if client_ca_file else b"",
+    )
+
+
+def _read_certificates(node: _Node, key: str) -> bytes:
+    pem = _read_file(node, key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError) as error:
+        raise node.error(
+            key, f"{node.string(key)} holds no valid PEM certificate: {_reason(error)}"
+        ) from None
+    return pem
+
+
+def _reason(error: Exception) -> str:
+    # OpenSSL's short reason (e.g. KEY_VALUES_MISMATCH), not its source line.
+    return getattr(error, "reason", None) or str(error)
+
+
+def _read_file(node: _Node, key: str) -> bytes:
+    path = node.string(key)
+    if not path:
+        raise node.error(key, "must not be empty")
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise node.error(key, f"cannot read {path}: {error.strerror}") from None
 
 
 def _model(

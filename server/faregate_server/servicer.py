@@ -116,7 +116,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         try:
-            principal = self._auth.authenticate(context.invocation_metadata())
+            principal = self._auth.authenticate(context)
             call = self._to_call(request, principal.name)
             authorize(principal, call, self._gateway.catalog)
             deadline_s = self._deadline(context)
@@ -147,7 +147,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
         try:
-            principal = self._auth.authenticate(context.invocation_metadata())
+            principal = self._auth.authenticate(context)
             call = self._to_call(request, principal.name)
             authorize(principal, call, self._gateway.catalog)
             deadline_s = self._deadline(context)

@@ -9,12 +9,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from faregate_client import (
+    ClientTls,
     FaregateClient,
     InvalidArgument,
     PermissionDenied,
@@ -26,6 +28,7 @@ from grpc_health.v1 import health_pb2
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.certs import write_pki
 
 PRINCIPALS = ("agent-a", "agent-a2", "agent-b", "ops", "limited", "capped")
 
@@ -314,3 +317,32 @@ async def test_auth_off_is_announced_loudly(
         async with start_faregate(to_config(config_data)):
             pass
     assert any("AUTHENTICATION IS OFF" in record.message for record in caplog.records)
+
+
+async def test_a_client_certificate_can_stand_for_a_principal_under_mutual_tls(
+    start_faregate: StartFaregate, auth_config: dict[str, Any], keys: Keys, tmp_path: Path
+) -> None:
+    pki = write_pki(tmp_path)
+    auth_config["server"]["tls"] = pki.server_tls(mutual=True)
+    auth_config["auth"]["principals"]["by-certificate"] = {
+        "certificate_subjects": ["O=Acme,CN=agent-1"],
+        "budgets": ["other"],
+        "routes": ["default"],
+    }
+    agent_1 = ClientTls(pki.ca.cert_pem, pki.client.cert_pem, pki.client.key_pem)
+    unlisted = pki.ca.issue_client("agent-2", "Acme")
+    agent_2 = ClientTls(pki.ca.cert_pem, unlisted.cert_pem, unlisted.key_pem)
+    async with start_faregate(to_config(auth_config)) as running:
+        async with FaregateClient(running.target, tls=agent_1) as by_certificate:
+            await by_certificate.route("hi", budget_key="other")
+            with pytest.raises(PermissionDenied):  # its grant, not anyone's
+                await by_certificate.route("hi", budget_key="team")
+        # An API key still wins over the certificate it came with.
+        async with FaregateClient(
+            running.target, tls=agent_1, api_key=keys.keys["agent-a"]
+        ) as by_key:
+            await by_key.route("hi", budget_key="team")
+        async with FaregateClient(running.target, tls=agent_2) as stranger:
+            with pytest.raises(Unauthenticated) as refused:
+                await stranger.route("hi", budget_key="other")
+    assert refused.value.reason == "API_KEY_INVALID"
