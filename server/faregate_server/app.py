@@ -43,10 +43,6 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # validation and gets a BadRequest naming the limit, not a bare transport error.
 _RECEIVE_SLACK_BYTES = 64 * 1024
 _SSE_READ_BUFFER_BYTES = 1 << 20
-_AUTH_OFF_BANNER = (
-    "AUTHENTICATION IS OFF (auth.enabled: false): anyone who can reach this port"
-    " can spend every budget and call every model. Use this for local development only."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +106,6 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        if not config.auth.enabled:
-            logger.warning(_AUTH_OFF_BANNER)
         router_server = _grpc_server(config)
         router_pb2_grpc.add_RouterServiceServicer_to_server(
             RouterServicer(gateway, config.server, authenticator), router_server

@@ -13,6 +13,7 @@ was not given, not even whether they exist.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,12 +37,18 @@ ANONYMOUS = PrincipalConfig(
 """Every caller while auth is off."""
 
 _BEARER = "bearer "
+_AUTH_OFF_BANNER = (
+    "AUTHENTICATION IS OFF (auth.enabled: false): anyone who can reach this port"
+    " can spend every budget and call every model. Use this for local development only."
+)
+
+logger = logging.getLogger(__name__)
 
 
 class Authenticator:
     def __init__(self, settings: AuthConfig, clock: Clock) -> None:
         self._limits = PrincipalLimits(clock)
-        self._enabled = settings.enabled
+        self._enabled = True
         self._keys: dict[str, tuple[ApiKeyHash, PrincipalConfig]] = {}
         self._subjects: dict[str, PrincipalConfig] = {}
         self.reconfigure(settings)
@@ -52,7 +59,10 @@ class Authenticator:
 
     def reconfigure(self, settings: AuthConfig) -> None:
         """Applies new keys and grants at once (key rotation is a reload);
-        a kept principal keeps its rate and concurrency counts."""
+        a kept principal keeps its rate and concurrency counts. Turning auth
+        off is announced loudly, at start and on every reload."""
+        if not settings.enabled:
+            logger.warning(_AUTH_OFF_BANNER)
         self._enabled = settings.enabled
         self._keys = {
             stored.key_id: (stored, principal)
