@@ -3,6 +3,7 @@
 faregate serve [--config FILE] [--listen HOST:PORT] [--workers N]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
 faregate check-config FILE
+faregate new-api-key
 faregate version
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from faregate_server import __version__
+from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.app import serve
 from faregate_server.config import Config, ConfigError, StateBackend
 from faregate_server.config_loader import load_config
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "check-config", help="validate a config file without starting anything"
     )
     check_parser.add_argument("file", help="the YAML config to validate")
+    commands.add_parser(
+        "new-api-key", help="print a new API key and the hash to store for it in the config"
+    )
     commands.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -57,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "new-api-key":
+        key, stored = new_api_key()
+        print(f"key:  {key}")
+        print(f"hash: {format_key_hash(stored)}")
+        print(
+            "Give the key to the agent (it is not stored anywhere); add the hash to"
+            " auth.principals.<name>.api_keys.",
+            file=sys.stderr,
+        )
+        return 0
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

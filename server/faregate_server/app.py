@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faregate_server.admin import AdminServicer
+from faregate_server.auth import Authenticator
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
@@ -34,6 +35,7 @@ from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
+from faregate_server.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class RunningServer:
     """A serving faregate, for the command line and for tests."""
 
     port: int
+    admin_port: int | None
+    """Where the AdminService is served (`port` unless admin.listen is set);
+    None when it is off."""
     state: StateStore
     gateway: Gateway
     reloader: Reloader
@@ -94,7 +99,8 @@ async def serve(
         catalog = Catalog(config, session, clock)
         planner = Planner(state, clock, rng)
         gateway = Gateway(catalog, planner, state, clock, rng)
-        reloader = Reloader(config_path, gateway, state, session, clock)
+        authenticator = Authenticator(config.auth, clock)
+        reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
             # awaited when the server stops.
@@ -103,54 +109,72 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        server = grpc.aio.server(
-            options=[
-                (
-                    "grpc.max_receive_message_length",
-                    config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
-                ),
-                # gRPC refuses headers between its soft and absolute limits
-                # at random; equal, the limit is exact. The caller gets
-                # RESOURCE_EXHAUSTED from the transport, before faregate sees the call.
-                ("grpc.max_metadata_size", config.server.max_header_bytes),
-                ("grpc.absolute_max_metadata_size", config.server.max_header_bytes),
-            ]
-        )
+        router_server = _grpc_server(config)
         drain = Drain()
-        register_router_service(server, RouterServicer(gateway, config.server, drain))
-        services = [ROUTER_SERVICE]
+        register_router_service(
+            router_server, RouterServicer(gateway, config.server, authenticator, drain)
+        )
+        services = {router_server: [ROUTER_SERVICE]}
+        admin_server = router_server
         if config.admin.enabled:
+            if config.admin.listen:
+                admin_server = _grpc_server(config)
+                services[admin_server] = []
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminServicer(state, gateway, reloader), server
+                AdminServicer(state, gateway, reloader, authenticator), admin_server
             )
-            services.append(ADMIN_SERVICE)
-            logger.warning("the admin service is on, with no authentication yet")
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = listen or config.server.listen
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        stack.push_async_callback(
-            drain.shutdown,
-            server,
-            health_servicer,
-            config.server.shutdown_grace_s,
-            config.server.drain_delay_s,
-        )
-        for service in ("", ROUTER_SERVICE):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            services[admin_server].append(ADMIN_SERVICE)
+        ports = {}
+        for server, names in services.items():
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            address = (
+                (listen or config.server.listen)
+                if server is router_server
+                else (config.admin.listen)
+            )
+            ports[server] = add_port(server, address, config.server.tls)
+            await server.start()
+            if server is router_server:
+                stack.push_async_callback(
+                    drain.shutdown,
+                    server,
+                    health_servicer,
+                    config.server.shutdown_grace_s,
+                    config.server.drain_delay_s,
+                )
+            else:  # the admin port's calls are short: gRPC's own grace does
+                stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
+                stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+            for service in ("", *names):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         yield RunningServer(
-            port=port,
+            port=ports[router_server],
+            admin_port=ports[admin_server] if config.admin.enabled else None,
             state=state,
             gateway=gateway,
             reloader=reloader,
             drain=drain,
         )
+
+
+def _grpc_server(config: Config) -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            (
+                "grpc.max_receive_message_length",
+                config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
+            ),
+            # gRPC refuses headers between its soft and absolute limits at
+            # random; equal, the limit is exact. The caller gets
+            # RESOURCE_EXHAUSTED from the transport, before faregate sees the call.
+            ("grpc.max_metadata_size", config.server.max_header_bytes),
+            ("grpc.absolute_max_metadata_size", config.server.max_header_bytes),
+        ]
+    )
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -172,6 +172,7 @@ class Planner:
             route=plan.route.name,
             model_version=deployment.config.version,
             attempts=attempts,
+            principal=plan.call.principal,
         )
         tokens = usage.input_tokens + usage.output_tokens
         return await self._state.commit(lease.holding, cost_nano_usd, tokens, record, result)

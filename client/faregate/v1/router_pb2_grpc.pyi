@@ -98,6 +98,22 @@ class RouterServiceStub:
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+                               no `authorization: Bearer <api key>` metadata.
+      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+                               or the AdminService is outside the caller's
+                               grant (checked before it is looked up, so
+                               existence is not revealed). Metadata: principal,
+                               field (budget, route, model or service).
+      PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+                               its request rate; QuotaFailure names it and
+                               RetryInfo says when a request fits. Metadata:
+                               principal.
+      PRINCIPAL_CONCURRENCY_LIMITED
+                               RESOURCE_EXHAUSTED. The caller's principal has its
+                               cap of requests open; QuotaFailure, RetryInfo.
+                               Metadata: principal.
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
@@ -188,6 +204,22 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+                               no `authorization: Bearer <api key>` metadata.
+      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+                               or the AdminService is outside the caller's
+                               grant (checked before it is looked up, so
+                               existence is not revealed). Metadata: principal,
+                               field (budget, route, model or service).
+      PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+                               its request rate; QuotaFailure names it and
+                               RetryInfo says when a request fits. Metadata:
+                               principal.
+      PRINCIPAL_CONCURRENCY_LIMITED
+                               RESOURCE_EXHAUSTED. The caller's principal has its
+                               cap of requests open; QuotaFailure, RetryInfo.
+                               Metadata: principal.
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
@@ -274,6 +306,22 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+                               no `authorization: Bearer <api key>` metadata.
+      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+                               or the AdminService is outside the caller's
+                               grant (checked before it is looked up, so
+                               existence is not revealed). Metadata: principal,
+                               field (budget, route, model or service).
+      PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+                               its request rate; QuotaFailure names it and
+                               RetryInfo says when a request fits. Metadata:
+                               principal.
+      PRINCIPAL_CONCURRENCY_LIMITED
+                               RESOURCE_EXHAUSTED. The caller's principal has its
+                               cap of requests open; QuotaFailure, RetryInfo.
+                               Metadata: principal.
       INTERNAL                 INTERNAL. A bug in faregate; the message carries a
                                trace id to find the logged traceback. Metadata:
                                traceId.
