@@ -50,12 +50,18 @@ class Drain:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = False
         self._hurried = False
         self._waiting: asyncio.Timeout | None = None
 
     @property
     def in_flight(self) -> int:
         return len(self._calls)
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of a stop: what readiness probes should report."""
+        return self._draining
 
     def track(self) -> TrackedCall:
         """A call to run inside `with`; refused once the gate has closed.
@@ -85,6 +91,7 @@ class Drain:
         drain_delay_s: float,
     ) -> None:
         """Stops `server` gracefully (see the module docstring)."""
+        self._draining = True
         if drain_delay_s > 0:
             await health_servicer.enter_graceful_shutdown()
             logger.info("stopping: NOT_SERVING for %.1fs before refusing requests", drain_delay_s)
