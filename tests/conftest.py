@@ -83,6 +83,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         # The state contract is the same on every backend
         # (test_state_contract.py); these tests need no durability.
         "state": {"backend": "memory"},
+        # Any free port: parallel runs on one machine must not collide.
+        "telemetry": {"http_listen": "127.0.0.1:0"},
     }
 
 
@@ -128,6 +130,7 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     workdir = tempfile.TemporaryDirectory(prefix="faregate-")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV}, cwd=workdir.name,
     )  # fmt: skip
     assert process.stdout is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,16 +23,22 @@ import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from faregate_server.admin import AdminServicer
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
 from faregate_server.gateway import Gateway
+from faregate_server.http_admin import HttpAdmin
+from faregate_server.metrics import open_metrics
 from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
+from faregate_server.telemetry import Telemetry
+from faregate_server.telemetry_interceptor import TelemetryInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,10 @@ class RunningServer:
     state: StateStore
     gateway: Gateway
     reloader: Reloader
+    telemetry: Telemetry
+    http_port: int | None = None
+    """The bound port of the HTTP admin server (/metrics, /healthz, /readyz);
+    None when telemetry.http_listen is empty."""
 
     @property
     def catalog(self) -> Catalog:
@@ -65,6 +76,9 @@ async def serve(
     clock: Clock | None = None,
     config_path: Path | None = None,
     rng: random.Random | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    http_listen: str | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serves `config` until the context exits.
 
@@ -75,22 +89,41 @@ async def serve(
         config_path: The file `config` came from, watched for changes and read
             again on reload; None for the embedded config.
         rng: Randomness for canary splits, tie-breaking and jitter.
+        tracer_provider: Where spans go (tests hand in an in-memory one);
+            None: OTLP when telemetry.otlp_endpoint is set, else no tracing.
+        meter_provider: Where metrics go (tests hand in one with an in-memory
+            reader); None: a Prometheus reader served at /metrics.
+        http_listen: Overrides telemetry.http_listen.
     """
     clock = clock or SystemClock()
     rng = rng or random.Random()
     async with AsyncExitStack() as stack:
+        gateway: Gateway | None = None
+
+        def current_catalog() -> Catalog:
+            assert gateway is not None
+            return gateway.catalog
+
+        metrics, registry, owned_meter_provider = open_metrics(
+            config.telemetry, meter_provider, current_catalog
+        )
+        if owned_meter_provider is not None:
+            stack.callback(owned_meter_provider.shutdown)
+        telemetry = Telemetry(config.telemetry, tracer_provider=tracer_provider, metrics=metrics)
+        stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=upstream_slots, limit_per_host=upstream_slots),
             read_bufsize=_SSE_READ_BUFFER_BYTES,
+            trace_configs=telemetry.http_trace_configs(),
         )
         stack.push_async_callback(session.close)
 
         state = await open_state(config, clock)
         stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
-        planner = Planner(state, clock, rng)
-        gateway = Gateway(catalog, planner, state, clock, rng)
+        planner = Planner(state, clock, rng, telemetry)
+        gateway = Gateway(catalog, planner, state, clock, rng, telemetry)
         reloader = Reloader(config_path, gateway, state, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
@@ -100,13 +133,17 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
+        interceptors = []
+        if telemetry.observing:
+            interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 (
                     "grpc.max_receive_message_length",
                     config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
                 ),
-            ]
+            ],
         )
         router_pb2_grpc.add_RouterServiceServicer_to_server(
             RouterServicer(gateway, config.server), server
@@ -119,10 +156,25 @@ async def serve(
             services.append(ADMIN_SERVICE)
             logger.warning("the admin service is on, with no authentication yet")
         health_servicer = health.aio.HealthServicer()
+        # Not ready until the server listens (the servicer starts out SERVING).
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        # Up before gRPC and down after it, so /readyz answers 503 through a drain.
+        http_port = None
+        http_address = config.telemetry.http_listen if http_listen is None else http_listen
+        if http_address:
+            http_admin = HttpAdmin(health_servicer, state, list(config.budgets), registry, metrics)
+            http_port = await http_admin.start(http_address)
+            stack.push_async_callback(http_admin.aclose)
+            logger.info(
+                "telemetry HTTP (/metrics, /healthz, /readyz) on %s:%d (pid %d)",
+                http_address.rpartition(":")[0],
+                http_port,
+                os.getpid(),
+            )
         address = listen or config.server.listen
         port = server.add_insecure_port(address)
         if port == 0:
@@ -137,6 +189,8 @@ async def serve(
             state=state,
             gateway=gateway,
             reloader=reloader,
+            telemetry=telemetry,
+            http_port=http_port,
         )
 
 

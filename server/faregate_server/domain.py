@@ -153,6 +153,7 @@ class RouteCall:
     additional_budget_keys: tuple[str, ...] = ()
     request_id: str = ""
     fingerprint: str = ""
+    principal: str = ""
 
     @property
     def budget_keys(self) -> tuple[str, ...]:

@@ -217,7 +217,16 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         config = write_bench_config(Path(scratch) / "faregate.yaml", api_base)
         faregate = children.start(
             FAREGATE,
-            [*_faregate_command(), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
+            [
+                *_faregate_command(),
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
             {server_cpu},
         )
         passthrough = children.start(
@@ -227,7 +236,7 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         )
         default = children.start(
             "faregate-default",
-            [*_faregate_command(), "serve", "--listen", "127.0.0.1:0"],
+            [*_faregate_command(), "serve", "--listen", "127.0.0.1:0", "--http-listen", ""],
             {server_cpu},
         )
         measured = asyncio.run(_measure(upstream, faregate, passthrough, default, settings))

@@ -1,0 +1,224 @@
+"""faregate's OpenTelemetry metrics: what they are, and how one request feeds them.
+
+Every label has a bounded set of values: configured route and model names
+(never the caller's free text), provider kinds, gRPC status code names and
+faregate's error reasons. Budget keys label the request and cost counters,
+and get a remaining-money gauge each, only when `telemetry.budget_labels`
+allows it: a deployment with a budget per user would otherwise grow a series
+per user. Money is counted in integer nano-USD.
+
+Instruments (Prometheus names in brackets):
+- faregate.requests [faregate_requests_total]: RPCs by rpc, route, model,
+  provider, outcome (the gRPC status code name);
+- faregate.request.duration [faregate_request_duration_seconds]: RPC latency;
+- faregate.time_to_first_token [faregate_time_to_first_token_seconds]: for
+  StreamRoute, from the call to its first output;
+- faregate.tokens [faregate_tokens_total]: charged tokens, by direction;
+- faregate.cost [faregate_cost_nano_usd_total]: charged money;
+- faregate.rejections [faregate_rejections_total]: failed RPCs by reason;
+- faregate.attempts [faregate_attempts_total]: upstream attempts by model,
+  kind (first, retry, fallback, hedge) and outcome;
+- faregate.pool.in_flight / faregate.pool.queue_depth: each model's worker
+  pool, observed at collection;
+- faregate.breaker.state: 0 closed, 1 half-open, 2 open, per model;
+- faregate.budget.remaining [faregate_budget_remaining_nano_usd]: per budget,
+  only with budget labels allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
+
+from faregate_server import __version__
+from faregate_server.config import TelemetryConfig
+from faregate_server.domain import AttemptRecord
+from faregate_server.health import BreakerState
+
+if TYPE_CHECKING:
+    from faregate_server.catalog import Catalog
+    from faregate_server.state import StateStore
+    from faregate_server.telemetry import RequestObservation
+
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class GatewayMetrics:
+    """The instruments, and the one call per request that records them."""
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider,
+        catalog: Callable[[], Catalog],
+        *,
+        budget_labels: bool,
+    ) -> None:
+        """`catalog` returns the current catalog (a reload replaces it)."""
+        meter = meter_provider.get_meter("faregate_server", __version__)
+        self._catalog = catalog
+        self._budget_labels = budget_labels
+        self._remaining: dict[str, int] = {}
+        self._requests = meter.create_counter(
+            "faregate.requests", unit="{request}", description="RPCs served, by outcome"
+        )
+        self._duration = meter.create_histogram(
+            "faregate.request.duration",
+            unit="s",
+            description="RPC latency, from the call to its last message",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        )
+        self._ttft = meter.create_histogram(
+            "faregate.time_to_first_token",
+            unit="s",
+            description="StreamRoute: from the call to the first output",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        )
+        self._tokens = meter.create_counter(
+            "faregate.tokens", unit="{token}", description="Tokens charged, by direction"
+        )
+        self._cost = meter.create_counter(
+            "faregate.cost.nano_usd", description="Money charged, in nano-USD"
+        )
+        self._rejections = meter.create_counter(
+            "faregate.rejections", unit="{request}", description="Failed RPCs, by error reason"
+        )
+        self._attempts = meter.create_counter(
+            "faregate.attempts",
+            unit="{attempt}",
+            description="Upstream attempts, by kind (first, retry, fallback, hedge)",
+        )
+        meter.create_observable_gauge(
+            "faregate.pool.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{request}",
+            description="Upstream calls holding a worker slot, per model",
+        )
+        meter.create_observable_gauge(
+            "faregate.pool.queue_depth",
+            callbacks=[self._observe_queue_depth],
+            unit="{request}",
+            description="Requests waiting for a worker slot, per model",
+        )
+        meter.create_observable_gauge(
+            "faregate.breaker.state",
+            callbacks=[self._observe_breakers],
+            description="Circuit breaker per model: 0 closed, 1 half-open, 2 open",
+        )
+        if budget_labels:
+            meter.create_observable_gauge(
+                "faregate.budget.remaining.nano_usd",
+                callbacks=[self._observe_budgets],
+                description="Money left in each budget (limit - spent - reserved), in nano-USD",
+            )
+
+    def record_request(self, observation: RequestObservation, latency_s: float) -> None:
+        labels = {
+            "rpc": observation.method,
+            "route": observation.route,
+            "model": observation.model,
+            "provider": observation.provider,
+            "outcome": observation.code,
+        }
+        if self._budget_labels and observation.call is not None:
+            labels["budget"] = observation.call.budget_key
+        self._requests.add(1, labels)
+        self._duration.record(latency_s, labels)
+        if observation.first_output_s is not None:
+            self._ttft.record(
+                observation.first_output_s,
+                {"route": observation.route, "model": observation.model},
+            )
+        if observation.code != "OK":
+            self._rejections.add(
+                1, {"rpc": observation.method, "reason": observation.reason or observation.code}
+            )
+        if observation.input_tokens or observation.output_tokens:
+            charged = {
+                "route": observation.route,
+                "model": observation.model,
+                "provider": observation.provider,
+            }
+            if "budget" in labels:
+                charged["budget"] = labels["budget"]
+            self._cost.add(observation.cost_nano_usd, charged)
+            self._tokens.add(observation.input_tokens, {**charged, "direction": "input"})
+            self._tokens.add(observation.output_tokens, {**charged, "direction": "output"})
+        if observation.records:
+            self._record_attempts(observation.records)
+
+    def _record_attempts(self, records: Sequence[AttemptRecord]) -> None:
+        previous = ""
+        for record in records:
+            if record.hedge:
+                kind = "hedge"
+            elif not previous:
+                kind = "first"
+            elif record.model == previous:
+                kind = "retry"
+            else:
+                kind = "fallback"
+            if not record.hedge:
+                previous = record.model
+            self._attempts.add(
+                1, {"model": record.model, "kind": kind, "outcome": record.outcome.value}
+            )
+
+    async def refresh_budgets(self, state: StateStore) -> None:
+        """Reads each configured budget's remaining money for the next collection.
+
+        The store is asynchronous and collection callbacks are not, so the
+        scrape handler awaits this first.
+        """
+        if not self._budget_labels:
+            return
+        remaining = {}
+        for key in self._catalog().config.budgets:
+            remaining[key] = (await state.budget(key)).remaining_nano_usd
+        self._remaining = remaining
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, deployment in self._catalog().deployments.items():
+            yield Observation(deployment.pool.statistics().in_use, {"model": name})
+
+    def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, deployment in self._catalog().deployments.items():
+            yield Observation(deployment.pool.statistics().waiting, {"model": name})
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, deployment in self._catalog().deployments.items():
+            yield Observation(_BREAKER_VALUES[deployment.breaker.state], {"model": name})
+
+    def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
+        for key, remaining_nano_usd in self._remaining.items():
+            yield Observation(remaining_nano_usd, {"budget": key})
+
+
+def open_metrics(
+    config: TelemetryConfig,
+    meter_provider: MeterProvider | None,
+    catalog: Callable[[], Catalog],
+) -> tuple[GatewayMetrics | None, CollectorRegistry | None, SdkMeterProvider | None]:
+    """The metrics for a server, the Prometheus registry that /metrics renders
+    (None when the meter provider was handed in), and the provider to shut
+    down (None when it was handed in)."""
+    if not config.metrics:
+        return None, None, None
+    registry = None
+    owned = None
+    if meter_provider is None:
+        registry = CollectorRegistry()
+        reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
+        meter_provider = owned = SdkMeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create({"service.name": "faregate", "service.version": __version__}),
+            shutdown_on_exit=False,
+        )
+    metrics = GatewayMetrics(meter_provider, catalog, budget_labels=config.budget_labels)
+    return metrics, registry, owned
