@@ -204,11 +204,15 @@ def config_data(upstream: FakeUpstream) -> dict[str, Any]:
 
 @pytest.fixture
 def start_faregate() -> StartFaregate:
-    """Starts faregate on 127.0.0.1 with a given config (and optional clock)."""
+    """Starts faregate on 127.0.0.1 with a given config (and optional clock, and
+    further `serve()` options such as tracer and meter providers)."""
 
     @asynccontextmanager
     async def start(
-        config: Config, clock: Clock | None = None, config_path: Path | None = None
+        config: Config,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+        **serve_options: Any,
     ) -> AsyncIterator[Faregate]:
         async with AsyncExitStack() as stack:
             running = await stack.enter_async_context(
@@ -218,6 +222,7 @@ def start_faregate() -> StartFaregate:
                     clock=clock,
                     config_path=config_path,
                     rng=random.Random(7),
+                    **serve_options,
                 )
             )
             client = FaregateClient(f"127.0.0.1:{running.port}")

@@ -64,7 +64,7 @@ def serve_workers(count: int, config_path: str | None, listen: str, http_listen:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers += [
         subprocess.Popen(
-            [*command, "--http-listen", _worker_http_listen(http_listen, index)],
+            [*command, "--http-listen", worker_http_listen(http_listen, index)],
             stdout=subprocess.PIPE,
         )
         for index in range(count)
@@ -90,7 +90,7 @@ def serve_workers(count: int, config_path: str | None, listen: str, http_listen:
             holder.close()
 
 
-def _worker_http_listen(http_listen: str, index: int) -> str:
+def worker_http_listen(http_listen: str, index: int) -> str:
     """Worker `index`'s admin HTTP address: the base port + index ("" stays off)."""
     if not http_listen:
         return ""
