@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
@@ -50,6 +51,31 @@ _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
+class _Tally:
+    """A cumulative counter kept in a dict keyed by label values.
+
+    The OpenTelemetry SDK spends over ten microseconds cleaning and hashing the
+    attributes of every synchronous `add`; a dict increment costs well under
+    one. Requests add here, and an observable counter reports the totals when
+    a reader collects, so the per-request cost of a counter is the increment.
+    """
+
+    __slots__ = ("_counts", "_names")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def add(self, key: tuple[str, ...], amount: int = 1) -> None:
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # list() copies in one step: a collection on another thread never
+        # sees the dict change size under it.
+        for key, total in list(self._counts.items()):
+            yield Observation(total, dict(zip(self._names, key, strict=True)))
+
+
 class GatewayMetrics:
     """The instruments, and the one call per request that records them."""
 
@@ -65,9 +91,27 @@ class GatewayMetrics:
         self._catalog = catalog
         self._budget_labels = budget_labels
         self._remaining: dict[str, int] = {}
-        self._requests = meter.create_counter(
-            "faregate.requests", unit="{request}", description="RPCs served, by outcome"
-        )
+        budget = ("budget",) if budget_labels else ()
+        self._requests = _Tally(("rpc", "route", "model", "provider", "outcome", *budget))
+        self._tokens = _Tally(("route", "model", "provider", "direction", *budget))
+        self._cost = _Tally(("route", "model", "provider", *budget))
+        self._rejections = _Tally(("rpc", "reason"))
+        self._attempts = _Tally(("model", "kind", "outcome"))
+        for name, tally, unit, description in (
+            ("faregate.requests", self._requests, "{request}", "RPCs served, by outcome"),
+            ("faregate.tokens", self._tokens, "{token}", "Tokens charged, by direction"),
+            ("faregate.cost.nano_usd", self._cost, "", "Money charged, in nano-USD"),
+            ("faregate.rejections", self._rejections, "{request}", "Failed RPCs, by reason"),
+            (
+                "faregate.attempts",
+                self._attempts,
+                "{attempt}",
+                "Upstream attempts, by kind (first, retry, fallback, hedge)",
+            ),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[tally.observe], unit=unit, description=description
+            )
         self._duration = meter.create_histogram(
             "faregate.request.duration",
             unit="s",
@@ -79,20 +123,6 @@ class GatewayMetrics:
             unit="s",
             description="StreamRoute: from the call to the first output",
             explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
-        )
-        self._tokens = meter.create_counter(
-            "faregate.tokens", unit="{token}", description="Tokens charged, by direction"
-        )
-        self._cost = meter.create_counter(
-            "faregate.cost.nano_usd", description="Money charged, in nano-USD"
-        )
-        self._rejections = meter.create_counter(
-            "faregate.rejections", unit="{request}", description="Failed RPCs, by error reason"
-        )
-        self._attempts = meter.create_counter(
-            "faregate.attempts",
-            unit="{attempt}",
-            description="Upstream attempts, by kind (first, retry, fallback, hedge)",
         )
         meter.create_observable_gauge(
             "faregate.pool.in_flight",
@@ -119,37 +149,29 @@ class GatewayMetrics:
             )
 
     def record_request(self, observation: RequestObservation, latency_s: float) -> None:
-        labels = {
-            "rpc": observation.method,
-            "route": observation.route,
-            "model": observation.model,
-            "provider": observation.provider,
-            "outcome": observation.code,
-        }
-        if self._budget_labels and observation.call is not None:
-            labels["budget"] = observation.call.budget_key
-        self._requests.add(1, labels)
-        self._duration.record(latency_s, labels)
+        route, model, provider = observation.route, observation.model, observation.provider
+        budget: tuple[str, ...] = ()
+        if self._budget_labels:
+            call = observation.call
+            budget = (call.budget_key if call is not None else "",)
+        self._requests.add((observation.method, route, model, provider, observation.code, *budget))
+        self._duration.record(
+            latency_s,
+            {
+                "rpc": observation.method,
+                "route": route,
+                "model": model,
+                "outcome": observation.code,
+            },
+        )
         if observation.first_output_s is not None:
-            self._ttft.record(
-                observation.first_output_s,
-                {"route": observation.route, "model": observation.model},
-            )
+            self._ttft.record(observation.first_output_s, {"route": route, "model": model})
         if observation.code != "OK":
-            self._rejections.add(
-                1, {"rpc": observation.method, "reason": observation.reason or observation.code}
-            )
+            self._rejections.add((observation.method, observation.reason or observation.code))
         if observation.input_tokens or observation.output_tokens:
-            charged = {
-                "route": observation.route,
-                "model": observation.model,
-                "provider": observation.provider,
-            }
-            if "budget" in labels:
-                charged["budget"] = labels["budget"]
-            self._cost.add(observation.cost_nano_usd, charged)
-            self._tokens.add(observation.input_tokens, {**charged, "direction": "input"})
-            self._tokens.add(observation.output_tokens, {**charged, "direction": "output"})
+            self._cost.add((route, model, provider, *budget), observation.cost_nano_usd)
+            self._tokens.add((route, model, provider, "input", *budget), observation.input_tokens)
+            self._tokens.add((route, model, provider, "output", *budget), observation.output_tokens)
         if observation.records:
             self._record_attempts(observation.records)
 
@@ -166,9 +188,7 @@ class GatewayMetrics:
                 kind = "fallback"
             if not record.hedge:
                 previous = record.model
-            self._attempts.add(
-                1, {"model": record.model, "kind": kind, "outcome": record.outcome.value}
-            )
+            self._attempts.add((record.model, kind, record.outcome.value))
 
     async def refresh_budgets(self, state: StateStore) -> None:
         """Reads each configured budget's remaining money for the next collection.
@@ -217,6 +237,8 @@ def open_metrics(
         reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
         meter_provider = owned = SdkMeterProvider(
             metric_readers=[reader],
+            # Exemplars need traces and cost a lookup per measurement.
+            exemplar_filter=AlwaysOffExemplarFilter(),
             resource=Resource.create({"service.name": "faregate", "service.version": __version__}),
             shutdown_on_exit=False,
         )

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 LOGGER_NAME = "faregate.requests"
 logger = logging.getLogger(LOGGER_NAME)
+# One encoder, built once: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
 class RequestLog:
@@ -34,13 +36,13 @@ class RequestLog:
             return
         call = observation.call
         line: dict[str, Any] = {
-            "ts": round(time.time(), 6),
+            "ts": time.time(),
             "rpc": observation.method,
             "request_id": observation.request_id,
             "trace_id": observation.trace_id,
             "agent": call.agent if call else "",
             "principal": call.principal if call else "",
-            "budget_keys": list(call.budget_keys) if call else [],
+            "budget_keys": call.budget_keys if call else (),
             "route": observation.route,
             "model": observation.model,
             "provider": observation.provider,
@@ -48,7 +50,7 @@ class RequestLog:
             "input_tokens": observation.input_tokens,
             "output_tokens": observation.output_tokens,
             "cost_nano_usd": observation.cost_nano_usd,
-            "latency_ms": round(latency_s * 1000, 3),
+            "latency_ms": latency_s * 1000,
             "outcome": observation.code,
             "reason": observation.reason,
         }
@@ -57,4 +59,8 @@ class RequestLog:
                 {"role": message.role.value, "content": message.content}
                 for message in call.messages
             ]
-        logger.info(json.dumps(line, ensure_ascii=False))
+        # makeRecord and handle, as logger.info would, minus its stack walk
+        # for a caller's file and line that this line does not show.
+        logger.handle(
+            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _encode(line), None, None)
+        )

@@ -25,7 +25,7 @@ from types import FrameType
 import aiohttp
 import grpc
 
-from tests.bench import hedging, routing_report, routing_sim, state
+from tests.bench import hedging, routing_report, routing_sim, state, telemetry
 from tests.bench.faregate_config import write_bench_config
 from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from tests.bench.memory import exercise_default_config
@@ -197,6 +197,7 @@ def main() -> int:
         print(routing_report.render(asyncio.run(routing_sim.simulate())), flush=True)
         print(hedging.render(asyncio.run(hedging.measure())), flush=True)
         print(state.render(asyncio.run(state.measure())), flush=True)
+        print(telemetry.render(telemetry.measure()), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130
