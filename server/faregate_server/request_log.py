@@ -62,5 +62,5 @@ class RequestLog:
         # makeRecord and handle, as logger.info would, minus its stack walk
         # for a caller's file and line that this line does not show.
         logger.handle(
-            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _encode(line), None, None)
+            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _encode(line), (), None)
         )

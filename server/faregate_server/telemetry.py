@@ -34,7 +34,6 @@ import aiohttp
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -117,7 +116,6 @@ class Telemetry:
         config: TelemetryConfig,
         *,
         tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.config = config
@@ -125,7 +123,6 @@ class Telemetry:
         if tracer_provider is None and config.otlp_endpoint:
             tracer_provider = self._owned_tracer_provider = _otlp_tracer_provider(config)
         self._tracer = tracer_provider.get_tracer(_SCOPE, __version__) if tracer_provider else None
-        self.meter_provider = meter_provider
         self.metrics = metrics
         self._log = RequestLog(config.log_prompts) if config.request_log else None
         self.observing = bool(self._tracer or self.metrics or self._log)
@@ -145,7 +142,9 @@ class Telemetry:
     def begin(
         self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
     ) -> tuple[RequestObservation, contextvars.Token[RequestObservation | None], object]:
-        """Starts observing an RPC in the running task; end it with `end`."""
+        """Starts observing the RPC `method` ("package.Service/Method") in the
+        running task; end it with `end`."""
+        service, _, name = method.rpartition("/")
         span = None
         span_token: object = None
         if self._tracer is not None:
@@ -159,10 +158,10 @@ class Telemetry:
                 method,
                 context=parent,
                 kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.method": method},
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
             )
             span_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        observation = RequestObservation(method.rpartition("/")[2], span)
+        observation = RequestObservation(name, span)
         return observation, _CURRENT.set(observation), span_token
 
     def end(

@@ -66,7 +66,9 @@ async def test_route_is_one_trace_from_the_caller_through_faregate_to_the_upstre
     config_data: dict[str, Any],
     upstream: FakeUpstream,
     spans: tuple[TracerProvider, InMemorySpanExporter],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     provider, exporter = spans
     async with (
         start_faregate(to_config(config_data), tracer_provider=provider) as faregate,
@@ -113,6 +115,8 @@ async def test_route_is_one_trace_from_the_caller_through_faregate_to_the_upstre
         f"00-{CALLER_TRACE_ID}-{format_span_id(attempt.context.span_id)}-01"
     )
     assert sent["tracestate"] == "vendor=1"
+    (line,) = _request_lines(caplog)
+    assert line["trace_id"] == CALLER_TRACE_ID
 
 
 async def test_stream_attempts_are_spans_and_a_failed_one_is_marked(
@@ -120,7 +124,9 @@ async def test_stream_attempts_are_spans_and_a_failed_one_is_marked(
     config_data: dict[str, Any],
     upstream: FakeUpstream,
     spans: tuple[TracerProvider, InMemorySpanExporter],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     config_data["retries"] = {"max_attempts": 2}
     upstream.queue(Script(status=503))
     provider, exporter = spans
@@ -146,6 +152,9 @@ async def test_stream_attempts_are_spans_and_a_failed_one_is_marked(
     assert [header.split("-")[2] for header in sent] == [
         format_span_id(span.context.span_id) for span in attempts if span.context is not None
     ]
+    (line,) = _request_lines(caplog)
+    assert (line["rpc"], line["attempts"], line["outcome"]) == ("StreamRoute", 2, "OK")
+    assert line["trace_id"] == format_trace_id(server.context.trace_id)
 
 
 def _points(data: MetricsData | None, name: str) -> list[NumberDataPoint]:
