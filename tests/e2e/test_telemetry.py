@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+import yaml
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FaregateClient, FaregateError
 from faregate_server.request_log import LOGGER_NAME
@@ -35,6 +39,7 @@ from tests.fakes.upstream import FakeUpstream, Script
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "server/faregate_server/default_config.yaml"
 
 
 @pytest.fixture
@@ -406,3 +411,56 @@ async def test_spans_are_exported_over_otlp_when_an_endpoint_is_configured(
         server.stop(None)
     assert "faregate.v1.RouterService/Route" in collector.span_names
     assert "chat gpt-fake" in collector.span_names
+
+
+async def test_each_worker_serves_its_own_metrics_port_and_says_which(
+    redis_state: dict[str, Any], tmp_path: Path
+) -> None:
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["state"] = redis_state
+    config["server"]["reload_poll_s"] = 0
+    config["models"]["sim-small"]["sim"] = {"first_token_delay_s": 0, "output_tokens": 2}
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faregate_server", "serve", "--config", str(path),
+        "--workers", "2", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = process.stderr
+    ports: dict[int, int] = {}  # pid -> HTTP port
+    both_listening = asyncio.Event()
+
+    async def drain_stderr() -> None:  # request lines go there too: keep the pipe empty
+        while line := (await stderr.readline()).decode():
+            if match := re.search(r"telemetry HTTP .* on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", line):
+                ports[int(match[2])] = int(match[1])
+                if len(ports) == 2:
+                    both_listening.set()
+
+    draining = asyncio.create_task(drain_stderr())
+    try:
+        async with asyncio.timeout(20):
+            target = (await process.stdout.readline()).decode().split()[-1]
+            await both_listening.wait()
+        async with FaregateClient(target) as client:
+            for _ in range(6):
+                await client.route("hi", budget_key="demo")
+        served = 0
+        for port in ports.values():
+            status, text = await _get(port, "/metrics")
+            assert status == 200
+            served += sum(
+                int(float(line.split()[-1]))
+                for line in text.splitlines()
+                if line.startswith("faregate_requests_total{")
+            )
+        assert len(set(ports.values())) == 2
+        assert served == 6  # every request in exactly one worker's series
+    finally:
+        process.terminate()
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
+        await draining
