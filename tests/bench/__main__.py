@@ -197,7 +197,7 @@ def main() -> int:
         print(routing_report.render(asyncio.run(routing_sim.simulate())), flush=True)
         print(hedging.render(asyncio.run(hedging.measure())), flush=True)
         print(state.render(asyncio.run(state.measure())), flush=True)
-        print(telemetry.render(telemetry.measure()), flush=True)
+        print(telemetry.render(telemetry.measure(), telemetry.hooks_off_ns()), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130
