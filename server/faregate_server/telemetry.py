@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from faregate_server import __version__
 from faregate_server.config import TelemetryConfig
@@ -252,7 +253,7 @@ class Telemetry:
         if self._tracer is None:
             return _NO_SPAN
         attributes = {"faregate.model": model} if model else None
-        return self._tracer.start_as_current_span(name, attributes=attributes)
+        return _LeafSpan(self._tracer.start_span(name, attributes=attributes))
 
     def pool_slot(self, deployment: Deployment) -> Any:
         """`deployment.pool.slot()`, traced as a `faregate.pool.wait` span when on."""
@@ -310,10 +311,16 @@ class UpstreamAttempt:
         span = self._span
         if span is None:
             return
-        span.set_attribute("http.response.status_code", 200)
-        if usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        if usage is None:
+            span.set_attribute("http.response.status_code", 200)
+        else:
+            span.set_attributes(
+                {
+                    "http.response.status_code": 200,
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                }
+            )
         span.end()
 
     def failed(self, error: UpstreamError) -> None:
@@ -338,6 +345,33 @@ class UpstreamAttempt:
 _NO_ATTEMPT = UpstreamAttempt(None)
 
 
+class _LeafSpan:
+    """Ends a span with its block, marking it failed on an exception.
+
+    For spans with no children: it never becomes the current span, which
+    spares the context attach and detach (and the SDK's generator-based
+    context manager) that `start_as_current_span` costs.
+    """
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self._span.end()
+
+
 class _TracedSlot:
     """A worker slot whose wait is a span; the slot itself is the pool's."""
 
@@ -349,12 +383,16 @@ class _TracedSlot:
         self._slot = deployment.pool.slot()
 
     async def __aenter__(self) -> None:
-        with self._tracer.start_as_current_span(
-            "faregate.pool.wait", attributes={"faregate.model": self._deployment.name}
-        ) as span:
-            statistics = self._deployment.pool.statistics()
-            span.set_attribute("faregate.pool.in_use", statistics.in_use)
-            span.set_attribute("faregate.pool.waiting", statistics.waiting)
+        statistics = self._deployment.pool.statistics()
+        span = self._tracer.start_span(
+            "faregate.pool.wait",
+            attributes={
+                "faregate.model": self._deployment.name,
+                "faregate.pool.in_use": statistics.in_use,
+                "faregate.pool.waiting": statistics.waiting,
+            },
+        )
+        with _LeafSpan(span):
             await self._slot.__aenter__()
 
     async def __aexit__(
@@ -375,19 +413,23 @@ async def _inject_trace_context(
 
 
 def _end_server_span(span: Span, observation: RequestObservation) -> None:
+    # One set_attributes call: the SDK takes a lock per call.
+    attributes: dict[str, AttributeValue] = {
+        "rpc.grpc.status_code": grpc.StatusCode[observation.code].value[0],
+        "gen_ai.usage.input_tokens": observation.input_tokens,
+        "gen_ai.usage.output_tokens": observation.output_tokens,
+        "faregate.cost_nano_usd": observation.cost_nano_usd,
+    }
+    if observation.model:
+        attributes["faregate.model"] = observation.model
     call = observation.call
     if call is not None:
-        span.set_attribute("faregate.budget_keys", call.budget_keys)
+        attributes["faregate.budget_keys"] = call.budget_keys
         if call.agent:
-            span.set_attribute("faregate.agent", call.agent)
+            attributes["faregate.agent"] = call.agent
         if call.principal:
-            span.set_attribute("faregate.principal", call.principal)
-    if observation.model:
-        span.set_attribute("faregate.model", observation.model)
-    span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[observation.code].value[0])
-    span.set_attribute("gen_ai.usage.input_tokens", observation.input_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", observation.output_tokens)
-    span.set_attribute("faregate.cost_nano_usd", observation.cost_nano_usd)
+            attributes["faregate.principal"] = call.principal
+    span.set_attributes(attributes)
     if observation.code != "OK":
         span.set_status(Status(StatusCode.ERROR, observation.reason or observation.code))
     span.end()

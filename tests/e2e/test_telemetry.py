@@ -311,6 +311,21 @@ async def test_readyz_follows_grpc_health_through_a_drain(
         await client.aclose()
 
 
+async def test_readyz_is_503_while_the_state_store_is_unreachable(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    # Nothing listens on port 1: a Redis store that fails closed refuses every read.
+    config_data["state"] = {"backend": "redis", "redis": {"url": "redis://127.0.0.1:1/0"}}
+    async with start_faregate(to_config(config_data)) as faregate:
+        port = faregate.running.http_port
+        assert port is not None
+        status, text = await _get(port, "/readyz")
+        assert (await _get(port, "/healthz"))[0] == 200
+
+    assert status == 503
+    assert text.startswith("not ready: the state store failed a read")
+
+
 def _request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [
         json.loads(record.getMessage()) for record in caplog.records if record.name == LOGGER_NAME
