@@ -166,7 +166,7 @@ async def serve(
         http_port = None
         http_address = config.telemetry.http_listen if http_listen is None else http_listen
         if http_address:
-            http_admin = HttpAdmin(health_servicer, state, list(config.budgets), registry, metrics)
+            http_admin = HttpAdmin(health_servicer, state, current_catalog, registry, metrics)
             http_port = await http_admin.start(http_address)
             stack.push_async_callback(http_admin.aclose)
             logger.info(

@@ -16,12 +16,14 @@ private network (`telemetry.http_listen`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from faregate_server.catalog import Catalog
 from faregate_server.metrics import GatewayMetrics
 from faregate_server.state import StateStore
 
@@ -35,13 +37,13 @@ class HttpAdmin:
         self,
         health_servicer: health.aio.HealthServicer,
         state: StateStore,
-        budget_keys: list[str],
+        catalog: Callable[[], Catalog],
         registry: CollectorRegistry | None,
         metrics: GatewayMetrics | None,
     ) -> None:
         self._health = health_servicer
         self._state = state
-        self._probe_key = budget_keys[0] if budget_keys else None
+        self._catalog = catalog
         self._registry = registry
         self._metrics = metrics
         app = web.Application()
@@ -86,10 +88,12 @@ class HttpAdmin:
         if status.status != health_pb2.HealthCheckResponse.SERVING:
             name = health_pb2.HealthCheckResponse.ServingStatus.Name(status.status)
             return web.Response(status=503, text=f"not ready: gRPC health is {name}\n")
-        if self._probe_key is not None:
+        # Any budget of the current config will do (a reload may remove one).
+        probe_key = next(iter(self._catalog().config.budgets), None)
+        if probe_key is not None:
             try:
                 async with asyncio.timeout(_STATE_PROBE_TIMEOUT_S):
-                    await self._state.budget(self._probe_key)
+                    await self._state.budget(probe_key)
             except Exception as error:
                 return web.Response(
                     status=503, text=f"not ready: the state store failed a read ({error})\n"

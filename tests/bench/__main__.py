@@ -237,7 +237,14 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         )
         default = children.start(
             "faregate-default",
-            [*_faregate_command(), "serve", "--listen", "127.0.0.1:0", "--http-listen", ""],
+            [
+                *_faregate_command(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
             {server_cpu},
         )
         measured = asyncio.run(_measure(upstream, faregate, passthrough, default, settings))
