@@ -83,6 +83,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         # The state contract is the same on every backend
         # (test_state_contract.py); these tests need no durability.
         "state": {"backend": "memory"},
+        # Authentication has its own tests (e2e/test_auth.py).
+        "auth": {"enabled": False},
         # Any free port: parallel runs on one machine must not collide.
         "telemetry": {"http_listen": "127.0.0.1:0"},
     }

@@ -5,11 +5,13 @@ from typing import Any
 
 import pytest
 import yaml
+from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.config import BudgetWindow, ConfigError
 from faregate_server.config_loader import load_config, parse_config
 from faregate_server.workers import worker_http_listen
 
 from tests.conftest import TEST_ENV, base_config
+from tests.support.certs import write_pki
 
 
 def test_embedded_default_config_serves_a_demo_budget_with_sim_models() -> None:
@@ -26,6 +28,9 @@ def test_prices_and_limits_become_integer_nano_usd() -> None:
 
     assert config.models["cheap-fake"].price.input_nano_usd_per_mtok == 150_000_000
     assert config.budgets["team"].limit_nano_usd == 100_000_000_000
+
+
+_KEY = format_key_hash(new_api_key()[1])
 
 
 def _broken(change: dict[str, Any]) -> str:
@@ -57,11 +62,43 @@ def _broken(change: dict[str, Any]) -> str:
         ({"budgets.team.limit_usd": -3}, "budgets.team.limit_usd"),
         ({"server.default_route": "nowhere"}, "server.default_route"),
         ({"server.listen": 50051}, "server.listen: must be a string"),
+        ({"auth.enabled": True}, "auth.enabled: auth is on but no principal has an API key"),
+        (
+            {"auth.principals": {"bot": {"api_keys": ["sha1:abc"]}}},
+            r"auth.principals.bot.api_keys[0]: must look like hmac-sha256:",
+        ),
+        (
+            {"auth.principals": {"bot": {"budgets": ["tem"]}}},
+            "auth.principals.bot.budgets: 'tem' is not configured",
+        ),
+        (
+            {"auth.principals": {"bot": {"routes": "all"}}},
+            "auth.principals.bot.routes: must be a list of names or",
+        ),
+        (
+            {"auth.principals": {"a": {"api_keys": [_KEY]}, "b": {"api_keys": [_KEY]}}},
+            "auth.principals: two API keys share a key id",
+        ),
     ],
 )
 def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(_broken(change), env=TEST_ENV)
+
+
+def test_auth_is_on_unless_the_config_turns_it_off() -> None:
+    data = base_config("http://127.0.0.1:1")
+    del data["auth"]
+    with pytest.raises(ConfigError, match="auth is on"):
+        parse_config(yaml.safe_dump(data), env=TEST_ENV)
+    data["auth"] = {"principals": {"bot": {"api_keys": [_KEY], "budgets": "*"}}}
+
+    auth = parse_config(yaml.safe_dump(data), env=TEST_ENV).auth
+
+    assert auth.enabled
+    assert auth.principals["bot"].budgets.allows("anything")
+    assert not auth.principals["bot"].routes.allows("default")
+    assert _KEY.split(":")[3] not in repr(auth)
 
 
 def test_api_keys_stay_out_of_reprs() -> None:
@@ -79,16 +116,25 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Any) -> None
         load_config(bad)
 
 
-def test_the_readme_config_reference_is_a_valid_config() -> None:
+def test_the_readme_config_reference_is_a_valid_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     reference = readme.split("## Config reference", 1)[1]
     block = reference.split("```yaml\n", 1)[1].split("```", 1)[0]
     env = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"}
+    # The TLS files the reference names, relative to the working directory.
+    (tmp_path / "certs").mkdir()
+    pki = write_pki(tmp_path / "certs")
+    pki.ca.write(tmp_path / "certs", "clients-ca")
+    monkeypatch.chdir(tmp_path)
 
     config = parse_config(block, env=env)
 
     assert config.routes["fast"].hedge_after_s == 0.8
     assert config.limit_pools["anthropic-spend"].capacity == 200 * 10**9
+    assert config.server.tls is not None
+    assert config.server.tls.mutual
 
 
 def test_telemetry_defaults_serve_metrics_and_request_logs_but_no_traces_or_prompts() -> None:

@@ -31,6 +31,7 @@ def _config(url: str, **redis: Any) -> dict[str, Any]:
         "routes": {"default": ["m"]},
         "budgets": {"team": {"limit_usd": 1, "window": "none"}},
         "state": {"backend": "redis", "redis": {"url": url, "namespace": "t", **redis}},
+        "auth": {"enabled": False},
     }
 
 

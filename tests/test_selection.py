@@ -51,6 +51,7 @@ def _config(qualities: list[float], capacity: int) -> Config:
                 "models": models,
                 "routes": {"default": list(MODELS)},
                 "limit_pools": {"shared": {"unit": "tokens", "capacity": capacity}},
+                "auth": {"enabled": False},
             }
         )
     )

@@ -39,6 +39,7 @@ def _config(state: dict[str, Any], agent_limit_usd: float = 1.0) -> dict[str, An
         },
         "limit_pools": {"rpm": {"unit": "requests", "capacity": 3, "window": "minute"}},
         "state": state,
+        "auth": {"enabled": False},
     }
 
 
@@ -76,6 +77,7 @@ def _record(request_id: str, cost: int, *budgets: str, agent: str = "a") -> Spen
         cost_nano_usd=cost,
         outcome="succeeded",
         route="default",
+        principal="agent-p",
     )
 
 
@@ -176,6 +178,7 @@ async def test_spend_is_queryable_newest_first_with_filters_and_pages(store: Sta
 
     page = await store.spend("team", "y", 2, None)
     assert [record.request_id for _, record in page] == ["r4", "r2"]
+    assert page[0][1] == _record("r4", 4, "team", agent="y")  # every field kept
     rest = await store.spend("team", "y", 2, page[-1][0])
     assert [record.request_id for _, record in rest] == ["r0"]
     assert await store.spend("agent", "", 10, None) == []

@@ -3,9 +3,14 @@
 async with FaregateClient("127.0.0.1:50051") as client:
     reply = await client.route("Hello!", budget_key="demo")
     print(reply.output, reply.cost_nano_usd)
+
+Over TLS (mutual TLS with a client certificate and key as well):
+
+tls = ClientTls.from_files(ca_file="ca.crt", cert_file="agent.crt", key_file="agent.key")
+async with FaregateClient("faregate.internal:50051", tls=tls) as client: ...
 """
 
-from faregate_client._client import FaregateClient, Messages, RouteStream
+from faregate_client._client import ClientTls, FaregateClient, Messages, RouteStream
 from faregate_client._errors import (
     Aborted,
     AlreadyExists,
@@ -16,7 +21,11 @@ from faregate_client._errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    RateLimited,
+    ResourceExhausted,
     StreamInterrupted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -24,6 +33,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "BudgetExhausted",
+    "ClientTls",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FaregateClient",
@@ -32,7 +42,11 @@ __all__ = [
     "InvalidArgument",
     "Messages",
     "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "ResourceExhausted",
     "RouteStream",
     "StreamInterrupted",
+    "Unauthenticated",
     "Unavailable",
 ]

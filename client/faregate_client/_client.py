@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -27,6 +29,51 @@ def to_messages(messages: Messages) -> list[router_pb2.Message]:
         router_pb2.Message(role=_ROLES.get(role, router_pb2.ROLE_UNSPECIFIED), content=content)
         for role, content in messages
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How the client speaks TLS to faregate.
+
+    With no `ca_pem` the system's trusted roots verify the server. A client
+    certificate (`cert_pem` with its `key_pem`) is for mutual TLS.
+    """
+
+    ca_pem: bytes | None = None
+    """CA certificates (PEM) trusted to sign faregate's certificate."""
+    cert_pem: bytes | None = None
+    """This client's certificate chain (PEM), for mutual TLS."""
+    key_pem: bytes | None = None
+    """The private key (PEM) of `cert_pem`."""
+    server_name: str | None = None
+    """The name to expect in faregate's certificate instead of the target's host."""
+
+    def __post_init__(self) -> None:
+        if (self.cert_pem is None) != (self.key_pem is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @classmethod
+    def from_files(
+        cls,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> ClientTls:
+        """Reads the PEM files given (raises OSError if one cannot be read)."""
+
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return cls(read(ca_file), read(cert_file), read(key_file), server_name)
+
+    def secure_channel(self, target: str) -> grpc.aio.Channel:
+        """A TLS channel to `target` (FaregateClient makes one; admin tools may too)."""
+        credentials = grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+        options = []
+        if self.server_name is not None:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 class RouteStream:
@@ -66,10 +113,25 @@ class FaregateClient:
         self,
         target: str = "127.0.0.1:50051",
         *,
+        api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        """
+        Args:
+            target: faregate's host:port.
+            api_key: Sent as `authorization: Bearer <api_key>` on every call.
+            channel: A channel of the caller's own, instead of one to `target`
+                (then `tls` must be None).
+            tls: Connect over TLS (or mutual TLS) instead of in plaintext.
+        """
+        if channel is not None and tls is not None:
+            raise ValueError("pass tls or a channel of your own, not both")
+        if channel is None:
+            channel = tls.secure_channel(target) if tls else grpc.aio.insecure_channel(target)
+        self._channel = channel
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
 
     async def __aenter__(self) -> FaregateClient:
         return self
@@ -120,7 +182,7 @@ class FaregateClient:
             request_id=request_id,
         )
         try:
-            return await self._stub.Route(request, timeout=timeout_s)
+            return await self._stub.Route(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
 
@@ -150,4 +212,6 @@ class FaregateClient:
             additional_budget_keys=additional_budget_keys,
             request_id=request_id,
         )
-        return RouteStream(self._stub.StreamRoute(request, timeout=timeout_s))
+        return RouteStream(
+            self._stub.StreamRoute(request, timeout=timeout_s, metadata=self._metadata)
+        )

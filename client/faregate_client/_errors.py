@@ -4,12 +4,17 @@ FaregateError
 ├── InvalidArgument      INVALID_ARGUMENT (field_violations)
 ├── NotFound             NOT_FOUND
 ├── FailedPrecondition   FAILED_PRECONDITION
-├── BudgetExhausted      RESOURCE_EXHAUSTED (budget_key)
+├── ResourceExhausted    RESOURCE_EXHAUSTED
+│   ├── BudgetExhausted  a budget can't cover the request (budget_key)
+│   └── RateLimited      the caller's own rate or concurrency limit
+│                        (retry_after_s)
 ├── Unavailable          UNAVAILABLE (retry_after_s: retry then, if set)
 ├── Aborted              ABORTED: a stream broke after output, or the
 │                        request_id is in flight (`StreamInterrupted` too)
 ├── AlreadyExists        ALREADY_EXISTS: a streamed request_id already served
 ├── DeadlineExceeded     DEADLINE_EXCEEDED
+├── Unauthenticated      UNAUTHENTICATED: no API key, or one not recognised
+├── PermissionDenied     PERMISSION_DENIED: a budget, route or model not granted
 └── Internal             INTERNAL and anything else
 """
 
@@ -58,10 +63,20 @@ class FailedPrecondition(FaregateError):
     pass
 
 
-class BudgetExhausted(FaregateError):
+class ResourceExhausted(FaregateError):
+    retry_after_s: float | None
+    """When faregate suggests retrying, from RetryInfo; None when it did not say."""
+
+
+class BudgetExhausted(ResourceExhausted):
     @property
     def budget_key(self) -> str:
         return self.metadata.get("budgetKey", "")
+
+
+class RateLimited(ResourceExhausted):
+    """The caller's principal is over its request rate (PRINCIPAL_RATE_LIMITED)
+    or its concurrent-request cap (PRINCIPAL_CONCURRENCY_LIMITED)."""
 
 
 class Unavailable(FaregateError):
@@ -91,6 +106,14 @@ class DeadlineExceeded(FaregateError):
     pass
 
 
+class Unauthenticated(FaregateError):
+    pass
+
+
+class PermissionDenied(FaregateError):
+    pass
+
+
 class Internal(FaregateError):
     pass
 
@@ -104,6 +127,12 @@ _BY_CODE: dict[grpc.StatusCode, type[FaregateError]] = {
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+_BY_REASON: dict[str, type[FaregateError]] = {
+    "PRINCIPAL_RATE_LIMITED": RateLimited,
+    "PRINCIPAL_CONCURRENCY_LIMITED": RateLimited,
 }
 
 
@@ -128,9 +157,10 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> FaregateError:
             elif detail.Unpack(retry_info):
                 retry_after_s = retry_info.retry_delay.ToNanoseconds() / 1e9
     code = error.code()
-    typed = _BY_CODE.get(code, Internal)(code, reason, error.details() or "", metadata)
+    kind = _BY_REASON.get(reason) or _BY_CODE.get(code, Internal)
+    typed = kind(code, reason, error.details() or "", metadata)
     if isinstance(typed, InvalidArgument):
         typed.field_violations = violations
-    if isinstance(typed, Unavailable):
+    if isinstance(typed, Unavailable | ResourceExhausted):
         typed.retry_after_s = retry_after_s
     return typed

@@ -2,6 +2,7 @@
 
 faregate serve [--config FILE] [--listen HOST:PORT] [--http-listen HOST:PORT] [--workers N]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
+faregate new-api-key
 faregate version
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from faregate_server import __version__
+from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.app import serve
 from faregate_server.config import Config, ConfigError, StateBackend
 from faregate_server.config_loader import load_config
@@ -50,11 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("--config", help="YAML config (default: the embedded one)")
     export_parser.add_argument("--budget-key", default="", help="only this budget's records")
     export_parser.add_argument("--agent", default="", help="only this agent's records")
+    commands.add_parser(
+        "new-api-key", help="print a new API key and the hash to store for it in the config"
+    )
     commands.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
     if args.command == "version":
         print(f"faregate {__version__}")
+        return 0
+    if args.command == "new-api-key":
+        key, stored = new_api_key()
+        print(f"key:  {key}")
+        print(f"hash: {format_key_hash(stored)}")
+        print(
+            "Give the key to the agent (it is not stored anywhere); add the hash to"
+            " auth.principals.<name>.api_keys.",
+            file=sys.stderr,
+        )
         return 0
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,7 +1,8 @@
 """The AdminService servicer: budgets, models and the spend ledger for operators.
 
-Like the router's servicer it only translates: it reads the budget store,
-the catalog and the ledger, and maps errors through the same catalogue.
+Only principals granted `admin` may call it. Like the router's servicer it
+only translates: it reads the budget store, the catalog and the ledger, and
+maps errors through the same catalogue.
 A limit set here holds until the budget's configured limit changes; a reset
 of spend lasts until the window ends.
 """
@@ -13,6 +14,7 @@ import math
 import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 
+from faregate_server.auth import Authenticator, require_admin
 from faregate_server.budgets import BudgetSnapshot
 from faregate_server.errors import BudgetNotFound, InvalidRequest
 from faregate_server.gateway import Gateway
@@ -28,15 +30,23 @@ AdminContext = grpc.aio.ServicerContext[object, object]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, state: StateStore, gateway: Gateway, reloader: Reloader) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        gateway: Gateway,
+        reloader: Reloader,
+        authenticator: Authenticator,
+    ) -> None:
         self._state = state
         self._gateway = gateway
         self._reloader = reloader
+        self._auth = authenticator
 
     async def GetBudget(
         self, request: admin_pb2.GetBudgetRequest, context: AdminContext
     ) -> admin_pb2.GetBudgetResponse:
         try:
+            self._require_admin(context)
             return admin_pb2.GetBudgetResponse(budget=await self._budget(request.key))
         except Exception as error:
             await abort(context, error, "")
@@ -45,6 +55,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListBudgetsRequest, context: AdminContext
     ) -> admin_pb2.ListBudgetsResponse:
         try:
+            self._require_admin(context)
             budgets = [await self._budget(key) for key in self._gateway.catalog.config.budgets]
         except Exception as error:
             await abort(context, error, "")
@@ -54,6 +65,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.UpdateBudgetRequest, context: AdminContext
     ) -> admin_pb2.UpdateBudgetResponse:
         try:
+            self._require_admin(context)
             snapshot = await self._state.budget(request.key)
             change = request.WhichOneof("change")
             if change == "set_limit_nano_usd":
@@ -82,6 +94,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListModelsRequest, context: AdminContext
     ) -> admin_pb2.ListModelsResponse:
         try:
+            self._require_admin(context)
             return self._models()
         except Exception as error:
             await abort(context, error, "")
@@ -114,6 +127,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListSpendRequest, context: AdminContext
     ) -> admin_pb2.ListSpendResponse:
         try:
+            self._require_admin(context)
             page_size = request.page_size or _DEFAULT_PAGE_SIZE
             if not 0 < page_size <= _MAX_PAGE_SIZE:
                 raise InvalidRequest({"page_size": f"must be between 1 and {_MAX_PAGE_SIZE}"})
@@ -146,6 +160,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 route=record.route,
                 model_version=record.model_version,
                 attempts=record.attempts,
+                principal=record.principal,
             )
             for _, record in page
         ]
@@ -156,9 +171,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ReloadConfigRequest, context: AdminContext
     ) -> admin_pb2.ReloadConfigResponse:
         try:
+            self._require_admin(context)
             return admin_pb2.ReloadConfigResponse(applied=self._reloader.reload())
         except Exception as error:
             await abort(context, error, "")
+
+    def _require_admin(self, context: AdminContext) -> None:
+        """Operators only: an admin principal sees every budget and all spend."""
+        require_admin(self._auth.authenticate(context))
 
     async def _budget(self, key: str) -> admin_pb2.Budget:
         budget = self._gateway.catalog.config.budgets.get(key)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from faregate_server.admin import AdminServicer
+from faregate_server.auth import Authenticator
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
 from faregate_server.config import Config
@@ -39,6 +40,7 @@ from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
 from faregate_server.telemetry import Telemetry
 from faregate_server.telemetry_interceptor import TelemetryInterceptor
+from faregate_server.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class RunningServer:
     """A serving faregate, for the command line and for tests."""
 
     port: int
+    admin_port: int | None
+    """Where the AdminService is served (`port` unless admin.listen is set);
+    None when it is off."""
     state: StateStore
     gateway: Gateway
     reloader: Reloader
@@ -124,7 +129,8 @@ async def serve(
         catalog = Catalog(config, session, clock)
         planner = Planner(state, clock, rng, telemetry)
         gateway = Gateway(catalog, planner, state, clock, rng, telemetry)
-        reloader = Reloader(config_path, gateway, state, session, clock)
+        authenticator = Authenticator(config.auth, clock)
+        reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
             # A background loop owned by the server's lifetime: cancelled and
             # awaited when the server stops.
@@ -136,37 +142,37 @@ async def serve(
         interceptors = []
         if telemetry.observing:
             interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                (
-                    "grpc.max_receive_message_length",
-                    config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
-                ),
-            ],
-        )
+        router_server = _grpc_server(config, interceptors)
         router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServicer(gateway, config.server), server
+            RouterServicer(gateway, config.server, authenticator), router_server
         )
-        services = [ROUTER_SERVICE]
+        services = {router_server: [ROUTER_SERVICE]}
+        admin_server = router_server
         if config.admin.enabled:
+            if config.admin.listen:
+                admin_server = _grpc_server(config)
+                services[admin_server] = []
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
-                AdminServicer(state, gateway, reloader), server
+                AdminServicer(state, gateway, reloader, authenticator), admin_server
             )
-            services.append(ADMIN_SERVICE)
-            logger.warning("the admin service is on, with no authentication yet")
-        health_servicer = health.aio.HealthServicer()
-        # Not ready until the server listens (the servicer starts out SERVING).
-        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        # Up before gRPC and down after it, so /readyz answers 503 through a drain.
+            services[admin_server].append(ADMIN_SERVICE)
+        healths = {}
+        for server, names in services.items():
+            health_servicer = healths[server] = health.aio.HealthServicer()
+            # Not ready until the server listens (the servicer starts out SERVING).
+            await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+        # Up before gRPC and down after it, so /readyz answers 503 through a drain;
+        # it follows the health of the server that routes.
         http_port = None
         http_address = config.telemetry.http_listen if http_listen is None else http_listen
         if http_address:
-            http_admin = HttpAdmin(health_servicer, state, current_catalog, registry, metrics)
+            http_admin = HttpAdmin(
+                healths[router_server], state, current_catalog, registry, metrics
+            )
             http_port = await http_admin.start(http_address)
             stack.push_async_callback(http_admin.aclose)
             logger.info(
@@ -175,23 +181,42 @@ async def serve(
                 http_port,
                 os.getpid(),
             )
-        address = listen or config.server.listen
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
-        for service in ("", ROUTER_SERVICE):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+        ports = {}
+        for server, names in services.items():
+            address = (
+                (listen or config.server.listen)
+                if server is router_server
+                else (config.admin.listen)
+            )
+            ports[server] = add_port(server, address, config.server.tls)
+            await server.start()
+            stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
+            for service in ("", *names):
+                await healths[server].set(service, health_pb2.HealthCheckResponse.SERVING)
+            stack.push_async_callback(healths[server].enter_graceful_shutdown)
         yield RunningServer(
-            port=port,
+            port=ports[router_server],
+            admin_port=ports[admin_server] if config.admin.enabled else None,
             state=state,
             gateway=gateway,
             reloader=reloader,
             telemetry=telemetry,
             http_port=http_port,
         )
+
+
+def _grpc_server(
+    config: Config, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            (
+                "grpc.max_receive_message_length",
+                config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,
+            ),
+        ],
+    )
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -206,6 +206,32 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the gRPC port: the files' paths and the PEM contents read and
+    checked when the config was loaded.
+
+    The server reads the files again before each new connection's handshake
+    and switches to new contents that pass the same checks, so the contents
+    take no part in comparing configs.
+    """
+
+    cert_file: str
+    """The server's certificate chain (PEM), leaf first."""
+    key_file: str
+    """The private key of `cert_file` (PEM, unencrypted)."""
+    client_ca_file: str = ""
+    """CA certificates (PEM) that sign client certificates; when set, every
+    client must present one (mutual TLS)."""
+    cert_pem: bytes = field(default=b"", repr=False, compare=False)
+    key_pem: bytes = field(default=b"", repr=False, compare=False)
+    client_ca_pem: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca_pem)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     """host:port for the gRPC server."""
@@ -221,6 +247,8 @@ class ServerConfig:
     """How long in-flight requests may run on after a stop is asked."""
     reload_poll_s: float = 2.0
     """How often the config file is checked for changes (0 turns watching off)."""
+    tls: TlsConfig | None = None
+    """TLS (and mutual TLS) for the gRPC port; None serves plaintext."""
 
 
 class StateBackend(StrEnum):
@@ -277,8 +305,63 @@ class StateConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     enabled: bool = False
-    """Serve faregate.v1.AdminService on the same port (no auth yet: keep it off
-    on shared networks)."""
+    """Serve faregate.v1.AdminService (to principals granted `admin`)."""
+    listen: str = ""
+    """host:port of a separate gRPC server for the AdminService (a private
+    interface, say); empty serves it beside the RouterService."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Names a principal may use: some, or every one ("*")."""
+
+    names: frozenset[str] = frozenset()
+    everything: bool = False
+
+    def allows(self, name: str) -> bool:
+        return self.everything or name in self.names
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyHash:
+    """A stored API key: its public id and a salted digest of its secret part."""
+
+    key_id: str
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    """Someone who may call faregate, and what they may do."""
+
+    name: str
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    certificate_subjects: tuple[str, ...] = ()
+    """Verified client-certificate subjects (mutual TLS) that stand for it when
+    a call carries no API key, as grpc reports them: "O=Acme,CN=agent-1"."""
+    budgets: Grant = Grant()
+    """Budgets its requests may spend from (every one of a request's keys)."""
+    routes: Grant = Grant()
+    """Routes it may name, the default route included when `model` is empty."""
+    models: Grant = Grant()
+    """Models it may name directly, bypassing routes."""
+    requests_per_s: float = 0.0
+    """Its sustained request rate on each replica; 0 means no limit."""
+    burst: int = 1
+    """Requests it may send at once above the rate."""
+    max_concurrent: int = 0
+    """Requests (streams included) it may have open at once on each replica; 0 means no cap."""
+    admin: bool = False
+    """Whether it may call the AdminService."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = True
+    """Every RouterService and AdminService call must carry a credential
+    (health and reflection stay open for probes and grpcurl)."""
+    principals: Mapping[str, PrincipalConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,4 +398,5 @@ class Config:
     retries: RetryConfig = RetryConfig()
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
+    auth: AuthConfig = AuthConfig()
     telemetry: TelemetryConfig = TelemetryConfig()

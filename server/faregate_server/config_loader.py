@@ -7,7 +7,9 @@ naming the field path and the problem, e.g.
 
 from __future__ import annotations
 
+import math
 import os
+import ssl
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import resources
@@ -16,15 +18,20 @@ from typing import Any, TypeVar
 
 import yaml
 
+from faregate_server.api_keys import KeyFormatError, parse_key_hash
 from faregate_server.config import (
     AdminConfig,
+    ApiKeyHash,
+    AuthConfig,
     BudgetConfig,
     Config,
     ConfigError,
+    Grant,
     LimitDraw,
     LimitPoolConfig,
     LimitUnit,
     ModelConfig,
+    PrincipalConfig,
     ProviderKind,
     RedisConfig,
     RetryConfig,
@@ -36,6 +43,7 @@ from faregate_server.config import (
     StateBackend,
     StateConfig,
     TelemetryConfig,
+    TlsConfig,
     WhenUnavailable,
     Window,
 )
@@ -49,7 +57,7 @@ _PROVIDER_DEFAULT_BASE = {
 }
 _TOP_LEVEL = {
     "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
-    "admin", "telemetry",
+    "admin", "auth", "telemetry",
 }  # fmt: skip
 
 
@@ -102,6 +110,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         retries=_retries(root.child("retries", {})),
         state=_state(root.child("state", {})),
         admin=_admin(root.child("admin", {})),
+        auth=_auth(root.child("auth", {}), budgets, routes, models),
         telemetry=_telemetry(root.child("telemetry", {})),
     )
 
@@ -127,8 +136,93 @@ def _telemetry(node: _Node) -> TelemetryConfig:
 
 
 def _admin(node: _Node) -> AdminConfig:
+    defaults = AdminConfig()
     node.expect_keys(set(AdminConfig.__slots__))
-    return AdminConfig(enabled=node.boolean("enabled", AdminConfig().enabled))
+    return AdminConfig(
+        enabled=node.boolean("enabled", defaults.enabled),
+        listen=node.string("listen", defaults.listen),
+    )
+
+
+def _auth(
+    node: _Node,
+    budgets: Mapping[str, BudgetConfig],
+    routes: Mapping[str, RouteConfig],
+    models: Mapping[str, ModelConfig],
+) -> AuthConfig:
+    node.expect_keys(set(AuthConfig.__slots__))
+    enabled = node.boolean("enabled", AuthConfig().enabled)
+    principals = {
+        name: _principal(name, principal, budgets, routes, models)
+        for name, principal in node.items("principals")
+    }
+    key_ids = [stored.key_id for principal in principals.values() for stored in principal.api_keys]
+    subjects = [subject for p in principals.values() for subject in p.certificate_subjects]
+    if len(key_ids) != len(set(key_ids)):
+        raise node.error("principals", "two API keys share a key id")
+    if len(subjects) != len(set(subjects)):
+        raise node.error("principals", "two principals claim one certificate subject")
+    if enabled and not key_ids and not subjects:
+        raise node.error(
+            "enabled",
+            "auth is on but no principal has an API key or a certificate subject; add one"
+            " (`faregate new-api-key`) or set auth.enabled: false for local development",
+        )
+    return AuthConfig(enabled=enabled, principals=principals)
+
+
+def _principal(
+    name: str,
+    node: _Node,
+    budgets: Mapping[str, BudgetConfig],
+    routes: Mapping[str, RouteConfig],
+    models: Mapping[str, ModelConfig],
+) -> PrincipalConfig:
+    defaults = PrincipalConfig(name)
+    node.expect_keys(set(PrincipalConfig.__slots__) - {"name"})
+    requests_per_s = node.number("requests_per_s", defaults.requests_per_s, minimum=0)
+    return PrincipalConfig(
+        name=name,
+        api_keys=_api_keys(node.child("api_keys", [])),
+        certificate_subjects=_names(node.child("certificate_subjects", [])),
+        budgets=_grant(node.child("budgets", []), budgets),
+        routes=_grant(node.child("routes", []), routes),
+        models=_grant(node.child("models", []), models),
+        requests_per_s=requests_per_s,
+        burst=node.integer("burst", max(1, math.ceil(requests_per_s))),
+        max_concurrent=node.integer("max_concurrent", defaults.max_concurrent, minimum=0),
+        admin=node.boolean("admin", defaults.admin),
+    )
+
+
+def _api_keys(node: _Node) -> tuple[ApiKeyHash, ...]:
+    if not isinstance(node.value, list):
+        raise ConfigError(f"{node.path}: must be a list of stored key hashes")
+    keys = []
+    for index, entry in enumerate(node.value):
+        try:
+            keys.append(parse_key_hash(entry if isinstance(entry, str) else ""))
+        except KeyFormatError as error:
+            raise ConfigError(f"{node.path}[{index}]: {error}") from None
+    return tuple(keys)
+
+
+def _names(node: _Node) -> tuple[str, ...]:
+    if not isinstance(node.value, list) or not all(isinstance(n, str) and n for n in node.value):
+        raise ConfigError(f"{node.path}: must be a list of non-empty strings")
+    return tuple(node.value)
+
+
+def _grant(node: _Node, known: Mapping[str, object]) -> Grant:
+    """A list of names, or "*" for every one (later ones included)."""
+    if node.value == "*":
+        return Grant(everything=True)
+    if not isinstance(node.value, list) or not all(isinstance(n, str) for n in node.value):
+        raise ConfigError(f'{node.path}: must be a list of names or "*"')
+    for name in node.value:
+        if name not in known:
+            raise ConfigError(f"{node.path}: {name!r} is not configured")
+    return Grant(frozenset(node.value))
 
 
 def _state(node: _Node) -> StateConfig:
@@ -176,7 +270,68 @@ def _server(node: _Node) -> ServerConfig:
         ),
         shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
         reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
+        tls=_tls(node.child("tls")) if node.scalar("tls", None) is not None else None,
     )
+
+
+def load_tls(section: Mapping[str, Any], path: str = "server.tls") -> TlsConfig:
+    """Reads and checks the TLS files a `server.tls`-shaped section names; the
+    server calls it again when the files change (see `faregate_server.tls`)."""
+    return _tls(_Node(section, path))
+
+
+def _tls(node: _Node) -> TlsConfig:
+    """Reads the PEM files and checks them with the ssl module, so a bad file
+    stops startup naming its field instead of failing every handshake later."""
+    node.expect_keys({"cert_file", "key_file", "client_ca_file"})
+    cert_file, key_file = node.string("cert_file"), node.string("key_file")
+    client_ca_file = node.string("client_ca_file", "")
+    cert_pem = _read_certificates(node, "cert_file")
+    key_pem = _read_file(node, "key_file")
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise node.error("key_file", f"{key_file} is not a PEM private key")
+    if b"ENCRYPTED" in key_pem:
+        raise node.error("key_file", f"{key_file} is encrypted; give an unencrypted key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as error:
+        raise node.error(
+            "key_file", f"{key_file} is not the key of {cert_file}: {_reason(error)}"
+        ) from None
+    return TlsConfig(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=client_ca_file,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        client_ca_pem=_read_certificates(node, "client_ca_file") if client_ca_file else b"",
+    )
+
+
+def _read_certificates(node: _Node, key: str) -> bytes:
+    pem = _read_file(node, key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError) as error:
+        raise node.error(
+            key, f"{node.string(key)} holds no valid PEM certificate: {_reason(error)}"
+        ) from None
+    return pem
+
+
+def _reason(error: Exception) -> str:
+    # OpenSSL's short reason (e.g. KEY_VALUES_MISMATCH), not its source line.
+    return getattr(error, "reason", None) or str(error)
+
+
+def _read_file(node: _Node, key: str) -> bytes:
+    path = node.string(key)
+    if not path:
+        raise node.error(key, "must not be empty")
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise node.error(key, f"cannot read {path}: {error.strerror}") from None
 
 
 def _model(

@@ -140,6 +140,7 @@ class RouteCall:
             retry with the same id is answered from the first one's result.
         fingerprint: A digest of the request without its id, so a reused id
             with a different request is caught.
+        principal: Who the request is authenticated as (empty with auth off).
     """
 
     model: str

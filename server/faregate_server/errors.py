@@ -23,7 +23,14 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── RequestIdReused         INVALID_ARGUMENT    REQUEST_ID_REUSED (+ BadRequest)
     ├── RequestInFlight         ABORTED             REQUEST_IN_FLIGHT (+ RetryInfo)
     ├── RequestAlreadyServed    ALREADY_EXISTS      REQUEST_ALREADY_SERVED
-    └── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
+    ├── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
+    ├── Unauthenticated         UNAUTHENTICATED
+    │   ├── CredentialMissing                       API_KEY_MISSING
+    │   └── CredentialInvalid                       API_KEY_INVALID
+    ├── PermissionDenied        PERMISSION_DENIED   NOT_GRANTED
+    └── PrincipalLimited        RESOURCE_EXHAUSTED  (+ QuotaFailure, RetryInfo)
+        ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
+        └── PrincipalConcurrencyLimited             PRINCIPAL_CONCURRENCY_LIMITED
 
 Anything else that escapes a handler is a bug: `internal_error_status` turns it
 into INTERNAL with a trace id and no internals.
@@ -307,6 +314,75 @@ class StateUnavailable(_Retryable):
             " reserved until it returns",
             retry_after_s,
         )
+
+
+class Unauthenticated(FaregateError):
+    """No usable credential. The message never repeats what was sent."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class CredentialMissing(Unauthenticated):
+    reason = "API_KEY_MISSING"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no credential: send the metadata 'authorization: Bearer <api key>'"
+            " or a client certificate"
+        )
+
+
+class CredentialInvalid(Unauthenticated):
+    reason = "API_KEY_INVALID"
+
+    def __init__(self) -> None:
+        super().__init__("the API key or client certificate is not recognised")
+
+
+class PermissionDenied(FaregateError):
+    """The principal may not use what the request names."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "NOT_GRANTED"
+
+    def __init__(self, principal: str, field: str, name: str) -> None:
+        super().__init__(
+            f"principal {principal!r} is not granted {field} {name!r}",
+            principal=principal,
+            field=field,
+        )
+
+
+class PrincipalLimited(_Retryable):
+    """The principal is over one of its own limits."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    limit: ClassVar[str]
+
+    def __init__(self, principal: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"principal {principal!r} is over its {self.limit} limit; retry later",
+            retry_after_s,
+            principal=principal,
+        )
+        self.principal = principal
+
+    def details(self) -> Sequence[Message]:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=f"principal:{self.principal}",
+            description=f"the principal's {self.limit} limit is reached",
+        )
+        return (error_details_pb2.QuotaFailure(violations=[violation]),)
+
+
+class PrincipalRateLimited(PrincipalLimited):
+    reason = "PRINCIPAL_RATE_LIMITED"
+    limit = "request rate"
+
+
+class PrincipalConcurrencyLimited(PrincipalLimited):
+    reason = "PRINCIPAL_CONCURRENCY_LIMITED"
+    limit = "concurrent request"
 
 
 def internal_error_status(trace_id: str) -> tuple[grpc.StatusCode, str, Metadata]:

@@ -63,14 +63,16 @@ _LATER_COLUMNS = {
     "route": "TEXT NOT NULL DEFAULT ''",
     "model_version": "TEXT NOT NULL DEFAULT ''",
     "attempts": "INTEGER NOT NULL DEFAULT 1",
+    "principal": "TEXT NOT NULL DEFAULT ''",
 }
 _COLUMNS = (
     "request_id, time_s, budget_key, agent, model, input_tokens, output_tokens,"
-    " reserved_nano_usd, cost_nano_usd, outcome, also_budget_keys, route, model_version, attempts"
+    " reserved_nano_usd, cost_nano_usd, outcome, also_budget_keys, route, model_version, attempts,"
+    " principal"
 )
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
-_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"
@@ -100,6 +102,8 @@ class SpendRecord:
     model_version: str = ""
     attempts: int = 1
     """Upstream attempts made, hedges and retries included."""
+    principal: str = ""
+    """Who the request was authenticated as; empty with auth off."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (one line of an export)."""
@@ -124,6 +128,7 @@ def _row(record: SpendRecord) -> tuple[object, ...]:
         record.route,
         record.model_version,
         record.attempts,
+        record.principal,
     )
 
 
@@ -131,7 +136,7 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
     (request_id, time_s, key, agent, model, tokens_in, tokens_out, reserved, cost, outcome) = row[
         :10
     ]
-    also, route, version, attempts = row[10:]
+    also, route, version, attempts, principal = row[10:]
     return SpendRecord(
         request_id,
         time_s,
@@ -146,6 +151,7 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
         route,
         version,
         attempts,
+        principal,
     )
 
 

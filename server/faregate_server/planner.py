@@ -182,6 +182,7 @@ class Planner:
             route=plan.route.name,
             model_version=deployment.config.version,
             attempts=attempts,
+            principal=plan.call.principal,
         )
         tokens = usage.input_tokens + usage.output_tokens
         self._telemetry.observe_settlement(usage, cost_nano_usd)

@@ -600,6 +600,7 @@ def _record_from_fields(fields: dict[str, str]) -> SpendRecord:
         route=fields["route"],
         model_version=fields["model_version"],
         attempts=int(fields["attempts"]),
+        principal=fields.get("principal", ""),
     )
 
 

@@ -4,10 +4,11 @@ A new config is validated whole first; a bad one is refused with a log line
 and the old one keeps serving. A good one is applied in one step with no
 await in between: a new catalog (reusing every unchanged model's deployment,
 so its pool, breaker and latency history carry over), budgets and limit
-pools reconfigured in place (a kept key keeps its spend), then the gateway
-switched to the new catalog. Requests in flight finish on the catalog they
-started with. Server settings (listen address, message limits) and telemetry
-settings need a restart.
+pools reconfigured in place (a kept key keeps its spend), API keys and grants
+replaced (so keys rotate without a restart), then the gateway switched to the
+new catalog. Requests in flight finish on the catalog they
+started with. Server settings (listen address, message limits) and telemetry settings
+need a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
+from faregate_server.auth import Authenticator
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import Config, ConfigError
@@ -34,11 +36,13 @@ class Reloader:
         path: Path | None,
         gateway: Gateway,
         state: StateStore,
+        authenticator: Authenticator,
         session: aiohttp.ClientSession,
         clock: Clock,
     ) -> None:
         self._path = path
         self._gateway = gateway
+        self._auth = authenticator
         self._state = state
         self._session = session
         self._clock = clock
@@ -72,6 +76,7 @@ class Reloader:
             logger.warning("config reload: telemetry settings change only on restart")
         catalog = Catalog(config, self._session, self._clock, previous=self._gateway.catalog)
         self._state.reconfigure(config)
+        self._auth.reconfigure(config.auth)
         self._gateway.catalog = catalog
         self.reloads += 1
         logger.info(

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
+from faregate_server.auth import Authenticator, authorize
 from faregate_server.config import ServerConfig
 from faregate_server.domain import (
     AttemptOutcome,
@@ -105,18 +106,24 @@ AnyContext = RouteContext | StreamContext
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, gateway: Gateway, settings: ServerConfig) -> None:
+    def __init__(
+        self, gateway: Gateway, settings: ServerConfig, authenticator: Authenticator
+    ) -> None:
         self._gateway = gateway
         self._settings = settings
+        self._auth = authenticator
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         try:
-            call = self._to_call(request)
+            principal = self._auth.authenticate(context)
+            call = self._to_call(request, principal.name)
+            authorize(principal, call, self._gateway.catalog)
             deadline_s = self._deadline(context)
-            async with asyncio.timeout_at(deadline_s):
-                result = await self._gateway.route(call, deadline_s)
+            with self._auth.admit(principal):
+                async with asyncio.timeout_at(deadline_s):
+                    result = await self._gateway.route(call, deadline_s)
         except Exception as error:
             await abort(context, error, request.model)
         return router_pb2.RouteResponse(
@@ -141,14 +148,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
         try:
-            call = self._to_call(request)
+            principal = self._auth.authenticate(context)
+            call = self._to_call(request, principal.name)
+            authorize(principal, call, self._gateway.catalog)
             deadline_s = self._deadline(context)
-            async with (
-                asyncio.timeout_at(deadline_s),
-                aclosing(self._gateway.stream(call, deadline_s)) as events,
-            ):
-                async for event in events:
-                    await context.write(_stream_event(event))
+            with self._auth.admit(principal):
+                async with (
+                    asyncio.timeout_at(deadline_s),
+                    aclosing(self._gateway.stream(call, deadline_s)) as events,
+                ):
+                    async for event in events:
+                        await context.write(_stream_event(event))
         except Exception as error:
             await abort(context, error, request.model)
 
@@ -158,7 +168,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             remaining_s = self._settings.default_deadline_s
         return asyncio.get_running_loop().time() + remaining_s
 
-    def _to_call(self, request: AnyRouteRequest) -> RouteCall:
+    def _to_call(self, request: AnyRouteRequest, principal: str) -> RouteCall:
         violations: dict[str, str] = {}
         size = request.ByteSize()
         if size > self._settings.max_request_bytes:
@@ -188,7 +198,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if request.request_id:
             if len(request.request_id) > _MAX_REQUEST_ID_CHARS:
                 violations["request_id"] = f"must be at most {_MAX_REQUEST_ID_CHARS} characters"
-            fingerprint = _fingerprint(request)
+            fingerprint = _fingerprint(request, principal)
         max_output_tokens = None
         if request.HasField("max_output_tokens"):
             max_output_tokens = request.max_output_tokens
@@ -217,6 +227,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             additional_budget_keys=additional,
             request_id=request.request_id,
             fingerprint=fingerprint,
+            principal=principal,
         )
 
 
@@ -229,14 +240,16 @@ def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:
     )
 
 
-def _fingerprint(request: AnyRouteRequest) -> str:
-    """Which request this is, its id aside; the RPC counts, so a Route id
-    can't replay as a stream."""
+def _fingerprint(request: AnyRouteRequest, principal: str) -> str:
+    """Which request this is, its id aside. The RPC counts, so a Route id
+    can't replay as a stream; so does the principal, so one principal's
+    request id never answers with another's result."""
     request_id = request.request_id
     request.ClearField("request_id")
     serialized = request.SerializeToString(deterministic=True)
     request.request_id = request_id
-    return fingerprint(type(request).__name__.encode() + serialized)
+    caller = f"{type(request).__name__}\0{principal}\0".encode()
+    return fingerprint(caller + serialized)
 
 
 def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from faregate_server.api_keys import format_key_hash
 
-from tests.bench.load import BENCH_BUDGET, BENCH_MODEL
+from tests.bench.load import BENCH_BUDGET, BENCH_KEY_HASH, BENCH_MODEL
 from tests.bench.upstream import SLOW_MODEL
 
 SLOW_WORKERS = 2
@@ -47,6 +48,18 @@ def bench_config(api_base: str) -> dict[str, Any]:
         # Like for like with the pass-through, which keeps nothing: the cost
         # of a durable or shared ledger is measured on its own (state.py).
         "state": {"backend": "memory"},
+        # Every call carries an API key, as in production; the pass-through
+        # receives the same metadata and ignores it.
+        "auth": {
+            "enabled": True,
+            "principals": {
+                "bench": {
+                    "api_keys": [format_key_hash(BENCH_KEY_HASH)],
+                    "budgets": [BENCH_BUDGET],
+                    "models": [BENCH_MODEL, SLOW_MODEL],
+                }
+            },
+        },
     }
 
 

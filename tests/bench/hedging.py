@@ -129,6 +129,7 @@ def hedge_config(mode: Mode) -> dict[str, Any]:
         "routes": {ROUTE: route},
         "budgets": {BUDGET: {"limit_usd": 100, "window": "none"}},
         "retries": {"budget_ratio": RETRY_BUDGET_RATIO},
+        "auth": {"enabled": False},
     }
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
+from faregate_server.api_keys import new_api_key
 
 PROMPT = "Summarise the plot of Hamlet in one short sentence."
 BENCH_MODEL = "bench"
 BENCH_BUDGET = "bench"
+BENCH_API_KEY, BENCH_KEY_HASH = new_api_key()
 UNARY_MAX_OUTPUT_TOKENS = 16
 STREAM_TOKENS = 256
 CALL_TIMEOUT_S = 10.0
@@ -121,6 +123,9 @@ def describe_error(error: Exception) -> str:
     return text[:_ERROR_TEXT_CHARS]
 
 
+_AUTH = (("authorization", f"Bearer {BENCH_API_KEY}"),)
+
+
 def _messages() -> list[router_pb2.Message]:
     return [router_pb2.Message(role=router_pb2.ROLE_USER, content=PROMPT)]
 
@@ -146,13 +151,13 @@ class GrpcTarget:
         )
 
     async def route(self) -> int:
-        await self._stub.Route(self._route_request, timeout=CALL_TIMEOUT_S)
+        await self._stub.Route(self._route_request, timeout=CALL_TIMEOUT_S, metadata=_AUTH)
         return 1
 
     async def stream(self) -> int:
         """Reads a whole StreamRoute; returns how many deltas arrived."""
         deltas = 0
-        call = self._stub.StreamRoute(self._stream_request, timeout=CALL_TIMEOUT_S)
+        call = self._stub.StreamRoute(self._stream_request, timeout=CALL_TIMEOUT_S, metadata=_AUTH)
         async for event in call:
             if event.WhichOneof("event") == "delta":
                 deltas += 1

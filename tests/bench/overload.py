@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 from faregate_client import FaregateClient, FaregateError
 
-from tests.bench.load import BENCH_BUDGET, BENCH_MODEL, CALL_TIMEOUT_S, PROMPT, percentile
+from tests.bench.load import (
+    BENCH_API_KEY,
+    BENCH_BUDGET,
+    BENCH_MODEL,
+    CALL_TIMEOUT_S,
+    PROMPT,
+    percentile,
+)
 from tests.bench.procs import cpu_time_s
 from tests.bench.upstream import SLOW_MODEL
 
@@ -50,7 +57,7 @@ class OverloadResult:
 
 async def measure_overload(target: str, server_pid: int, burst: int) -> OverloadResult:
     """Fires `burst` concurrent Route calls at the slow model and sorts the outcomes."""
-    async with FaregateClient(target) as client:
+    async with FaregateClient(target, api_key=BENCH_API_KEY) as client:
         # Connect and warm up first, so the burst measures faregate, not the handshake.
         await client.route(
             PROMPT, budget_key=BENCH_BUDGET, model=BENCH_MODEL, timeout_s=CALL_TIMEOUT_S

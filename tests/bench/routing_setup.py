@@ -137,6 +137,7 @@ def sim_config(policy: Policy) -> dict[str, Any]:
         },
         "budgets": {BUDGET: {"limit_usd": BUDGET_USD, "window": "none"}},
         "routing": dict(policy.routing),
+        "auth": {"enabled": False},
     }
 
 

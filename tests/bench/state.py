@@ -58,6 +58,7 @@ async def _measure(
                 "routes": {"default": ["m"]},
                 "budgets": {"b": {"limit_usd": 1_000_000, "window": "none"}},
                 "state": state,
+                "auth": {"enabled": False},
             }
         ),
         env={},

@@ -1,7 +1,8 @@
 """Telemetry's price: faregate's CPU per request with each level of telemetry.
 
-Four faregate processes on the bench config (`faregate_config.py`), each
-`python -m tests.bench.telemetry serve MODE API_BASE`, pinned to the server
+Four faregate processes on the bench config (`faregate_config.py`, written
+by this process so the API key it calls with matches), each
+`python -m tests.bench.telemetry serve MODE CONFIG`, pinned to the server
 core, the fake upstream and this load generator sharing the other:
 
 - off: no metrics, no request log, no tracing, no HTTP port; the gRPC
@@ -42,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import yaml
@@ -55,7 +56,7 @@ from faregate_server.telemetry import NO_TELEMETRY
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from tests.bench.faregate_config import bench_config
+from tests.bench.faregate_config import write_bench_config
 from tests.bench.load import Call, GrpcTarget, closed_loop
 from tests.bench.procs import Children, cpu_time_s, log_tail, pin
 from tests.bench.report import align
@@ -93,8 +94,7 @@ class _DropSpans(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-async def _serve_child(mode: str, api_base: str) -> None:
-    data = bench_config(api_base)
+async def _serve_child(mode: str, data: dict[str, Any]) -> None:
     data["telemetry"] = _TELEMETRY[mode]
     config = parse_config(yaml.safe_dump(data))
     tracer_provider = None
@@ -177,12 +177,12 @@ def measure() -> list[ModeResult]:
         upstream = children.start(
             "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
         )
-        api_base = f"http://{upstream.target}/v1"
+        config = write_bench_config(Path(scratch) / "faregate.yaml", f"http://{upstream.target}/v1")
         targets = {}
         for mode in MODES:
             child = children.start(
                 f"faregate-{mode}",
-                [sys.executable, "-m", "tests.bench.telemetry", "serve", mode, api_base],
+                [sys.executable, "-m", "tests.bench.telemetry", "serve", mode, str(config)],
                 {server_cpu},
             )
             targets[mode] = (child.pid, child.target)
@@ -256,8 +256,8 @@ def _progress(message: str) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
-        mode, api_base = argv[1:3]
-        asyncio.run(_serve_child(mode, api_base))
+        mode, config_path = argv[1:3]
+        asyncio.run(_serve_child(mode, yaml.safe_load(Path(config_path).read_text())))
         return 0
     print(render(measure(), hooks_off_ns()), flush=True)
     return 0

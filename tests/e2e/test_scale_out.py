@@ -45,6 +45,7 @@ async def _store(state: dict[str, Any]) -> AsyncIterator[StateStore]:
         "routes": {"default": ["m"]},
         "budgets": {key: {"limit_usd": 1000} for key in ("race", "demo")},
         "state": state,
+        "auth": {"enabled": False},
     }
     store = await open_state(to_config(data), SystemClock())
     try:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FaregateClient, FaregateError
+from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.request_log import LOGGER_NAME
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
@@ -369,6 +370,29 @@ async def test_each_request_logs_one_json_line_without_prompt_or_keys(
     text = caplog.text
     assert "a secret prompt" not in text
     assert "sk-test-openai" not in text
+
+
+async def test_the_log_line_names_the_principal_and_never_its_key(
+    start_faregate: StartFaregate, config_data: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    key, stored = new_api_key()
+    config_data["auth"] = {
+        "enabled": True,
+        "principals": {
+            "ci-bot": {"api_keys": [format_key_hash(stored)], "budgets": "*", "routes": "*"}
+        },
+    }
+    async with start_faregate(to_config(config_data)) as faregate:
+        async with FaregateClient(faregate.target, api_key=key) as client:
+            await client.route("hi", budget_key="team")
+        with pytest.raises(FaregateError):
+            await faregate.client.route("hi", budget_key="team")  # no key
+
+    served, refused = _request_lines(caplog)
+    assert (served["principal"], served["outcome"]) == ("ci-bot", "OK")
+    assert (refused["principal"], refused["outcome"]) == ("", "UNAUTHENTICATED")
+    assert key not in caplog.text
 
 
 async def test_prompts_are_logged_only_when_the_operator_turns_it_on(

@@ -376,6 +376,7 @@ class SpendEntry(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """faregate's request id."""
     time_unix_s: _builtins.float
@@ -398,6 +399,8 @@ class SpendEntry(_message.Message):
     """The version of the model that served it."""
     attempts: _builtins.int
     """Upstream attempts made for it, retries and hedges included."""
+    principal: _builtins.str
+    """The principal the request was authenticated as; empty when auth is off."""
     @_builtins.property
     def usage(self) -> _router_pb2.Usage:
         """Its tokens."""
@@ -422,10 +425,11 @@ class SpendEntry(_message.Message):
         route: _builtins.str = ...,
         model_version: _builtins.str = ...,
         attempts: _builtins.int = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "attempts", b"attempts", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "model_version", b"model_version", "outcome", b"outcome", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "route", b"route", "time_unix_s", b"time_unix_s", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "attempts", b"attempts", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "model_version", b"model_version", "outcome", b"outcome", "principal", b"principal", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "route", b"route", "time_unix_s", b"time_unix_s", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -92,6 +92,22 @@ class RouterServiceStub:
     STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
     unreachable and faregate is configured to fail
     closed; RetryInfo says when to try again.
+    API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+    no `authorization: Bearer <api key>` metadata.
+    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+    or the AdminService is outside the caller's
+    grant (checked before it is looked up, so
+    existence is not revealed). Metadata: principal,
+    field (budget, route, model or service).
+    PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+    its request rate; QuotaFailure names it and
+    RetryInfo says when a request fits. Metadata:
+    principal.
+    PRINCIPAL_CONCURRENCY_LIMITED
+    RESOURCE_EXHAUSTED. The caller's principal has its
+    cap of requests open; QuotaFailure, RetryInfo.
+    Metadata: principal.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -182,6 +198,22 @@ class RouterServiceServicer:
     STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
     unreachable and faregate is configured to fail
     closed; RetryInfo says when to try again.
+    API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+    no `authorization: Bearer <api key>` metadata.
+    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+    or the AdminService is outside the caller's
+    grant (checked before it is looked up, so
+    existence is not revealed). Metadata: principal,
+    field (budget, route, model or service).
+    PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+    its request rate; QuotaFailure names it and
+    RetryInfo says when a request fits. Metadata:
+    principal.
+    PRINCIPAL_CONCURRENCY_LIMITED
+    RESOURCE_EXHAUSTED. The caller's principal has its
+    cap of requests open; QuotaFailure, RetryInfo.
+    Metadata: principal.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
@@ -291,6 +323,22 @@ class RouterService:
     STATE_UNAVAILABLE        UNAVAILABLE. The shared budget store (Redis) is
     unreachable and faregate is configured to fail
     closed; RetryInfo says when to try again.
+    API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
+    no `authorization: Bearer <api key>` metadata.
+    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
+    or the AdminService is outside the caller's
+    grant (checked before it is looked up, so
+    existence is not revealed). Metadata: principal,
+    field (budget, route, model or service).
+    PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
+    its request rate; QuotaFailure names it and
+    RetryInfo says when a request fits. Metadata:
+    principal.
+    PRINCIPAL_CONCURRENCY_LIMITED
+    RESOURCE_EXHAUSTED. The caller's principal has its
+    cap of requests open; QuotaFailure, RetryInfo.
+    Metadata: principal.
     INTERNAL                 INTERNAL. A bug in faregate; the message carries a
     trace id to find the logged traceback. Metadata:
     traceId.
