@@ -1,7 +1,7 @@
 """Telemetry: one observation per RPC, traces, and the hooks the core path calls.
 
 `Telemetry` is built once by the composition root from `telemetry:` config
-(or from tracer and meter providers handed in, as tests do). The core path
+(or from a tracer provider handed in, as tests do; metrics come in built). The core path
 calls a few thin hooks on it; everything it learns about a request lands on
 one `RequestObservation`, found through a context variable that the RPC
 interceptor sets, so no signature between the servicer and the providers
@@ -249,7 +249,8 @@ class Telemetry:
             observation.reason = reason
 
     def span(self, name: str, model: str = "") -> AbstractContextManager[Any]:
-        """A child span of the current one, or a shared no-op when tracing is off."""
+        """A leaf span (a child of the current span, never current itself) for
+        the block, or a shared no-op when tracing is off."""
         if self._tracer is None:
             return _NO_SPAN
         attributes = {"faregate.model": model} if model else None
