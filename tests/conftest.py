@@ -85,6 +85,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         "state": {"backend": "memory"},
         # Authentication has its own tests (e2e/test_auth.py).
         "auth": {"enabled": False},
+        # Any free port: parallel runs on one machine must not collide.
+        "telemetry": {"http_listen": "127.0.0.1:0"},
     }
 
 
@@ -130,6 +132,7 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     workdir = tempfile.TemporaryDirectory(prefix="faregate-")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV}, cwd=workdir.name,
     )  # fmt: skip
     assert process.stdout is not None
@@ -203,11 +206,15 @@ def config_data(upstream: FakeUpstream) -> dict[str, Any]:
 
 @pytest.fixture
 def start_faregate() -> StartFaregate:
-    """Starts faregate on 127.0.0.1 with a given config (and optional clock)."""
+    """Starts faregate on 127.0.0.1 with a given config (and optional clock, and
+    further `serve()` options such as tracer and meter providers)."""
 
     @asynccontextmanager
     async def start(
-        config: Config, clock: Clock | None = None, config_path: Path | None = None
+        config: Config,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+        **serve_options: Any,
     ) -> AsyncIterator[Faregate]:
         async with AsyncExitStack() as stack:
             running = await stack.enter_async_context(
@@ -217,6 +224,7 @@ def start_faregate() -> StartFaregate:
                     clock=clock,
                     config_path=config_path,
                     rng=random.Random(7),
+                    **serve_options,
                 )
             )
             client = FaregateClient(f"127.0.0.1:{running.port}")

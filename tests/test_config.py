@@ -8,6 +8,7 @@ import yaml
 from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.config import BudgetWindow, ConfigError
 from faregate_server.config_loader import load_config, parse_config
+from faregate_server.workers import worker_http_listen
 
 from tests.conftest import TEST_ENV, base_config
 from tests.support.certs import write_pki
@@ -140,3 +141,36 @@ def test_the_readme_config_reference_is_a_valid_config(
     assert config.limit_pools["anthropic-spend"].capacity == 200 * 10**9
     assert config.server.tls is not None
     assert config.server.tls.mutual
+
+
+def test_telemetry_defaults_serve_metrics_and_request_logs_but_no_traces_or_prompts() -> None:
+    telemetry = load_config().telemetry
+
+    assert telemetry.http_listen == "127.0.0.1:9464"
+    assert telemetry.metrics
+    assert telemetry.request_log
+    assert not telemetry.otlp_endpoint
+    assert not telemetry.log_prompts
+    assert not telemetry.budget_labels
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"telemetry.http_listen": "localhost"}, "telemetry.http_listen: must be host:port"),
+        ({"telemetry.otlp_endpoint": "collector:4317"}, "telemetry.otlp_endpoint: must start"),
+        ({"telemetry.trace_sample_ratio": 2}, "telemetry.trace_sample_ratio: must be between"),
+        ({"telemetry.log_prompts": "yes"}, "telemetry.log_prompts: must be true or false"),
+        ({"telemetry.traces": True}, "telemetry.traces: unknown field"),
+    ],
+)
+def test_bad_telemetry_config_names_the_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_broken(change), env=TEST_ENV)
+
+
+def test_each_worker_serves_metrics_on_the_base_port_plus_its_index() -> None:
+    assert worker_http_listen("127.0.0.1:9464", 0) == "127.0.0.1:9464"
+    assert worker_http_listen("127.0.0.1:9464", 3) == "127.0.0.1:9467"
+    assert worker_http_listen("127.0.0.1:0", 3) == "127.0.0.1:0"  # a free port each
+    assert worker_http_listen("", 3) == ""

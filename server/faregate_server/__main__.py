@@ -1,6 +1,6 @@
 """The faregate command line.
 
-faregate serve [--config FILE] [--listen HOST:PORT] [--workers N]
+faregate serve [--config FILE] [--listen HOST:PORT] [--http-listen HOST:PORT] [--workers N]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
 faregate check-config FILE
 faregate new-api-key
@@ -24,6 +24,7 @@ from faregate_server.app import serve
 from faregate_server.config import Config, ConfigError, StateBackend
 from faregate_server.config_loader import load_config
 from faregate_server.export import export_spend
+from faregate_server.request_log import LOGGER_NAME as REQUEST_LOGGER
 from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="serve gRPC until SIGINT or SIGTERM")
     serve_parser.add_argument("--config", help="YAML config (default: the embedded one)")
     serve_parser.add_argument("--listen", help="host:port, overriding server.listen")
+    serve_parser.add_argument(
+        "--http-listen",
+        help="host:port for /metrics, /healthz and /readyz, overriding telemetry.http_listen"
+        " ('' turns it off); with --workers N, worker i takes port+i",
+    )
     serve_parser.add_argument(
         "--workers",
         type=int,
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _log_requests_as_json_lines()
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -91,11 +98,25 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        http_listen = config.telemetry.http_listen if args.http_listen is None else args.http_listen
         return serve_workers(
-            args.workers, args.config, args.listen or config.server.listen, config.server
+            args.workers,
+            args.config,
+            args.listen or config.server.listen,
+            config.server,
+            http_listen,
         )
     path = Path(args.config) if args.config else None
-    return _run(_serve_until_signalled(config, args.listen, path))
+    return _run(_serve_until_signalled(config, args.listen, path, args.http_listen))
+
+
+def _log_requests_as_json_lines() -> None:
+    """Request log lines go to stderr as bare JSON, one per line, for log shippers."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    request_logger = logging.getLogger(REQUEST_LOGGER)
+    request_logger.addHandler(handler)
+    request_logger.propagate = False
 
 
 def _check_config(path: str) -> int:
@@ -124,12 +145,14 @@ def _run(main: Coroutine[Any, Any, None]) -> int:
     return 0
 
 
-async def _serve_until_signalled(config: Config, listen: str | None, path: Path | None) -> None:
+async def _serve_until_signalled(
+    config: Config, listen: str | None, path: Path | None, http_listen: str | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, listen=listen, config_path=path) as running:
+    async with serve(config, listen=listen, config_path=path, http_listen=http_listen) as running:
         loop.add_signal_handler(signal.SIGHUP, running.reloader.reload)
         host = (listen or config.server.listen).rsplit(":", 1)[0]
         logger.info(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from faregate_server.admin import AdminServicer
 from faregate_server.auth import Authenticator
@@ -31,10 +34,14 @@ from faregate_server.config import Config
 from faregate_server.drain import Drain
 from faregate_server.gateway import Gateway
 from faregate_server.handlers import register_router_service
+from faregate_server.http_admin import HttpAdmin
+from faregate_server.metrics import open_metrics
 from faregate_server.planner import Planner
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
+from faregate_server.telemetry import Telemetry
+from faregate_server.telemetry_interceptor import TelemetryInterceptor
 from faregate_server.tls import add_port
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,10 @@ class RunningServer:
     gateway: Gateway
     reloader: Reloader
     drain: Drain
+    telemetry: Telemetry
+    http_port: int | None = None
+    """The bound port of the HTTP admin server (/metrics, /healthz, /readyz);
+    None when telemetry.http_listen is empty."""
 
     @property
     def catalog(self) -> Catalog:
@@ -73,6 +84,9 @@ async def serve(
     clock: Clock | None = None,
     config_path: Path | None = None,
     rng: random.Random | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    http_listen: str | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serves `config` until the context exits.
 
@@ -83,22 +97,41 @@ async def serve(
         config_path: The file `config` came from, watched for changes and read
             again on reload; None for the embedded config.
         rng: Randomness for canary splits, tie-breaking and jitter.
+        tracer_provider: Where spans go (tests hand in an in-memory one);
+            None: OTLP when telemetry.otlp_endpoint is set, else no tracing.
+        meter_provider: Where metrics go (tests hand in one with an in-memory
+            reader); None: a Prometheus reader served at /metrics.
+        http_listen: Overrides telemetry.http_listen.
     """
     clock = clock or SystemClock()
     rng = rng or random.Random()
     async with AsyncExitStack() as stack:
+        gateway: Gateway | None = None
+
+        def current_catalog() -> Catalog:
+            assert gateway is not None
+            return gateway.catalog
+
+        metrics, registry, owned_meter_provider = open_metrics(
+            config.telemetry, meter_provider, current_catalog
+        )
+        if owned_meter_provider is not None:
+            stack.callback(owned_meter_provider.shutdown)
+        telemetry = Telemetry(config.telemetry, tracer_provider=tracer_provider, metrics=metrics)
+        stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=upstream_slots, limit_per_host=upstream_slots),
             read_bufsize=_SSE_READ_BUFFER_BYTES,
+            trace_configs=telemetry.http_trace_configs(),
         )
         stack.push_async_callback(session.close)
 
         state = await open_state(config, clock)
         stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
-        planner = Planner(state, clock, rng)
-        gateway = Gateway(catalog, planner, state, clock, rng)
+        planner = Planner(state, clock, rng, telemetry)
+        gateway = Gateway(catalog, planner, state, clock, rng, telemetry)
         authenticator = Authenticator(config.auth, clock)
         reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
@@ -109,7 +142,10 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        router_server = _grpc_server(config)
+        interceptors = []
+        if telemetry.observing:
+            interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
+        router_server = _grpc_server(config, interceptors)
         drain = Drain()
         register_router_service(
             router_server, RouterServicer(gateway, config.server, authenticator, drain)
@@ -124,13 +160,33 @@ async def serve(
                 AdminServicer(state, gateway, reloader, authenticator), admin_server
             )
             services[admin_server].append(ADMIN_SERVICE)
-        ports = {}
+        healths = {}
         for server, names in services.items():
-            health_servicer = health.aio.HealthServicer()
+            health_servicer = healths[server] = health.aio.HealthServicer()
+            # Not ready until the server listens (the servicer starts out SERVING).
+            await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(
                 (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
+        # Up before gRPC and down after it, so /readyz answers 503 through a drain;
+        # it follows the health of the server that routes.
+        http_port = None
+        http_address = config.telemetry.http_listen if http_listen is None else http_listen
+        if http_address:
+            http_admin = HttpAdmin(
+                healths[router_server], state, current_catalog, registry, metrics
+            )
+            http_port = await http_admin.start(http_address)
+            stack.push_async_callback(http_admin.aclose)
+            logger.info(
+                "telemetry HTTP (/metrics, /healthz, /readyz) on %s:%d (pid %d)",
+                http_address.rpartition(":")[0],
+                http_port,
+                os.getpid(),
+            )
+        ports = {}
+        for server, names in services.items():
             address = (
                 (listen or config.server.listen)
                 if server is router_server
@@ -142,15 +198,15 @@ async def serve(
                 stack.push_async_callback(
                     drain.shutdown,
                     server,
-                    health_servicer,
+                    healths[server],
                     config.server.shutdown_grace_s,
                     config.server.drain_delay_s,
                 )
             else:  # the admin port's calls are short: gRPC's own grace does
                 stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
-                stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+                stack.push_async_callback(healths[server].enter_graceful_shutdown)
             for service in ("", *names):
-                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+                await healths[server].set(service, health_pb2.HealthCheckResponse.SERVING)
         yield RunningServer(
             port=ports[router_server],
             admin_port=ports[admin_server] if config.admin.enabled else None,
@@ -158,11 +214,16 @@ async def serve(
             gateway=gateway,
             reloader=reloader,
             drain=drain,
+            telemetry=telemetry,
+            http_port=http_port,
         )
 
 
-def _grpc_server(config: Config) -> grpc.aio.Server:
+def _grpc_server(
+    config: Config, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
     return grpc.aio.server(
+        interceptors=interceptors,
         options=[
             (
                 "grpc.max_receive_message_length",
@@ -173,7 +234,7 @@ def _grpc_server(config: Config) -> grpc.aio.Server:
             # RESOURCE_EXHAUSTED from the transport, before faregate sees the call.
             ("grpc.max_metadata_size", config.server.max_header_bytes),
             ("grpc.absolute_max_metadata_size", config.server.max_header_bytes),
-        ]
+        ],
     )
 
 

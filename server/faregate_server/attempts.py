@@ -45,6 +45,7 @@ from faregate_server.health import BreakerTicket
 from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError, UpstreamErrorKind
 from faregate_server.selection import Option
+from faregate_server.telemetry import Telemetry
 
 T = TypeVar("T")
 
@@ -74,23 +75,31 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
     )
 
 
-async def complete_once(deployment: Deployment, request: UpstreamRequest) -> Completion:
+async def complete_once(
+    deployment: Deployment, request: UpstreamRequest, telemetry: Telemetry
+) -> Completion:
     """One whole-answer call through the model's pool, feeding its health."""
-    async with deployment.pool.slot():
+    async with telemetry.pool_slot(deployment):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
         started_s = asyncio.get_running_loop().time()
+        attempt = telemetry.attempt(deployment)
+        active = attempt.activate()
         try:
             completion = await deployment.provider.complete(request)
         except UpstreamError as error:
+            attempt.failed(error)
             _record_failure(deployment, ticket, error)
             raise
         except BaseException:
+            attempt.abandoned()
             deployment.breaker.on_abandoned(ticket)
             raise
         finally:
+            attempt.deactivate(active)
             deployment.latency.finished()
+        attempt.succeeded(completion.usage)
         elapsed_s = asyncio.get_running_loop().time() - started_s
         deployment.breaker.on_success(ticket)
         deployment.latency.observe(elapsed_s, elapsed_s)
@@ -98,14 +107,14 @@ async def complete_once(deployment: Deployment, request: UpstreamRequest) -> Com
 
 
 async def stream_once(
-    deployment: Deployment, request: UpstreamRequest
+    deployment: Deployment, request: UpstreamRequest, telemetry: Telemetry
 ) -> AsyncGenerator[str | StreamEnd, None]:
     """One streamed call through the model's pool, feeding its health.
 
     Closing it early (a lost hedge, a caller gone) abandons the attempt
     without a verdict and closes the upstream connection.
     """
-    async with deployment.pool.slot():
+    async with telemetry.pool_slot(deployment):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
@@ -113,26 +122,36 @@ async def stream_once(
         started_s = loop.time()
         first_s: float | None = None
         verdict_given = False
+        attempt = telemetry.attempt(deployment)
+        # The attempt's span is current only until the first item: the request
+        # is sent by then, and later items are pulled from other contexts.
+        active = attempt.activate()
         try:
             async with aclosing(deployment.provider.stream(request)) as items:
                 async for item in items:
                     now_s = loop.time()
                     if first_s is None:
                         first_s = now_s
+                        attempt.deactivate(active)
+                        active = None
                     if isinstance(item, StreamEnd):
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
+                        attempt.succeeded(item.usage)
                         deployment.breaker.on_success(ticket)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
                     yield item
         except UpstreamError as error:
             verdict_given = True
+            attempt.failed(error)
             _record_failure(deployment, ticket, error)
             raise
         finally:
+            attempt.deactivate(active)
             deployment.latency.finished()
             if not verdict_given:
+                attempt.abandoned()
                 deployment.breaker.on_abandoned(ticket)
 
 

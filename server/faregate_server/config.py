@@ -381,6 +381,29 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Traces, metrics and request logs; read at startup (a reload leaves them as they are)."""
+
+    http_listen: str = "127.0.0.1:9464"
+    """host:port of the plain-HTTP admin server (/metrics, /healthz, /readyz);
+    empty turns it off."""
+    metrics: bool = True
+    """Record OpenTelemetry metrics (scraped at /metrics)."""
+    budget_labels: bool = False
+    """Label metrics with budget keys, and export each budget's remaining money.
+    Off by default: one series per budget key can be many series."""
+    otlp_endpoint: str = ""
+    """Where to export traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty
+    turns tracing off."""
+    trace_sample_ratio: float = 1.0
+    """Share of new traces (no sampled parent) that are recorded, 0 to 1."""
+    request_log: bool = True
+    """Write one JSON line per request on the `faregate.requests` logger."""
+    log_prompts: bool = False
+    """Put each request's messages into its log line (they may hold secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     models: Mapping[str, ModelConfig]
@@ -392,3 +415,4 @@ class Config:
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
     auth: AuthConfig = AuthConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()

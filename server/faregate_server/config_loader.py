@@ -42,6 +42,7 @@ from faregate_server.config import (
     SimSettings,
     StateBackend,
     StateConfig,
+    TelemetryConfig,
     TlsConfig,
     WhenUnavailable,
     Window,
@@ -56,7 +57,7 @@ _PROVIDER_DEFAULT_BASE = {
 }
 _TOP_LEVEL = {
     "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
-    "admin", "auth",
+    "admin", "auth", "telemetry",
 }  # fmt: skip
 
 
@@ -110,6 +111,27 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         state=_state(root.child("state", {})),
         admin=_admin(root.child("admin", {})),
         auth=_auth(root.child("auth", {}), budgets, routes, models),
+        telemetry=_telemetry(root.child("telemetry", {})),
+    )
+
+
+def _telemetry(node: _Node) -> TelemetryConfig:
+    defaults = TelemetryConfig()
+    node.expect_keys(set(TelemetryConfig.__slots__))
+    http_listen = node.string("http_listen", defaults.http_listen)
+    if http_listen and not http_listen.rpartition(":")[2].isdigit():
+        raise node.error("http_listen", "must be host:port, or empty to turn it off")
+    otlp_endpoint = node.string("otlp_endpoint", defaults.otlp_endpoint)
+    if otlp_endpoint and not otlp_endpoint.startswith(("http://", "https://")):
+        raise node.error("otlp_endpoint", "must start with http:// or https://")
+    return TelemetryConfig(
+        http_listen=http_listen,
+        metrics=node.boolean("metrics", defaults.metrics),
+        budget_labels=node.boolean("budget_labels", defaults.budget_labels),
+        otlp_endpoint=otlp_endpoint,
+        trace_sample_ratio=node.fraction("trace_sample_ratio", defaults.trace_sample_ratio),
+        request_log=node.boolean("request_log", defaults.request_log),
+        log_prompts=node.boolean("log_prompts", defaults.log_prompts),
     )
 
 

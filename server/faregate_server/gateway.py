@@ -62,6 +62,7 @@ from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError
 from faregate_server.replay import decode_result
 from faregate_server.state import StateStore
+from faregate_server.telemetry import NO_TELEMETRY, Telemetry
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -76,6 +77,7 @@ class Gateway:
         state: StateStore,
         clock: Clock,
         rng: random.Random,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.catalog = catalog
         """The current catalog; replaced whole by a config reload."""
@@ -83,6 +85,7 @@ class Gateway:
         self._state = state
         self._clock = clock
         self._rng = rng
+        self._telemetry = telemetry
 
     async def route(self, call: RouteCall, deadline_s: float) -> RouteResult:
         """Serves one request whole; deadline_s is on the event loop's clock.
@@ -93,6 +96,7 @@ class Gateway:
         Raises:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
+        self._telemetry.observe_call(call)
         if not call.request_id:
             return await self._route(call, deadline_s)
         served = await self._claim(call)
@@ -121,9 +125,13 @@ class Gateway:
         catalog = self.catalog
         plan, lease = await self._planner.plan(call, catalog)
         records: list[AttemptRecord] = []
+        telemetry = self._telemetry
+        telemetry.observe_plan(plan, records)
 
         async def start(held: Lease) -> Completion:
-            return await complete_once(held.option.deployment, upstream_request(plan, held))
+            return await complete_once(
+                held.option.deployment, upstream_request(plan, held), telemetry
+            )
 
         async def discard(_: Completion) -> None:
             return None
@@ -136,6 +144,7 @@ class Gateway:
         except AttemptsFailed as failed:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
+        telemetry.observe_served(deployment)
         usage = completion.usage or Usage(
             lease.option.input_tokens, deployment.counter.count_text(completion.text)
         )
@@ -175,6 +184,7 @@ class Gateway:
                 can't be replayed, so this carries the first one's accounting.
             RequestInFlight, RequestIdReused: see `_claim`.
         """
+        self._telemetry.observe_call(call)
         if call.request_id:
             return self._stream_once(call, deadline_s)
         return self._stream(call, deadline_s)  # no extra hop per chunk
@@ -206,9 +216,11 @@ class Gateway:
         catalog = self.catalog
         plan, lease = await self._planner.plan(call, catalog)
         records: list[AttemptRecord] = []
+        telemetry = self._telemetry
+        telemetry.observe_plan(plan, records)
 
         async def start(held: Lease) -> tuple[Stream, str | StreamEnd]:
-            items = stream_once(held.option.deployment, upstream_request(plan, held))
+            items = stream_once(held.option.deployment, upstream_request(plan, held), telemetry)
             return items, await anext(items)
 
         async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
@@ -222,10 +234,12 @@ class Gateway:
         except AttemptsFailed as failed:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
+        telemetry.observe_served(deployment, (*records, record))
         delivered: list[str] = []
         settled = False
         try:
             async with aclosing(items):
+                telemetry.observe_first_output()
                 yield StreamStarted(
                     model_used=deployment.name,
                     provider=deployment.config.provider.value,

@@ -31,6 +31,7 @@ from faregate_server.ledger import SpendRecord
 from faregate_server.selection import Option, Selection, Selector
 from faregate_server.state import Holding, StateStore
 from faregate_server.tasks import classify_task
+from faregate_server.telemetry import NO_TELEMETRY, Telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,15 @@ class Lease:
 
 
 class Planner:
-    def __init__(self, state: StateStore, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        clock: Clock,
+        rng: random.Random,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
         self._state = state
+        self._telemetry = telemetry
         self._clock = clock
         self._rng = rng
         # Request ids: random per process, counted within it; unique without
@@ -82,12 +90,13 @@ class Planner:
         for key in call.budget_keys:
             if key not in catalog.config.budgets:
                 raise BudgetNotFound(key)
-        task = call.hints.task
-        if task is None and (len(route.slots) > 1 or call.hints.explain):
-            # The task only weighs candidates against each other: a route of
-            # one is not worth classifying for.
-            task = classify_task(call.messages)
-        selection = self._selector(catalog).select(call, route, catalog.deployments, task)
+        with self._telemetry.span("faregate.select"):
+            task = call.hints.task
+            if task is None and (len(route.slots) > 1 or call.hints.explain):
+                # The task only weighs candidates against each other: a route of
+                # one is not worth classifying for.
+                task = classify_task(call.messages)
+            selection = self._selector(catalog).select(call, route, catalog.deployments, task)
         if not selection.options:
             raise _nothing_feasible(call, route, selection, catalog)
         options = selection.options
@@ -122,12 +131,13 @@ class Planner:
         refused: BudgetExhausted | None = None
         for option in options:
             try:
-                holding = await self._state.reserve(
-                    plan.call.budget_keys,
-                    option.worst_case_nano_usd,
-                    option.deployment.config.draws,
-                    option.draw,
-                )
+                with self._telemetry.span("faregate.budget.reserve", option.deployment.name):
+                    holding = await self._state.reserve(
+                        plan.call.budget_keys,
+                        option.worst_case_nano_usd,
+                        option.deployment.config.draws,
+                        option.draw,
+                    )
             except BudgetExhausted as exhausted:
                 if refused is None or exhausted.needed_nano_usd < refused.needed_nano_usd:
                     refused = exhausted
@@ -175,6 +185,7 @@ class Planner:
             principal=plan.call.principal,
         )
         tokens = usage.input_tokens + usage.output_tokens
+        self._telemetry.observe_settlement(usage, cost_nano_usd)
         return await self._state.commit(lease.holding, cost_nano_usd, tokens, record, result)
 
 

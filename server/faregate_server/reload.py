@@ -7,7 +7,8 @@ so its pool, breaker and latency history carry over), budgets and limit
 pools reconfigured in place (a kept key keeps its spend), API keys and grants
 replaced (so keys rotate without a restart), then the gateway switched to the
 new catalog. Requests in flight finish on the catalog they
-started with. Server settings (listen address, message limits) need a restart.
+started with. Server settings (listen address, message limits) and telemetry settings
+need a restart.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Reloader:
         """Switches to a validated config."""
         if config.server != self.config.server:
             logger.warning("config reload: server settings change only on restart")
+        if config.telemetry != self.config.telemetry:
+            logger.warning("config reload: telemetry settings change only on restart")
         catalog = Catalog(config, self._session, self._clock, previous=self._gateway.catalog)
         self._state.reconfigure(config)
         self._auth.reconfigure(config.auth)

@@ -46,6 +46,7 @@ from faregate_server.errors import (
 )
 from faregate_server.gateway import Gateway
 from faregate_server.replay import fingerprint
+from faregate_server.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -428,11 +429,14 @@ async def abort(
         if not isinstance(error, FaregateError):
             raise error
         code, message, trailers = error.to_grpc()
+        reason = error.reason
     except Exception as unexpected:  # a bug, or a status that could not be built
         trace_id = uuid.uuid4().hex
         logger.error(
             "unexpected error serving a request (trace id %s)", trace_id, exc_info=unexpected
         )
         code, message, trailers = internal_error_status(trace_id)
+        reason = "INTERNAL"
+    Telemetry.observe_failure(code, reason)
     await context.abort(code, message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover

@@ -7,6 +7,11 @@ request ids through the Redis state backend, which is why more than one
 worker requires it. Breakers, latency averages and worker pools stay per
 process, as they would per replica.
 
+Each worker serves its own metrics and health on its own HTTP port, since a
+scrape must see one process, never a random one: worker i takes the
+configured `telemetry.http_listen` port + i (or, for port 0, a free port of
+its own), and logs it. Scrape each worker's port; their series add up.
+
 The parent only supervises: it passes SIGTERM, SIGINT and SIGHUP on, and
 if a worker dies on its own it stops the rest and exits non-zero, so the
 process supervisor above (systemd, Kubernetes) restarts the whole set.
@@ -31,7 +36,13 @@ logger = logging.getLogger(__name__)
 _STOP_MARGIN_S = 30.0
 
 
-def serve_workers(count: int, config_path: str | None, listen: str, settings: ServerConfig) -> int:
+def serve_workers(
+    count: int,
+    config_path: str | None,
+    listen: str,
+    settings: ServerConfig,
+    http_listen: str = "",
+) -> int:
     """Runs `count` workers on `listen` until signalled; returns the exit status.
 
     It is 0 when every worker stopped cleanly after SIGTERM or SIGINT (each
@@ -66,7 +77,13 @@ def serve_workers(count: int, config_path: str | None, listen: str, settings: Se
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    workers += [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(count)]
+    workers += [
+        subprocess.Popen(
+            [*command, "--http-listen", worker_http_listen(http_listen, index)],
+            stdout=subprocess.PIPE,
+        )
+        for index in range(count)
+    ]
     signal.signal(signal.SIGHUP, forward)
     try:
         # Each worker prints one line once it listens; say so once all do.
@@ -86,6 +103,14 @@ def serve_workers(count: int, config_path: str | None, listen: str, settings: Se
     finally:
         if holder is not None:
             holder.close()
+
+
+def worker_http_listen(http_listen: str, index: int) -> str:
+    """Worker `index`'s admin HTTP address: the base port + index ("" stays off)."""
+    if not http_listen:
+        return ""
+    host, _, port = http_listen.rpartition(":")
+    return f"{host}:{int(port) + index}" if int(port) else http_listen
 
 
 def _readiness(worker: subprocess.Popen[bytes]) -> str:

@@ -38,7 +38,7 @@ differences. The report also says how much CPU other processes used
 meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
 but the bench exits 0 either way: it reports, it does not gate.
 
-Three more sections follow, each runnable alone, all in this process:
+Four more sections follow, each runnable alone (the first three in this process):
 
 - Routing simulation (`routing_sim.py`, `python -m tests.bench.routing_sim`):
   10,000 requests of a coding agent's mix over three sim models sharing one
@@ -53,6 +53,10 @@ Three more sections follow, each runnable alone, all in this process:
   commit with its ledger record per backend (memory, sqlite, and redis on a
   redis-server started for it), at concurrency 1 and 64 (where the SQLite
   ledger's group commit shares transactions).
+- Telemetry (`telemetry.py`, `python -m tests.bench.telemetry`): faregate's
+  CPU per Route and per stream with telemetry off, metrics only, the
+  default (metrics and request logs) and everything with tracing, as a
+  ratio to off.
 
 Nothing here is collected by pytest, and importing any module has no side
 effects.

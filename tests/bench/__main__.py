@@ -25,7 +25,7 @@ from types import FrameType
 import aiohttp
 import grpc
 
-from tests.bench import hedging, routing_report, routing_sim, state
+from tests.bench import hedging, routing_report, routing_sim, state, telemetry
 from tests.bench.faregate_config import write_bench_config
 from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from tests.bench.memory import exercise_default_config
@@ -197,6 +197,7 @@ def main() -> int:
         print(routing_report.render(asyncio.run(routing_sim.simulate())), flush=True)
         print(hedging.render(asyncio.run(hedging.measure())), flush=True)
         print(state.render(asyncio.run(state.measure())), flush=True)
+        print(telemetry.render(telemetry.measure(), telemetry.hooks_off_ns()), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130
@@ -217,7 +218,16 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         config = write_bench_config(Path(scratch) / "faregate.yaml", api_base)
         faregate = children.start(
             FAREGATE,
-            [*_faregate_command(), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
+            [
+                *_faregate_command(),
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
             {server_cpu},
         )
         passthrough = children.start(
@@ -227,7 +237,14 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         )
         default = children.start(
             "faregate-default",
-            [*_faregate_command(), "serve", "--listen", "127.0.0.1:0"],
+            [
+                *_faregate_command(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
             {server_cpu},
         )
         measured = asyncio.run(_measure(upstream, faregate, passthrough, default, settings))
