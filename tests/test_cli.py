@@ -38,7 +38,7 @@ def test_check_config_summarises_a_valid_file_in_one_line() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        f"{DEFAULT_CONFIG}: ok (2 models, 1 routes, 1 budgets, 0 limit pools)\n"
+        f"{DEFAULT_CONFIG}: ok (2 models, 1 routes, 1 budgets, 0 limit pools; auth OFF)\n"
     )
 
 
@@ -49,7 +49,7 @@ def test_check_config_reads_api_keys_from_the_environment(tmp_path: Path) -> Non
     result = _faregate("check-config", str(path))
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{path}: ok (3 models, 1 routes, 1 budgets, 0 limit pools)\n"
+    assert result.stdout == f"{path}: ok (3 models, 1 routes, 1 budgets, 0 limit pools; auth OFF)\n"
 
 
 def test_check_config_names_the_bad_field_and_exits_2(tmp_path: Path) -> None:
@@ -70,3 +70,10 @@ def test_check_config_of_a_missing_file_exits_2(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "cannot read" in result.stderr
+
+
+def test_serve_refuses_an_address_it_could_never_listen_on() -> None:
+    result = _faregate("serve", "--listen", "127.0.0.1:99999")
+
+    assert result.returncode == 2
+    assert "--listen must be host:port with a port from 0 to 65535" in result.stderr

@@ -39,7 +39,7 @@ def _broken(change: dict[str, Any]) -> str:
         *parents, leaf = path.split(".")
         node = data
         for key in parents:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[leaf] = value
     return yaml.safe_dump(data)
 
@@ -62,6 +62,14 @@ def _broken(change: dict[str, Any]) -> str:
         ({"budgets.team.limit_usd": -3}, "budgets.team.limit_usd"),
         ({"server.default_route": "nowhere"}, "server.default_route"),
         ({"server.listen": 50051}, "server.listen: must be a string"),
+        ({"server.shutdown_grace_s": float("inf")}, "shutdown_grace_s: must be a finite number"),
+        ({"server.listen": "50051"}, "server.listen: must be host:port with a port from 0"),
+        ({"telemetry.http_listen": "127.0.0.1:70000"}, "telemetry.http_listen: must be host:port"),
+        (
+            {"server.listen": "127.0.0.1:50051", "admin.listen": "127.0.0.1:50051"},
+            "admin.listen: must differ from server.listen",
+        ),
+        ({"retries.backoff_max_s": float("nan")}, "retries.backoff_max_s: must be a finite number"),
         ({"server.max_messages": 0}, "server.max_messages: must be an integer >= 1"),
         ({"server.max_metadata_entries": -1}, "server.max_metadata_entries: must be an integer"),
         ({"server.max_header_bytes": 512}, "server.max_header_bytes: must be an integer >= 1024"),
@@ -82,6 +90,10 @@ def _broken(change: dict[str, Any]) -> str:
         (
             {"auth.principals": {"a": {"api_keys": [_KEY]}, "b": {"api_keys": [_KEY]}}},
             "auth.principals: two API keys share a key id",
+        ),
+        (
+            {"auth.principals": {"bot": {"certificate_subjects": ["CN=bot"]}}},
+            r"auth.principals: certificate_subjects need mutual TLS \(server.tls.client_ca_file\)",
         ),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from faregate_server.drain import Drain, TrackedCall
+from faregate_server.drain import Drain, TrackedCall, commit_point
 from faregate_server.errors import ShuttingDown
 
 
@@ -77,3 +77,36 @@ async def test_a_closed_drain_refuses_new_calls() -> None:
         drain.track()
 
     assert refused.value.retry_after_s() is not None
+
+
+async def test_a_call_past_its_commit_point_is_not_cut() -> None:
+    drain = Drain()
+    commit_done = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def handler() -> str:
+        with drain.track():
+            commit_point()  # as the planner does when it settles
+            entered.set()
+            await commit_done.wait()  # the durable write
+            return "answer"
+
+    task = asyncio.create_task(handler())
+    await entered.wait()
+    _calls(drain)[0].cut()
+    await asyncio.sleep(0)
+    commit_done.set()
+
+    assert await task == "answer"
+    assert drain.in_flight == 0
+
+
+async def test_the_commit_point_belongs_to_its_own_call() -> None:
+    drain = Drain()
+    other = await _started(drain, asyncio.Event())
+    commit_point()  # outside any tracked call: nothing happens
+
+    _calls(drain)[0].cut()
+
+    with pytest.raises(ShuttingDown):
+        await other

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from faregate_server.config import LimitDraw
-from faregate_server.domain import FinishReason, RouteResult, Usage
+from faregate_server.domain import FinishReason, RouteResult, Usage, claim_key
 from faregate_server.errors import BudgetExhausted, BudgetNotFound, RequestInFlight
 from faregate_server.ledger import SpendRecord
 from faregate_server.state import StateStore, open_state
@@ -185,9 +185,11 @@ async def test_spend_is_queryable_newest_first_with_filters_and_pages(store: Sta
 
 
 async def test_a_request_id_is_claimed_once_and_its_result_kept(store: StateStore) -> None:
-    assert await store.claim("id-1", "fp") is None
+    key = claim_key("agent-p", "id-1")  # the principal of `_record`'s records
+    assert await store.claim(key, "fp") is None
     with pytest.raises(RequestInFlight):
-        await store.claim("id-1", "fp")
+        await store.claim(key, "fp")
+    assert await store.claim("id-1", "fp") is None  # the same id without a principal
 
     holding = await store.reserve(("team",), 100, (), ())
     assert holding is not None
@@ -203,9 +205,9 @@ async def test_a_request_id_is_claimed_once_and_its_result_kept(store: StateStor
         request_id="id-1",
     )
     remaining = await store.commit(holding, 60, 30, _record("id-1", 60, "team"), result)
-    await store.unclaim("id-1")  # too late to matter: the result is kept
+    await store.unclaim(key)  # too late to matter: the result is kept
 
-    served = await store.claim("id-1", "fp")
+    served = await store.claim(key, "fp")
     assert served is not None
     assert (served.fingerprint, served.budget_remaining_nano_usd) == ("fp", remaining)
     assert '"output":"hello"' in served.result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -43,7 +43,7 @@ class ClientTls:
     """CA certificates (PEM) trusted to sign faregate's certificate."""
     cert_pem: bytes | None = None
     """This client's certificate chain (PEM), for mutual TLS."""
-    key_pem: bytes | None = None
+    key_pem: bytes | None = field(default=None, repr=False)
     """The private key (PEM) of `cert_pem`."""
     server_name: str | None = None
     """The name to expect in faregate's certificate instead of the target's host."""

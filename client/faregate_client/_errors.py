@@ -4,7 +4,7 @@ FaregateError
 ├── InvalidArgument      INVALID_ARGUMENT (field_violations)
 ├── NotFound             NOT_FOUND
 ├── FailedPrecondition   FAILED_PRECONDITION
-├── ResourceExhausted    RESOURCE_EXHAUSTED
+├── ResourceExhausted    RESOURCE_EXHAUSTED (also gRPC's own size refusals)
 │   ├── BudgetExhausted  a budget can't cover the request (budget_key)
 │   └── RateLimited      the caller's own rate or concurrency limit
 │                        (retry_after_s)
@@ -122,7 +122,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FaregateError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: BudgetExhausted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
@@ -131,6 +131,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FaregateError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 _BY_REASON: dict[str, type[FaregateError]] = {
+    "BUDGET_EXHAUSTED": BudgetExhausted,
     "PRINCIPAL_RATE_LIMITED": RateLimited,
     "PRINCIPAL_CONCURRENCY_LIMITED": RateLimited,
 }

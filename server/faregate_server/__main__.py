@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
 from collections.abc import Coroutine
@@ -22,7 +25,7 @@ from faregate_server import __version__
 from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.app import serve
 from faregate_server.config import Config, ConfigError, StateBackend
-from faregate_server.config_loader import load_config
+from faregate_server.config_loader import address_problem, load_config
 from faregate_server.export import export_spend
 from faregate_server.request_log import LOGGER_NAME as REQUEST_LOGGER
 from faregate_server.workers import serve_workers
@@ -89,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "export-spend":
         return _run(export_spend(config, args.budget_key, args.agent, sys.stdout))
+    for flag, address in (("--listen", args.listen), ("--http-listen", args.http_listen)):
+        problem = address and address_problem(address)
+        if problem:
+            print(f"faregate: {flag} {problem}", file=sys.stderr)
+            return 2
     if args.workers > 1:
         if config.state.backend is not StateBackend.REDIS:
             print(
@@ -111,11 +119,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_requests_as_json_lines() -> None:
-    """Request log lines go to stderr as bare JSON, one per line, for log shippers."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    """Request log lines go to stderr as bare JSON, one per line, for log shippers.
+
+    A thread writes them: a slow reader of stderr must hold up the log, not
+    the event loop serving every request.
+    """
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.StreamHandler()
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    listener = logging.handlers.QueueListener(lines, writer)
+    listener.start()
+    atexit.register(listener.stop)  # writes what is queued before the process ends
     request_logger = logging.getLogger(REQUEST_LOGGER)
-    request_logger.addHandler(handler)
+    request_logger.addHandler(logging.handlers.QueueHandler(lines))
     request_logger.propagate = False
 
 
@@ -126,9 +142,11 @@ def _check_config(path: str) -> int:
     except ConfigError as error:
         print(f"faregate: bad config: {error}", file=sys.stderr)
         return 2
+    auth = "on" if config.auth.enabled else "OFF"
     print(
         f"{path}: ok ({len(config.models)} models, {len(config.routes)} routes,"
-        f" {len(config.budgets)} budgets, {len(config.limit_pools)} limit pools)"
+        f" {len(config.budgets)} budgets, {len(config.limit_pools)} limit pools;"
+        f" auth {auth})"
     )
     return 0
 

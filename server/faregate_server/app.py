@@ -185,14 +185,22 @@ async def serve(
                 http_port,
                 os.getpid(),
             )
-        ports = {}
-        for server, names in services.items():
-            address = (
+        # Every port is bound before any server starts, so a port that is
+        # taken fails startup with nothing to drain.
+        ports = {
+            server: add_port(
+                server,
                 (listen or config.server.listen)
                 if server is router_server
-                else (config.admin.listen)
+                else config.admin.listen,
+                config.server.tls,
             )
-            ports[server] = add_port(server, address, config.server.tls)
+            for server in services
+        }
+        # The exit stack runs these in reverse: the router drains first, while
+        # a separate admin port still answers; then the admin port stops, its
+        # calls being short enough for gRPC's own grace.
+        for server in reversed(services):
             await server.start()
             if server is router_server:
                 stack.push_async_callback(
@@ -202,9 +210,10 @@ async def serve(
                     config.server.shutdown_grace_s,
                     config.server.drain_delay_s,
                 )
-            else:  # the admin port's calls are short: gRPC's own grace does
+            else:
                 stack.push_async_callback(server.stop, config.server.shutdown_grace_s)
                 stack.push_async_callback(healths[server].enter_graceful_shutdown)
+        for server, names in services.items():
             for service in ("", *names):
                 await healths[server].set(service, health_pb2.HealthCheckResponse.SERVING)
         yield RunningServer(

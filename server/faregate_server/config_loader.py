@@ -55,6 +55,7 @@ _PROVIDER_DEFAULT_BASE = {
     ProviderKind.ANTHROPIC: "https://api.anthropic.com",
     ProviderKind.SIM: "sim://",
 }
+_MAX_PORT = 65535
 _TOP_LEVEL = {
     "server", "models", "routes", "budgets", "limit_pools", "routing", "retries", "state",
     "admin", "auth", "telemetry",
@@ -100,6 +101,11 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
             f"server.default_route: {server.default_route!r} is neither a route nor a model"
         )
     budgets = {key: _budget(key, node) for key, node in root.items("budgets")}
+    admin = _admin(root.child("admin", {}))
+    if admin.listen == server.listen and not server.listen.endswith(":0"):
+        # grpc binds with SO_REUSEPORT: both servers would take the port and
+        # split its connections between them.
+        raise ConfigError("admin.listen: must differ from server.listen (or be empty)")
     return Config(
         server=server,
         models=models,
@@ -109,18 +115,24 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         routing=_routing(root.child("routing", {})),
         retries=_retries(root.child("retries", {})),
         state=_state(root.child("state", {})),
-        admin=_admin(root.child("admin", {})),
-        auth=_auth(root.child("auth", {}), budgets, routes, models),
+        admin=admin,
+        auth=_auth(root.child("auth", {}), budgets, routes, models, server),
         telemetry=_telemetry(root.child("telemetry", {})),
     )
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with a host:port to listen on, or None."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > _MAX_PORT:
+        return f"must be host:port with a port from 0 to {_MAX_PORT}, got {address!r}"
+    return None
 
 
 def _telemetry(node: _Node) -> TelemetryConfig:
     defaults = TelemetryConfig()
     node.expect_keys(set(TelemetryConfig.__slots__))
-    http_listen = node.string("http_listen", defaults.http_listen)
-    if http_listen and not http_listen.rpartition(":")[2].isdigit():
-        raise node.error("http_listen", "must be host:port, or empty to turn it off")
+    http_listen = node.address("http_listen", defaults.http_listen, optional=True)
     otlp_endpoint = node.string("otlp_endpoint", defaults.otlp_endpoint)
     if otlp_endpoint and not otlp_endpoint.startswith(("http://", "https://")):
         raise node.error("otlp_endpoint", "must start with http:// or https://")
@@ -140,7 +152,7 @@ def _admin(node: _Node) -> AdminConfig:
     node.expect_keys(set(AdminConfig.__slots__))
     return AdminConfig(
         enabled=node.boolean("enabled", defaults.enabled),
-        listen=node.string("listen", defaults.listen),
+        listen=node.address("listen", defaults.listen, optional=True),
     )
 
 
@@ -149,6 +161,7 @@ def _auth(
     budgets: Mapping[str, BudgetConfig],
     routes: Mapping[str, RouteConfig],
     models: Mapping[str, ModelConfig],
+    server: ServerConfig,
 ) -> AuthConfig:
     node.expect_keys(set(AuthConfig.__slots__))
     enabled = node.boolean("enabled", AuthConfig().enabled)
@@ -162,6 +175,12 @@ def _auth(
         raise node.error("principals", "two API keys share a key id")
     if len(subjects) != len(set(subjects)):
         raise node.error("principals", "two principals claim one certificate subject")
+    if subjects and (server.tls is None or not server.tls.mutual):
+        raise node.error(
+            "principals",
+            "certificate_subjects need mutual TLS (server.tls.client_ca_file):"
+            " without it no client presents a certificate",
+        )
     if enabled and not key_ids and not subjects:
         raise node.error(
             "enabled",
@@ -265,7 +284,7 @@ def _server(node: _Node) -> ServerConfig:
     defaults = ServerConfig()
     node.expect_keys(set(ServerConfig.__slots__))
     return ServerConfig(
-        listen=node.string("listen", defaults.listen),
+        listen=node.address("listen", defaults.listen),
         default_route=node.string("default_route", defaults.default_route),
         default_deadline_s=node.number("default_deadline_s", defaults.default_deadline_s),
         max_request_bytes=node.integer("max_request_bytes", defaults.max_request_bytes),
@@ -606,6 +625,16 @@ class _Node:
             raise self.error(key, "must be a string")
         return value
 
+    def address(self, key: str, default: Any = _MISSING, *, optional: bool = False) -> str:
+        """A host:port to listen on; with `optional`, empty for none."""
+        value = self.string(key, default)
+        if optional and not value:
+            return value
+        problem = address_problem(value)
+        if problem is not None:
+            raise self.error(key, problem + (", or empty for none" if optional else ""))
+        return value
+
     def boolean(self, key: str, default: Any = _MISSING) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
@@ -623,8 +652,13 @@ class _Node:
 
     def number(self, key: str, default: Any = _MISSING, minimum: float = 0.001) -> float:
         value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise self.error(key, f"must be a number >= {minimum}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < minimum
+        ):
+            raise self.error(key, f"must be a finite number >= {minimum}")
         return float(value)
 
     def fraction(self, key: str, default: Any = _MISSING) -> float:

@@ -161,6 +161,18 @@ class RouteCall:
         """Every budget the request draws on, its own first."""
         return (self.budget_key, *self.additional_budget_keys)
 
+    @property
+    def claim_key(self) -> str:
+        """Where its request id's claim and result are kept (see `claim_key`)."""
+        return claim_key(self.principal, self.request_id)
+
+
+def claim_key(principal: str, request_id: str) -> str:
+    """Where a request id's claim and result are kept. Each principal has ids
+    of its own, so one can neither read nor block another's; with auth off
+    the key is the id itself. The length prefix keeps every pair apart."""
+    return f"{len(principal)}:{principal}/{request_id}" if principal else request_id
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -16,7 +16,9 @@
 A call is cut only while it waits on the gateway, never in the middle of
 writing a chunk to its caller, so every chunk the gateway counts as delivered
 was handed to gRPC, and the charge matches what the caller received. A cut
-that comes during a write takes effect right after it.
+that comes during a write takes effect right after it. Nor is a call cut
+once it reaches its commit point (`commit_point()`, as its spend is made
+durable): it was charged in full, so it ends with its answer.
 
 `hurry()` (a second SIGTERM or Ctrl-C) skips what is left of the delay and
 the grace: the requests still running are cut at once.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar, Token
 from types import TracebackType
 
 import grpc
@@ -40,6 +43,18 @@ _CUT_SETTLE_S = 5.0
 # What the gRPC server itself still grants calls this module does not track
 # (health, reflection, admin) once the gate has drained.
 _UNTRACKED_GRACE_S = 1.0
+
+
+_TRACKED: ContextVar[TrackedCall | None] = ContextVar("faregate_tracked_call", default=None)
+
+
+def commit_point() -> None:
+    """Marks the running call as past its commit point: its spend is being
+    made durable, so a shutdown no longer cuts it and its caller gets the
+    answer it was charged for. A no-op outside a tracked call."""
+    call = _TRACKED.get()
+    if call is not None:
+        call.committing()
 
 
 class Drain:
@@ -111,6 +126,10 @@ class Drain:
             if not await self._wait(self._idle, _CUT_SETTLE_S, hurriable=False):
                 logger.error("stopping: %d cut requests did not settle", self.in_flight)
         await server.stop(_UNTRACKED_GRACE_S)
+        # server.stop cancelled whatever was left (a write blocked by a caller
+        # that stopped reading): let those settle before the state closes.
+        if not await self._wait(self._idle, _CUT_SETTLE_S, hurriable=False):
+            logger.error("stopping: %d requests did not settle", self.in_flight)
         logger.info("stopped")
 
     async def _wait(
@@ -150,20 +169,32 @@ class TrackedCall:
     turns its own into TimeoutError.
     """
 
-    __slots__ = ("_cancelled", "_cancelling", "_cut", "_drain", "_task", "_writing")
+    __slots__ = (
+        "_cancelled",
+        "_cancelling",
+        "_committed",
+        "_cut",
+        "_drain",
+        "_task",
+        "_token",
+        "_writing",
+    )
 
     def __init__(self, drain: Drain) -> None:
         self._drain = drain
         self._task: asyncio.Task[object] | None = None
+        self._token: Token[TrackedCall | None] | None = None
         self._cancelling = 0
         self._cut = False
         self._cancelled = False
         self._writing = False
+        self._committed = False
 
     def __enter__(self) -> TrackedCall:
         self._task = asyncio.current_task()
         assert self._task is not None, "a call is tracked from inside its handler task"
         self._cancelling = self._task.cancelling()
+        self._token = _TRACKED.set(self)
         self._drain._add(self)
         return self
 
@@ -174,6 +205,8 @@ class TrackedCall:
         traceback: TracebackType | None,
     ) -> None:
         self._drain._discard(self)
+        if self._token is not None:
+            _TRACKED.reset(self._token)
         if not self._cancelled:
             return
         assert self._task is not None
@@ -196,9 +229,14 @@ class TrackedCall:
         if self._cut:
             raise _cut_error()
 
+    def committing(self) -> None:
+        """The call is past its commit point: from now on it is never cut."""
+        self._committed = True
+
     def cut(self) -> None:
-        """Ends the call now, or right after the write in progress."""
-        if self._cut:
+        """Ends the call now, or right after the write in progress; a call
+        past its commit point runs to its end."""
+        if self._cut or self._committed:
             return
         self._cut = True
         if not self._writing and self._task is not None:

@@ -105,7 +105,7 @@ class Gateway:
         try:
             return await self._route(call, deadline_s)
         finally:
-            await self._state.unclaim(call.request_id)  # a no-op once its result is kept
+            await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
     async def _claim(self, call: RouteCall) -> RouteResult | None:
         """Claims the call's request id, or finds the result of its first serving.
@@ -114,7 +114,7 @@ class Gateway:
             RequestInFlight: a request with this id is still being served.
             RequestIdReused: the id was served for a different request.
         """
-        stored = await self._state.claim(call.request_id, call.fingerprint)
+        stored = await self._state.claim(call.claim_key, call.fingerprint)
         if stored is None:
             return None
         if stored.fingerprint != call.fingerprint:
@@ -208,7 +208,7 @@ class Gateway:
                 async for event in events:
                     yield event
         finally:
-            await self._state.unclaim(call.request_id)  # a no-op once its result is kept
+            await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
     async def _stream(
         self, call: RouteCall, deadline_s: float

@@ -14,19 +14,21 @@ Instruments (Prometheus names in brackets):
 - faregate.time_to_first_token [faregate_time_to_first_token_seconds]: for
   StreamRoute, from the call to its first output;
 - faregate.tokens [faregate_tokens_total]: charged tokens, by direction;
-- faregate.cost [faregate_cost_nano_usd_total]: charged money;
+- faregate.cost.nano_usd [faregate_cost_nano_usd_total]: charged money;
 - faregate.rejections [faregate_rejections_total]: failed RPCs by reason;
 - faregate.attempts [faregate_attempts_total]: upstream attempts by model,
   kind (first, retry, fallback, hedge) and outcome;
 - faregate.pool.in_flight / faregate.pool.queue_depth: each model's worker
   pool, observed at collection;
 - faregate.breaker.state: 0 closed, 1 half-open, 2 open, per model;
-- faregate.budget.remaining [faregate_budget_remaining_nano_usd]: per budget,
+- faregate.budget.remaining.nano_usd [faregate_budget_remaining_nano_usd]: per budget,
   only with budget labels allowed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,7 @@ from prometheus_client import CollectorRegistry
 from faregate_server import __version__
 from faregate_server.config import TelemetryConfig
 from faregate_server.domain import AttemptRecord
+from faregate_server.errors import FaregateError
 from faregate_server.health import BreakerState
 
 if TYPE_CHECKING:
@@ -47,7 +50,11 @@ if TYPE_CHECKING:
     from faregate_server.state import StateStore
     from faregate_server.telemetry import RequestObservation
 
+logger = logging.getLogger(__name__)
+
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# How long a scrape waits for the budget gauges' reads.
+_BUDGET_READ_TIMEOUT_S = 1.0
 _BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
@@ -152,8 +159,10 @@ class GatewayMetrics:
         route, model, provider = observation.route, observation.model, observation.provider
         budget: tuple[str, ...] = ()
         if self._budget_labels:
+            # Only configured keys: a caller's made-up key must not become a series.
             call = observation.call
-            budget = (call.budget_key if call is not None else "",)
+            known = call is not None and call.budget_key in self._catalog().config.budgets
+            budget = (call.budget_key if call is not None and known else "",)
         self._requests.add((observation.method, route, model, provider, observation.code, *budget))
         self._duration.record(
             latency_s,
@@ -198,10 +207,18 @@ class GatewayMetrics:
         """
         if not self._budget_labels:
             return
-        remaining = {}
-        for key in self._catalog().config.budgets:
-            remaining[key] = (await state.budget(key)).remaining_nano_usd
-        self._remaining = remaining
+        keys = list(self._catalog().config.budgets)
+        try:
+            async with asyncio.timeout(_BUDGET_READ_TIMEOUT_S):
+                snapshots = await asyncio.gather(*(state.budget(key) for key in keys))
+        except (TimeoutError, FaregateError):
+            # A slow or unreachable store must not fail the scrape: the gauge
+            # keeps its last values, and /readyz reports the store.
+            logger.warning("budget gauges not refreshed: the state store did not answer")
+            return
+        self._remaining = {
+            key: snapshot.remaining_nano_usd for key, snapshot in zip(keys, snapshots, strict=True)
+        }
 
     def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
         for name, deployment in self._catalog().deployments.items():

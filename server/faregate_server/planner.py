@@ -18,6 +18,7 @@ from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import RouteConfig
 from faregate_server.domain import CandidateScore, RouteCall, RouteResult, TaskKind, Usage
+from faregate_server.drain import commit_point
 from faregate_server.errors import (
     BudgetExhausted,
     BudgetNotFound,
@@ -166,7 +167,10 @@ class Planner:
         retries. Returns the least money left in the request's budgets. The
         caller must count the lease as settled before awaiting this: the
         store completes the commit even if the caller is cancelled meanwhile.
+        From here on a shutdown lets the call finish: it is charged, so its
+        caller gets its answer.
         """
+        commit_point()
         deployment = lease.option.deployment
         record = SpendRecord(
             request_id=plan.request_id,

@@ -47,7 +47,7 @@ from faregate_server.config import (
     WhenUnavailable,
     Window,
 )
-from faregate_server.domain import RouteResult
+from faregate_server.domain import RouteResult, claim_key
 from faregate_server.errors import (
     BudgetExhausted,
     BudgetNotFound,
@@ -259,8 +259,9 @@ class RedisState:
         stored = None
         if result is not None:
             # Ended here, not by `unclaim`: the commit sets the id's result.
-            claimed = self._claimed.pop(result.request_id, None)
-            fingerprint = claimed[0] if claimed else self._local_claims.pop(result.request_id, "")
+            key = claim_key(record.principal, record.request_id)
+            claimed = self._claimed.pop(key, None)
+            fingerprint = claimed[0] if claimed else self._local_claims.pop(key, "")
             stored = StoredResult(fingerprint, encode_result(result), 0)
         hold = holding.handle
         if isinstance(hold, _EmergencyHold):
@@ -314,7 +315,12 @@ class RedisState:
             drawn = units_drawn(draw, pool.unit, pending.tokens, pending.cost_nano_usd)
             arguments += [drawn, pool.capacity, _window(pool.window, now_s)]
         result = pending.result
-        request_key = self._request_key(pending.record.request_id) if result else self._leases
+        record = pending.record
+        request_key = (
+            self._request_key(claim_key(record.principal, record.request_id))
+            if result
+            else self._leases
+        )
         reply = await self._call(
             self._commit,
             [self._leases, pending.hold_key, self._ledger, request_key, *accounts],

@@ -99,6 +99,7 @@ _FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _MAX_TEMPERATURE = 2.0
 _MAX_ADDITIONAL_BUDGETS = 8
 _MAX_REQUEST_ID_CHARS = 128
+_MAX_NAME_CHARS = 256
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
 StreamEvent = router_pb2.StreamRouteResponse
@@ -213,6 +214,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             violations["messages"] = "every message is empty; at least one needs content"
         if not request.budget_key:
             violations["budget_key"] = "is required"
+        _check_names(request, violations)
         additional = tuple(request.additional_budget_keys)
         if additional and not _distinct_budgets(request.budget_key, additional):
             violations["additional_budget_keys"] = (
@@ -284,6 +286,17 @@ def _check_metadata(
                 f"value is {len(value)} characters;"
                 f" {_exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
             )
+
+
+def _check_names(request: AnyRouteRequest, violations: dict[str, str]) -> None:
+    """Names of configured things are short; a huge one is refused before it
+    reaches an error message, a log line or the ledger."""
+    names = {"model": request.model, "agent": request.agent, "budget_key": request.budget_key}
+    for index, key in enumerate(request.additional_budget_keys):
+        names[f"additional_budget_keys[{index}]"] = key
+    for field, name in names.items():
+        if len(name) > _MAX_NAME_CHARS:
+            violations[field] = f"must be at most {_MAX_NAME_CHARS} characters"
 
 
 def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:

@@ -28,7 +28,7 @@ from typing import Protocol
 from faregate_server.budgets import BudgetSnapshot, MemoryBudgetStore, Reservation
 from faregate_server.clock import Clock
 from faregate_server.config import Config, LimitDraw, StateBackend
-from faregate_server.domain import RouteResult
+from faregate_server.domain import RouteResult, claim_key
 from faregate_server.errors import RequestInFlight
 from faregate_server.ledger import (
     Ledger,
@@ -100,6 +100,8 @@ class StateStore(Protocol):
     async def claim(self, request_id: str, fingerprint: str) -> StoredResult | None:
         """Claims a client request id for this request, or finds its served result.
 
+        `request_id` is the id's `claim_key` (scoped to its principal); a
+        commit with a result keeps it under the claim key of its record.
         Returns None when the id is now this request's (commit with a result,
         or `unclaim`, ends the claim), or the result of the request that
         already served it.
@@ -208,7 +210,7 @@ class LocalState:
         if result is None:
             await self._ledger.record(record)
             return remaining
-        request_id = result.request_id
+        request_id = claim_key(record.principal, record.request_id)
         stored = StoredResult(self._claims[request_id], encode_result(result), remaining)
         expires_s = self._clock.now_s() + self._result_window_s
         self._committing.add(request_id)

@@ -18,13 +18,13 @@ from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from faregate_client import (
     ClientTls,
     FaregateClient,
-    InvalidArgument,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
 )
 from faregate_server.api_keys import format_key_hash, new_api_key
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
@@ -202,16 +202,28 @@ async def test_granted_routes_and_models_are_served(gate: Faregate, keys: Keys) 
     assert by_route.model_used in {"gpt-fake", "cheap-fake"}
 
 
-async def test_one_principals_request_id_never_answers_another(gate: Faregate, keys: Keys) -> None:
-    async with client(gate, keys.keys["agent-a"]) as agent_a:
-        first = await agent_a.route("hi", budget_key="team", request_id="job-1")
+async def test_request_ids_belong_to_their_principal(
+    gate: Faregate, keys: Keys, upstream: FakeUpstream
+) -> None:
+    release = asyncio.Event()
+    upstream.queue(Script(gate=release, chunks=["first"]))
+    async with (
+        client(gate, keys.keys["agent-a"]) as agent_a,
+        client(gate, keys.keys["agent-a2"]) as agent_a2,
+    ):
+        held = asyncio.create_task(agent_a.route("hi", budget_key="team", request_id="job-1"))
+        await upstream.wait_for_requests(1)
+        # agent-a's job-1 is in flight; agent-a2's job-1 is another request.
+        other = await agent_a2.route("hi", budget_key="team", request_id="job-1")
+        release.set()
+        first = await held
         again = await agent_a.route("hi", budget_key="team", request_id="job-1")
-    assert again == first  # its own retry is answered from its result
-    async with client(gate, keys.keys["agent-a2"]) as agent_a2:
-        with pytest.raises(InvalidArgument) as refused:
-            await agent_a2.route("hi", budget_key="team", request_id="job-1")
-    assert refused.value.reason == "REQUEST_ID_REUSED"
-    assert await gate.spent_nano_usd() == first.cost_nano_usd
+        other_again = await agent_a2.route("hi", budget_key="team", request_id="job-1")
+    assert again == first  # each principal's retry is answered from its own result
+    assert other_again == other
+    assert (first.output, other.output) == ("first", "Hello, world")
+    assert len(upstream.received) == 2
+    assert await gate.spent_nano_usd() == first.cost_nano_usd + other.cost_nano_usd
 
 
 async def test_a_principal_over_its_rate_is_limited_and_others_are_not(
@@ -271,7 +283,19 @@ async def test_health_and_reflection_need_no_key(gate: Faregate) -> None:
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )
         reply = await check(health_pb2.HealthCheckRequest(service=""))
+        reflect = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listing = reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        services = [
+            service.name
+            async for answer in listing
+            for service in answer.list_services_response.service
+        ]
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert "faregate.v1.RouterService" in services
 
 
 async def test_keys_rotate_with_a_reload(

@@ -1,10 +1,13 @@
 """Fuzzing both RPCs of a running faregate with hypothesis.
 
-Two properties, each on one server shared by all its examples:
+Three properties, each on one server shared by all its examples:
 - arbitrary field values (unicode, empty and huge strings, int32/int64 edges,
   unknown enum numbers, NaN and infinities, repeated fields, maps) in
   RouteRequest and StreamRouteRequest;
-- arbitrary bytes as the request body, random or a valid request mangled.
+- arbitrary bytes as the request body, random or a valid request mangled;
+- with auth on, arbitrary field values under any credential: none, garbage,
+  a forged secret for a real key id, or the one valid key (whose principal
+  may use the team budget and the default route only).
 After every input: the status is one faregate documents (the codes of
 errors.py's catalogue, each with an ErrorInfo of the catalogue, or the
 transport's RESOURCE_EXHAUSTED for a body over the receive limit) and
@@ -29,6 +32,7 @@ from typing import Any
 import grpc
 import pytest
 from faregate.v1 import router_pb2
+from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.errors import ERROR_DOMAIN, FaregateError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
@@ -187,6 +191,7 @@ def _check_status(error: grpc.aio.AioRpcError) -> str:
     if details is None:
         # Only gRPC's own refusal of a body over the receive limit has none.
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, error.details())
+        assert "larger than max" in (error.details() or ""), error.details()
         return f"{code.name} (transport)"
     assert code in CODES, (code, error.details())
     assert isinstance(details, bytes)
@@ -203,13 +208,22 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-async def _send(faregate: Faregate, path: str, body: bytes, tally: Tally) -> None:
+async def _send(
+    faregate: Faregate,
+    path: str,
+    body: bytes,
+    tally: Tally,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> None:
     channel = faregate.client._channel
     try:
         if path == ROUTE:
-            await channel.unary_unary(path, _identity, _identity)(body, timeout=10)
+            await channel.unary_unary(path, _identity, _identity)(
+                body, timeout=10, metadata=metadata
+            )
         else:
-            async for _ in channel.unary_stream(path, _identity, _identity)(body, timeout=10):
+            call = channel.unary_stream(path, _identity, _identity)
+            async for _ in call(body, timeout=10, metadata=metadata):
                 pass
         tally.add("OK")
     except grpc.aio.AioRpcError as error:
@@ -254,3 +268,53 @@ async def test_any_bytes_get_a_documented_status(
 ) -> None:
     await _send(fuzzed, ROUTE, body, tally)
     await _send(fuzzed, STREAM, body, tally)
+
+
+KEY, KEY_HASH = new_api_key()
+_FORGED = KEY.rsplit("_", 1)[0] + "_" + "A" * 43  # the right key id, the wrong secret
+PRINTABLE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+AUTHORIZATIONS = st.one_of(
+    st.just(f"Bearer {KEY}"),
+    st.sampled_from(["", "Bearer", "Bearer ", f"Bearer {_FORGED}", f"bearer {KEY}", KEY]),
+    PRINTABLE,
+    PRINTABLE.map(lambda text: f"Bearer fg_{text}"),
+    st.none(),
+)
+
+
+@pytest.fixture
+async def guarded(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> AsyncIterator[Faregate]:
+    """faregate with auth on: one principal, granted the team budget and the
+    default route only, two requests at a time."""
+    config_data["server"]["default_deadline_s"] = 10
+    config_data["auth"] = {
+        "principals": {
+            "agent": {
+                "api_keys": [format_key_hash(KEY_HASH)],
+                "budgets": ["team"],
+                "routes": ["default"],
+                "max_concurrent": 2,
+            }
+        }
+    }
+    async with start_faregate(to_config(config_data)) as faregate:
+        yield faregate
+        channel = faregate.client._channel
+        assert await serving_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert await faregate.reserved_nano_usd() == 0
+
+
+@FUZZ
+@given(fields=route_requests(), authorization=AUTHORIZATIONS)
+async def test_any_credential_with_any_request_gets_a_documented_status(
+    guarded: Faregate, tally: Tally, fields: dict[str, Any], authorization: str | None
+) -> None:
+    metadata = () if authorization is None else (("authorization", authorization),)
+    for message_type, path in (
+        (router_pb2.RouteRequest, ROUTE),
+        (router_pb2.StreamRouteRequest, STREAM),
+    ):
+        body = message_type(**fields).SerializeToString()
+        await _send(guarded, path, body, tally, metadata)

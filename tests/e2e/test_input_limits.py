@@ -140,3 +140,26 @@ async def test_oversized_grpc_headers_are_refused_by_the_transport(limited: Fare
     assert await limited.reserved_nano_usd() == 0
     reply = await limited.client.route("still serving?", budget_key="team")
     assert reply.output
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model": "m" * 257}, "model"),
+        ({"agent": "a" * 257}, "agent"),
+        ({"budget_key": "b" * 257}, "budget_key"),
+        ({"additional_budget_keys": ["ok", "b" * 257]}, "additional_budget_keys[1]"),
+    ],
+)
+async def test_names_longer_than_any_configured_name_are_refused(
+    faregate: Faregate, upstream: FakeUpstream, change: dict[str, Any], field: str
+) -> None:
+    request = {"messages": "hi", "budget_key": "team", **change}
+
+    for error in await _errors(faregate, request):
+        assert isinstance(error, InvalidArgument)
+        assert error.field_violations[field] == "must be at most 256 characters"
+        assert "b" * 257 not in str(error)  # not echoed back
+
+    assert upstream.received == []
+    assert await faregate.reserved_nano_usd() == 0

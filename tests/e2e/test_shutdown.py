@@ -26,7 +26,10 @@ from tests.fakes.upstream import FakeUpstream, Script
 from tests.support.health import serving_status
 
 STREAMS = 50
-GRACE_S = 3.0
+# Longer than the test: the finishing half ends on its own, however loaded the
+# machine, and a second SIGTERM then cuts the stalled half (the same cut as at
+# the grace's end, which test_route_still_running_… reaches by waiting).
+GRACE_S = 60.0
 # One token each in every tokenizer faregate uses, so a caller's deltas
 # count the output tokens it received.
 CHUNK = " a"
@@ -134,9 +137,13 @@ async def test_sigterm_drains_streams_and_charges_exactly_what_each_delivered(
         assert refused.value.reason == "SHUTTING_DOWN"
         assert refused.value.retry_after_s is not None
 
-        # The paused half finishes within the grace; the stalled half is cut at its end.
+        # The paused half finishes within the grace; then the stalled half is cut.
         resume.set()
-        async with asyncio.timeout(GRACE_S + 20):
+        finishing = [task for task, caller in zip(readers, callers, strict=True) if caller.finishes]
+        async with asyncio.timeout(30):
+            await asyncio.gather(*finishing)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
             await asyncio.gather(*readers)
             assert await process.wait() == 0
 

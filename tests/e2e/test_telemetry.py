@@ -23,7 +23,7 @@ import grpc
 import pytest
 import yaml
 from faregate.v1 import router_pb2, router_pb2_grpc
-from faregate_client import FaregateClient, FaregateError
+from faregate_client import FailedPrecondition, FaregateClient, FaregateError
 from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.request_log import LOGGER_NAME
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -261,6 +261,9 @@ async def test_metrics_are_scraped_over_http_with_budget_labels_when_allowed(
     config_data["telemetry"]["budget_labels"] = True
     async with start_faregate(to_config(config_data)) as faregate:
         answer = await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+        for made_up in ("attacker-0", "attacker-1"):
+            with pytest.raises(FailedPrecondition):  # BUDGET_NOT_FOUND
+                await faregate.client.route("hi", budget_key=made_up, model="gpt-fake")
         port = faregate.running.http_port
         assert port is not None
         status, text = await _get(port, "/metrics")
@@ -279,6 +282,7 @@ async def test_metrics_are_scraped_over_http_with_budget_labels_when_allowed(
     (budget_line,) = [line for line in lines if line.startswith("faregate_budget_remaining")]
     assert budget_line.startswith('faregate_budget_remaining_nano_usd{budget="team"} ')
     assert float(budget_line.split()[-1]) == remaining
+    assert "attacker" not in text  # a caller's key is a label only when configured
     assert 'faregate_breaker_state{model="gpt-fake"} 0.0' in lines
     assert any(line.startswith("faregate_request_duration_seconds_bucket{") for line in lines)
 
@@ -288,6 +292,8 @@ async def test_readyz_follows_grpc_health_through_a_drain(
 ) -> None:
     gate = asyncio.Event()
     upstream.default = Script(gate=gate)
+    # A grace longer than the test: the call is still running when it checks.
+    config_data["server"]["shutdown_grace_s"] = 60
     async with AsyncExitStack() as stack:
         faregate = await stack.enter_async_context(start_faregate(to_config(config_data)))
         port = faregate.running.http_port
@@ -301,7 +307,7 @@ async def test_readyz_follows_grpc_health_through_a_drain(
         await upstream.wait_for_requests(1)
         # Leaving serve() drains: gRPC health goes NOT_SERVING while the call runs on.
         stopping = asyncio.create_task(stack.aclose())
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             while (readiness := await _get(port, "/readyz"))[0] == 200:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert readiness == (503, "not ready: gRPC health is NOT_SERVING\n")

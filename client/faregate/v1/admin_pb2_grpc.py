@@ -28,7 +28,8 @@ if _version_not_supported:
 class AdminServiceStub:
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 
@@ -73,7 +74,8 @@ class AdminServiceStub:
 class AdminServiceServicer:
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 
@@ -163,7 +165,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 class AdminService:
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 

@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class AdminServiceStub:
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 
@@ -54,7 +55,8 @@ class AdminServiceStub:
 class AdminServiceAsyncStub(AdminServiceStub):
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 
@@ -75,7 +77,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService lets an operator inspect and steer a running faregate: budgets,
     models and the spend ledger. It is off unless the config enables it
-    (`admin.enabled`); once authentication exists it needs an admin credential.
+    (`admin.enabled`), and with auth on only principals granted `admin` may call
+    it (PERMISSION_DENIED/NOT_GRANTED otherwise).
     Errors use the same ErrorInfo catalogue as RouterService.
     """
 

@@ -99,7 +99,8 @@ class RouterServiceStub:
     replica if there is one (RetryInfo).
     API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
     no `authorization: Bearer <api key>` metadata.
-    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+    client certificate's subject) matches no principal.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
@@ -210,7 +211,8 @@ class RouterServiceServicer:
     replica if there is one (RetryInfo).
     API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
     no `authorization: Bearer <api key>` metadata.
-    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+    client certificate's subject) matches no principal.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
@@ -340,7 +342,8 @@ class RouterService:
     replica if there is one (RetryInfo).
     API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
     no `authorization: Bearer <api key>` metadata.
-    API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+    API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+    client certificate's subject) matches no principal.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so

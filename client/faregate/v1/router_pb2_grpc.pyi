@@ -100,7 +100,8 @@ class RouterServiceStub:
                                replica if there is one (RetryInfo).
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
-      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+                               client certificate's subject) matches no principal.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
@@ -206,7 +207,8 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                replica if there is one (RetryInfo).
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
-      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+                               client certificate's subject) matches no principal.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
@@ -308,7 +310,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                replica if there is one (RetryInfo).
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
-      API_KEY_INVALID          UNAUTHENTICATED. The key matches no principal.
+      API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
+                               client certificate's subject) matches no principal.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
