@@ -53,10 +53,6 @@ class Authenticator:
         self._subjects: dict[str, PrincipalConfig] = {}
         self.reconfigure(settings)
 
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
-
     def reconfigure(self, settings: AuthConfig) -> None:
         """Applies new keys and grants at once (key rotation is a reload);
         a kept principal keeps its rate and concurrency counts. Turning auth

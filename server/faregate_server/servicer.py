@@ -291,10 +291,16 @@ def _check_metadata(
 def _check_names(request: AnyRouteRequest, violations: dict[str, str]) -> None:
     """Names of configured things are short; a huge one is refused before it
     reaches an error message, a log line or the ledger."""
-    names = {"model": request.model, "agent": request.agent, "budget_key": request.budget_key}
-    for index, key in enumerate(request.additional_budget_keys):
-        names[f"additional_budget_keys[{index}]"] = key
-    for field, name in names.items():
+    names = [
+        ("model", request.model),
+        ("agent", request.agent),
+        ("budget_key", request.budget_key),
+        *(
+            (f"additional_budget_keys[{index}]", key)
+            for index, key in enumerate(request.additional_budget_keys)
+        ),
+    ]
+    for field, name in names:
         if len(name) > _MAX_NAME_CHARS:
             violations[field] = f"must be at most {_MAX_NAME_CHARS} characters"
 
