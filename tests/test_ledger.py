@@ -4,6 +4,7 @@ silently resets spend when its file is unusable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -88,6 +89,56 @@ async def test_a_ledger_of_the_first_schema_is_upgraded_in_place(tmp_path: Path)
         (_, newest), (_, oldest) = await ledger.query("", "", 10, None)
         assert (newest.request_id, oldest.request_id) == ("r1", "old")
         assert (oldest.budget_keys, oldest.attempts) == (("team",), 1)
+        assert (oldest.usage_flaw, oldest.reported_usage) == ("", "")
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_flagged_record_keeps_what_the_upstream_reported(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        flagged = dataclasses.replace(
+            _record(1), usage_flaw="negative", reported_usage='{"input_tokens":-5}'
+        )
+        await ledger.record(flagged)
+        [(_, kept)] = await ledger.query("", "", 10, None)
+        assert kept == flagged
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_past_64_bits_is_refused_alone(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        poisoned = dataclasses.replace(_record(0), input_tokens=2**64)
+        written = await asyncio.gather(
+            *(ledger.record(poisoned if n == 5 else _record(n)) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert [n for n, outcome in enumerate(written) if outcome is not None] == [5]
+        assert isinstance(written[5], ValueError)
+        assert ledger.spent_since({"team": 0.0}) == {
+            "team": sum(100 + n for n in range(10) if n != 5)
+        }
+        await ledger.record(_record(10))  # the writer goes on
+        assert ledger.statistics().records == 10
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_sqlite_cannot_bind_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        unbindable = dataclasses.replace(_record(0), agent=object())  # type: ignore[arg-type]
+        written = await asyncio.gather(
+            *(ledger.record(unbindable if n == 5 else _record(n)) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert [n for n, outcome in enumerate(written) if outcome is not None] == [5]
+        assert isinstance(written[5], sqlite3.Error)
+        assert ledger.spent_since({"team": 0.0}) == {
+            "team": sum(100 + n for n in range(10) if n != 5)
+        }
     finally:
         await ledger.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -249,3 +250,37 @@ async def test_operator_changes_hold_until_the_configured_limit_changes(
     assert (await store.budget("agent")).limit_nano_usd == 15  # same configured limit
     store.reconfigure(to_config(_config(state_section, agent_limit_usd=2.0)))
     assert (await store.budget("agent")).limit_nano_usd == 2_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("cost", "tokens"),
+    [(2**64, 2**64), (-(10**12), -1), (10**17, 10**17)],
+    ids=["past-64-bits", "negative", "absurd"],
+)
+async def test_a_bad_commit_spends_at_most_its_holding_and_poisons_nothing(
+    store: StateStore, cost: int, tokens: int
+) -> None:
+    before = await store.reserve(("team",), 100, RPM, (("rpm", 1),))
+    bad = await store.reserve(("team",), 500, RPM, (("rpm", 1),))
+    after = await store.reserve(("team",), 100, RPM, (("rpm", 1),))
+    assert before is not None
+    assert bad is not None
+    assert after is not None
+    poisoned = dataclasses.replace(
+        _record("bad", cost, "team"), input_tokens=tokens, output_tokens=tokens
+    )
+
+    # Committed together, so a ledger that batches writes them in one batch.
+    await asyncio.gather(
+        store.commit(before, 60, 1, _record("before", 60, "team")),
+        store.commit(bad, cost, tokens, poisoned),
+        store.commit(after, 70, 1, _record("after", 70, "team")),
+    )
+
+    assert await _settled(store, "team") == (60 + 500 + 70, 0)  # the bad one: its holding
+    records = {record.request_id: record for _, record in await store.spend("team", "", 10, None)}
+    assert (records["before"].cost_nano_usd, records["after"].cost_nano_usd) == (60, 70)
+    assert records["bad"].cost_nano_usd == 500
+    assert 0 <= records["bad"].input_tokens <= 2**53
+    # The budget still answers and serves.
+    assert await store.reserve(("team",), 10_000_000_000 - 630, (), ()) is not None

@@ -161,6 +161,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 model_version=record.model_version,
                 attempts=record.attempts,
                 principal=record.principal,
+                usage_flaw=record.usage_flaw,
+                reported_usage=record.reported_usage,
             )
             for _, record in page
         ]

@@ -11,7 +11,10 @@ retrying, within the caller's deadline, the model's retry budget and
   (or when fallback is off) to the same model after a full-jitter exponential
   backoff that also honours Retry-After;
 - a 429 takes its model out of rotation for Retry-After (or the configured
-  cool-down), and every verdict feeds the model's circuit breaker and latency.
+  cool-down), and every verdict feeds the model's circuit breaker and latency;
+- an answer whose reported usage is implausible (usage.py) still goes to the
+  caller, but counts as a failure for the model's breaker, is counted in a
+  metric and logged; the gateway charges it its reservation.
 On a hedged route, a primary with no first result after the route's delay
 (or its recent p95 time to first token) races a hedge on the next option;
 the first to produce wins, the loser is cancelled at once (closing its
@@ -24,6 +27,7 @@ Every lease handed in is released here unless it comes back with the result.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -37,6 +41,8 @@ from faregate_server.domain import (
     AttemptOutcome,
     AttemptRecord,
     Completion,
+    ImplausibleUsage,
+    ReportedUsage,
     StreamEnd,
     UpstreamRequest,
 )
@@ -46,6 +52,9 @@ from faregate_server.planner import Lease, Plan, Planner
 from faregate_server.providers import UpstreamError, UpstreamErrorKind
 from faregate_server.selection import Option
 from faregate_server.telemetry import Telemetry
+from faregate_server.usage import judge_usage
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -76,9 +85,14 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
 
 
 async def complete_once(
-    deployment: Deployment, request: UpstreamRequest, telemetry: Telemetry
+    deployment: Deployment,
+    request: UpstreamRequest,
+    telemetry: Telemetry,
+    reserved_nano_usd: int,
 ) -> Completion:
-    """One whole-answer call through the model's pool, feeding its health."""
+    """One whole-answer call through the model's pool, feeding its health;
+    its usage is judged against what the request made possible, and the
+    reservation (`reserved_nano_usd`) its cost may not exceed."""
     async with telemetry.pool_slot(deployment):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
@@ -99,17 +113,24 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        attempt.succeeded(completion.usage)
+        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, telemetry)
+        attempt.succeeded(usage)
         elapsed_s = asyncio.get_running_loop().time() - started_s
-        deployment.breaker.on_success(ticket)
+        _record_answer(deployment, ticket, usage)
         deployment.latency.observe(elapsed_s, elapsed_s)
+        if usage is not completion.usage:
+            completion = Completion(completion.text, completion.finish_reason, usage)
         return completion
 
 
 async def stream_once(
-    deployment: Deployment, request: UpstreamRequest, telemetry: Telemetry
+    deployment: Deployment,
+    request: UpstreamRequest,
+    telemetry: Telemetry,
+    reserved_nano_usd: int,
 ) -> AsyncGenerator[str | StreamEnd, None]:
-    """One streamed call through the model's pool, feeding its health.
+    """One streamed call through the model's pool, feeding its health; the
+    usage its end reports is judged as `complete_once` judges it.
 
     Closing it early (a lost hedge, a caller gone) abandons the attempt
     without a verdict and closes the upstream connection.
@@ -138,9 +159,14 @@ async def stream_once(
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
-                        attempt.succeeded(item.usage)
-                        deployment.breaker.on_success(ticket)
+                        usage = _judged(
+                            deployment, request, item.usage, reserved_nano_usd, telemetry
+                        )
+                        attempt.succeeded(usage)
+                        _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
+                        if usage is not item.usage:
+                            item = StreamEnd(item.finish_reason, usage)
                     yield item
         except UpstreamError as error:
             verdict_given = True
@@ -161,6 +187,44 @@ def _check_breaker(deployment: Deployment) -> None:
     # half-open trials been taken.
     if not deployment.breaker.allows():
         raise UpstreamError(UpstreamErrorKind.UNAVAILABLE, "circuit breaker open")
+
+
+def _judged(
+    deployment: Deployment,
+    request: UpstreamRequest,
+    usage: ReportedUsage,
+    reserved_nano_usd: int,
+    telemetry: Telemetry,
+) -> ReportedUsage:
+    """The answer's usage as judged; an implausible one is counted and logged here, once."""
+    model = deployment.config
+    judged = judge_usage(
+        usage,
+        model.context_window_tokens,
+        request.max_output_tokens,
+        model.price,
+        reserved_nano_usd,
+    )
+    if isinstance(judged, ImplausibleUsage):
+        telemetry.observe_implausible_usage(deployment, judged)
+        logger.warning(
+            "model %s reported implausible usage (%s): %s; charged its reservation of"
+            " %d nano-USD instead",
+            deployment.name,
+            judged.flaw.value,
+            judged.reported,
+            reserved_nano_usd,
+        )
+    return judged
+
+
+def _record_answer(deployment: Deployment, ticket: BreakerTicket, usage: ReportedUsage) -> None:
+    # An answer whose usage cannot be true is a misbehaving upstream: its
+    # caller gets the answer, its model a failure.
+    if isinstance(usage, ImplausibleUsage):
+        deployment.breaker.on_failure(ticket)
+    else:
+        deployment.breaker.on_success(ticket)
 
 
 def _record_failure(deployment: Deployment, ticket: BreakerTicket, error: UpstreamError) -> None:

@@ -180,6 +180,39 @@ class Usage:
     output_tokens: int
 
 
+class UsageFlaw(StrEnum):
+    """Why an upstream's reported usage was not believed (see usage.py)."""
+
+    MISSING = "missing"
+    """A usage block with a count absent."""
+    NOT_INTEGER = "not_integer"
+    """A count that is not a JSON integer: a float, a string, a boolean, null."""
+    NEGATIVE = "negative"
+    OVER_CONTEXT_WINDOW = "over_context_window"
+    """More input than the model's context window holds."""
+    OVER_OUTPUT_CAP = "over_output_cap"
+    """More output than the `max_output_tokens` sent upstream."""
+    OVER_RESERVATION = "over_reservation"
+    """A cost beyond the worst case reserved for the attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImplausibleUsage:
+    """Usage an upstream reported that the request could not have used.
+
+    It is never charged: the request is charged its reservation instead, and
+    the report is kept in the ledger beside that charge.
+    """
+
+    flaw: UsageFlaw
+    reported: str
+    """The counts as reported, as a short JSON object (long values cut)."""
+
+
+ReportedUsage = Usage | ImplausibleUsage | None
+"""What an upstream said it used: believable, not, or nothing at all."""
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     """What a provider adapter sends upstream, already resolved to one model."""
@@ -196,7 +229,7 @@ class Completion:
 
     text: str
     finish_reason: FinishReason
-    usage: Usage | None
+    usage: ReportedUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +240,7 @@ class StreamEnd:
     """
 
     finish_reason: FinishReason
-    usage: Usage | None
+    usage: ReportedUsage
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,17 @@
 
 Settlement rules, for every way a request can end:
 - success: commit the provider-reported cost (or, without reported usage, the
-  cost of the counted input and the counted delivered output);
+  cost of the counted input and the counted delivered output, never more
+  than was reserved);
+- success with implausible reported usage (usage.py): commit the reservation,
+  never the reported figure, and record the report with a flag;
 - failure or cancellation before any output reached the caller: release the
   reservation whole, nothing is charged;
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
 A lease is always either settled or released, whatever interrupts the request,
-so the reserved totals of budgets and limit pools return to zero. Every
+so the reserved totals of budgets and limit pools return to zero; no commit
+exceeds its reservation, whatever an upstream says. Every
 settlement leaves a record in the ledger, durable before the spend is reported.
 
 The caller's deadline is enforced by the servicer around these calls; here it
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 from faregate_server.attempts import (
@@ -45,6 +49,8 @@ from faregate_server.clock import Clock
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
+    ImplausibleUsage,
+    ReportedUsage,
     RouteCall,
     RouteResult,
     StreamEnd,
@@ -130,7 +136,10 @@ class Gateway:
 
         async def start(held: Lease) -> Completion:
             return await complete_once(
-                held.option.deployment, upstream_request(plan, held), telemetry
+                held.option.deployment,
+                upstream_request(plan, held),
+                telemetry,
+                held.holding.amount_nano_usd,
             )
 
         async def discard(_: Completion) -> None:
@@ -145,10 +154,13 @@ class Gateway:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
         telemetry.observe_served(deployment)
-        usage = completion.usage or Usage(
-            lease.option.input_tokens, deployment.counter.count_text(completion.text)
+        usage, cost, implausible = _charge(
+            lease,
+            completion.usage,
+            lambda: Usage(
+                lease.option.input_tokens, deployment.counter.count_text(completion.text)
+            ),
         )
-        cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
@@ -168,7 +180,14 @@ class Gateway:
             candidates=plan.scores,
         )
         remaining = await self._planner.settle(
-            plan, lease, usage, cost, "succeeded", len(records), result if call.request_id else None
+            plan,
+            lease,
+            usage,
+            cost,
+            "succeeded",
+            len(records),
+            result if call.request_id else None,
+            implausible,
         )
         return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
@@ -220,7 +239,12 @@ class Gateway:
         telemetry.observe_plan(plan, records)
 
         async def start(held: Lease) -> tuple[Stream, str | StreamEnd]:
-            items = stream_once(held.option.deployment, upstream_request(plan, held), telemetry)
+            items = stream_once(
+                held.option.deployment,
+                upstream_request(plan, held),
+                telemetry,
+                held.holding.amount_nano_usd,
+            )
             return items, await anext(items)
 
         async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
@@ -255,8 +279,9 @@ class Gateway:
                     yield item
                     item = await anext(items)
             end = item
-            usage = end.usage or self._counted_usage(lease, delivered)
-            cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
+            usage, cost, implausible = _charge(
+                lease, end.usage, lambda: self._counted_usage(lease, delivered)
+            )
             settled = True
             result = None
             if call.request_id:
@@ -274,7 +299,7 @@ class Gateway:
                     task=plan.task,
                 )
             remaining = await self._planner.settle(
-                plan, lease, usage, cost, "succeeded", len(records) + 1, result
+                plan, lease, usage, cost, "succeeded", len(records) + 1, result, implausible
             )
             yield StreamFinished(
                 usage=usage,
@@ -312,3 +337,24 @@ class Gateway:
         output_tokens = lease.option.deployment.counter.count_text("".join(delivered))
         # A chunk is at least one token even when the counter says less.
         return Usage(lease.option.input_tokens, max(output_tokens, len(delivered)))
+
+
+def _charge(
+    lease: Lease, reported: ReportedUsage, counted: Callable[[], Usage]
+) -> tuple[Usage, int, ImplausibleUsage | None]:
+    """What a successful request is charged: the usage charged for, its cost,
+    and the implausible report it replaced, if any.
+
+    The reported usage arrives judged (attempts.py). An implausible report is
+    charged the reservation, as the worst case it was reserved for: the
+    counted input and the output cap. Without a report the counted usage is
+    charged, never more than was reserved (a count is an estimate).
+    """
+    option = lease.option
+    reserved_nano_usd = lease.holding.amount_nano_usd
+    if isinstance(reported, ImplausibleUsage):
+        return Usage(option.input_tokens, option.max_output_tokens), reserved_nano_usd, reported
+    usage = counted() if reported is None else reported
+    price = option.deployment.config.price
+    cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
+    return usage, min(cost, reserved_nano_usd), None

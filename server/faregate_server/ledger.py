@@ -10,7 +10,10 @@ current window is summed from it, so a restart, even after SIGKILL, loses no
 committed spend. Reservations are not recorded; a crash voids them. The
 result of a request that carried a client `request_id` is written in the same
 transaction as its spend record, so a retry finds it if and only if the spend
-is on disk.
+is on disk. One bad record never takes its batch down: a record SQLite
+could not store (an integer past 64 bits, say) is refused before it joins a
+batch, and a batch that fails anyway is written again record by record, so
+only the records that fail themselves fail.
 
 `MemoryLedger` records nothing durable, for the in-memory state backend.
 """
@@ -64,15 +67,18 @@ _LATER_COLUMNS = {
     "model_version": "TEXT NOT NULL DEFAULT ''",
     "attempts": "INTEGER NOT NULL DEFAULT 1",
     "principal": "TEXT NOT NULL DEFAULT ''",
+    "usage_flaw": "TEXT NOT NULL DEFAULT ''",
+    "reported_usage": "TEXT NOT NULL DEFAULT ''",
 }
 _COLUMNS = (
     "request_id, time_s, budget_key, agent, model, input_tokens, output_tokens,"
     " reserved_nano_usd, cost_nano_usd, outcome, also_budget_keys, route, model_version, attempts,"
-    " principal"
+    " principal, usage_flaw, reported_usage"
 )
+_INT64 = range(-(2**63), 2**63)
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
-_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"
@@ -104,6 +110,11 @@ class SpendRecord:
     """Upstream attempts made, hedges and retries included."""
     principal: str = ""
     """Who the request was authenticated as; empty with auth off."""
+    usage_flaw: str = ""
+    """Why the upstream's reported usage was not believed (a `UsageFlaw`),
+    so the request was charged its reservation; empty when it was."""
+    reported_usage: str = ""
+    """With a usage flaw: the counts the upstream reported, as JSON."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (one line of an export)."""
@@ -129,6 +140,8 @@ def _row(record: SpendRecord) -> tuple[object, ...]:
         record.model_version,
         record.attempts,
         record.principal,
+        record.usage_flaw,
+        record.reported_usage,
     )
 
 
@@ -136,7 +149,7 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
     (request_id, time_s, key, agent, model, tokens_in, tokens_out, reserved, cost, outcome) = row[
         :10
     ]
-    also, route, version, attempts, principal = row[10:]
+    also, route, version, attempts, principal, flaw, reported = row[10:]
     return SpendRecord(
         request_id,
         time_s,
@@ -152,7 +165,18 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
         version,
         attempts,
         principal,
+        flaw,
+        reported,
     )
+
+
+def _check_storable(row: tuple[object, ...]) -> None:
+    """Raises ValueError for a row SQLite cannot store, before it joins a batch."""
+    for value in row:
+        if isinstance(value, int) and value not in _INT64:
+            raise ValueError(f"spend record not storable: {value} exceeds 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"spend record not storable: {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +342,7 @@ class SqliteLedger:
     async def record(self, record: SpendRecord, result: ResultToKeep | None = None) -> None:
         if self._closed:
             raise RuntimeError("the ledger is closed")
+        _check_storable(_row(record))
         done = asyncio.get_running_loop().create_future()
         self._pending.append((record, result, done))
         if self._writer is None or self._writer.done():
@@ -350,24 +375,38 @@ class SqliteLedger:
             try:
                 await self._run(self._insert, rows, results)
                 break
-            except sqlite3.Error as error:
+            except sqlite3.OperationalError as error:
+                # Locked, busy, out of space: the file's trouble, for the whole batch.
                 if attempt < _WRITE_ATTEMPTS:
                     await asyncio.sleep(_WRITE_RETRY_S * attempt)
                     continue
-                # The spend stands in memory but not on disk: say exactly what
-                # is missing so an operator can repair the ledger.
-                for row in rows:
-                    logger.error("spend record not written to the ledger: %r", row)
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                        done.exception()
+                self._fail(batch, rows, error)
+                return
+            except (sqlite3.Error, ValueError, TypeError, OverflowError) as error:
+                # A record's trouble: it fails alone, and the others are
+                # written in transactions of their own.
+                if len(batch) > 1:
+                    for pending in batch:
+                        await self._write_batch([pending])
+                    return
+                self._fail(batch, rows, error)
                 return
         self._records += len(batch)
         self._transactions += 1
         for *_, done in batch:
             if not done.done():
                 done.set_result(None)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], rows: list[tuple[object, ...]], error: Exception) -> None:
+        # The spend stands in memory but not on disk: say exactly what is
+        # missing so an operator can repair the ledger.
+        for row in rows:
+            logger.error("spend record not written to the ledger: %r", row)
+        for *_, done in batch:
+            if not done.done():
+                done.set_exception(error)
+                done.exception()
 
     def _insert(
         self, rows: Iterable[tuple[object, ...]], results: Iterable[tuple[object, ...]]

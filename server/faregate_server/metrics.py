@@ -18,6 +18,9 @@ Instruments (Prometheus names in brackets):
 - faregate.rejections [faregate_rejections_total]: failed RPCs by reason;
 - faregate.attempts [faregate_attempts_total]: upstream attempts by model,
   kind (first, retry, fallback, hedge) and outcome;
+- faregate.implausible_usage [faregate_implausible_usage_total]: upstream
+  answers whose reported usage was not believed (and was charged the
+  reservation instead), by model and flaw (usage.py);
 - faregate.pool.in_flight / faregate.pool.queue_depth: each model's worker
   pool, observed at collection;
 - faregate.breaker.state: 0 closed, 1 half-open, 2 open, per model;
@@ -104,6 +107,7 @@ class GatewayMetrics:
         self._cost = _Tally(("route", "model", "provider", *budget))
         self._rejections = _Tally(("rpc", "reason"))
         self._attempts = _Tally(("model", "kind", "outcome"))
+        self._implausible = _Tally(("model", "flaw"))
         for name, tally, unit, description in (
             ("faregate.requests", self._requests, "{request}", "RPCs served, by outcome"),
             ("faregate.tokens", self._tokens, "{token}", "Tokens charged, by direction"),
@@ -114,6 +118,12 @@ class GatewayMetrics:
                 self._attempts,
                 "{attempt}",
                 "Upstream attempts, by kind (first, retry, fallback, hedge)",
+            ),
+            (
+                "faregate.implausible_usage",
+                self._implausible,
+                "{answer}",
+                "Upstream answers whose reported usage was not believed, by flaw",
             ),
         ):
             meter.create_observable_counter(
@@ -183,6 +193,10 @@ class GatewayMetrics:
             self._tokens.add((route, model, provider, "output", *budget), observation.output_tokens)
         if observation.records:
             self._record_attempts(observation.records)
+
+    def count_implausible_usage(self, model: str, flaw: str) -> None:
+        """One upstream answer of `model` (a configured name) with unbelievable usage."""
+        self._implausible.add((model, flaw))
 
     def _record_attempts(self, records: Sequence[AttemptRecord]) -> None:
         previous = ""

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import RouteConfig
-from faregate_server.domain import CandidateScore, RouteCall, RouteResult, TaskKind, Usage
+from faregate_server.domain import (
+    CandidateScore,
+    ImplausibleUsage,
+    RouteCall,
+    RouteResult,
+    TaskKind,
+    Usage,
+)
 from faregate_server.drain import commit_point
 from faregate_server.errors import (
     BudgetExhausted,
@@ -160,11 +167,13 @@ class Planner:
         outcome: str,
         attempts: int,
         result: RouteResult | None = None,
+        implausible: ImplausibleUsage | None = None,
     ) -> int:
         """Commits the actual cost and draw, and makes the spend record durable.
 
         `result`, for a request with a client request id, is kept for its
-        retries. Returns the least money left in the request's budgets. The
+        retries; `implausible`, the upstream's report that was not believed,
+        is recorded beside the charge. Returns the least money left in the request's budgets. The
         caller must count the lease as settled before awaiting this: the
         store completes the commit even if the caller is cancelled meanwhile.
         From here on a shutdown lets the call finish: it is charged, so its
@@ -187,6 +196,8 @@ class Planner:
             model_version=deployment.config.version,
             attempts=attempts,
             principal=plan.call.principal,
+            usage_flaw=implausible.flaw.value if implausible else "",
+            reported_usage=implausible.reported if implausible else "",
         )
         tokens = usage.input_tokens + usage.output_tokens
         self._telemetry.observe_settlement(usage, cost_nano_usd)

@@ -67,7 +67,7 @@ from faregate_server.redis_scripts import (
     UPDATE_BUDGET,
 )
 from faregate_server.replay import StoredResult, encode_result
-from faregate_server.state import Holding
+from faregate_server.state import Holding, bounded_commit
 from faregate_server.windows import next_reset_s, window_start_s
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ class RedisState:
         record: SpendRecord,
         result: RouteResult | None = None,
     ) -> int:
+        cost_nano_usd, tokens, record = bounded_commit(holding, cost_nano_usd, tokens, record)
         stored = None
         if result is not None:
             # Ended here, not by `unclaim`: the commit sets the id's result.
@@ -607,6 +608,8 @@ def _record_from_fields(fields: dict[str, str]) -> SpendRecord:
         model_version=fields["model_version"],
         attempts=int(fields["attempts"]),
         principal=fields.get("principal", ""),
+        usage_flaw=fields.get("usage_flaw", ""),
+        reported_usage=fields.get("reported_usage", ""),
     )
 
 

@@ -7,7 +7,10 @@ same contract (tests/test_state_contract.py runs it against every one):
   to every other replica sharing the store;
 - `commit` spends the actual cost and draw, frees the rest of the holding and
   makes the spend record durable before it returns (with the request's result
-  when it carried a client request id, in the same durable step);
+  when it carried a client request id, in the same durable step). It never
+  spends more than the holding: every backend passes its arguments through
+  `bounded_commit` first, so no single bad commit can overspend, credit or
+  wedge a budget, or carry a number its store cannot hold into a shared write;
 - `release` frees a holding whole. It never suspends its caller and never
   fails: cleanup code calls it while being cancelled;
 - `claim` reserves a client request id for one request at a time and finds
@@ -21,6 +24,8 @@ backends; sqlite adds a durable ledger from which spend is summed at start).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +45,13 @@ from faregate_server.ledger import (
 from faregate_server.limits import Draw, LimitPools, LimitReservation
 from faregate_server.replay import StoredResult, encode_result
 from faregate_server.windows import window_start_s
+
+logger = logging.getLogger(__name__)
+
+LARGEST_COUNT = 2**53 - 1
+"""The largest token count or amount every backend stores exactly (Redis's
+Lua numbers are doubles; SQLite's integers are 64-bit)."""
+_RECORD_COUNTS = ("input_tokens", "output_tokens", "reserved_nano_usd", "cost_nano_usd", "attempts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,51 @@ class StateStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+def bounded_commit(
+    holding: Holding, cost_nano_usd: int, tokens: int, record: SpendRecord
+) -> tuple[int, int, SpendRecord]:
+    """A commit's cost, tokens and record as a backend may apply them.
+
+    The gateway never asks for more than was held, so this changes nothing
+    on any path it knows; it is the backends' own guarantee. A cost that is
+    not a whole number within the holding is charged the holding (the worst
+    case the request was admitted for), and counts beyond `LARGEST_COUNT` or
+    below zero are clamped, each logged as the bug it is.
+    """
+    held = holding.amount_nano_usd
+    if not (_is_count(cost_nano_usd) and cost_nano_usd <= held):
+        logger.error(
+            "commit of %r nano-USD on a holding of %d refused: charged the holding",
+            cost_nano_usd,
+            held,
+        )
+        cost_nano_usd = held
+    if not _is_count(tokens):
+        logger.error("commit of %r tokens clamped", tokens)
+        tokens = _clamped(tokens)
+    changes: dict[str, int] = {}
+    if record.cost_nano_usd != cost_nano_usd:
+        changes["cost_nano_usd"] = cost_nano_usd
+    for name in _RECORD_COUNTS:
+        value = changes.get(name, getattr(record, name))
+        if not _is_count(value):
+            logger.error("spend record %s=%r clamped", name, value)
+            changes[name] = _clamped(value)
+    if changes:
+        record = dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+    return cost_nano_usd, tokens, record
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= LARGEST_COUNT
+
+
+def _clamped(value: object) -> int:
+    if type(value) is not int or value < 0:
+        return 0
+    return min(value, LARGEST_COUNT)
+
+
 @dataclass(frozen=True, slots=True)
 class _LocalHold:
     budgets: Reservation
@@ -200,6 +257,7 @@ class LocalState:
         record: SpendRecord,
         result: RouteResult | None = None,
     ) -> int:
+        cost_nano_usd, tokens, record = bounded_commit(holding, cost_nano_usd, tokens, record)
         hold = holding.handle
         assert isinstance(hold, _LocalHold)
         # Both commits happen before the first suspension: a cancellation

@@ -44,7 +44,7 @@ from opentelemetry.util.types import AttributeValue
 
 from faregate_server import __version__
 from faregate_server.config import TelemetryConfig
-from faregate_server.domain import AttemptRecord, RouteCall, Usage
+from faregate_server.domain import AttemptRecord, ImplausibleUsage, ReportedUsage, RouteCall, Usage
 from faregate_server.request_log import RequestLog
 
 if TYPE_CHECKING:
@@ -240,6 +240,11 @@ class Telemetry:
             observation.output_tokens = usage.output_tokens
             observation.cost_nano_usd = cost_nano_usd
 
+    def observe_implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
+        """An upstream answer whose reported usage was not believed."""
+        if self.metrics is not None:
+            self.metrics.count_implausible_usage(deployment.name, usage.flaw.value)
+
     @staticmethod
     def observe_failure(code: grpc.StatusCode, reason: str) -> None:
         """The status an RPC ends with, and faregate's ErrorInfo reason."""
@@ -308,11 +313,15 @@ class UpstreamAttempt:
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
 
-    def succeeded(self, usage: Usage | None) -> None:
+    def succeeded(self, usage: ReportedUsage) -> None:
         span = self._span
         if span is None:
             return
-        if usage is None:
+        if isinstance(usage, ImplausibleUsage):
+            span.set_attributes(
+                {"http.response.status_code": 200, "faregate.usage_flaw": usage.flaw.value}
+            )
+        elif usage is None:
             span.set_attribute("http.response.status_code", 200)
         else:
             span.set_attributes(

@@ -21,6 +21,14 @@ from typing import Any
 
 from aiohttp import web
 
+OMIT: Any = object()
+"""A usage count the fake leaves out of its usage block."""
+
+
+def _counts(**counts: Any) -> dict[str, Any]:
+    """A usage block without the counts scripted as `OMIT`."""
+    return {name: value for name, value in counts.items() if value is not OMIT}
+
 
 @dataclass
 class Script:
@@ -30,8 +38,9 @@ class Script:
     headers: dict[str, str] = field(default_factory=dict)
     error_body: str = '{"error": {"message": "scripted failure", "type": "server_error"}}'
     chunks: list[str] = field(default_factory=lambda: ["Hello", ",", " world"])
-    usage: tuple[int, int] | None = (11, 3)
-    """(input, output) tokens to report; None reports no usage at all."""
+    usage: tuple[Any, Any] | None = (11, 3)
+    """(input, output) tokens to report, as any JSON values (a liar's: -5,
+    3.5, "12", true, 1e17) or `OMIT` to leave one out; None reports no usage."""
     finish_reason: str = "stop"
     gate: asyncio.Event | None = None
     """When set, the answer waits until the test sets this event."""
@@ -74,7 +83,7 @@ class FakeUpstream:
         self.disconnected_at: list[float] = []
         self.disconnected_models: list[str] = []
         self.completed = 0
-        self.reported_usage: list[tuple[int, int]] = []
+        self.reported_usage: list[tuple[Any, Any]] = []
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
         self.base_url = ""
@@ -228,11 +237,7 @@ class _OpenAIFormat(_Format):
             ],
         }
         if script.usage is not None:
-            answer["usage"] = {
-                "prompt_tokens": script.usage[0],
-                "completion_tokens": script.usage[1],
-                "total_tokens": sum(script.usage),
-            }
+            answer["usage"] = _openai_usage(script.usage)
         return answer
 
     def opening(self, body: dict[str, Any], script: Script) -> bytes:
@@ -245,11 +250,7 @@ class _OpenAIFormat(_Format):
     def closing(self, script: Script) -> bytes:
         out = _sse(self._chunk({}, script.finish_reason))
         if script.usage is not None:
-            usage = {
-                "prompt_tokens": script.usage[0],
-                "completion_tokens": script.usage[1],
-                "total_tokens": sum(script.usage),
-            }
+            usage = _openai_usage(script.usage)
             out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
 
@@ -263,6 +264,14 @@ class _OpenAIFormat(_Format):
             "model": self._model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
+
+
+def _openai_usage(usage: tuple[Any, Any]) -> dict[str, Any]:
+    prompt, completion = usage
+    block = _counts(prompt_tokens=prompt, completion_tokens=completion)
+    if all(isinstance(count, int) for count in block.values()):
+        block["total_tokens"] = sum(block.values())
+    return block
 
 
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens"}
@@ -279,7 +288,7 @@ class _AnthropicFormat(_Format):
             "stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn"),
         }
         if script.usage is not None:
-            answer["usage"] = {"input_tokens": script.usage[0], "output_tokens": script.usage[1]}
+            answer["usage"] = _counts(input_tokens=script.usage[0], output_tokens=script.usage[1])
         return answer
 
     def opening(self, body: dict[str, Any], script: Script) -> bytes:
@@ -291,7 +300,7 @@ class _AnthropicFormat(_Format):
             "content": [],
         }
         if script.usage is not None:
-            message["usage"] = {"input_tokens": script.usage[0], "output_tokens": 1}
+            message["usage"] = _counts(input_tokens=script.usage[0], output_tokens=1)
         return _sse({"type": "message_start", "message": message}, "message_start") + _sse(
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
             "content_block_start",
@@ -313,7 +322,7 @@ class _AnthropicFormat(_Format):
             "delta": {"stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn")},
         }
         if script.usage is not None:
-            delta["usage"] = {"output_tokens": script.usage[1]}
+            delta["usage"] = _counts(output_tokens=script.usage[1])
         return (
             _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
             + _sse(delta, "message_delta")

@@ -19,10 +19,10 @@ from faregate_server.config import ModelConfig
 from faregate_server.domain import (
     Completion,
     FinishReason,
+    ReportedUsage,
     Role,
     StreamEnd,
     UpstreamRequest,
-    Usage,
 )
 from faregate_server.providers.base import (
     JsonEndpoint,
@@ -31,6 +31,7 @@ from faregate_server.providers.base import (
     translate_transport_errors,
 )
 from faregate_server.providers.sse import iter_sse
+from faregate_server.usage import MISSING, reported_usage
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -58,20 +59,18 @@ class AnthropicProvider:
             text = "".join(
                 block.get("text", "") for block in answer["content"] if block["type"] == "text"
             )
-            usage = answer.get("usage")
             return Completion(
                 text=text,
                 finish_reason=_STOP_REASONS.get(
                     answer.get("stop_reason"), FinishReason.UNSPECIFIED
                 ),
-                usage=Usage(int(usage["input_tokens"]), int(usage["output_tokens"]))
-                if usage
-                else None,
+                usage=_usage(answer.get("usage")),
             )
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        input_tokens: int | None = None
-        output_tokens: int | None = None
+        # As reported (any JSON value): usage.py judges them at the end.
+        input_tokens: object = MISSING
+        output_tokens: object = MISSING
         finish_reason = FinishReason.UNSPECIFIED
         stopped = False
         with translate_transport_errors():
@@ -84,16 +83,17 @@ class AnthropicProvider:
                             yield delta["text"]
                     elif kind == "message_start":
                         usage = json.loads(event.data)["message"].get("usage") or {}
-                        input_tokens = usage.get("input_tokens", input_tokens)
-                        output_tokens = usage.get("output_tokens", output_tokens)
+                        if isinstance(usage, dict):
+                            input_tokens = usage.get("input_tokens", input_tokens)
+                            output_tokens = usage.get("output_tokens", output_tokens)
                     elif kind == "message_delta":
                         payload = json.loads(event.data)
                         reason = (payload.get("delta") or {}).get("stop_reason")
                         if reason:
                             finish_reason = _STOP_REASONS.get(reason, FinishReason.UNSPECIFIED)
-                        output_tokens = (payload.get("usage") or {}).get(
-                            "output_tokens", output_tokens
-                        )
+                        usage = payload.get("usage") or {}
+                        if isinstance(usage, dict):
+                            output_tokens = usage.get("output_tokens", output_tokens)
                     elif kind == "message_stop":
                         stopped = True
                         break
@@ -103,11 +103,19 @@ class AnthropicProvider:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before message_stop"
             )
-        usage_seen = input_tokens is not None and output_tokens is not None
+        usage_seen = input_tokens is not MISSING or output_tokens is not MISSING
         yield StreamEnd(
-            finish_reason,
-            Usage(int(input_tokens or 0), int(output_tokens or 0)) if usage_seen else None,
+            finish_reason, reported_usage(input_tokens, output_tokens) if usage_seen else None
         )
+
+
+def _usage(raw: Any) -> ReportedUsage:
+    """The answer's usage block, judged for shape (usage.py judges the rest)."""
+    if not raw:
+        return None
+    if not isinstance(raw, dict):
+        return reported_usage(MISSING, MISSING)
+    return reported_usage(raw.get("input_tokens", MISSING), raw.get("output_tokens", MISSING))
 
 
 def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:

@@ -14,7 +14,13 @@ from typing import Any
 import aiohttp
 
 from faregate_server.config import ModelConfig
-from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
+from faregate_server.domain import (
+    Completion,
+    FinishReason,
+    ReportedUsage,
+    StreamEnd,
+    UpstreamRequest,
+)
 from faregate_server.providers.base import (
     JsonEndpoint,
     UpstreamError,
@@ -22,6 +28,7 @@ from faregate_server.providers.base import (
     translate_transport_errors,
 )
 from faregate_server.providers.sse import iter_sse
+from faregate_server.usage import MISSING, reported_usage
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -53,7 +60,7 @@ class OpenAIProvider:
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         finish_reason = FinishReason.UNSPECIFIED
-        usage: Usage | None = None
+        usage: ReportedUsage = None
         finished = False
         with translate_transport_errors():
             async with self._endpoint.open_stream(_body(request, stream=True)) as response:
@@ -98,10 +105,13 @@ def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
-def _usage(raw: Any) -> Usage | None:
+def _usage(raw: Any) -> ReportedUsage:
+    """The answer's usage block, judged for shape (usage.py judges the rest)."""
     if not raw:
         return None
-    return Usage(int(raw["prompt_tokens"]), int(raw["completion_tokens"]))
+    if not isinstance(raw, dict):
+        return reported_usage(MISSING, MISSING)
+    return reported_usage(raw.get("prompt_tokens", MISSING), raw.get("completion_tokens", MISSING))
 
 
 def _error_message(error: Any) -> str:

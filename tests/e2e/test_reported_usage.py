@@ -1,0 +1,247 @@
+"""Upstreams that lie about usage, end to end: what they report is judged
+against what the request made possible, and a lie is charged the reservation,
+recorded with what was reported, counted, and held against the model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from faregate.v1 import admin_pb2, admin_pb2_grpc
+from faregate_client import BudgetExhausted, FaregateError, Unavailable
+from faregate_server.domain import ChatMessage, Role
+from faregate_server.ledger import SpendRecord
+from faregate_server.money import Price
+from faregate_server.tokens import TiktokenCounter
+
+from tests.conftest import Faregate, StartFaregate, read_stream, to_config
+from tests.fakes.upstream import OMIT, FakeUpstream, Script
+
+GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
+MAX_OUTPUT = 10
+PROMPT = "Count the budgets that fit in this one, then explain how you counted. " * 4
+# Every lie counts against its model's breaker: tests that tell many keep it shut.
+PATIENT_BREAKER = {"consecutive_failures": 1000, "min_requests": 1000}
+
+
+def _input_tokens() -> int:
+    return TiktokenCounter().count_messages([ChatMessage(Role.USER, PROMPT)])
+
+
+WORST_CASE = GPT_PRICE.cost_nano_usd(_input_tokens(), MAX_OUTPUT)
+
+
+def _usd(nano_usd: int) -> str:
+    return str(Decimal(nano_usd) / 10**9)
+
+
+async def _records(faregate: Faregate, budget_key: str) -> list[SpendRecord]:
+    return [record for _, record in await faregate.running.state.spend(budget_key, "", 1000, None)]
+
+
+async def _call(
+    faregate: Faregate, rpc: str, budget_key: str, model: str = "gpt-fake"
+) -> tuple[int, int]:
+    """One request; returns (cost, reserved) as the caller was told them."""
+    if rpc == "Route":
+        reply = await faregate.client.route(
+            PROMPT, budget_key=budget_key, model=model, max_output_tokens=MAX_OUTPUT
+        )
+        return reply.cost_nano_usd, reply.reserved_nano_usd
+    stream = faregate.client.stream_route(
+        PROMPT, budget_key=budget_key, model=model, max_output_tokens=MAX_OUTPUT
+    )
+    await read_stream(stream)
+    assert stream.start is not None
+    assert stream.finish is not None
+    return stream.finish.cost_nano_usd, stream.start.reserved_nano_usd
+
+
+@pytest.mark.parametrize("rpc", ["Route", "StreamRoute"])
+async def test_a_lying_upstream_never_overspends_a_budget(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream, rpc: str
+) -> None:
+    fits, total = 20, 60
+    limit = fits * WORST_CASE
+    config_data["budgets"]["lie"] = {"limit_usd": _usd(limit)}
+    config_data["models"]["gpt-fake"].update(workers=16, queue=total, breaker=PATIENT_BREAKER)
+    lie = (3 * _input_tokens(), MAX_OUTPUT)  # three times the prompt it was sent
+    upstream.default = Script(usage=lie)
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        results = await asyncio.gather(
+            *(_call(faregate, rpc, "lie") for _ in range(total)), return_exceptions=True
+        )
+        spent = await faregate.spent_nano_usd("lie")
+        print(f"{rpc}: 3x prompt lie, {total} calls: spent {spent / limit:.2f}x the limit")
+        assert spent <= limit, f"spent {spent / limit:.2f}x the limit"
+        assert await faregate.reserved_nano_usd("lie") == 0
+        records = await _records(faregate, "lie")
+
+    served = [result for result in results if isinstance(result, tuple)]
+    assert all(isinstance(r, BudgetExhausted) for r in results if not isinstance(r, tuple))
+    assert len(served) == fits  # each charged exactly its worst case
+    assert all(cost == reserved == WORST_CASE for cost, reserved in served)
+    assert spent == limit
+    assert len(records) == fits
+    reported = json.dumps({"input_tokens": lie[0], "output_tokens": lie[1]}, separators=(",", ":"))
+    for record in records:
+        assert (record.usage_flaw, record.reported_usage) == ("over_reservation", reported)
+        assert (record.input_tokens, record.output_tokens) == (_input_tokens(), MAX_OUTPUT)
+        assert record.cost_nano_usd == record.reserved_nano_usd == WORST_CASE
+
+
+async def test_negative_usage_never_credits_a_budget(
+    faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    upstream.default = Script(usage=(-1_000_000, -5))
+
+    cost, reserved = await _call(faregate, "Route", "team")
+
+    assert cost == reserved == WORST_CASE
+    assert await faregate.spent_nano_usd() == WORST_CASE
+    [record] = await _records(faregate, "team")
+    assert record.usage_flaw == "negative"
+    assert record.reported_usage == '{"input_tokens":-1000000,"output_tokens":-5}'
+
+
+@pytest.mark.parametrize("absurd", [10**17, 1e17], ids=["int", "float"])
+async def test_absurd_usage_does_not_wedge_the_budget(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    absurd: object,
+) -> None:
+    config_data["admin"] = {"enabled": True}
+    upstream.queue(Script(usage=(absurd, absurd)), Script(usage=(20, 2)))
+
+    async with (
+        start_faregate(to_config(config_data)) as faregate,
+        grpc.aio.insecure_channel(faregate.target) as channel,
+    ):
+        lied, _ = await _call(faregate, "Route", "team")
+        honest, _ = await _call(faregate, "Route", "team")
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        budget = (await stub.GetBudget(admin_pb2.GetBudgetRequest(key="team"))).budget
+        page = await stub.ListSpend(admin_pb2.ListSpendRequest(budget_key="team"))
+
+    assert lied == WORST_CASE
+    assert honest == GPT_PRICE.cost_nano_usd(20, 2)
+    assert budget.spent_nano_usd == lied + honest
+    assert budget.reserved_nano_usd == 0
+    flagged = page.entries[-1]  # newest first: the lie is the older
+    assert flagged.usage_flaw == (
+        "over_context_window" if isinstance(absurd, int) else "not_integer"
+    )
+    assert json.loads(flagged.reported_usage) == {"input_tokens": absurd, "output_tokens": absurd}
+    assert flagged.cost_nano_usd == flagged.reserved_nano_usd == WORST_CASE
+    assert page.entries[0].usage_flaw == page.entries[0].reported_usage == ""
+
+
+# Each lie, and why it is not believed; every provider, both RPCs.
+LIES: list[tuple[tuple[Any, Any], str]] = [
+    ((3.5, 3), "not_integer"),
+    (("12", 3), "not_integer"),
+    ((True, 3), "not_integer"),
+    ((None, 3), "not_integer"),
+    ((1e17, 3), "not_integer"),
+    ((-1, 3), "negative"),
+    ((OMIT, 3), "missing"),
+    ((10**17, 3), "over_context_window"),
+    ((11, MAX_OUTPUT + 1), "over_output_cap"),
+]
+
+
+@pytest.mark.parametrize("rpc", ["Route", "StreamRoute"])
+@pytest.mark.parametrize("model", ["gpt-fake", "claude-fake"])
+async def test_every_kind_of_lie_is_charged_the_reservation_and_recorded(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    rpc: str,
+    model: str,
+) -> None:
+    config_data["models"][model]["breaker"] = PATIENT_BREAKER
+    upstream.queue(*(Script(usage=usage) for usage, _ in LIES))
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        charged = [await _call(faregate, rpc, "team", model) for _ in LIES]
+        spent = await faregate.spent_nano_usd()
+        reserved = await faregate.reserved_nano_usd()
+        records = list(reversed(await _records(faregate, "team")))
+
+    assert all(cost == held for cost, held in charged)
+    assert spent == sum(cost for cost, _ in charged)
+    assert reserved == 0
+    assert [record.usage_flaw for record in records] == [flaw for _, flaw in LIES]
+    for record, ((reported_in, reported_out), _) in zip(records, LIES, strict=True):
+        reported = json.loads(record.reported_usage)
+        assert reported.get("input_tokens", OMIT) == reported_in
+        assert reported["output_tokens"] == reported_out
+
+
+async def test_implausible_answers_are_counted_and_open_the_breaker(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    config_data["models"]["gpt-fake"]["breaker"] = {"consecutive_failures": 3, "cooldown_s": 60}
+    upstream.default = Script(usage=(-1, 3))
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        answered = [await _call(faregate, "Route", "team") for _ in range(3)]
+        breaker = faregate.running.catalog.deployments["gpt-fake"].breaker
+        assert breaker.state.value == "open"
+        with pytest.raises(Unavailable):
+            await _call(faregate, "Route", "team")
+        # The healthy model of the route serves meanwhile.
+        fallback = await faregate.client.route(PROMPT, budget_key="team")
+        port = faregate.running.http_port
+        assert port is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            metrics = (await response.text()).splitlines()
+
+    assert len(answered) == 3  # the callers got their answers all the same
+    assert fallback.model_used == "cheap-fake"
+    assert 'faregate_implausible_usage_total{flaw="negative",model="gpt-fake"} 3.0' in metrics
+
+
+async def test_an_innocent_request_beside_a_poisoned_one_is_charged_and_durable(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    config_data["state"] = {"backend": "sqlite", "path": str(tmp_path / "ledger.db")}
+    config_data["models"]["gpt-fake"]["workers"] = 16
+    gate = asyncio.Event()
+    innocent = 10
+    # One answer claims 1e17 tokens; all are let go at once, so their spend
+    # records share the ledger's transactions.
+    upstream.queue(
+        Script(gate=gate, usage=(10**17, 10**17)),
+        *(Script(gate=gate, usage=(20, 2)) for _ in range(innocent)),
+    )
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        calls = [asyncio.create_task(_call(faregate, "Route", "team")) for _ in range(1 + innocent)]
+        await upstream.wait_for_requests(1 + innocent)
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        spent = await faregate.spent_nano_usd()
+
+    failed = [result for result in results if isinstance(result, FaregateError)]
+    assert failed == []
+    costs = sorted(result[0] for result in results if isinstance(result, tuple))
+    assert costs == [GPT_PRICE.cost_nano_usd(20, 2)] * innocent + [WORST_CASE]
+    assert spent == sum(costs)
+    async with start_faregate(to_config(config_data)) as restarted:
+        assert await restarted.spent_nano_usd() == spent
+        assert len(await _records(restarted, "team")) == 1 + innocent
