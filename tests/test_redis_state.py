@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from faregate_server.clock import SystemClock
+from faregate_server.domain import FinishReason, RouteResult, Usage
 from faregate_server.errors import BudgetExhausted, StateUnavailable
 from faregate_server.ledger import SpendRecord
 from faregate_server.state import StateStore, open_state
@@ -180,3 +181,55 @@ async def test_a_commit_whose_reply_was_lost_counts_once(
     snapshot = await store.budget("team")
     assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (300, 0)
     assert [record.request_id for _, record in await store.spend("", "", 10, None)] == ["slow"]
+
+
+async def test_a_commit_whose_hold_vanished_still_charges_and_records(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url))
+    assert await store.claim("id-1", "fp") is None
+    holding = await store.reserve(("team",), 500, (), ())
+    assert holding is not None
+    flusher = aioredis.Redis.from_url(own_redis.url)
+    await flusher.flushall()  # what a restart without persistence leaves
+    await flusher.aclose()
+
+    result = RouteResult(
+        output="hello",
+        finish_reason=FinishReason.STOP,
+        usage=Usage(1, 1),
+        cost_nano_usd=300,
+        reserved_nano_usd=500,
+        budget_remaining_nano_usd=0,
+        model_used="m",
+        provider="sim",
+        request_id="id-1",
+    )
+    await store.commit(holding, 300, 2, _record("id-1", 300), result)
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (300, 0)
+    assert [record.request_id for _, record in await store.spend("", "", 10, None)] == ["id-1"]
+    served = await store.claim("id-1", "fp")
+    assert served is not None  # its retry gets the result, not a second serving
+    assert '"output":"hello"' in served.result
+
+
+async def test_commits_queued_while_redis_restarted_empty_are_charged_and_recorded(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    holdings = [await store.reserve(("team",), 500, (), ()) for _ in range(3)]
+    own_redis.stop()
+
+    for number, holding in enumerate(holdings):
+        assert holding is not None
+        await store.commit(holding, 100 + number, 2, _record(f"queued-{number}", 100 + number))
+    own_redis.start()  # empty: no holds, no budgets, no ledger
+    await asyncio.sleep(1.1)  # past the back-off after a failure
+    await store.renew()  # what the background loop does every lease/3
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (303, 0)
+    records = [record.request_id for _, record in await store.spend("", "", 10, None)]
+    assert sorted(records) == ["queued-0", "queued-1", "queued-2"]

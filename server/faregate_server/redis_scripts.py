@@ -11,7 +11,7 @@ with nothing in between, whatever the number of replicas. Keys:
     {ns}:ledger            stream of spend records (bounded, approximately)
     {ns}:request:<id>      hash  state (inflight|done), owner, fingerprint,
                                  result, remaining
-    {ns}:done:<id>         string  an emergency commit already written
+    {ns}:done:<id>         string  a commit already written (<id> is its hold's)
 
 `{ns}` is a cluster hash tag: every key of a deployment lives in one slot, so
 a script may touch any of them. An account's `window` is the start of the
@@ -22,9 +22,11 @@ expires (a reserve, or the renewal loop of any replica) returns its units and
 leaves the hold marked `_reaped` for an hour.
 
 A commit may be sent twice: a reply lost to a timeout gets it queued and
-written again once Redis answers. It counts once: a commit consumes its hold
-(a missing hold means it was committed), and a commit without a hold (spent
-on the emergency allowance) leaves a `done` marker for an hour.
+written again once Redis answers. It counts once: every commit leaves a
+`done` marker for an hour, and a commit that finds its marker was written
+before. A missing hold proves nothing (a Redis restarted without its data
+has none), so a commit never depends on finding its hold: it is charged
+and recorded whatever its hold still holds.
 
 Numbers are Lua doubles: exact for integers up to 2^53, which bounds every
 limit (faregate refuses larger ones for this backend).
@@ -124,26 +126,23 @@ return result
 COMMIT = (
     _COMMON
     + """
--- KEYS: leases, hold (or done marker), ledger, request, account...
+-- KEYS: leases, hold, done marker, ledger, request, account...
 -- ARGV: n_budgets, max_records, result_ttl_ms, fingerprint, result,
 --       then actual, limit, window per account, then the record's field/value pairs.
--- A hold whose lease expired was returned already: only the spend is added.
+-- The hold gives back what it still holds: nothing when its lease expired
+-- (returned already), when it was held on the emergency allowance, or when
+-- Redis lost it (restarted empty, or from an older snapshot). The spend,
+-- the ledger record and the result are written all the same.
 -- Returns {least remaining of the budgets, used, reserved per account...},
 -- or {'written'} for a commit that was written before.
-local marker = string.find(KEYS[2], ':done:', 1, true)
-if marker then
-  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', 3600000) then return {'written'} end
-elseif redis.call('EXISTS', KEYS[2]) == 0 then
-  return {'written'}
-end
-local n = #KEYS - 4
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', 3600000) then return {'written'} end
+local n = #KEYS - 5
 local n_budgets = tonumber(ARGV[1])
 local least = nil
 local result = {0}
 for i = 1, n do
-  local key = KEYS[i + 4]
-  local held = 0
-  if not marker then held = tonumber(redis.call('HGET', KEYS[2], key) or '0') end
+  local key = KEYS[i + 5]
+  local held = tonumber(redis.call('HGET', KEYS[2], key) or '0')
   local actual = tonumber(ARGV[3 * i + 3])
   local used, reserved, limit = account(key, ARGV[3 * i + 4], ARGV[3 * i + 5])
   redis.call('HINCRBY', key, 'reserved', int(-held))
@@ -157,21 +156,19 @@ for i = 1, n do
   table.insert(result, reserved)
 end
 -- Units held on a pool a reload removed since go back all the same.
-if not marker then
-  local given = {}
-  for i = 1, n do given[KEYS[i + 4]] = true end
-  unhold(KEYS[2], given)
-  redis.call('DEL', KEYS[2])
-end
+local given = {}
+for i = 1, n do given[KEYS[i + 5]] = true end
+unhold(KEYS[2], given)
+redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], KEYS[2])
 local record = {}
 for j = 3 * n + 6, #ARGV do table.insert(record, ARGV[j]) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
 result[1] = least
 if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[4], 'state', 'done', 'fingerprint', ARGV[4],
+  redis.call('HSET', KEYS[5], 'state', 'done', 'fingerprint', ARGV[4],
     'result', ARGV[5], 'remaining', int(least))
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3])
 end
 return result
 """

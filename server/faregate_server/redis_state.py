@@ -18,7 +18,9 @@ When Redis is unreachable or slower than `timeout_s`:
   replica, counted locally, and that spend is written to Redis (ledger
   included) once it returns.
 Either way, a commit that can't reach Redis is queued and written on return,
-and a release that can't is left to its lease.
+and a release that can't is left to its lease. A Redis that returns without
+its data (restarted with no AOF, or flushed) has lost the holds too: a commit
+is charged and recorded all the same, whatever its hold still holds.
 """
 
 from __future__ import annotations
@@ -105,8 +107,9 @@ class _PendingCommit:
     """A commit that could not reach Redis, written when it returns."""
 
     hold_key: str
-    """The request's hold, or for emergency spend a marker of its own: a
-    commit written twice (its first reply lost) counts once."""
+    """The request's hold, or for emergency spend one never held in Redis;
+    its `done` marker makes a commit written twice (its first reply lost)
+    count once."""
     budget_keys: tuple[str, ...]
     draws: tuple[LimitDraw, ...]
     cost_nano_usd: int
@@ -267,11 +270,11 @@ class RedisState:
         hold = holding.handle
         if isinstance(hold, _EmergencyHold):
             remaining = self._emergency.commit(hold.reservation, cost_nano_usd)
-            # No hold in Redis: a marker of its own keeps a repeated write out.
-            marker = f"{self._ns}:done:{self._replica}:{next(self._ids)}"
+            # No hold in Redis: a fresh one, never held, names its done marker.
+            unheld = f"{self._ns}:hold:{self._replica}:{next(self._ids)}"
             self._pending.append(
                 _PendingCommit(
-                    marker, holding.budget_keys, hold.draws, cost_nano_usd, tokens, record, stored
+                    unheld, holding.budget_keys, hold.draws, cost_nano_usd, tokens, record, stored
                 )
             )
             return remaining
@@ -324,7 +327,14 @@ class RedisState:
         )
         reply = await self._call(
             self._commit,
-            [self._leases, pending.hold_key, self._ledger, request_key, *accounts],
+            [
+                self._leases,
+                pending.hold_key,
+                self._done_key(pending.hold_key),
+                self._ledger,
+                request_key,
+                *accounts,
+            ],
             [
                 len(pending.budget_keys),
                 self._settings.ledger_max_records,
@@ -571,6 +581,10 @@ class RedisState:
     def _emergency_budgets(self, config: Config) -> list[BudgetConfig]:
         cap = config.state.redis.emergency_cap_nano_usd
         return [BudgetConfig(key, cap, Window.NONE) for key in config.budgets]
+
+    def _done_key(self, hold_key: str) -> str:
+        """The marker a commit of this hold leaves: `{ns}:done:<the hold's id>`."""
+        return f"{self._ns}:done:{hold_key.removeprefix(f'{self._ns}:hold:')}"
 
     def _budget_key(self, key: str) -> str:
         return f"{self._ns}:budget:{key}"

@@ -1,16 +1,20 @@
-"""Committed spend survives restarts and SIGKILL with the sqlite state backend."""
+"""Committed spend survives restarts and SIGKILL with the sqlite state backend,
+and a Redis restarted empty with the redis backend."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import yaml
 from faregate_server.config_loader import load_config
+from faregate_server.errors import StateUnavailable
 
 from tests.conftest import StartFaregate, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,3 +64,47 @@ async def test_sigkill_under_load_loses_no_committed_spend(
     async with start_faregate(load_config(path)) as restarted:
         assert await restarted.spent_nano_usd("demo") == sum(recorded.values())
         assert await restarted.reserved_nano_usd("demo") == 0
+
+
+async def test_an_answer_settled_across_an_empty_redis_restart_is_charged_and_recorded(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path)  # no AOF, no snapshots: a restart forgets everything
+    redis.start()
+    config_data["state"] = {
+        "backend": "redis",
+        # A short lease: the renewal loop that writes queued commits turns often.
+        "redis": {"url": redis.url, "namespace": "restart", "timeout_s": 0.2, "lease_s": 1},
+    }
+    gate = asyncio.Event()
+    upstream.default = Script(gate=gate, usage=(20, 2))
+    try:
+        async with start_faregate(to_config(config_data)) as faregate:
+            call = asyncio.create_task(
+                faregate.client.route("hi", budget_key="team", model="gpt-fake")
+            )
+            await upstream.wait_for_requests(1)  # reserved: the hold is in Redis
+            redis.stop()
+            redis.start()
+            gate.set()
+            reply = await call
+
+            # The commit is written once Redis answers again (a second of
+            # back-off, then the renewal loop's next turn).
+            state = faregate.running.state
+            for _ in range(100):
+                try:
+                    spent = (await state.budget("team")).spent_nano_usd
+                except StateUnavailable:
+                    spent = 0
+                if spent:
+                    break
+                await asyncio.sleep(0.05)
+            assert spent == reply.cost_nano_usd > 0
+            [(_, record)] = await state.spend("team", "", 10, None)
+            assert (record.request_id, record.cost_nano_usd) == (reply.request_id, spent)
+    finally:
+        redis.stop()
