@@ -284,3 +284,18 @@ async def test_a_bad_commit_spends_at_most_its_holding_and_poisons_nothing(
     assert 0 <= records["bad"].input_tokens <= 2**53
     # The budget still answers and serves.
     assert await store.reserve(("team",), 10_000_000_000 - 630, (), ()) is not None
+
+
+async def test_a_flagged_record_keeps_its_flaw_and_what_was_reported(store: StateStore) -> None:
+    holding = await store.reserve(("team",), 100, (), ())
+    assert holding is not None
+    flagged = dataclasses.replace(
+        _record("lie", 100, "team"),
+        usage_flaw="not_integer",
+        reported_usage='{"input_tokens":"12","output_tokens":3.5}',
+    )
+
+    await store.commit(holding, 100, 1, flagged)
+
+    [(_, kept)] = await store.spend("team", "", 10, None)
+    assert kept == flagged

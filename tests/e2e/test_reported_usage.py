@@ -5,6 +5,7 @@ recorded with what was reported, counted, and held against the model."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from faregate.v1 import admin_pb2, admin_pb2_grpc
 from faregate_client import BudgetExhausted, FaregateError, Unavailable
 from faregate_server.domain import ChatMessage, Role
+from faregate_server.export import export_spend
 from faregate_server.ledger import SpendRecord
 from faregate_server.money import Price
 from faregate_server.tokens import TiktokenCounter
@@ -72,12 +74,18 @@ async def test_a_lying_upstream_never_overspends_a_budget(
     config_data["budgets"]["lie"] = {"limit_usd": _usd(limit)}
     config_data["models"]["gpt-fake"].update(workers=16, queue=total, breaker=PATIENT_BREAKER)
     lie = (3 * _input_tokens(), MAX_OUTPUT)  # three times the prompt it was sent
-    upstream.default = Script(usage=lie)
+    gate = asyncio.Event()
+    upstream.default = Script(usage=lie, gate=gate)
 
     async with start_faregate(to_config(config_data)) as faregate:
-        results = await asyncio.gather(
-            *(_call(faregate, rpc, "lie") for _ in range(total)), return_exceptions=True
-        )
+        calls = [asyncio.create_task(_call(faregate, rpc, "lie")) for _ in range(total)]
+        # Every answer waits until each call was admitted or refused, so the
+        # admitted twenty all settle their lies on a full budget.
+        async with asyncio.timeout(30):
+            while sum(call.done() for call in calls) < total - fits:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
         spent = await faregate.spent_nano_usd("lie")
         print(f"{rpc}: 3x prompt lie, {total} calls: spent {spent / limit:.2f}x the limit")
         assert spent <= limit, f"spent {spent / limit:.2f}x the limit"
@@ -245,3 +253,12 @@ async def test_an_innocent_request_beside_a_poisoned_one_is_charged_and_durable(
     async with start_faregate(to_config(config_data)) as restarted:
         assert await restarted.spent_nano_usd() == spent
         assert len(await _records(restarted, "team")) == 1 + innocent
+    exported = io.StringIO()
+    await export_spend(to_config(config_data), "", "", exported)
+    lines = [json.loads(line) for line in exported.getvalue().splitlines()]
+    [flagged] = [line for line in lines if line["usage_flaw"]]
+    assert flagged["usage_flaw"] == "over_context_window"
+    assert json.loads(flagged["reported_usage"]) == {
+        "input_tokens": 10**17,
+        "output_tokens": 10**17,
+    }
