@@ -262,3 +262,19 @@ async def test_an_innocent_request_beside_a_poisoned_one_is_charged_and_durable(
         "input_tokens": 10**17,
         "output_tokens": 10**17,
     }
+
+
+@pytest.mark.parametrize("rpc", ["Route", "StreamRoute"])
+async def test_an_upstream_past_its_cap_without_usage_is_charged_at_most_the_reservation(
+    faregate: Faregate, upstream: FakeUpstream, rpc: str
+) -> None:
+    # No usage, and ten times the output it was asked for: the count is all
+    # there is, and it may not exceed the reservation either.
+    upstream.default = Script(usage=None, chunks=[" word"] * (10 * MAX_OUTPUT))
+
+    cost, reserved = await _call(faregate, rpc, "team")
+
+    assert cost == reserved == WORST_CASE
+    assert await faregate.spent_nano_usd() == WORST_CASE
+    [record] = await _records(faregate, "team")
+    assert (record.usage_flaw, record.cost_nano_usd) == ("", WORST_CASE)
