@@ -94,10 +94,13 @@ async def complete_once(
         except UpstreamError as error:
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
+            if error.kind is UpstreamErrorKind.STALLED:
+                deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         except BaseException:
             attempt.abandoned()
             deployment.breaker.on_abandoned(ticket)
+            deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
@@ -149,6 +152,8 @@ async def stream_once(
             verdict_given = True
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
+            if error.kind is UpstreamErrorKind.STALLED:
+                deployment.latency.cut_short(loop.time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
@@ -156,6 +161,7 @@ async def stream_once(
             if not verdict_given:
                 attempt.abandoned()
                 deployment.breaker.on_abandoned(ticket)
+                deployment.latency.cut_short(loop.time() - started_s)
 
 
 def _check_breaker(deployment: Deployment) -> None:
