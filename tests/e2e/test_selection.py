@@ -302,30 +302,45 @@ async def test_a_model_added_by_a_reload_gets_traffic(
         assert "new-twin" in served
 
 
-async def test_candidates_unavailable_pushes_back_until_the_429_cool_down_ends(
-    faregate: Faregate, upstream: FakeUpstream
+@pytest.mark.parametrize(
+    ("failure", "breaker"),
+    [
+        pytest.param(Script(status=429, headers={"Retry-After": "5"}), {}, id="429-cool-down"),
+        pytest.param(
+            Script(status=500), {"consecutive_failures": 1, "cooldown_s": 5}, id="breaker-open"
+        ),
+    ],
+)
+async def test_candidates_unavailable_pushes_back_until_the_soonest_candidate_may_serve(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    failure: Script,
+    breaker: dict[str, Any],
 ) -> None:
-    upstream.by_model["gpt-fake"] = Script(status=429, headers={"Retry-After": "5"})
-    with pytest.raises(grpc.aio.AioRpcError):
-        await _route(faregate, model="gpt-fake")
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _route(faregate, model="gpt-fake")  # the only candidate still cools down
+    config_data["models"]["gpt-fake"]["breaker"] = breaker
+    upstream.by_model["gpt-fake"] = failure
+    async with start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _route(faregate, model="gpt-fake")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _route(faregate, model="gpt-fake")  # the only candidate is still out
 
-    error = error_from_rpc(caught.value)
-    assert isinstance(error, Unavailable)
-    assert error.reason == "CANDIDATES_UNAVAILABLE"
-    assert error.retry_after_s is not None
-    assert 3 <= error.retry_after_s <= 5.001
-    trailers = dict(caught.value.trailing_metadata() or ())
-    assert 3000 <= int(trailers["grpc-retry-pushback-ms"]) <= 5001
-    assert upstream.calls_to("gpt-fake") == 1
+        error = error_from_rpc(caught.value)
+        assert isinstance(error, Unavailable)
+        assert error.reason == "CANDIDATES_UNAVAILABLE"
+        assert error.retry_after_s is not None
+        assert 3 <= error.retry_after_s <= 5.001  # what is left of the 5 s, not a fixed 1 s
+        trailers = dict(caught.value.trailing_metadata() or ())
+        assert 3000 <= int(trailers["grpc-retry-pushback-ms"]) <= 5001
+        assert upstream.calls_to("gpt-fake") == 1
 
 
 async def test_a_new_model_always_outrun_by_the_hedge_is_measured_out(
     start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
 ) -> None:
     _twins(config_data, "hung", "fast")
-    config_data["routes"]["twins"] = {"candidates": ["hung", "fast"], "hedge_after_s": 0.05}
+    config_data["routes"]["twins"] = {"candidates": ["hung", "fast"], "hedge_after_s": 0.2}
     config_data["retries"] = {"max_attempts": 2}  # room for the hedge
     upstream.by_model["hung"] = Script(hang_s=5)
     async with start_faregate(to_config(config_data)) as faregate:
