@@ -256,7 +256,9 @@ def _score(
     if prefer is Preference.QUALITY:
         return float(quality / effective_cost**0.05)
     if prefer is Preference.LATENCY:
-        wait_s = max(_expected_wait_s(deployment), _LATENCY_FLOOR_S)
+        wait_s = _expected_wait_s(deployment)
+        if wait_s < _LATENCY_FLOOR_S:
+            wait_s = _LATENCY_FLOOR_S
         return float(quality**0.1 / (effective_cost**0.05 * wait_s))
     return quality / effective_cost
 
