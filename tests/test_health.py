@@ -141,6 +141,25 @@ def test_open_breaker_rejects_until_the_cooldown_passes() -> None:
     assert (breaker.state, breaker.allows()) == (BreakerState.HALF_OPEN, True)
 
 
+def test_allows_in_s_is_the_rest_of_the_cooldown_then_unknown_while_trials_run() -> None:
+    clock = FakeClock()
+    breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0, half_open_trials=1)
+    assert breaker.allows_in_s() == 0.0
+
+    _trip(breaker)
+    assert breaker.allows_in_s() == 10.0
+    clock.advance(7.5)
+    assert breaker.allows_in_s() == 2.5
+
+    clock.advance(2.5)
+    assert breaker.allows_in_s() == 0.0  # cooled down: a trial may go
+    ticket = breaker.on_attempt_start()
+    assert breaker.allows_in_s() == math.inf  # the trial's verdict decides
+
+    breaker.on_success(ticket)
+    assert breaker.allows_in_s() == 0.0
+
+
 def test_allows_changes_nothing() -> None:
     clock = FakeClock()
     breaker = _breaker(clock, consecutive_failures=1, cooldown_s=10.0, half_open_trials=1)
@@ -381,6 +400,21 @@ def test_p95_is_recomputed_only_when_samples_arrive() -> None:
 
     assert tracker.p95_ttft_s == 50.0
     assert tracker.statistics().p95_ttft_s == 50.0
+
+
+def test_a_call_cut_short_is_a_lower_bound_on_latency() -> None:
+    tracker = LatencyTracker(smoothing=0.5)
+    tracker.cut_short(2.0)
+    assert tracker.ewma_total_s == 2.0  # no history: at least this slow
+    assert tracker.samples == 0  # not a measurement
+
+    tracker.cut_short(1.0)
+    assert tracker.ewma_total_s == 2.0  # below the estimate: tells nothing new
+    tracker.cut_short(4.0)
+    assert tracker.ewma_total_s == 3.0  # above it: the estimate moves up
+
+    tracker.observe(0.5, 1.0)
+    assert tracker.ewma_total_s == 1.0  # a real measurement replaces the bound
 
 
 def test_in_flight_counts_started_minus_finished() -> None:

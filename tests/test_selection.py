@@ -128,3 +128,81 @@ def test_selector_never_offers_an_infeasible_candidate(
         assert scores[1:] == sorted(scores[1:], reverse=True)
 
     asyncio.run(scenario())
+
+
+def _twins_config() -> Config:
+    model = {"provider": "sim", "quality": 0.5, "input_usd_per_mtok": 1, "output_usd_per_mtok": 2}
+    return parse_config(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "a": {**model, "breaker": {"consecutive_failures": 1, "cooldown_s": 3}},
+                    "b": model,
+                },
+                "routes": {"default": ["a", "b"]},
+                "auth": {"enabled": False},
+            }
+        )
+    )
+
+
+async def _twins(clock: FakeClock) -> tuple[Catalog, Selector]:
+    config = _twins_config()
+    async with aiohttp.ClientSession() as session:
+        catalog = Catalog(config, session, clock)
+    limits = LimitPools(config.limit_pools, clock)
+    return catalog, Selector(limits, config.routing, clock, random.Random(0))
+
+
+def _call(prefer: Preference = Preference.BALANCED) -> RouteCall:
+    return RouteCall(
+        model="", messages=(ChatMessage(Role.USER, "hi"),), agent="", budget_key="b",
+        max_output_tokens=None, temperature=None, metadata={}, hints=RoutingHints(prefer=prefer),
+    )  # fmt: skip
+
+
+async def test_an_unmeasured_idle_model_is_tried_first_then_judged_by_its_measurement() -> None:
+    clock = FakeClock()
+    catalog, selector = await _twins(clock)
+    a, b = catalog.deployments["a"], catalog.deployments["b"]
+    a.latency.observe(0.1, 0.1)
+
+    def first(prefer: Preference) -> str:
+        return (
+            selector.select(_call(prefer), catalog.resolve(""), catalog.deployments, None)
+            .options[0]
+            .deployment.name
+        )
+
+    # Unmeasured and idle: expected to take no time, so b goes first.
+    assert first(Preference.LATENCY) == first(Preference.BALANCED) == "b"
+    # While its first call runs it is neutral (1 s), so a burst goes to the measured a.
+    b.latency.started()
+    assert first(Preference.LATENCY) == first(Preference.BALANCED) == "a"
+    # Measured slow, it is measured out.
+    b.latency.finished()
+    b.latency.observe(3.0, 3.0)
+    assert first(Preference.LATENCY) == first(Preference.BALANCED) == "a"
+
+
+async def test_nothing_available_says_when_the_soonest_candidate_serves_again() -> None:
+    clock = FakeClock()
+    catalog, selector = await _twins(clock)
+    a, b = catalog.deployments["a"], catalog.deployments["b"]
+    b.cooldown_until_s = clock.monotonic_s() + 5  # a 429 with Retry-After: 5
+    a.breaker.on_failure(a.breaker.on_attempt_start())  # open for its cooldown_s of 3
+
+    def soonest_s() -> float:
+        selection = selector.select(_call(), catalog.resolve(""), catalog.deployments, None)
+        assert selection.options == ()
+        return selection.available_in_s
+
+    assert soonest_s() == 3.0
+    clock.advance(1)
+    assert soonest_s() == 2.0
+    b.cooldown_until_s = clock.monotonic_s() + 0.5
+    assert soonest_s() == 0.5
+    clock.advance(2)  # both can serve again
+    assert (
+        len(selector.select(_call(), catalog.resolve(""), catalog.deployments, None).options) == 2
+    )

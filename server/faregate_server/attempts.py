@@ -7,9 +7,12 @@ retrying, within the caller's deadline, the model's retry budget and
 - upstream 429, 5xx/529, connection failures, malformed answers and stalls
   before the first token are retried; a 4xx that would fail anywhere (bad
   request, auth) is not;
-- the next attempt goes to the next option of the plan not yet tried, else
-  (or when fallback is off) to the same model after a full-jitter exponential
-  backoff that also honours Retry-After;
+- the next attempt goes to the next option of the plan not yet tried (a
+  fallback: a first attempt on that model, never charged to the failed
+  model's retry budget), else (or when fallback is off) to the same model
+  after a full-jitter exponential backoff that also honours Retry-After, if
+  that model's retry budget allows: the budget bounds only what a model is
+  sent again, by same-model retries and by hedges;
 - a 429 takes its model out of rotation for Retry-After (or the configured
   cool-down), and every verdict feeds the model's circuit breaker and latency;
 - an answer whose reported usage is implausible (usage.py) still goes to the
@@ -105,10 +108,13 @@ async def complete_once(
         except UpstreamError as error:
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
+            if error.kind is UpstreamErrorKind.STALLED:
+                deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         except BaseException:
             attempt.abandoned()
             deployment.breaker.on_abandoned(ticket)
+            deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
@@ -172,6 +178,8 @@ async def stream_once(
             verdict_given = True
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
+            if error.kind is UpstreamErrorKind.STALLED:
+                deployment.latency.cut_short(loop.time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
@@ -179,6 +187,7 @@ async def stream_once(
             if not verdict_given:
                 attempt.abandoned()
                 deployment.breaker.on_abandoned(ticket)
+                deployment.latency.cut_short(loop.time() - started_s)
 
 
 def _check_breaker(deployment: Deployment) -> None:
@@ -424,21 +433,30 @@ class Attempts:
     async def _next_lease(
         self, plan: Plan, failed: AttemptsFailed, tried: list[Deployment], deadline_s: float
     ) -> Lease | None:
+        """The lease for the next attempt, None when no attempt is allowed.
+
+        A fallback to an untried candidate is a first attempt there: it never
+        asks the failed model's retry budget, which bounds only what the
+        failed model itself is sent again (same-model retries, and hedges).
+        """
         deployment = failed.deployment
         others = self._untried(plan, tried)
+        lease = await self._planner.lease(plan, others) if others else None
+        if lease is not None:
+            lease.option.deployment.retry_budget.on_request()
+            return lease
         same = tuple(o for o in plan.options if o.deployment is deployment)
+        if not same or not deployment.breaker.allows():
+            return None
+        retry_number = sum(1 for d in tried if d is deployment)
+        ceiling_s = self._retries.backoff_base_s * 2 ** (retry_number - 1)
+        delay_s = self._rng.uniform(0, min(self._retries.backoff_max_s, ceiling_s))
+        delay_s = max(delay_s, deployment.cooldown_until_s - self._clock.monotonic_s())
+        if asyncio.get_running_loop().time() + delay_s >= deadline_s:
+            return None
         if not deployment.retry_budget.try_spend():
             return None
-        lease = await self._planner.lease(plan, others) if others else None
-        delay_s = 0.0
-        if lease is None and same and deployment.breaker.allows():
-            retry_number = sum(1 for d in tried if d is deployment)
-            ceiling_s = self._retries.backoff_base_s * 2 ** (retry_number - 1)
-            delay_s = self._rng.uniform(0, min(self._retries.backoff_max_s, ceiling_s))
-            delay_s = max(delay_s, deployment.cooldown_until_s - self._clock.monotonic_s())
-            if asyncio.get_running_loop().time() + delay_s >= deadline_s:
-                return None
-            lease = await self._planner.lease(plan, same)
+        lease = await self._planner.lease(plan, same)
         if lease is None:
             return None
         try:

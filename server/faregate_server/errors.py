@@ -209,10 +209,11 @@ class CandidatesUnavailable(_Retryable):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "CANDIDATES_UNAVAILABLE"
 
-    def __init__(self, model: str, why: str) -> None:
+    def __init__(self, model: str, why: str, retry_after_s: float = math.inf) -> None:
+        """retry_after_s: the soonest any candidate may serve again (inf: not known)."""
         super().__init__(
             f"no candidate of {model!r} can serve now ({why}); retry later",
-            _UNKNOWN_RETRY_S,
+            retry_after_s if math.isfinite(retry_after_s) else _UNKNOWN_RETRY_S,
             model=model,
         )
 

@@ -212,6 +212,19 @@ class CircuitBreaker:
             return self._cooled_down()
         return self._trials_in_flight < self._settings.half_open_trials
 
+    def allows_in_s(self) -> float:
+        """How long until `allows()` may say yes: 0 if it does now, the rest of
+        the cool-down while open, infinity (not known) while half-open with
+        every trial taken, since the trials' verdicts decide."""
+        state = self._state
+        if state is BreakerState.CLOSED:
+            return 0.0
+        if state is BreakerState.OPEN:
+            assert self._opened_at_s is not None
+            elapsed_s = self._clock.monotonic_s() - self._opened_at_s
+            return max(0.0, self._settings.cooldown_s - elapsed_s)
+        return 0.0 if self._trials_in_flight < self._settings.half_open_trials else math.inf
+
     def on_attempt_start(self) -> BreakerTicket:
         """Registers an attempt that `allows()` just admitted; its verdict takes the ticket."""
         if self._state is BreakerState.OPEN and self._cooled_down():
@@ -335,6 +348,20 @@ class LatencyTracker:
         ring[self._samples % len(ring)] = ttft_s
         self._samples += 1
         self._p95_stale = True
+
+    def cut_short(self, elapsed_s: float) -> None:
+        """Records a call that ended without an answer after elapsed_s (cancelled or stalled).
+
+        Its latency is unknown but at least elapsed_s: a smoothed total below
+        that is moved toward it (with no history, set to it), one above is
+        left alone. So a model whose calls never finish, always outrun by a
+        hedge say, is measured out instead of looking untried for ever.
+        """
+        ewma_s = self._ewma_total_s
+        if ewma_s is None:
+            self._ewma_total_s = elapsed_s
+        elif elapsed_s > ewma_s:
+            self._ewma_total_s = ewma_s + self._smoothing * (elapsed_s - ewma_s)
 
     @property
     def ewma_ttft_s(self) -> float | None:

@@ -218,4 +218,4 @@ def _nothing_feasible(
         return PoolSaturated(name, first.pool.retry_after_s())
     if unavailable.startswith("a limit pool"):
         return LimitExhausted(name, selection.limits_retry_after_s)
-    return CandidatesUnavailable(name, unavailable)
+    return CandidatesUnavailable(name, unavailable, selection.available_in_s)

@@ -15,8 +15,11 @@ times the limit pools' scarcity multiplier. `prefer` reshapes the formula:
 COST leans on cost, QUALITY on quality, LATENCY divides by the expected
 latency. Candidates within `score_margin` of the best are equals; between
 them, power of two choices on expected latency x load picks the one to try
-first. The budget is not read here: the planner reserves in this order, and
-a candidate the budget cannot cover is skipped there, atomically.
+first. A model with no latency measurement and no call in flight is expected
+to take no time (an optimistic prior), so it is tried and then measured.
+When no candidate can serve now, the selection says when the soonest of them
+may serve again. The budget is not read here: the planner reserves in this
+order, and a candidate the budget cannot cover is skipped there, atomically.
 """
 
 from __future__ import annotations
@@ -33,8 +36,14 @@ from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKi
 from faregate_server.limits import Draw, LimitPools, projected_draw
 from faregate_server.tasks import TASK_DIFFICULTY
 
-# Expected latency of a model with no history yet, in seconds.
-_UNMEASURED_LATENCY_S = 1.0
+# Expected latency of a model with no history yet while its first call is
+# still running, in seconds: neutral, so a burst does not pile onto a model
+# nobody has measured. Idle and unmeasured, it is expected to take no time at
+# all (the optimistic prior), so the next request that could use it tries it.
+_PROBING_LATENCY_S = 1.0
+# The least expected latency prefer LATENCY divides by: keeps an unmeasured
+# model's score finite while ranking it above any measured one.
+_LATENCY_FLOOR_S = 1e-4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,9 @@ class Selection:
     """Why the first candidate that cannot serve now can't ("" if none)."""
     limits_retry_after_s: float
     """When the limit pools that ruled candidates out reset (inf if none did)."""
+    available_in_s: float
+    """Soonest any candidate that cannot serve now may serve again, in seconds
+    (inf if none can say)."""
 
 
 class Selector:
@@ -89,6 +101,7 @@ class Selector:
         unfit: tuple[str, str] | None = None
         unavailable = ""
         limits_retry_after_s = math.inf
+        available_in_s = math.inf
         for slot in route.slots:
             name = (
                 slot.models[0]
@@ -123,10 +136,14 @@ class Selector:
                     )
                     scarcity = self._limits.scarcity(draw, self._routing)
                 reason = _unavailable(deployment, now_s, scarcity)
-                unavailable = unavailable or reason
-                if math.isinf(scarcity):
-                    wait_s = self._limits.retry_after_s(draw)
-                    limits_retry_after_s = min(limits_retry_after_s, wait_s)
+                if reason:
+                    unavailable = unavailable or reason
+                    limits_wait_s = 0.0
+                    if math.isinf(scarcity):
+                        limits_wait_s = self._limits.retry_after_s(draw)
+                        limits_retry_after_s = min(limits_retry_after_s, limits_wait_s)
+                    wait_s = max(_available_in_s(deployment, now_s), limits_wait_s)
+                    available_in_s = min(available_in_s, wait_s)
             score = 0.0
             if not reason:
                 score = _score(hints.prefer, quality, max(worst_case, 1) * scarcity, deployment)
@@ -146,7 +163,12 @@ class Selector:
                     )
                 )
         return Selection(
-            tuple(self._rank(options)), tuple(scores), unfit, unavailable, limits_retry_after_s
+            tuple(self._rank(options)),
+            tuple(scores),
+            unfit,
+            unavailable,
+            limits_retry_after_s,
+            available_in_s,
         )
 
     def _rank(self, options: list[Option]) -> list[Option]:
@@ -216,6 +238,16 @@ def _unavailable(deployment: Deployment, now_s: float, scarcity: float) -> str:
     return ""
 
 
+def _available_in_s(deployment: Deployment, now_s: float) -> float:
+    """How long until the model's own state lets it serve again: the longest of
+    its 429 cool-down, its breaker's and, when full, about one service time of
+    its pool (limit pools are the caller's to add)."""
+    wait_s = max(deployment.cooldown_until_s - now_s, deployment.breaker.allows_in_s())
+    if deployment.pool.saturated:
+        wait_s = max(wait_s, deployment.pool.retry_after_s())
+    return wait_s
+
+
 def _score(
     prefer: Preference, quality: float, effective_cost: float, deployment: Deployment
 ) -> float:
@@ -224,15 +256,24 @@ def _score(
     if prefer is Preference.QUALITY:
         return float(quality / effective_cost**0.05)
     if prefer is Preference.LATENCY:
-        return float(quality**0.1 / (effective_cost**0.05 * _expected_wait_s(deployment)))
+        wait_s = _expected_wait_s(deployment)
+        if wait_s < _LATENCY_FLOOR_S:
+            wait_s = _LATENCY_FLOOR_S
+        return float(quality**0.1 / (effective_cost**0.05 * wait_s))
     return quality / effective_cost
 
 
 def _expected_wait_s(deployment: Deployment) -> float:
-    """Smoothed latency scaled by how busy the model's workers are."""
+    """Smoothed latency scaled by how busy the model's workers are.
+
+    A model with no measurement yet and no call in flight expects 0 s: it
+    wins on latency until its first call ends and replaces the guess.
+    """
     latency = deployment.latency
     expected_s = latency.ewma_total_s
+    in_flight = latency.in_flight
     if expected_s is None:
-        expected_s = _UNMEASURED_LATENCY_S
-    load = deployment.latency.in_flight / deployment.config.workers
-    return expected_s * (1 + load)
+        if not in_flight:
+            return 0.0
+        expected_s = _PROBING_LATENCY_S
+    return expected_s * (1 + in_flight / deployment.config.workers)

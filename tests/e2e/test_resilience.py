@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -324,3 +326,81 @@ async def test_cancel_at_any_point_after_a_hedge_wins_leaks_nothing(
 
             assert await faregate.reserved_nano_usd() == 0, f"leaked after {turns} turns"
             assert cheap_pool.statistics().in_use == 0
+
+
+def _every_third_fails(model: str, healthy: Script) -> Callable[[dict[str, Any]], Script]:
+    """A script chooser: `model` answers 503 to every third request it gets."""
+    seen = itertools.count(1)
+
+    def choose(body: dict[str, Any]) -> Script:
+        if body.get("model") == model and next(seen) % 3 == 0:
+            return Script(status=503)
+        return healthy
+
+    return choose
+
+
+async def test_fallback_to_a_healthy_candidate_is_not_refused_by_the_retry_budget(
+    start_faregate: StartFaregate, resilient: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    requests, batch = 100, 5
+    upstream.choose = _every_third_fails("gpt-fake", Script(chunks=["ok"], usage=(5, 1)))
+    async with start_faregate(to_config(resilient)) as faregate:
+        served: list[str] = []
+        failed = 0
+        for _ in range(requests // batch):
+            replies = await asyncio.gather(
+                *(
+                    faregate.client.route("hi", budget_key="team", model="pair")
+                    for _ in range(batch)
+                ),
+                return_exceptions=True,
+            )
+            for reply in replies:
+                if isinstance(reply, Unavailable):
+                    failed += 1
+                else:
+                    assert isinstance(reply, router_pb2.RouteResponse), reply
+                    served.append(reply.model_used)
+
+        flaky_calls = upstream.calls_to("gpt-fake")
+        fallback_calls = upstream.calls_to("cheap-fake")
+        print(
+            f"flaky route: {len(served)} of {requests} served, {flaky_calls} calls to the"
+            f" flaky model, {fallback_calls} to the fallback"
+        )
+        assert failed == 0
+        # Every failure of the flaky model (one in three of its calls) fell back once.
+        assert fallback_calls == served.count("cheap-fake") == flaky_calls // 3
+        assert flaky_calls + fallback_calls == requests + flaky_calls // 3
+        flaky = faregate.running.catalog.deployments["gpt-fake"]
+        assert flaky.retry_budget.statistics().retries_in_window == 0  # a fallback is no retry
+        # Failures that fell back still count for the breaker, but one in three
+        # stays under its error_rate (0.5) and never makes five in a row.
+        breaker = flaky.breaker.statistics()
+        assert breaker.window_failures == flaky_calls // 3
+        assert breaker.opened_total == 0
+        assert await faregate.reserved_nano_usd() == 0
+
+
+async def test_retry_budget_still_caps_same_model_retries_after_free_fallbacks(
+    start_faregate: StartFaregate, resilient: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    requests = 100
+    no_breaker = {"consecutive_failures": 10_000, "min_requests": 10_000}
+    for model in ("gpt-fake", "cheap-fake"):
+        resilient["models"][model]["breaker"] = no_breaker
+    upstream.default = Script(status=500)
+    async with start_faregate(to_config(resilient)) as faregate:
+        for _ in range(requests):
+            with pytest.raises(Unavailable):
+                await faregate.client.route("hi", budget_key="team", model="pair")
+
+        # Each request: gpt-fake, the fallback to cheap-fake (free), then a
+        # third attempt only where cheap-fake's retry budget allowed a retry:
+        # ratio 0.1 of its window's requests plus the minimum of 3.
+        assert upstream.calls_to("gpt-fake") == requests
+        assert requests <= upstream.calls_to("cheap-fake") <= requests + 0.1 * requests + 3
+        budget = faregate.running.catalog.deployments["cheap-fake"].retry_budget.statistics()
+        assert budget.refused_total >= requests - (0.1 * requests + 3)
+        assert await faregate.reserved_nano_usd() == 0

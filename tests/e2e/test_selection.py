@@ -249,3 +249,107 @@ async def _wait_for(predicate: Any) -> None:
     async with asyncio.timeout(5):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def _twins(config_data: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Equal-price, equal-quality copies of gpt-fake, and a route `twins` over them."""
+    for name in names:
+        config_data["models"][name] = dict(config_data["models"]["gpt-fake"])
+    config_data["routes"]["twins"] = list(names)
+    return config_data
+
+
+@pytest.mark.parametrize(
+    ("measured", "new"),
+    [("slow", "fast"), ("fast", "slow")],
+    ids=["new-is-faster", "new-is-slower"],
+)
+async def test_a_model_with_no_latency_history_is_tried_and_the_faster_twin_wins(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    measured: str,
+    new: str,
+) -> None:
+    requests = 30
+    upstream.by_model["slow"] = Script(hang_s=0.3)
+    upstream.by_model["fast"] = Script(hang_s=0.01)  # 30x faster
+    async with start_faregate(to_config(_twins(config_data, "slow", "fast"))) as faregate:
+        await _route(faregate, model=measured)  # one twin has a latency history, one has none
+        served = [
+            (await _route(faregate, model="twins", prefer=router_pb2.PREFERENCE_LATENCY)).model_used
+            for _ in range(requests)
+        ]
+
+        print(f"twins, {new} new: fast {served.count('fast')}, slow {served.count('slow')}")
+        assert served.count(new) >= 1  # tried, though never measured
+        assert served.count("fast") >= 25  # and measured: the faster twin takes the rest
+        assert served.count("slow") <= 3  # the slower one measured out after its trial
+
+
+@pytest.mark.usefixtures("keys_in_environment")
+async def test_a_model_added_by_a_reload_gets_traffic(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    _twins(config_data, "old-twin")
+    async with start_faregate(to_config(config_data)) as faregate:
+        for _ in range(5):
+            assert (await _route(faregate, model="twins")).model_used == "old-twin"
+
+        faregate.running.reloader.apply(to_config(_twins(config_data, "old-twin", "new-twin")))
+        served = [(await _route(faregate, model="twins")).model_used for _ in range(10)]
+
+        assert "new-twin" in served
+
+
+@pytest.mark.parametrize(
+    ("failure", "breaker"),
+    [
+        pytest.param(Script(status=429, headers={"Retry-After": "5"}), {}, id="429-cool-down"),
+        pytest.param(
+            Script(status=500), {"consecutive_failures": 1, "cooldown_s": 5}, id="breaker-open"
+        ),
+    ],
+)
+async def test_candidates_unavailable_pushes_back_until_the_soonest_candidate_may_serve(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    failure: Script,
+    breaker: dict[str, Any],
+) -> None:
+    config_data["models"]["gpt-fake"]["breaker"] = breaker
+    upstream.by_model["gpt-fake"] = failure
+    async with start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _route(faregate, model="gpt-fake")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _route(faregate, model="gpt-fake")  # the only candidate is still out
+
+        error = error_from_rpc(caught.value)
+        assert isinstance(error, Unavailable)
+        assert error.reason == "CANDIDATES_UNAVAILABLE"
+        assert error.retry_after_s is not None
+        assert 3 <= error.retry_after_s <= 5.001  # what is left of the 5 s, not a fixed 1 s
+        trailers = dict(caught.value.trailing_metadata() or ())
+        assert 3000 <= int(trailers["grpc-retry-pushback-ms"]) <= 5001
+        assert upstream.calls_to("gpt-fake") == 1
+
+
+async def test_a_new_model_always_outrun_by_the_hedge_is_measured_out(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    _twins(config_data, "hung", "fast")
+    config_data["routes"]["twins"] = {"candidates": ["hung", "fast"], "hedge_after_s": 0.2}
+    config_data["retries"] = {"max_attempts": 2}  # room for the hedge
+    upstream.by_model["hung"] = Script(hang_s=5)
+    async with start_faregate(to_config(config_data)) as faregate:
+        await _route(faregate, model="fast")  # measured; "hung" never finishes a call
+        served = [
+            (await _route(faregate, model="twins", prefer=router_pb2.PREFERENCE_LATENCY)).model_used
+            for _ in range(10)
+        ]
+
+        assert served == ["fast"] * 10
+        # Tried once (no history), cancelled when the hedge won: at least that slow.
+        assert upstream.calls_to("hung") == 1

@@ -56,8 +56,9 @@ class RouterServiceStub:
     candidate are used up until their windows reset;
     RetryInfo says when. Metadata: model.
     CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-    a 429 or has its circuit breaker open. Metadata:
-    model.
+    a 429 or has its circuit breaker open; RetryInfo
+    (and grpc-retry-pushback-ms) is the soonest any
+    of them may serve again. Metadata: model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
@@ -168,8 +169,9 @@ class RouterServiceServicer:
     candidate are used up until their windows reset;
     RetryInfo says when. Metadata: model.
     CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-    a 429 or has its circuit breaker open. Metadata:
-    model.
+    a 429 or has its circuit breaker open; RetryInfo
+    (and grpc-retry-pushback-ms) is the soonest any
+    of them may serve again. Metadata: model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
@@ -299,8 +301,9 @@ class RouterService:
     candidate are used up until their windows reset;
     RetryInfo says when. Metadata: model.
     CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-    a 429 or has its circuit breaker open. Metadata:
-    model.
+    a 429 or has its circuit breaker open; RetryInfo
+    (and grpc-retry-pushback-ms) is the soonest any
+    of them may serve again. Metadata: model.
     UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
     carries its Retry-After. Metadata: model, httpStatus.
     UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,

@@ -57,8 +57,9 @@ class RouterServiceStub:
                                candidate are used up until their windows reset;
                                RetryInfo says when. Metadata: model.
       CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-                               a 429 or has its circuit breaker open. Metadata:
-                               model.
+                               a 429 or has its circuit breaker open; RetryInfo
+                               (and grpc-retry-pushback-ms) is the soonest any
+                               of them may serve again. Metadata: model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
       UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
@@ -164,8 +165,9 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                candidate are used up until their windows reset;
                                RetryInfo says when. Metadata: model.
       CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-                               a 429 or has its circuit breaker open. Metadata:
-                               model.
+                               a 429 or has its circuit breaker open; RetryInfo
+                               (and grpc-retry-pushback-ms) is the soonest any
+                               of them may serve again. Metadata: model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
       UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
@@ -267,8 +269,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                candidate are used up until their windows reset;
                                RetryInfo says when. Metadata: model.
       CANDIDATES_UNAVAILABLE   UNAVAILABLE. Every candidate is cooling down after
-                               a 429 or has its circuit breaker open. Metadata:
-                               model.
+                               a 429 or has its circuit breaker open; RetryInfo
+                               (and grpc-retry-pushback-ms) is the soonest any
+                               of them may serve again. Metadata: model.
       UPSTREAM_RATE_LIMITED    UNAVAILABLE. The provider answered 429; RetryInfo
                                carries its Retry-After. Metadata: model, httpStatus.
       UPSTREAM_UNAVAILABLE     UNAVAILABLE. The provider failed (5xx, 529, 408,
