@@ -87,6 +87,7 @@ async def serve(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     http_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Serves `config` until the context exits.
 
@@ -102,6 +103,9 @@ async def serve(
         meter_provider: Where metrics go (tests hand in one with an in-memory
             reader); None: a Prometheus reader served at /metrics.
         http_listen: Overrides telemetry.http_listen.
+        reuse_port: Let other processes bind the same gRPC ports
+            (SO_REUSEPORT), as `--workers` does; otherwise a port that
+            another process holds fails startup.
     """
     clock = clock or SystemClock()
     rng = rng or random.Random()
@@ -145,7 +149,7 @@ async def serve(
         interceptors = []
         if telemetry.observing:
             interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
-        router_server = _grpc_server(config, interceptors)
+        router_server = _grpc_server(config, reuse_port, interceptors)
         drain = Drain()
         register_router_service(
             router_server, RouterServicer(gateway, config.server, authenticator, drain)
@@ -154,7 +158,7 @@ async def serve(
         admin_server = router_server
         if config.admin.enabled:
             if config.admin.listen:
-                admin_server = _grpc_server(config)
+                admin_server = _grpc_server(config, reuse_port)
                 services[admin_server] = []
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(state, gateway, reloader, authenticator), admin_server
@@ -229,11 +233,16 @@ async def serve(
 
 
 def _grpc_server(
-    config: Config, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    config: Config,
+    reuse_port: bool,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     return grpc.aio.server(
         interceptors=interceptors,
         options=[
+            # gRPC sets SO_REUSEPORT unless told not to, which lets a second
+            # faregate bind a port this one serves and take half its calls.
+            ("grpc.so_reuseport", int(reuse_port)),
             (
                 "grpc.max_receive_message_length",
                 config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,

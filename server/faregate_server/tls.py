@@ -56,12 +56,15 @@ def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> in
         OSError: the address cannot be bound.
     """
     credentials = server_credentials(tls)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # how grpc reports a failed bind
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the address is in use or not this host's")
     return port
 
 
