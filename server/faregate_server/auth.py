@@ -92,7 +92,10 @@ class Authenticator:
                 raise CredentialInvalid()
             return by_certificate
         stored, principal = self._keys.get(key_id_of(key) or "", (None, None))
-        if principal is None or not matches(key, stored):
+        # The digest is computed first, on every path: an unknown key id (or a
+        # key of no shape at all) costs the same HMAC as a wrong secret, so
+        # timing tells a caller nothing about which key ids exist.
+        if not matches(key, stored) or principal is None:
             raise CredentialInvalid()
         return principal
 
