@@ -28,6 +28,7 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── Unauthenticated         UNAUTHENTICATED
     │   ├── CredentialMissing                       API_KEY_MISSING
     │   └── CredentialInvalid                       API_KEY_INVALID
+    │       └── CertificateSubjectUnknown               API_KEY_INVALID (names the subject)
     ├── PermissionDenied        PERMISSION_DENIED   NOT_GRANTED
     └── PrincipalLimited        RESOURCE_EXHAUSTED  (+ QuotaFailure, RetryInfo)
         ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
@@ -349,6 +350,21 @@ class CredentialInvalid(Unauthenticated):
 
     def __init__(self) -> None:
         super().__init__("the API key or client certificate is not recognised")
+
+
+class CertificateSubjectUnknown(CredentialInvalid):
+    """A verified client certificate whose subject no principal claims.
+
+    Unlike a key, the subject is named: the CA vouched for it, so it is no
+    secret, and it is what the operator must add to certificate_subjects.
+    """
+
+    def __init__(self, subject: str) -> None:
+        FaregateError.__init__(
+            self,
+            f"no principal claims the client certificate subject {subject!r}",
+            certificateSubject=subject,
+        )
 
 
 class PermissionDenied(FaregateError):

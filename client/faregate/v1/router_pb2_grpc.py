@@ -101,6 +101,8 @@ class RouterServiceStub:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
@@ -213,6 +215,8 @@ class RouterServiceServicer:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
@@ -344,6 +348,8 @@ class RouterService:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so

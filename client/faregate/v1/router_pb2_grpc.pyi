@@ -102,6 +102,8 @@ class RouterServiceStub:
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
                                client certificate's subject) matches no principal.
+                               For a certificate the message and the metadata
+                               `certificateSubject` name the subject presented.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
@@ -209,6 +211,8 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
                                client certificate's subject) matches no principal.
+                               For a certificate the message and the metadata
+                               `certificateSubject` name the subject presented.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
@@ -312,6 +316,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
                                client certificate's subject) matches no principal.
+                               For a certificate the message and the metadata
+                               `certificateSubject` name the subject presented.
       NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
                                or the AdminService is outside the caller's
                                grant (checked before it is looked up, so
