@@ -30,6 +30,7 @@ documented in protos/faregate/v1/router.proto). The tree:
     │   └── CredentialInvalid                       API_KEY_INVALID
     │       └── CertificateSubjectUnknown               API_KEY_INVALID (names the subject)
     ├── PermissionDenied        PERMISSION_DENIED   NOT_GRANTED
+    ├── ConfigInvalid           FAILED_PRECONDITION CONFIG_INVALID (+ PreconditionFailure)
     └── PrincipalLimited        RESOURCE_EXHAUSTED  (+ QuotaFailure, RetryInfo)
         ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
         └── PrincipalConcurrencyLimited             PRINCIPAL_CONCURRENCY_LIMITED
@@ -379,6 +380,27 @@ class PermissionDenied(FaregateError):
             principal=principal,
             field=field,
         )
+
+
+class ConfigInvalid(FaregateError):
+    """AdminService.ReloadConfig found the config file unusable; the old config serves on."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONFIG_INVALID"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"config reload refused, the old config keeps serving: {path}: {problem}",
+            file=path,
+        )
+        self.path = path
+        self.problem = problem
+
+    def details(self) -> Sequence[Message]:
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type="CONFIG", subject=self.path, description=self.problem
+        )
+        return (error_details_pb2.PreconditionFailure(violations=[violation]),)
 
 
 class PrincipalLimited(_Retryable):

@@ -108,6 +108,11 @@ class RouterServiceStub:
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:
@@ -222,6 +227,11 @@ class RouterServiceServicer:
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:
@@ -355,6 +365,11 @@ class RouterService:
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:

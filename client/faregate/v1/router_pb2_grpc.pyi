@@ -109,6 +109,11 @@ class RouterServiceStub:
                                grant (checked before it is looked up, so
                                existence is not revealed). Metadata: principal,
                                field (budget, route, model or service).
+      CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+                               only: the config file is unreadable or fails
+                               validation; the old config keeps serving. The
+                               message and a PreconditionFailure (type CONFIG,
+                               subject the file) say what is wrong. Metadata: file.
       PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
                                its request rate; QuotaFailure names it and
                                RetryInfo says when a request fits. Metadata:
@@ -218,6 +223,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                grant (checked before it is looked up, so
                                existence is not revealed). Metadata: principal,
                                field (budget, route, model or service).
+      CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+                               only: the config file is unreadable or fails
+                               validation; the old config keeps serving. The
+                               message and a PreconditionFailure (type CONFIG,
+                               subject the file) say what is wrong. Metadata: file.
       PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
                                its request rate; QuotaFailure names it and
                                RetryInfo says when a request fits. Metadata:
@@ -323,6 +333,11 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                grant (checked before it is looked up, so
                                existence is not revealed). Metadata: principal,
                                field (budget, route, model or service).
+      CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+                               only: the config file is unreadable or fails
+                               validation; the old config keeps serving. The
+                               message and a PreconditionFailure (type CONFIG,
+                               subject the file) say what is wrong. Metadata: file.
       PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
                                its request rate; QuotaFailure names it and
                                RetryInfo says when a request fits. Metadata:
