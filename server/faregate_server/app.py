@@ -2,7 +2,7 @@
 
 `serve()` is one async context manager: entering it builds the HTTP session,
 the state store, the catalog of deployments, the gateway and the gRPC server
-(with health and reflection always on) inside a single AsyncExitStack;
+(with health and reflection, v1 and v1alpha, always on) inside a single AsyncExitStack;
 leaving it drains the server gracefully (drain.py) and tears the rest down
 in reverse.
 """
@@ -22,7 +22,6 @@ import aiohttp
 import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -37,6 +36,7 @@ from faregate_server.handlers import register_router_service
 from faregate_server.http_admin import HttpAdmin
 from faregate_server.metrics import open_metrics
 from faregate_server.planner import Planner
+from faregate_server.reflection import enable_reflection
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
@@ -170,9 +170,8 @@ async def serve(
             # Not ready until the server listens (the servicer starts out SERVING).
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            # Each port describes what it serves: the AdminService only where it is.
+            enable_reflection(server, (*names, health.SERVICE_NAME))
         # Up before gRPC and down after it, so /readyz answers 503 through a drain;
         # it follows the health of the server that routes.
         http_port = None
