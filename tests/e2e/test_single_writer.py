@@ -8,6 +8,7 @@ serving as if nothing happened.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import sys
@@ -78,6 +79,27 @@ async def test_a_second_serve_on_one_sqlite_ledger_is_refused_and_the_first_serv
     with sqlite3.connect(ledger) as connection:
         recorded = connection.execute("SELECT request_id FROM spend ORDER BY rowid").fetchall()
     assert recorded == [(before.request_id,), (after.request_id,)]
+
+
+async def test_export_spend_reads_the_ledger_beside_its_writer(tmp_path: Path) -> None:
+    ledger = tmp_path / "faregate.db"
+    path = _sim_config(tmp_path, {"backend": "sqlite", "path": str(ledger)})
+    async with (
+        faregate_process("--config", str(path)) as (_, target),
+        FaregateClient(target) as client,
+    ):
+        reply = await client.route("hi", budget_key="demo")
+        export = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "faregate_server", "export-spend", "--config", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **TEST_ENV},
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            stdout, stderr = await export.communicate()
+        await client.route("hi", budget_key="demo")  # the writer writes on
+
+    assert export.returncode == 0, stderr.decode()
+    assert [json.loads(line)["request_id"] for line in stdout.splitlines()] == [reply.request_id]
 
 
 async def test_a_restart_on_the_ledger_starts_once_the_old_process_has_gone(
