@@ -121,8 +121,10 @@ async def read_stream(stream: AsyncIterable[str], into: list[str] | None = None)
 
 
 @asynccontextmanager
-async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`faregate serve ARGS --listen 127.0.0.1:0` in a process of its own.
+async def faregate_process(
+    *args: str, listen: str = "127.0.0.1:0"
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`faregate serve ARGS --listen LISTEN` in a process of its own.
 
     Yields the process and its target once it listens. On exit a process still
     running is stopped with SIGTERM and must exit 0 (a graceful stop).
@@ -131,7 +133,7 @@ async def faregate_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     # goes there, not into the checkout.
     workdir = tempfile.TemporaryDirectory(prefix="faregate-")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "faregate_server", "serve", *args, "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "faregate_server", "serve", *args, "--listen", listen,
         "--http-listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, **TEST_ENV}, cwd=workdir.name,
     )  # fmt: skip

@@ -95,6 +95,19 @@ def _broken(change: dict[str, Any]) -> str:
             {"auth.principals": {"bot": {"certificate_subjects": ["CN=bot"]}}},
             r"auth.principals: certificate_subjects need mutual TLS \(server.tls.client_ca_file\)",
         ),
+        (
+            {"auth.principals": {"bot": {"certificate_subjects": ["CN=bot", "bot"]}}},
+            "auth.principals.bot.certificate_subjects[1]: 'bot' is not a distinguished name",
+        ),
+        (
+            {
+                "auth.principals": {
+                    "a": {"certificate_subjects": ["O=Acme,CN=bot"]},
+                    "b": {"certificate_subjects": ["cn=bot, o=Acme"]},
+                }
+            },
+            r"auth.principals: two principals claim one certificate subject \(in any spelling\)",
+        ),
     ],
 )
 def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], message: str) -> None:

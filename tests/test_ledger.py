@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 from faregate_server.config import ConfigError
 from faregate_server.ledger import SpendRecord, SqliteLedger
+from faregate_server.ledger_lock import LedgerInUse
 
 
 def _record(
@@ -210,3 +212,40 @@ async def test_records_handed_in_before_close_are_written_and_later_ones_refused
         assert reopened.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(5))}
     finally:
         await reopened.aclose()
+
+
+async def test_a_second_writer_is_refused_naming_the_file_and_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    try:
+        with pytest.raises(LedgerInUse) as refused:
+            await SqliteLedger.open(path)
+        # Another spelling of the same file meets the same lock.
+        with pytest.raises(LedgerInUse):
+            await SqliteLedger.open(tmp_path / "." / "ledger.db")
+        await ledger.record(_record(1))
+    finally:
+        await ledger.aclose()
+    assert str(path) in str(refused.value)
+    assert f"pid {os.getpid()}" in str(refused.value)
+
+    reopened = await SqliteLedger.open(path)  # closing gave the lock up
+    await reopened.aclose()
+
+
+async def test_a_reader_opens_beside_the_writer_and_records_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    writer = await SqliteLedger.open(path)
+    try:
+        await writer.record(_record(1))
+        reader = await SqliteLedger.open(path, writer=False)
+        try:
+            found = await reader.query("", "", 10, None)
+            with pytest.raises(RuntimeError, match="read only"):
+                await reader.record(_record(2))
+        finally:
+            await reader.aclose()
+        await writer.record(_record(3))  # the reader took nothing from the writer
+    finally:
+        await writer.aclose()
+    assert [record.request_id for _, record in found] == ["r1"]

@@ -1,6 +1,7 @@
 """The faregate command line.
 
 faregate serve [--config FILE] [--listen HOST:PORT] [--http-listen HOST:PORT] [--workers N]
+               [--reuse-port]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
 faregate check-config FILE
 faregate new-api-key
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="processes sharing the port (SO_REUSEPORT); more than 1 needs state.backend redis",
+    )
+    serve_parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="let other processes bind the same gRPC port (SO_REUSEPORT), as --workers does"
+        " for its workers; without it a port another process holds fails startup",
     )
     export_parser = commands.add_parser(
         "export-spend", help="print the spend ledger as JSON lines, newest first"
@@ -115,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             http_listen,
         )
     path = Path(args.config) if args.config else None
-    return _run(_serve_until_signalled(config, args.listen, path, args.http_listen))
+    return _run(
+        _serve_until_signalled(config, args.listen, path, args.http_listen, args.reuse_port)
+    )
 
 
 def _log_requests_as_json_lines() -> None:
@@ -164,13 +173,19 @@ def _run(main: Coroutine[Any, Any, None]) -> int:
 
 
 async def _serve_until_signalled(
-    config: Config, listen: str | None, path: Path | None, http_listen: str | None
+    config: Config,
+    listen: str | None,
+    path: Path | None,
+    http_listen: str | None,
+    reuse_port: bool,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, listen=listen, config_path=path, http_listen=http_listen) as running:
+    async with serve(
+        config, listen=listen, config_path=path, http_listen=http_listen, reuse_port=reuse_port
+    ) as running:
         loop.add_signal_handler(signal.SIGHUP, running.reloader.reload)
         host = (listen or config.server.listen).rsplit(":", 1)[0]
         logger.info(

@@ -16,7 +16,8 @@ from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 
 from faregate_server.auth import Authenticator, require_admin
 from faregate_server.budgets import BudgetSnapshot
-from faregate_server.errors import BudgetNotFound, InvalidRequest
+from faregate_server.config import ConfigError
+from faregate_server.errors import BudgetNotFound, ConfigInvalid, InvalidRequest
 from faregate_server.gateway import Gateway
 from faregate_server.reload import Reloader
 from faregate_server.servicer import abort
@@ -174,7 +175,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ReloadConfigResponse:
         try:
             self._require_admin(context)
-            return admin_pb2.ReloadConfigResponse(applied=self._reloader.reload())
+            try:
+                applied = self._reloader.reload_or_raise()
+            except ConfigError as refused:
+                path = str(self._reloader.path)
+                problem = str(refused).removeprefix(f"{path}: ")  # named once, not twice
+                raise ConfigInvalid(path, problem) from None
+            return admin_pb2.ReloadConfigResponse(applied=applied)
         except Exception as error:
             await abort(context, error, "")
 

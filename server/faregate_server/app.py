@@ -2,7 +2,7 @@
 
 `serve()` is one async context manager: entering it builds the HTTP session,
 the state store, the catalog of deployments, the gateway and the gRPC server
-(with health and reflection always on) inside a single AsyncExitStack;
+(with health and reflection, v1 and v1alpha, always on) inside a single AsyncExitStack;
 leaving it drains the server gracefully (drain.py) and tears the rest down
 in reverse.
 """
@@ -22,7 +22,6 @@ import aiohttp
 import grpc
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
@@ -37,6 +36,7 @@ from faregate_server.handlers import register_router_service
 from faregate_server.http_admin import HttpAdmin
 from faregate_server.metrics import open_metrics
 from faregate_server.planner import Planner
+from faregate_server.reflection import enable_reflection
 from faregate_server.reload import Reloader
 from faregate_server.servicer import RouterServicer
 from faregate_server.state import StateStore, open_state
@@ -87,6 +87,7 @@ async def serve(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     http_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Serves `config` until the context exits.
 
@@ -102,6 +103,9 @@ async def serve(
         meter_provider: Where metrics go (tests hand in one with an in-memory
             reader); None: a Prometheus reader served at /metrics.
         http_listen: Overrides telemetry.http_listen.
+        reuse_port: Let other processes bind the same gRPC ports
+            (SO_REUSEPORT), as `--workers` does; otherwise a port that
+            another process holds fails startup.
     """
     clock = clock or SystemClock()
     rng = rng or random.Random()
@@ -145,7 +149,7 @@ async def serve(
         interceptors = []
         if telemetry.observing:
             interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
-        router_server = _grpc_server(config, interceptors)
+        router_server = _grpc_server(config, reuse_port, interceptors)
         drain = Drain()
         register_router_service(
             router_server, RouterServicer(gateway, config.server, authenticator, drain)
@@ -154,7 +158,7 @@ async def serve(
         admin_server = router_server
         if config.admin.enabled:
             if config.admin.listen:
-                admin_server = _grpc_server(config)
+                admin_server = _grpc_server(config, reuse_port)
                 services[admin_server] = []
             admin_pb2_grpc.add_AdminServiceServicer_to_server(
                 AdminServicer(state, gateway, reloader, authenticator), admin_server
@@ -166,9 +170,8 @@ async def serve(
             # Not ready until the server listens (the servicer starts out SERVING).
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            # Each port describes what it serves: the AdminService only where it is.
+            enable_reflection(server, (*names, health.SERVICE_NAME))
         # Up before gRPC and down after it, so /readyz answers 503 through a drain;
         # it follows the health of the server that routes.
         http_port = None
@@ -229,11 +232,16 @@ async def serve(
 
 
 def _grpc_server(
-    config: Config, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    config: Config,
+    reuse_port: bool,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     return grpc.aio.server(
         interceptors=interceptors,
         options=[
+            # gRPC sets SO_REUSEPORT unless told not to, which lets a second
+            # faregate bind a port this one serves and take half its calls.
+            ("grpc.so_reuseport", int(reuse_port)),
             (
                 "grpc.max_receive_message_length",
                 config.server.max_request_bytes + _RECEIVE_SLACK_BYTES,

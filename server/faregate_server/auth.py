@@ -23,8 +23,14 @@ from faregate_server.api_keys import key_id_of, matches
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
 from faregate_server.config import ApiKeyHash, AuthConfig, Grant, PrincipalConfig
+from faregate_server.distinguished_names import Subject, parse_subject, presented_subject
 from faregate_server.domain import RouteCall
-from faregate_server.errors import CredentialInvalid, CredentialMissing, PermissionDenied
+from faregate_server.errors import (
+    CertificateSubjectUnknown,
+    CredentialInvalid,
+    CredentialMissing,
+    PermissionDenied,
+)
 from faregate_server.principal_limits import Admission, PrincipalLimits
 from faregate_server.tls import client_identity
 
@@ -50,7 +56,7 @@ class Authenticator:
         self._limits = PrincipalLimits(clock)
         self._enabled = True
         self._keys: dict[str, tuple[ApiKeyHash, PrincipalConfig]] = {}
-        self._subjects: dict[str, PrincipalConfig] = {}
+        self._subjects: dict[Subject, PrincipalConfig] = {}
         self.reconfigure(settings)
 
     def reconfigure(self, settings: AuthConfig) -> None:
@@ -65,8 +71,9 @@ class Authenticator:
             for principal in settings.principals.values()
             for stored in principal.api_keys
         }
+        # By meaning, not spelling: `O=Acme,CN=a` is gRPC's `CN=a,O=Acme`.
         self._subjects = {
-            subject: principal
+            parse_subject(subject): principal
             for principal in settings.principals.values()
             for subject in principal.certificate_subjects
         }
@@ -78,7 +85,8 @@ class Authenticator:
 
         Raises:
             CredentialMissing: there is neither.
-            CredentialInvalid: it names no principal.
+            CredentialInvalid: it names no principal (CertificateSubjectUnknown,
+                naming the subject, for a certificate).
         """
         if not self._enabled:
             return ANONYMOUS
@@ -87,12 +95,16 @@ class Authenticator:
             subject = client_identity(context) if self._subjects else None
             if subject is None:
                 raise CredentialMissing()
-            by_certificate = self._subjects.get(subject)
+            canonical = presented_subject(subject)
+            by_certificate = None if canonical is None else self._subjects.get(canonical)
             if by_certificate is None:
-                raise CredentialInvalid()
+                raise CertificateSubjectUnknown(subject)
             return by_certificate
         stored, principal = self._keys.get(key_id_of(key) or "", (None, None))
-        if principal is None or not matches(key, stored):
+        # The digest is computed first, on every path: an unknown key id (or a
+        # key of no shape at all) costs the same HMAC as a wrong secret, so
+        # timing tells a caller nothing about which key ids exist.
+        if not matches(key, stored) or principal is None:
             raise CredentialInvalid()
         return principal
 

@@ -47,6 +47,7 @@ from faregate_server.config import (
     WhenUnavailable,
     Window,
 )
+from faregate_server.distinguished_names import parse_subject
 from faregate_server.domain import Capability
 from faregate_server.health import BreakerSettings
 from faregate_server.money import MoneyFormatError, Price, usd_to_nano_usd
@@ -173,8 +174,10 @@ def _auth(
     subjects = [subject for p in principals.values() for subject in p.certificate_subjects]
     if len(key_ids) != len(set(key_ids)):
         raise node.error("principals", "two API keys share a key id")
-    if len(subjects) != len(set(subjects)):
-        raise node.error("principals", "two principals claim one certificate subject")
+    if len(subjects) != len({parse_subject(subject) for subject in subjects}):
+        raise node.error(
+            "principals", "two principals claim one certificate subject (in any spelling)"
+        )
     if subjects and (server.tls is None or not server.tls.mutual):
         raise node.error(
             "principals",
@@ -203,7 +206,7 @@ def _principal(
     return PrincipalConfig(
         name=name,
         api_keys=_api_keys(node.child("api_keys", [])),
-        certificate_subjects=_names(node.child("certificate_subjects", [])),
+        certificate_subjects=_certificate_subjects(node.child("certificate_subjects", [])),
         budgets=_grant(node.child("budgets", []), budgets),
         routes=_grant(node.child("routes", []), routes),
         models=_grant(node.child("models", []), models),
@@ -230,6 +233,19 @@ def _names(node: _Node) -> tuple[str, ...]:
     if not isinstance(node.value, list) or not all(isinstance(n, str) and n for n in node.value):
         raise ConfigError(f"{node.path}: must be a list of non-empty strings")
     return tuple(node.value)
+
+
+def _certificate_subjects(node: _Node) -> tuple[str, ...]:
+    """Distinguished names as RFC 4514 writes them (distinguished_names.py)."""
+    subjects = _names(node)
+    for index, subject in enumerate(subjects):
+        try:
+            parse_subject(subject)
+        except ValueError as error:
+            raise ConfigError(
+                f"{node.path}[{index}]: {subject!r} is not a distinguished name: {error}"
+            ) from None
+    return subjects
 
 
 def _grant(node: _Node, known: Mapping[str, object]) -> Grant:

@@ -28,7 +28,9 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── Unauthenticated         UNAUTHENTICATED
     │   ├── CredentialMissing                       API_KEY_MISSING
     │   └── CredentialInvalid                       API_KEY_INVALID
+    │       └── CertificateSubjectUnknown               API_KEY_INVALID (names the subject)
     ├── PermissionDenied        PERMISSION_DENIED   NOT_GRANTED
+    ├── ConfigInvalid           FAILED_PRECONDITION CONFIG_INVALID (+ PreconditionFailure)
     └── PrincipalLimited        RESOURCE_EXHAUSTED  (+ QuotaFailure, RetryInfo)
         ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
         └── PrincipalConcurrencyLimited             PRINCIPAL_CONCURRENCY_LIMITED
@@ -352,6 +354,21 @@ class CredentialInvalid(Unauthenticated):
         super().__init__("the API key or client certificate is not recognised")
 
 
+class CertificateSubjectUnknown(CredentialInvalid):
+    """A verified client certificate whose subject no principal claims.
+
+    Unlike a key, the subject is named: the CA vouched for it, so it is no
+    secret, and it is what the operator must add to certificate_subjects.
+    """
+
+    def __init__(self, subject: str) -> None:
+        FaregateError.__init__(
+            self,
+            f"no principal claims the client certificate subject {subject!r}",
+            certificateSubject=subject,
+        )
+
+
 class PermissionDenied(FaregateError):
     """The principal may not use what the request names."""
 
@@ -364,6 +381,27 @@ class PermissionDenied(FaregateError):
             principal=principal,
             field=field,
         )
+
+
+class ConfigInvalid(FaregateError):
+    """AdminService.ReloadConfig found the config file unusable; the old config serves on."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONFIG_INVALID"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"config reload refused, the old config keeps serving: {path}: {problem}",
+            file=path,
+        )
+        self.path = path
+        self.problem = problem
+
+    def details(self) -> Sequence[Message]:
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type="CONFIG", subject=self.path, description=self.problem
+        )
+        return (error_details_pb2.PreconditionFailure(violations=[violation]),)
 
 
 class PrincipalLimited(_Retryable):

@@ -16,13 +16,14 @@ _PAGE = 1000
 async def export_spend(config: Config, budget_key: str, agent: str, out: TextIO) -> None:
     """Writes every ledger record (filtered when asked), newest first, one per line.
 
-    Safe beside running servers: SQLite readers don't block its writer, and a
-    Redis export only reads the ledger stream.
+    Safe beside running servers: it opens an SQLite ledger as a reader (no
+    writer lock; WAL readers don't block the writer), and a Redis export only
+    reads the ledger stream.
     """
     if config.state.backend is StateBackend.MEMORY:
         print("faregate: the memory backend keeps no ledger to export", file=sys.stderr)
         return
-    state = await open_state(config, SystemClock())
+    state = await open_state(config, SystemClock(), writer=False)
     try:
         before = None
         while True:

@@ -13,7 +13,9 @@ transaction as its spend record, so a retry finds it if and only if the spend
 is on disk. One bad record never takes its batch down: a record SQLite
 could not store (an integer past 64 bits, say) is refused before it joins a
 batch, and a batch that fails anyway is written again record by record, so
-only the records that fail themselves fail.
+only the records that fail themselves fail. One process writes a ledger
+file: opening it to write takes an OS lock (ledger_lock.py) that a second
+writer is refused by.
 
 `MemoryLedger` records nothing durable, for the in-memory state backend.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faregate_server.config import ConfigError
+from faregate_server.ledger_lock import WriterLock
 from faregate_server.replay import StoredResult
 
 logger = logging.getLogger(__name__)
@@ -293,7 +296,7 @@ class MemoryLedger:
 class SqliteLedger:
     """The ledger in an SQLite file (WAL), written by group commit."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock: WriterLock | None = None) -> None:
         # One thread owns the connection: sqlite3 objects stay on their thread.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-ledger")
         self._path = path
@@ -303,21 +306,37 @@ class SqliteLedger:
         self._records = 0
         self._transactions = 0
         self._closed = False
+        self._lock = lock
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteLedger:
+    async def open(cls, path: Path, *, writer: bool = True) -> SqliteLedger:
         """Opens (or creates) the ledger file.
 
+        Args:
+            path: The SQLite file.
+            writer: Take the ledger's writer lock (ledger_lock.py) until
+                `aclose()`; False for a reader beside a serving process
+                (an export), which must not record.
+
         Raises:
+            LedgerInUse: another process writes this ledger.
             ConfigError: the file is not a usable SQLite database (corrupt,
                 locked, unreadable); its spend is never silently reset.
         """
-        ledger = cls(path)
+        lock = WriterLock(path) if writer else None
+        if lock is not None:
+            lock.acquire()
+        ledger = cls(path, lock)
         try:
             await ledger._run(ledger._connect)
-        except sqlite3.Error as error:
+        except BaseException as error:
             ledger._thread.shutdown(wait=False)
-            raise ConfigError(f"state.path: cannot use {path} as the ledger: {error}") from None
+            if lock is not None:
+                lock.release()
+            if isinstance(error, sqlite3.Error):
+                message = f"state.path: cannot use {path} as the ledger: {error}"
+                raise ConfigError(message) from None
+            raise
         return ledger
 
     def _connect(self) -> None:
@@ -342,6 +361,8 @@ class SqliteLedger:
     async def record(self, record: SpendRecord, result: ResultToKeep | None = None) -> None:
         if self._closed:
             raise RuntimeError("the ledger is closed")
+        if self._lock is None:
+            raise RuntimeError("the ledger was opened to read only")
         _check_storable(_row(record))
         done = asyncio.get_running_loop().create_future()
         self._pending.append((record, result, done))
@@ -492,6 +513,8 @@ class SqliteLedger:
             await self._run(self._connection.close)
             self._connection = None
         await asyncio.to_thread(self._thread.shutdown)
+        if self._lock is not None:
+            self._lock.release()  # last: nothing of ours writes the file any more
 
     async def _run(self, function: Callable[..., None], *args: object) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)

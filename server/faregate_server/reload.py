@@ -54,8 +54,28 @@ class Reloader:
     def config(self) -> Config:
         return self._gateway.catalog.config
 
+    @property
+    def path(self) -> Path | None:
+        """The config file; None for the embedded config."""
+        return self._path
+
     def reload(self) -> bool:
-        """Reads the config file again; returns whether a new config was applied."""
+        """Reads the config file again; returns whether a new config was applied
+        (a refused file is logged)."""
+        try:
+            return self.reload_or_raise()
+        except ConfigError:
+            return False
+
+    def reload_or_raise(self) -> bool:
+        """As `reload`, but a refused file raises, for a caller who must say why.
+
+        Returns False only on the embedded config (there is no file to read).
+
+        Raises:
+            ConfigError: the file is unreadable or invalid (also logged); the
+                old config keeps serving.
+        """
         if self._path is None:
             logger.warning("config reload asked, but faregate runs on its embedded config")
             return False
@@ -64,7 +84,7 @@ class Reloader:
             config = load_config(self._path)
         except ConfigError as error:
             logger.error("config reload refused, the old config keeps serving: %s", error)
-            return False
+            raise
         self.apply(config)
         return True
 

@@ -342,12 +342,19 @@ class LocalState:
         await self._ledger.aclose()
 
 
-async def open_state(config: Config, clock: Clock) -> StateStore:
+async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> StateStore:
     """The configured state backend, opened.
+
+    Args:
+        config: The validated config.
+        clock: Time for windows.
+        writer: Whether this process will spend (serve); False opens an
+            SQLite ledger to read only, beside the process that writes it.
 
     Raises:
         ConfigError: the backend's store cannot be used (a corrupt or locked
-            SQLite file, an unreachable Redis at start in fail-closed mode).
+            SQLite file, one another process writes, an unreachable Redis at
+            start in fail-closed mode).
     """
     state = config.state
     if state.backend is StateBackend.REDIS:
@@ -356,7 +363,7 @@ async def open_state(config: Config, clock: Clock) -> StateStore:
         return await RedisState.open(config, clock)
     ledger: Ledger
     if state.backend is StateBackend.SQLITE:
-        ledger = await SqliteLedger.open(Path(state.path))
+        ledger = await SqliteLedger.open(Path(state.path), writer=writer)
     else:
         ledger = MemoryLedger()
     return LocalState(config, clock, ledger)

@@ -32,7 +32,9 @@ from faregate_server.config_loader import load_tls
 logger = logging.getLogger(__name__)
 
 # Set by grpc only for a certificate that passed verification; the subject
-# in RFC 2253 form, most specific part last (e.g. "O=Acme,CN=agent-1").
+# in RFC 2253 form, which reverses the certificate's order: the usual
+# O-then-CN certificate reads "CN=agent-1,O=Acme" (distinguished_names.py
+# compares subjects whatever their order).
 _SUBJECT = "x509_subject"
 
 
@@ -56,18 +58,22 @@ def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> in
         OSError: the address cannot be bound.
     """
     credentials = server_credentials(tls)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # how grpc reports a failed bind
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the address is in use or not this host's")
     return port
 
 
 def client_identity(context: grpc.aio.ServicerContext[object, object]) -> str | None:
-    """The subject of the caller's verified client certificate, e.g.
-    "O=Acme,CN=agent-1"; None on a plaintext or server-only TLS port."""
+    """The subject of the caller's verified client certificate as gRPC
+    writes it, e.g. "CN=agent-1,O=Acme"; None on a plaintext or server-only
+    TLS port."""
     subject = next(iter(context.auth_context().get(_SUBJECT, ())), None)
     return None if subject is None else subject.decode()
 

@@ -1,10 +1,14 @@
 """`faregate serve --workers N`: N server processes sharing one port.
 
-Each worker is a whole `faregate serve` of its own; gRPC binds its port with
-SO_REUSEPORT, so the kernel spreads incoming connections across them and a
-machine's cores are all used. They share budgets, limits, the ledger and
-request ids through the Redis state backend, which is why more than one
-worker requires it. Breakers, latency averages and worker pools stay per
+Each worker is a whole `faregate serve --reuse-port` of its own: its gRPC
+ports are bound with SO_REUSEPORT (which a plain `faregate serve` turns off,
+so that a second process cannot share its port by accident), and the kernel
+spreads incoming connections across them, so a machine's cores are all used.
+They share budgets, limits, the ledger and request ids through the Redis
+state backend, which is why more than one worker requires it: an SQLite
+ledger has one writer (ledger_lock.py), so `--workers N` with sqlite is
+refused before any worker starts, and `--workers 1` is a plain
+`faregate serve`. Breakers, latency averages and worker pools stay per
 process, as they would per replica.
 
 Each worker serves its own metrics and health on its own HTTP port, since a
@@ -59,7 +63,10 @@ def serve_workers(
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind((host.strip("[]"), 0))
         port = str(holder.getsockname()[1])
-    command = [sys.executable, "-m", "faregate_server", "serve", "--listen", f"{host}:{port}"]
+    command = [
+        *(sys.executable, "-m", "faregate_server", "serve", "--reuse-port"),
+        *("--listen", f"{host}:{port}"),
+    ]
     if config_path is not None:
         command += ["--config", config_path]
     workers: list[subprocess.Popen[bytes]] = []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from faregate.v1 import admin_pb2, admin_pb2_grpc
+from google.rpc import error_details_pb2, status_pb2
 
-from tests.conftest import Faregate, StartFaregate, to_config
+from tests.conftest import TEST_ENV, Faregate, StartFaregate, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 
 
@@ -150,3 +153,48 @@ async def test_admin_is_off_unless_enabled(faregate: Faregate) -> None:
             )
 
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_reload_of_a_bad_file_is_refused_saying_why_and_the_old_config_serves_on(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    config_data["admin"] = {"enabled": True}
+    config_data["server"]["reload_poll_s"] = 0  # only the call reloads
+    path = tmp_path / "faregate.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    good = copy.deepcopy(config_data)
+    config_data["models"]["gpt-fake"]["workers"] = 0
+    path.write_text(yaml.safe_dump(config_data))
+    async with (
+        start_faregate(to_config(good), config_path=path) as faregate,
+        grpc.aio.insecure_channel(faregate.target) as channel,
+    ):
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ReloadConfig(admin_pb2.ReloadConfigRequest())
+        served = await faregate.client.route("hi", budget_key="team")
+        path.write_text(yaml.safe_dump(good))
+        fixed = await stub.ReloadConfig(admin_pb2.ReloadConfigRequest())
+        reloads = faregate.running.reloader.reloads
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    message = refused.value.details() or ""
+    assert str(path) in message
+    assert "models.gpt-fake.workers: must be an integer >= 1" in message
+    trailers = dict(refused.value.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info, precondition = error_details_pb2.ErrorInfo(), error_details_pb2.PreconditionFailure()
+    assert status.details[0].Unpack(info)
+    assert status.details[1].Unpack(precondition)
+    assert (info.reason, info.metadata["file"]) == ("CONFIG_INVALID", str(path))
+    (violation,) = precondition.violations
+    assert (violation.type, violation.subject) == ("CONFIG", str(path))
+    assert violation.description.startswith("models.gpt-fake.workers")
+    assert served.model_used == "gpt-fake"  # the old config served on
+    assert fixed.applied is True
+    assert reloads == 1

@@ -5,6 +5,7 @@ for operators only."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,6 +160,37 @@ async def test_the_right_key_id_with_the_wrong_secret_is_refused(
         with pytest.raises(Unauthenticated) as missing:
             await anonymous.route("hi", budget_key="team")
     assert missing.value.reason == "API_KEY_MISSING"
+
+
+async def test_an_unknown_key_id_costs_the_same_hmac_as_a_wrong_secret(
+    gate: Faregate, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted at the standard library's hmac.new, which every key check calls.
+    salts: list[bytes] = []
+    real_new = hmac.new
+
+    def counting_new(key: bytes, msg: bytes | None = None, digestmod: Any = "") -> hmac.HMAC:
+        salts.append(key)
+        return real_new(key, msg, digestmod)
+
+    monkeypatch.setattr(hmac, "new", counting_new)
+    key_id = keys.keys["agent-a"].split("_")[1]
+    presented = {
+        "wrong secret": f"fg_{key_id}_{'x' * 43}",
+        "unknown key id": f"fg_000000000000_{'x' * 43}",
+        "no key shape": "x" * 43,
+    }
+    computed = {}
+    for what, key in presented.items():
+        salts.clear()
+        async with client(gate, key) as caller:
+            with pytest.raises(Unauthenticated) as refused:
+                await caller.route("hi", budget_key="team")
+        assert refused.value.reason == "API_KEY_INVALID"
+        computed[what] = [len(salt) for salt in salts]
+
+    # One HMAC under a salt of the stored length on every path.
+    assert computed == {what: [16] for what in presented}
 
 
 @pytest.mark.parametrize(

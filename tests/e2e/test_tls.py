@@ -8,11 +8,14 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faregate_client import ClientTls, FaregateClient, Unavailable
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from faregate_client import ClientTls, FaregateClient, Unauthenticated, Unavailable
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.e2e.test_third_party_clients import BUF, _run
@@ -223,3 +226,84 @@ async def test_a_bad_replacement_is_logged_once_and_the_old_certificate_serves_o
     assert len(refusals) == 1
     assert "server.tls.key_file" in refusals[0].getMessage()
     assert "KEY_VALUES_MISMATCH" in refusals[0].getMessage()
+
+
+def _organization_then_name(common_name: str) -> tuple[x509.NameAttribute[str], ...]:
+    """A subject in the usual order, which gRPC reports most specific first."""
+    return (
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    )
+
+
+@asynccontextmanager
+async def _certificate_principal(
+    start_faregate: StartFaregate, config_data: dict[str, Any], pki: Pki, *subjects: str
+) -> AsyncIterator[Faregate]:
+    """Mutual TLS with auth on: one principal, `by-certificate`, claims `subjects`."""
+    config_data["server"]["tls"] = pki.server_tls(mutual=True)
+    config_data["auth"] = {
+        "enabled": True,
+        "principals": {
+            "by-certificate": {
+                "certificate_subjects": list(subjects),
+                "budgets": ["team"],
+                "routes": ["default"],
+            }
+        },
+    }
+    async with start_faregate(to_config(config_data)) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "O=Acme,CN=agent-1",  # the certificate's own order
+        "CN=agent-1,O=Acme",  # gRPC's order
+        "cn=agent-1, o = Acme",  # case and spaces in the types
+        "2.5.4.10=Acme,OID.2.5.4.3=agent-1",  # the types' OIDs
+    ],
+)
+async def test_a_certificate_subject_matches_in_any_order_and_spelling(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    pki: Pki,
+    upstream: FakeUpstream,
+    written: str,
+) -> None:
+    issued = pki.ca.issue_client_named(*_organization_then_name("agent-1"))
+    tls = ClientTls(pki.ca.cert_pem, issued.cert_pem, issued.key_pem)
+    async with _certificate_principal(start_faregate, config_data, pki, written) as running:
+        await _route_and_stream(running.target, tls, upstream)
+
+
+async def test_an_escaped_comma_in_a_subject_is_part_of_its_value(
+    start_faregate: StartFaregate, config_data: dict[str, Any], pki: Pki, upstream: FakeUpstream
+) -> None:
+    issued = pki.ca.issue_client_named(*_organization_then_name("agent, the first"))
+    tls = ClientTls(pki.ca.cert_pem, issued.cert_pem, issued.key_pem)
+    subject = "O=Acme,CN=agent\\, the first"
+    async with _certificate_principal(start_faregate, config_data, pki, subject) as running:
+        await _route_and_stream(running.target, tls, upstream)
+
+
+async def test_an_unclaimed_certificate_is_refused_naming_its_subject(
+    start_faregate: StartFaregate, config_data: dict[str, Any], pki: Pki, upstream: FakeUpstream
+) -> None:
+    issued = pki.ca.issue_client_named(*_organization_then_name("agent-2"))
+    tls = ClientTls(pki.ca.cert_pem, issued.cert_pem, issued.key_pem)
+    # Same attributes but the value's case: values are compared exactly.
+    claimed = ("O=Acme,CN=agent-1", "O=Acme,CN=Agent-2")
+    async with (
+        _certificate_principal(start_faregate, config_data, pki, *claimed) as running,
+        FaregateClient(running.target, tls=tls) as stranger,
+    ):
+        with pytest.raises(Unauthenticated) as refused:
+            await stranger.route("hi", budget_key="team", timeout_s=10)
+
+    assert refused.value.reason == "API_KEY_INVALID"
+    assert "'CN=agent-2,O=Acme'" in refused.value.message
+    assert refused.value.metadata["certificateSubject"] == "CN=agent-2,O=Acme"
+    assert upstream.received == []
+    assert await running.reserved_nano_usd() == 0

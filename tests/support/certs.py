@@ -94,6 +94,10 @@ class CertificateAuthority:
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         if organization:
             attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        return self.issue_client_named(*attributes)
+
+    def issue_client_named(self, *attributes: x509.NameAttribute[str]) -> IssuedCertificate:
+        """A client certificate whose subject has `attributes`, in this order."""
         return self._issue(x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH, None)
 
     def _issue(

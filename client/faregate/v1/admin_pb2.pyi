@@ -503,7 +503,10 @@ class ReloadConfigResponse(_message.Message):
 
     APPLIED_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
-    """True when the file was valid and is now serving."""
+    """True when the file was valid and is now serving; false only when faregate
+    runs on its embedded config, so there is no file to read. (A bad file is
+    an error, never false.)
+    """
     def __init__(
         self,
         *,

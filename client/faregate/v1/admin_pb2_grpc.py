@@ -115,7 +115,10 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadConfig(self, request, context):
-        """ReloadConfig reads the config file again, as SIGHUP does.
+        """ReloadConfig reads the config file again, as SIGHUP does. A file that is
+        unreadable or fails validation is refused with FAILED_PRECONDITION
+        (CONFIG_INVALID) naming the file and the problem; the old config keeps
+        serving.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,11 @@ class AdminServiceStub:
     ListSpend: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSpendRequest, _admin_pb2.ListSpendResponse]
     """ListSpend pages through the spend ledger, newest first."""
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
-    """ReloadConfig reads the config file again, as SIGHUP does."""
+    """ReloadConfig reads the config file again, as SIGHUP does. A file that is
+    unreadable or fails validation is refused with FAILED_PRECONDITION
+    (CONFIG_INVALID) naming the file and the problem; the old config keeps
+    serving.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -72,7 +76,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListSpend: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSpendRequest, _admin_pb2.ListSpendResponse]  # type: ignore[assignment]
     """ListSpend pages through the spend ledger, newest first."""
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
-    """ReloadConfig reads the config file again, as SIGHUP does."""
+    """ReloadConfig reads the config file again, as SIGHUP does. A file that is
+    unreadable or fails validation is refused with FAILED_PRECONDITION
+    (CONFIG_INVALID) naming the file and the problem; the old config keeps
+    serving.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService lets an operator inspect and steer a running faregate: budgets,
@@ -128,6 +136,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ReloadConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]:
-        """ReloadConfig reads the config file again, as SIGHUP does."""
+        """ReloadConfig reads the config file again, as SIGHUP does. A file that is
+        unreadable or fails validation is refused with FAILED_PRECONDITION
+        (CONFIG_INVALID) naming the file and the problem; the old config keeps
+        serving.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -102,11 +102,18 @@ class RouterServiceStub:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:
@@ -215,11 +222,18 @@ class RouterServiceServicer:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:
@@ -347,11 +361,18 @@ class RouterService:
     no `authorization: Bearer <api key>` metadata.
     API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
     client certificate's subject) matches no principal.
+    For a certificate the message and the metadata
+    `certificateSubject` name the subject presented.
     NOT_GRANTED              PERMISSION_DENIED. A budget, the route or model,
     or the AdminService is outside the caller's
     grant (checked before it is looked up, so
     existence is not revealed). Metadata: principal,
     field (budget, route, model or service).
+    CONFIG_INVALID           FAILED_PRECONDITION. AdminService.ReloadConfig
+    only: the config file is unreadable or fails
+    validation; the old config keeps serving. The
+    message and a PreconditionFailure (type CONFIG,
+    subject the file) say what is wrong. Metadata: file.
     PRINCIPAL_RATE_LIMITED   RESOURCE_EXHAUSTED. The caller's principal is over
     its request rate; QuotaFailure names it and
     RetryInfo says when a request fits. Metadata:
