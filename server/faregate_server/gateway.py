@@ -7,6 +7,10 @@ Settlement rules, for every way a request can end:
   reservation whole, nothing is charged;
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
+A chunk counts as delivered once the consumer comes back for the next item,
+that is once the servicer's write of it completed (gRPC flow control let it
+out to the caller); a chunk whose write was interrupted is not charged. The
+delivered text is counted as it goes (`RunningCount`), never kept whole.
 A lease is always either settled or released, whatever interrupts the request,
 so the reserved totals of budgets and limit pools return to zero. Every
 settlement leaves a record in the ledger, durable before the spend is reported.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from faregate_server.attempts import (
@@ -63,6 +67,7 @@ from faregate_server.providers import UpstreamError
 from faregate_server.replay import decode_result
 from faregate_server.state import StateStore
 from faregate_server.telemetry import NO_TELEMETRY, Telemetry
+from faregate_server.tokens import RunningCount, count_text
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -146,7 +151,7 @@ class Gateway:
         deployment = lease.option.deployment
         telemetry.observe_served(deployment)
         usage = completion.usage or Usage(
-            lease.option.input_tokens, deployment.counter.count_text(completion.text)
+            lease.option.input_tokens, await count_text(deployment.counter, completion.text)
         )
         cost = deployment.config.price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
         records.append(
@@ -235,7 +240,7 @@ class Gateway:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
         telemetry.observe_served(deployment, (*records, record))
-        delivered: list[str] = []
+        delivered = RunningCount(deployment.counter)
         settled = False
         try:
             async with aclosing(items):
@@ -251,8 +256,8 @@ class Gateway:
                     candidates=plan.scores,
                 )
                 while isinstance(item, str):
-                    delivered.append(item)
                     yield item
+                    delivered.add(item)  # its write completed: the caller has it
                     item = await anext(items)
             end = item
             usage = end.usage or self._counted_usage(lease, delivered)
@@ -283,7 +288,7 @@ class Gateway:
                 finish_reason=end.finish_reason,
             )
         except UpstreamError as error:
-            if delivered:
+            if delivered.chunks:
                 raise StreamInterrupted(
                     f"the upstream failed after output was delivered: {error.message}",
                     model=deployment.name,
@@ -294,9 +299,9 @@ class Gateway:
                 await self._settle_interrupted(plan, lease, delivered, len(records) + 1)
 
     async def _settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: Sequence[str], attempts: int
+        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int
     ) -> None:
-        if not delivered:
+        if not delivered.chunks:
             self._planner.release(lease)
             return
         usage = self._counted_usage(lease, delivered)
@@ -308,7 +313,5 @@ class Gateway:
         await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
 
     @staticmethod
-    def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:
-        output_tokens = lease.option.deployment.counter.count_text("".join(delivered))
-        # A chunk is at least one token even when the counter says less.
-        return Usage(lease.option.input_tokens, max(output_tokens, len(delivered)))
+    def _counted_usage(lease: Lease, delivered: RunningCount) -> Usage:
+        return Usage(lease.option.input_tokens, delivered.tokens())
