@@ -204,6 +204,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             # return would make it send a status on the dead call and log
             # that failure, with a traceback, as an unexpected error.
             raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            _observe_ended(context)  # gRPC ended the call: cancelled, or its deadline
+            raise
         except Exception as error:
             # Not `abort`: that waits until the caller has read every message
             # still queued, which a slow reader may take minutes to do.
@@ -485,7 +488,7 @@ def _observe_ended(context: StreamContext) -> None:
         code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
     else:
         code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
-    logger.debug("stream ended by gRPC before a write (%s)", code.name)
+    logger.debug("stream ended by gRPC (%s)", code.name)
     Telemetry.observe_failure(code, reason)
 
 
