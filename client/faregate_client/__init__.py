@@ -10,7 +10,13 @@ tls = ClientTls.from_files(ca_file="ca.crt", cert_file="agent.crt", key_file="ag
 async with FaregateClient("faregate.internal:50051", tls=tls) as client: ...
 """
 
-from faregate_client._client import ClientTls, FaregateClient, Messages, RouteStream
+from faregate_client._client import (
+    STREAM_CHANNEL_OPTIONS,
+    ClientTls,
+    FaregateClient,
+    Messages,
+    RouteStream,
+)
 from faregate_client._errors import (
     Aborted,
     AlreadyExists,
@@ -30,6 +36,7 @@ from faregate_client._errors import (
 )
 
 __all__ = [
+    "STREAM_CHANNEL_OPTIONS",
     "Aborted",
     "AlreadyExists",
     "BudgetExhausted",

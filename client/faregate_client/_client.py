@@ -15,6 +15,18 @@ from faregate_client._errors import error_from_rpc
 Messages = str | Sequence[tuple[str, str]]
 """A lone user message, or (role, content) pairs with role system, user or assistant."""
 
+STREAM_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # faregate charges a stream for the messages the caller's HTTP/2 receive
+    # window accepted (see the README, "What a stream is charged for"), so
+    # the window is kept small: BDP probing would grow it to megabytes for a
+    # reader that reads slowly, and every byte of it is text the caller pays
+    # for before reading. 16 KiB still carries about a thousand small deltas
+    # per round trip, far beyond any model's token rate.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 16 * 1024),
+)
+"""Channel options that keep a stream's receive window small; FaregateClient uses them."""
+
 _ROLES = {
     "system": router_pb2.ROLE_SYSTEM,
     "user": router_pb2.ROLE_USER,
@@ -70,7 +82,7 @@ class ClientTls:
     def secure_channel(self, target: str) -> grpc.aio.Channel:
         """A TLS channel to `target` (FaregateClient makes one; admin tools may too)."""
         credentials = grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
-        options = []
+        options: list[tuple[str, str | int]] = list(STREAM_CHANNEL_OPTIONS)
         if self.server_name is not None:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         return grpc.aio.secure_channel(target, credentials, options=options)
@@ -128,7 +140,11 @@ class FaregateClient:
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a channel of your own, not both")
         if channel is None:
-            channel = tls.secure_channel(target) if tls else grpc.aio.insecure_channel(target)
+            channel = (
+                tls.secure_channel(target)
+                if tls
+                else grpc.aio.insecure_channel(target, options=STREAM_CHANNEL_OPTIONS)
+            )
         self._channel = channel
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None

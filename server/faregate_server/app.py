@@ -13,10 +13,12 @@ import asyncio
 import logging
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import grpc
@@ -44,6 +46,9 @@ from faregate_server.telemetry import Telemetry
 from faregate_server.telemetry_interceptor import TelemetryInterceptor
 from faregate_server.tls import add_port
 
+if TYPE_CHECKING:
+    from aiohappyeyeballs import AddrInfoType
+
 logger = logging.getLogger(__name__)
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -51,7 +56,25 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # Room above max_request_bytes so a slightly oversized request reaches
 # validation and gets a BadRequest naming the limit, not a bare transport error.
 _RECEIVE_SLACK_BYTES = 64 * 1024
-_SSE_READ_BUFFER_BYTES = 1 << 20
+# What an upstream stream may buffer in faregate: aiohttp stops reading the
+# socket once 2x this is buffered, which is also the longest SSE line it
+# takes (128 KiB). A stream is read only as fast as its caller takes
+# messages, so this, not the answer's length, bounds a slow reader's cost.
+_SSE_READ_BUFFER_BYTES = 64 * 1024
+# The kernel's receive buffer of each upstream socket (Linux doubles it for
+# its bookkeeping). Left alone it autotunes up to net.ipv4.tcp_rmem (32 MiB
+# here), and one socket read can take 256 KiB of it at once. 64 KiB still
+# carries 640 KB/s per connection at a 100 ms round trip, far above any
+# model's token rate.
+_UPSTREAM_RECEIVE_BUFFER_BYTES = 64 * 1024
+
+
+def _upstream_socket(address: AddrInfoType) -> socket.socket:
+    """A socket to an upstream, with a small receive buffer (see above)."""
+    family, kind, proto, _, _ = address
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UPSTREAM_RECEIVE_BUFFER_BYTES)
+    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +148,11 @@ async def serve(
         stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=upstream_slots, limit_per_host=upstream_slots),
+            connector=aiohttp.TCPConnector(
+                limit=upstream_slots,
+                limit_per_host=upstream_slots,
+                socket_factory=_upstream_socket,
+            ),
             read_bufsize=_SSE_READ_BUFFER_BYTES,
             trace_configs=telemetry.http_trace_configs(),
         )

@@ -10,6 +10,10 @@ Settlement rules, for every way a request can end:
   reservation whole, nothing is charged;
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
+A chunk counts as delivered once the consumer comes back for the next item,
+that is once the servicer's write of it completed (gRPC flow control let it
+out to the caller); a chunk whose write was interrupted is not charged. The
+delivered text is counted as it goes (`RunningCount`), never kept whole.
 A lease is always either settled or released, whatever interrupts the request,
 so the reserved totals of budgets and limit pools return to zero; no commit
 exceeds its reservation, whatever an upstream says. Every
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from faregate_server.attempts import (
@@ -69,6 +73,7 @@ from faregate_server.providers import UpstreamError
 from faregate_server.replay import decode_result
 from faregate_server.state import StateStore
 from faregate_server.telemetry import NO_TELEMETRY, Telemetry
+from faregate_server.tokens import RunningCount, count_text
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -154,13 +159,12 @@ class Gateway:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
         telemetry.observe_served(deployment)
-        usage, cost, implausible = _charge(
-            lease,
-            completion.usage,
-            lambda: Usage(
-                lease.option.input_tokens, deployment.counter.count_text(completion.text)
-            ),
-        )
+        counted = None
+        if completion.usage is None:
+            counted = Usage(
+                lease.option.input_tokens, await count_text(deployment.counter, completion.text)
+            )
+        usage, cost, implausible = _charge(lease, completion.usage, counted)
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
@@ -259,7 +263,7 @@ class Gateway:
             raise upstream_failure(failed.error, failed.deployment.name) from None
         deployment = lease.option.deployment
         telemetry.observe_served(deployment, (*records, record))
-        delivered: list[str] = []
+        delivered = RunningCount(deployment.counter)
         settled = False
         try:
             async with aclosing(items):
@@ -275,13 +279,12 @@ class Gateway:
                     candidates=plan.scores,
                 )
                 while isinstance(item, str):
-                    delivered.append(item)
                     yield item
+                    delivered.add(item)  # its write completed: the caller has it
                     item = await anext(items)
             end = item
-            usage, cost, implausible = _charge(
-                lease, end.usage, lambda: self._counted_usage(lease, delivered)
-            )
+            counted = None if end.usage is not None else self._counted_usage(lease, delivered)
+            usage, cost, implausible = _charge(lease, end.usage, counted)
             settled = True
             result = None
             if call.request_id:
@@ -308,7 +311,7 @@ class Gateway:
                 finish_reason=end.finish_reason,
             )
         except UpstreamError as error:
-            if delivered:
+            if delivered.chunks:
                 raise StreamInterrupted(
                     f"the upstream failed after output was delivered: {error.message}",
                     model=deployment.name,
@@ -319,9 +322,9 @@ class Gateway:
                 await self._settle_interrupted(plan, lease, delivered, len(records) + 1)
 
     async def _settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: Sequence[str], attempts: int
+        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int
     ) -> None:
-        if not delivered:
+        if not delivered.chunks:
             self._planner.release(lease)
             return
         usage = self._counted_usage(lease, delivered)
@@ -333,28 +336,28 @@ class Gateway:
         await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
 
     @staticmethod
-    def _counted_usage(lease: Lease, delivered: Sequence[str]) -> Usage:
-        output_tokens = lease.option.deployment.counter.count_text("".join(delivered))
-        # A chunk is at least one token even when the counter says less.
-        return Usage(lease.option.input_tokens, max(output_tokens, len(delivered)))
+    def _counted_usage(lease: Lease, delivered: RunningCount) -> Usage:
+        return Usage(lease.option.input_tokens, delivered.tokens())
 
 
 def _charge(
-    lease: Lease, reported: ReportedUsage, counted: Callable[[], Usage]
+    lease: Lease, reported: ReportedUsage, counted: Usage | None
 ) -> tuple[Usage, int, ImplausibleUsage | None]:
     """What a successful request is charged: the usage charged for, its cost,
     and the implausible report it replaced, if any.
 
     The reported usage arrives judged (attempts.py). An implausible report is
     charged the reservation, as the worst case it was reserved for: the
-    counted input and the output cap. Without a report the counted usage is
-    charged, never more than was reserved (a count is an estimate).
+    counted input and the output cap. Without a report the counted usage
+    (which the caller passes exactly then) is charged, never more than was
+    reserved (a count is an estimate).
     """
     option = lease.option
     reserved_nano_usd = lease.holding.amount_nano_usd
     if isinstance(reported, ImplausibleUsage):
         return Usage(option.input_tokens, option.max_output_tokens), reserved_nano_usd, reported
-    usage = counted() if reported is None else reported
+    usage = reported if reported is not None else counted
+    assert usage is not None, "a request without reported usage is charged its count"
     price = option.deployment.config.price
     cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
     return usage, min(cost, reserved_nano_usd), None

@@ -40,6 +40,7 @@ from faregate_server.selection import Option, Selection, Selector
 from faregate_server.state import Holding, StateStore
 from faregate_server.tasks import classify_task
 from faregate_server.telemetry import NO_TELEMETRY, Telemetry
+from faregate_server.tokens import INLINE_COUNT_CHARS, TokenCounter, count_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,10 @@ class Planner:
                 # The task only weighs candidates against each other: a route of
                 # one is not worth classifying for.
                 task = classify_task(call.messages)
-            selection = self._selector(catalog).select(call, route, catalog.deployments, task)
+            input_tokens = await _count_long_prompt(call, route, catalog)
+            selection = self._selector(catalog).select(
+                call, route, catalog.deployments, task, input_tokens
+            )
         if not selection.options:
             raise _nothing_feasible(call, route, selection, catalog)
         options = selection.options
@@ -202,6 +206,24 @@ class Planner:
         tokens = usage.input_tokens + usage.output_tokens
         self._telemetry.observe_settlement(usage, cost_nano_usd)
         return await self._state.commit(lease.holding, cost_nano_usd, tokens, record, result)
+
+
+async def _count_long_prompt(
+    call: RouteCall, route: RouteConfig, catalog: Catalog
+) -> dict[str, int] | None:
+    """The prompt's tokens per counter of the route's models, counted off the
+    event loop, when the prompt is too long to count inline; else None (the
+    selector counts it, at no extra cost)."""
+    if sum(len(message.content) for message in call.messages) <= INLINE_COUNT_CHARS:
+        return None
+    counters: dict[str, TokenCounter] = {}
+    for slot in route.slots:
+        for name in slot.models:
+            counter = catalog.deployments[name].counter
+            counters[counter.name] = counter
+    return {
+        name: await count_messages(counter, call.messages) for name, counter in counters.items()
+    }
 
 
 def _nothing_feasible(

@@ -90,12 +90,19 @@ class Selector:
         route: RouteConfig,
         deployments: Mapping[str, Deployment],
         task: TaskKind | None,
+        input_tokens_by_counter: dict[str, int] | None = None,
     ) -> Selection:
+        """Judges every candidate of `route` for `call`.
+
+        `input_tokens_by_counter` holds prompt counts already made (by counter
+        name); the rest are counted here, on the loop (see `tokens.count_messages`).
+        """
         hints = call.hints
         difficulty = 0.0 if task is None else TASK_DIFFICULTY[task]
         exponent = 1 + self._routing.task_weight * difficulty
         now_s = self._clock.monotonic_s()
-        input_tokens_by_counter: dict[str, int] = {}
+        if input_tokens_by_counter is None:
+            input_tokens_by_counter = {}
         options: list[Option] = []
         scores: list[CandidateScore] = []
         unfit: tuple[str, str] | None = None

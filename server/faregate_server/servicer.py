@@ -4,6 +4,18 @@ It validates and translates requests, runs them under the caller's deadline
 (or the configured default: no call is ever unbounded), and turns every
 `FaregateError` into a status with rich details. Anything else is a bug and
 becomes INTERNAL with a trace id; the traceback goes to the log only.
+
+A stream writes one event at a time: `context.write` completes once gRPC's
+HTTP/2 flow control has let the message out to the caller (into the
+caller's receive window), and only then is the next event pulled from the
+gateway, and through it from the upstream. A caller that reads slowly thus
+slows the upstream read down to its own pace. A stream ends with its status
+set and the handler returning at once, never waiting on the caller to read
+what is still queued: past its deadline the handler ends at the deadline
+and its upstream is closed then, however full the caller's window is.
+A write to a call gRPC has already ended (the caller cancelled, or gRPC's
+own deadline fired first) is an expected end, not an error: the stream
+settles as interrupted and ends quietly, CANCELLED or DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from faregate_server.errors import (
     DeadlineExceeded,
     FaregateError,
     InvalidRequest,
+    Metadata,
     internal_error_status,
 )
 from faregate_server.gateway import Gateway
@@ -100,6 +113,7 @@ _MAX_TEMPERATURE = 2.0
 _MAX_ADDITIONAL_BUDGETS = 8
 _MAX_REQUEST_ID_CHARS = 128
 _MAX_NAME_CHARS = 256
+_CALLER_DEADLINE_GRACE_S = 0.05
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
 StreamEvent = router_pb2.StreamRouteResponse
@@ -163,17 +177,43 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 call = self._to_call(request, principal.name)
                 authorize(principal, call, self._gateway.catalog)
                 deadline_s = self._deadline(context)
+                scope_s = deadline_s
+                if context.time_remaining() is not None:
+                    # The caller's deadline is gRPC's too: it ends the call
+                    # (and this handler) itself then. This scope is a backstop
+                    # a moment later, so a status of ours never races gRPC's
+                    # end onto a call already gone (gRPC logs that as an error).
+                    scope_s += _CALLER_DEADLINE_GRACE_S
                 with self._auth.admit(principal):
                     async with (
-                        asyncio.timeout_at(deadline_s),
+                        asyncio.timeout_at(scope_s),
                         aclosing(self._gateway.stream(call, deadline_s)) as events,
                     ):
                         async for event in events:
                             tracked.writing()
-                            await context.write(_stream_event(event))
+                            try:
+                                await context.write(_stream_event(event))
+                            except grpc.aio.InternalError:
+                                # The write's batch failed in gRPC's core: the
+                                # call is over (cancelled, or past its deadline).
+                                raise _CallEnded from None
                             tracked.written()
+        except _CallEnded:
+            _observe_ended(context)
+            # Ended the way gRPC ends a handler whose call it cancelled: a
+            # return would make it send a status on the dead call and log
+            # that failure, with a traceback, as an unexpected error.
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            _observe_ended(context)  # gRPC ended the call: cancelled, or its deadline
+            raise
         except Exception as error:
-            await abort(context, error, request.model)
+            # Not `abort`: that waits until the caller has read every message
+            # still queued, which a slow reader may take minutes to do.
+            code, message, trailers = _status(error, request.model)
+            context.set_code(code)
+            context.set_details(message)
+            context.set_trailing_metadata(trailers)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -438,10 +478,31 @@ def _usage(usage: Usage) -> router_pb2.Usage:
     return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
+class _CallEnded(Exception):
+    """A write failed because gRPC had already ended the call."""
+
+
+def _observe_ended(context: StreamContext) -> None:
+    remaining_s = context.time_remaining()
+    if remaining_s is not None and remaining_s <= 0:
+        code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
+    else:
+        code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
+    logger.debug("stream ended by gRPC (%s)", code.name)
+    Telemetry.observe_failure(code, reason)
+
+
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], error: Exception, model: str
 ) -> NoReturn:
     """Ends the call with the status for error: the one place errors meet the wire."""
+    code, message, trailers = _status(error, model)
+    await context.abort(code, message, trailers)
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+def _status(error: Exception, model: str) -> tuple[grpc.StatusCode, str, Metadata]:
+    """The status for error, noted for telemetry; an unexpected one is logged."""
     if isinstance(error, TimeoutError):
         error = DeadlineExceeded("the request's deadline passed", model=model)
     try:
@@ -457,5 +518,4 @@ async def abort(
         code, message, trailers = internal_error_status(trace_id)
         reason = "INTERNAL"
     Telemetry.observe_failure(code, reason)
-    await context.abort(code, message, trailers)
-    raise AssertionError("abort returned")  # pragma: no cover
+    return code, message, trailers

