@@ -250,3 +250,24 @@ async def test_calls_are_refused_while_the_event_loop_lags_and_served_once_it_ca
     assert len(upstream.received) == 2  # before and after, never the refused
     assert reserved == 0
     assert spent == before.cost_nano_usd + after.cost_nano_usd
+
+
+async def test_a_single_stall_of_the_loop_refuses_nothing(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    metrics: tuple[MeterProvider, InMemoryMetricReader],
+) -> None:
+    config_data["server"]["loop_lag_limit_s"] = LAG_LIMIT_S
+    provider, reader = metrics
+    async with start_faregate(to_config(config_data), meter_provider=provider) as faregate:
+        await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+        # One long callback (say a huge prompt counted on the loop): the
+        # probe wakes once far too late, then on time again.
+        until_s = time.perf_counter() + 4 * HOG_SLICE_S
+        while time.perf_counter() < until_s:
+            pass
+        answer = await faregate.client.route("hi", budget_key="team", model="gpt-fake")
+
+    assert answer.output == "Hello, world"
+    assert _points(reader, "faregate.admission.refusals") == {"concurrency": 0, "loop_lag": 0}
