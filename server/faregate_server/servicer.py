@@ -129,8 +129,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RouteResponse:
         try:
             tracked = self._drain.track()
-            # First, before the credential is read: shedding a flood must
-            # cost less than anything the call would do.
+            # After the drain's gate (a stopping server says so, however
+            # loaded) and before the credential is read: shedding a flood
+            # must cost less than anything the call would do.
             self._admission.check()
             with tracked:
                 principal = self._auth.authenticate(context)

@@ -271,3 +271,26 @@ async def test_a_single_stall_of_the_loop_refuses_nothing(
 
     assert answer.output == "Hello, world"
     assert _points(reader, "faregate.admission.refusals") == {"concurrency": 0, "loop_lag": 0}
+
+
+async def test_a_stopping_server_says_shutting_down_even_when_it_is_also_full(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    config_data["server"]["max_concurrent_calls"] = 1
+    release = asyncio.Event()
+    upstream.default = Script(gate=release)
+    async with start_faregate(to_config(config_data)) as faregate:
+        held = asyncio.create_task(faregate.client.route("hi", budget_key="team", model="gpt-fake"))
+        await upstream.wait_for_requests(1)
+        with pytest.raises(FaregateError) as full:
+            await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=5)
+        faregate.running.drain.close()
+        with pytest.raises(FaregateError) as stopping:
+            await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=5)
+        release.set()
+        served = await held
+
+    _overloaded(full.value, "concurrency")
+    # Retrying here is pointless once it stops: the caller must go elsewhere.
+    assert stopping.value.reason == "SHUTTING_DOWN"
+    assert served.output == "Hello, world"
