@@ -34,7 +34,10 @@ TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-t
 def base_config(upstream_url: str) -> dict[str, Any]:
     """A config dict pointing every model at the fake upstream; tests edit a copy."""
     return {
-        "server": {"listen": "127.0.0.1:0", "default_route": "default"},
+        # The loop-lag guard has its own tests (e2e/test_admission.py).
+        # Elsewhere the test's one event loop runs the clients, the fake
+        # upstream and faregate together, so its lag says nothing of faregate.
+        "server": {"listen": "127.0.0.1:0", "default_route": "default", "loop_lag_limit_s": 0},
         "models": {
             "gpt-fake": {
                 "provider": "openai",

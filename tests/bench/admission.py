@@ -71,8 +71,9 @@ def _faregate_command() -> list[str]:
 
 def admission_config(api_base: str, max_concurrent_calls: int | None = None) -> dict[str, Any]:
     """The bench config, plus a model the upstream holds, pools that never
-    saturate, and the given cap (None: the default)."""
+    saturate, the default loop-lag guard, and the given cap (None: the default)."""
     config = bench_config(api_base)
+    config["server"]["loop_lag_limit_s"] = LAG_LIMIT_S
     if max_concurrent_calls is not None:
         config["server"]["max_concurrent_calls"] = max_concurrent_calls
     bench = config["models"]["bench"]
