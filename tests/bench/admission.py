@@ -21,8 +21,9 @@ until their 30 s deadline (CANCELLED), with no status, log line or metric.
 Figures: outcomes by code and reason; the server-side time of a refusal, from
 the request log's `latency_ms` (from the moment faregate's handler has the
 call to its status being sent); the same refusals as their callers timed
-them (which adds the time a call waits for the loop to pick it up); refusals
-by guard from /metrics; the highest loop lag the gauge showed.
+them (which adds the time a call waits in gRPC for the loop to pick it up),
+and the calls served; refusals by guard from /metrics; the highest loop lag
+and calls in flight the gauges showed; the cores used on each side.
 
 Run alone with `python -m tests.bench.admission`; `make bench` runs it last.
 """
@@ -187,6 +188,13 @@ def render(results: Sequence[AdmissionResult]) -> str:
                         _ms(client_s, 0.99),
                         _ms(client_s, 1.0),
                         str(len(client_s)),
+                    ),
+                    (
+                        "(a served call, caller)",
+                        _ms(result.client_served_s, 0.5),
+                        _ms(result.client_served_s, 0.99),
+                        _ms(result.client_served_s, 1.0),
+                        str(len(result.client_served_s)),
                     ),
                 ]
             )

@@ -132,6 +132,8 @@ class AdmissionResult:
     """The request log's latency_ms of each SERVER_OVERLOADED line, sorted."""
     client_rejection_s: tuple[float, ...]
     """The same refusals as the callers timed them, sorted."""
+    client_served_s: tuple[float, ...]
+    """The Route calls served, as their callers timed them, sorted."""
     max_loop_lag_s: float
     """The highest faregate_loop_lag_seconds read during the measurement."""
     max_in_flight: int
@@ -245,6 +247,9 @@ async def _result(
         server_rejection_ms=probe.server_rejection_ms(),
         client_rejection_s=tuple(
             sorted(latency for outcome, latency in timed if outcome == OUTCOME_SERVER_OVERLOADED)
+        ),
+        client_served_s=tuple(
+            sorted(latency for outcome, latency in calls if outcome == OUTCOME_OK)
         ),
         max_loop_lag_s=probe.max_lag_s,
         max_in_flight=probe.max_in_flight,
