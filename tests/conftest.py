@@ -34,10 +34,7 @@ TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-t
 def base_config(upstream_url: str) -> dict[str, Any]:
     """A config dict pointing every model at the fake upstream; tests edit a copy."""
     return {
-        # The loop-lag guard has its own tests (e2e/test_admission.py).
-        # Elsewhere the test's one event loop runs the clients, the fake
-        # upstream and faregate together, so its lag says nothing of faregate.
-        "server": {"listen": "127.0.0.1:0", "default_route": "default", "loop_lag_limit_s": 0},
+        "server": {"listen": "127.0.0.1:0", "default_route": "default"},
         "models": {
             "gpt-fake": {
                 "provider": "openai",
@@ -94,6 +91,13 @@ def base_config(upstream_url: str) -> dict[str, Any]:
 
 
 def to_config(data: dict[str, Any]) -> Config:
+    """The config of `data`, with the loop-lag guard off unless it says otherwise.
+
+    The guard has its own tests (e2e/test_admission.py). Elsewhere the test's
+    one event loop runs the clients, the fake upstream and faregate together,
+    so its lag says nothing of faregate's load.
+    """
+    data = {**data, "server": {"loop_lag_limit_s": 0, **data.get("server", {})}}
     return parse_config(yaml.safe_dump(data), env=TEST_ENV)
 
 
