@@ -96,11 +96,11 @@ class AdmissionControl:
             )
         self._lag_s = 0.0
         self._lagging = False
-        # When the probe last woke later than the limit, and the time before.
+        # When the probe last woke later than the limit, the time before, and
+        # how late it was that last time (what a refusal reports).
         self._last_late_s = -math.inf
         self._previous_late_s = -math.inf
         self._late_lag_s = 0.0
-        """How late that last late wake-up was: what a refusal reports."""
         self._saturated = False
         self._refused_concurrency = 0
         self._refused_loop_lag = 0
