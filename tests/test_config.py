@@ -74,6 +74,8 @@ def _broken(change: dict[str, Any]) -> str:
         ({"server.max_metadata_entries": -1}, "server.max_metadata_entries: must be an integer"),
         ({"server.max_header_bytes": 512}, "server.max_header_bytes: must be an integer >= 1024"),
         ({"server.drain_delay_s": -1}, "server.drain_delay_s"),
+        ({"server.max_concurrent_calls": 0}, "server.max_concurrent_calls: must be an integer"),
+        ({"server.loop_lag_limit_s": -0.1}, "server.loop_lag_limit_s: must be a finite number"),
         ({"auth.enabled": True}, "auth.enabled: auth is on but no principal has an API key"),
         (
             {"auth.principals": {"bot": {"api_keys": ["sha1:abc"]}}},

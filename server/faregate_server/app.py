@@ -28,6 +28,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from faregate_server.admin import AdminServicer
+from faregate_server.admission import AdmissionControl
 from faregate_server.auth import Authenticator
 from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
@@ -90,6 +91,7 @@ class RunningServer:
     reloader: Reloader
     drain: Drain
     telemetry: Telemetry
+    admission: AdmissionControl
     http_port: int | None = None
     """The bound port of the HTTP admin server (/metrics, /healthz, /readyz);
     None when telemetry.http_listen is empty."""
@@ -139,8 +141,10 @@ async def serve(
             assert gateway is not None
             return gateway.catalog
 
+        drain = Drain()
+        admission = AdmissionControl(config.server, drain)
         metrics, registry, owned_meter_provider = open_metrics(
-            config.telemetry, meter_provider, current_catalog
+            config.telemetry, meter_provider, current_catalog, admission.statistics
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)
@@ -177,10 +181,14 @@ async def serve(
         if telemetry.observing:
             interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
         router_server = _grpc_server(config, reuse_port, interceptors)
-        drain = Drain()
         register_router_service(
-            router_server, RouterServicer(gateway, config.server, authenticator, drain)
+            router_server,
+            RouterServicer(gateway, config.server, authenticator, drain, admission),
         )
+        # Measures from before the first call to after the drain: owned by
+        # the server's lifetime like the config watcher.
+        lag_probe = asyncio.create_task(admission.watch_loop_lag(), name="faregate-loop-lag-probe")
+        stack.push_async_callback(_cancel_and_wait, lag_probe)
         services = {router_server: [ROUTER_SERVICE]}
         admin_server = router_server
         if config.admin.enabled:
@@ -254,6 +262,7 @@ async def serve(
             reloader=reloader,
             drain=drain,
             telemetry=telemetry,
+            admission=admission,
             http_port=http_port,
         )
 
@@ -263,6 +272,11 @@ def _grpc_server(
     reuse_port: bool,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
+    # No maximum_concurrent_rpcs and no HTTP/2 max_concurrent_streams:
+    # admission.py caps calls itself. gRPC's cap answers RESOURCE_EXHAUSTED
+    # (the caller's quota, by our catalogue) with no reason or pushback and
+    # counts health checks too; a stream limit makes clients queue calls
+    # silently on their side until a stream frees.
     return grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -263,6 +263,15 @@ class ServerConfig:
     refused, so load balancers stop sending first."""
     reload_poll_s: float = 2.0
     """How often the config file is checked for changes (0 turns watching off)."""
+    max_concurrent_calls: int = 1000
+    """Most Route and StreamRoute calls this process serves at once; one more
+    is refused at once with UNAVAILABLE (SERVER_OVERLOADED), never queued.
+    Per process: `--workers N` admits N times as many."""
+    loop_lag_limit_s: float = 0.1
+    """Once the event loop has woken a background probe later than this twice
+    within a second, new calls are refused at once with UNAVAILABLE
+    (SERVER_OVERLOADED), until a second passes with no late wake-up; 0 turns
+    the guard off (the lag is still measured, for the metric)."""
     tls: TlsConfig | None = None
     """TLS (and mutual TLS) for the gRPC port; None serves plaintext."""
 

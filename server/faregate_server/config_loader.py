@@ -324,6 +324,8 @@ def _server(node: _Node) -> ServerConfig:
         shutdown_grace_s=node.number("shutdown_grace_s", defaults.shutdown_grace_s, minimum=0),
         drain_delay_s=node.number("drain_delay_s", defaults.drain_delay_s, minimum=0),
         reload_poll_s=node.number("reload_poll_s", defaults.reload_poll_s, minimum=0),
+        max_concurrent_calls=node.integer("max_concurrent_calls", defaults.max_concurrent_calls),
+        loop_lag_limit_s=node.number("loop_lag_limit_s", defaults.loop_lag_limit_s, minimum=0),
         tls=_tls(node.child("tls")) if node.scalar("tls", None) is not None else None,
     )
 

@@ -25,6 +25,7 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── RequestAlreadyServed    ALREADY_EXISTS      REQUEST_ALREADY_SERVED
     ├── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
     ├── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+ RetryInfo)
+    ├── ServerOverloaded        UNAVAILABLE         SERVER_OVERLOADED (+ RetryInfo)
     ├── Unauthenticated         UNAUTHENTICATED
     │   ├── CredentialMissing                       API_KEY_MISSING
     │   └── CredentialInvalid                       API_KEY_INVALID
@@ -329,6 +330,15 @@ class ShuttingDown(_Retryable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, _UNKNOWN_RETRY_S)
+
+
+class ServerOverloaded(_Retryable):
+    """This process is past what it can serve: a new call is refused at once,
+    before anything is parsed, authenticated or reserved (admission.py).
+    `guard` names the limit it is over: "concurrency" or "loop_lag"."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SERVER_OVERLOADED"
 
 
 class Unauthenticated(FaregateError):

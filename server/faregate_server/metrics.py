@@ -25,7 +25,13 @@ Instruments (Prometheus names in brackets):
   pool, observed at collection;
 - faregate.breaker.state: 0 closed, 1 half-open, 2 open, per model;
 - faregate.budget.remaining.nano_usd [faregate_budget_remaining_nano_usd]: per budget,
-  only with budget labels allowed.
+  only with budget labels allowed;
+- faregate.calls.in_flight [faregate_calls_in_flight]: Route and StreamRoute
+  calls being served, against server.max_concurrent_calls;
+- faregate.loop.lag [faregate_loop_lag_seconds]: how late the event loop
+  woke the admission probe last;
+- faregate.admission.refusals [faregate_admission_refusals_total]: calls
+  refused SERVER_OVERLOADED, by guard (concurrency, loop_lag).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from faregate_server.errors import FaregateError
 from faregate_server.health import BreakerState
 
 if TYPE_CHECKING:
+    from faregate_server.admission import AdmissionStatistics
     from faregate_server.catalog import Catalog
     from faregate_server.state import StateStore
     from faregate_server.telemetry import RequestObservation
@@ -95,8 +102,10 @@ class GatewayMetrics:
         catalog: Callable[[], Catalog],
         *,
         budget_labels: bool,
+        admission: Callable[[], AdmissionStatistics] | None = None,
     ) -> None:
-        """`catalog` returns the current catalog (a reload replaces it)."""
+        """`catalog` returns the current catalog (a reload replaces it);
+        `admission` the admission guards' statistics, when there are any."""
         meter = meter_provider.get_meter("faregate_server", __version__)
         self._catalog = catalog
         self._budget_labels = budget_labels
@@ -158,6 +167,26 @@ class GatewayMetrics:
             callbacks=[self._observe_breakers],
             description="Circuit breaker per model: 0 closed, 1 half-open, 2 open",
         )
+        if admission is not None:
+            self._admission = admission
+            meter.create_observable_gauge(
+                "faregate.calls.in_flight",
+                callbacks=[self._observe_calls_in_flight],
+                unit="{call}",
+                description="Route and StreamRoute calls being served",
+            )
+            meter.create_observable_gauge(
+                "faregate.loop.lag",
+                callbacks=[self._observe_loop_lag],
+                unit="s",
+                description="How late the event loop woke the admission probe last",
+            )
+            meter.create_observable_counter(
+                "faregate.admission.refusals",
+                callbacks=[self._observe_refusals],
+                unit="{call}",
+                description="Calls refused SERVER_OVERLOADED, by guard",
+            )
         if budget_labels:
             meter.create_observable_gauge(
                 "faregate.budget.remaining.nano_usd",
@@ -246,6 +275,17 @@ class GatewayMetrics:
         for name, deployment in self._catalog().deployments.items():
             yield Observation(_BREAKER_VALUES[deployment.breaker.state], {"model": name})
 
+    def _observe_calls_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._admission().in_flight)
+
+    def _observe_loop_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._admission().loop_lag_s)
+
+    def _observe_refusals(self, options: CallbackOptions) -> Iterable[Observation]:
+        statistics = self._admission()
+        yield Observation(statistics.refused_concurrency, {"guard": "concurrency"})
+        yield Observation(statistics.refused_loop_lag, {"guard": "loop_lag"})
+
     def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
         for key, remaining_nano_usd in self._remaining.items():
             yield Observation(remaining_nano_usd, {"budget": key})
@@ -255,6 +295,7 @@ def open_metrics(
     config: TelemetryConfig,
     meter_provider: MeterProvider | None,
     catalog: Callable[[], Catalog],
+    admission: Callable[[], AdmissionStatistics] | None = None,
 ) -> tuple[GatewayMetrics | None, CollectorRegistry | None, SdkMeterProvider | None]:
     """The metrics for a server, the Prometheus registry that /metrics renders
     (None when the meter provider was handed in), and the provider to shut
@@ -273,5 +314,7 @@ def open_metrics(
             resource=Resource.create({"service.name": "faregate", "service.version": __version__}),
             shutdown_on_exit=False,
         )
-    metrics = GatewayMetrics(meter_provider, catalog, budget_labels=config.budget_labels)
+    metrics = GatewayMetrics(
+        meter_provider, catalog, budget_labels=config.budget_labels, admission=admission
+    )
     return metrics, registry, owned

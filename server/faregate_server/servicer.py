@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
+from faregate_server.admission import AdmissionControl
 from faregate_server.auth import Authenticator, authorize
 from faregate_server.config import ServerConfig
 from faregate_server.domain import (
@@ -129,17 +130,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         settings: ServerConfig,
         authenticator: Authenticator,
         drain: Drain,
+        admission: AdmissionControl,
     ) -> None:
         self._gateway = gateway
         self._settings = settings
         self._auth = authenticator
         self._drain = drain
+        self._admission = admission
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         try:
-            with self._drain.track():
+            tracked = self._drain.track()
+            # After the drain's gate (a stopping server says so, however
+            # loaded) and before the credential is read: shedding a flood
+            # must cost less than anything the call would do.
+            self._admission.check()
+            with tracked:
                 principal = self._auth.authenticate(context)
                 call = self._to_call(request, principal.name)
                 authorize(principal, call, self._gateway.catalog)
@@ -172,7 +180,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # deadline scope covers the writes too and fires inside this frame.
         # A shutdown may cut the stream between writes, never during one.
         try:
-            with self._drain.track() as tracked:
+            tracked = self._drain.track()
+            self._admission.check()
+            with tracked:
                 principal = self._auth.authenticate(context)
                 call = self._to_call(request, principal.name)
                 authorize(principal, call, self._gateway.catalog)

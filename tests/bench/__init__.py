@@ -38,7 +38,7 @@ differences. The report also says how much CPU other processes used
 meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
 but the bench exits 0 either way: it reports, it does not gate.
 
-Four more sections follow, each runnable alone (the first three in this process):
+Five more sections follow, each runnable alone (the first three in this process):
 
 - Routing simulation (`routing_sim.py`, `python -m tests.bench.routing_sim`):
   10,000 requests of a coding agent's mix over three sim models sharing one
@@ -57,6 +57,11 @@ Four more sections follow, each runnable alone (the first three in this process)
   CPU per Route and per stream with telemetry off, metrics only, the
   default (metrics and request logs) and everything with tracing, as a
   ratio to off.
+- Admission control (`admission.py`, `python -m tests.bench.admission`):
+  servers of its own; 10x overload of `server.max_concurrent_calls`, then
+  streams past CPU saturation with new calls sent once the loop lags; how
+  many are refused SERVER_OVERLOADED, by which guard, and how fast, from
+  the request log (server side) and from the callers.
 
 Nothing here is collected by pytest, and importing any module has no side
 effects.

@@ -1,5 +1,6 @@
 """`python -m tests.bench`: start the servers, run the rounds, print the report;
-then the routing simulation and the hedging measurement, each printed as it ends.
+then the routing simulation, the hedging, state and telemetry measurements and
+admission control under overload, each printed as it ends.
 
 See the package docstring for the method. Every child process is owned by a
 `Children` context, so they are all stopped however the bench ends (an
@@ -25,7 +26,7 @@ from types import FrameType
 import aiohttp
 import grpc
 
-from tests.bench import hedging, routing_report, routing_sim, state, telemetry
+from tests.bench import admission, hedging, routing_report, routing_sim, state, telemetry
 from tests.bench.faregate_config import write_bench_config
 from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from tests.bench.memory import exercise_default_config
@@ -198,6 +199,7 @@ def main() -> int:
         print(hedging.render(asyncio.run(hedging.measure())), flush=True)
         print(state.render(asyncio.run(state.measure())), flush=True)
         print(telemetry.render(telemetry.measure(), telemetry.hooks_off_ns()), flush=True)
+        print(admission.render(admission.measure(server_cpu, load_cpu)), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130

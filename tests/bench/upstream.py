@@ -7,7 +7,8 @@ one with empty `choices` and the usage, then `data: [DONE]`. Every answer is
 built from bytes prepared at import, so the upstream adds as little CPU as it
 can to the core it shares with the load generator. There are no artificial
 delays, except that requests for the model `slow` wait `SLOW_DELAY_S` first
-(the overload measurement needs an upstream that holds its workers).
+and those for `held` wait `HELD_DELAY_S` (the overload measurements need an
+upstream that holds its workers).
 
 Run as `python -m tests.bench.upstream [--port N]`; it prints
 `upstream listening on 127.0.0.1:PORT` when ready and serves until SIGINT or
@@ -27,6 +28,11 @@ from aiohttp import web
 SLOW_MODEL = "slow"
 """Requests for this model id are delayed by SLOW_DELAY_S."""
 SLOW_DELAY_S = 0.2
+HELD_MODEL = "held"
+"""Requests for this model id are delayed by HELD_DELAY_S: calls that stay in
+flight while the admission measurement overloads faregate."""
+HELD_DELAY_S = 2.0
+_DELAYS_S = {SLOW_MODEL: SLOW_DELAY_S, HELD_MODEL: HELD_DELAY_S}
 PROMPT_TOKENS = 12
 """Reported as usage.prompt_tokens in every answer."""
 COMPLETION_TOKENS = 8
@@ -93,8 +99,9 @@ def _usage_event(completion_tokens: int) -> bytes:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """The whole answer, or the SSE stream when the body asks for one."""
     body = json.loads(await request.read())
-    if body.get("model") == SLOW_MODEL:
-        await asyncio.sleep(SLOW_DELAY_S)
+    delay_s = _DELAYS_S.get(body.get("model", ""))
+    if delay_s is not None:
+        await asyncio.sleep(delay_s)
     if not body.get("stream"):
         return web.Response(body=_COMPLETION, content_type="application/json")
     tokens = min(MAX_STREAM_TOKENS, max(1, int(body.get("max_tokens") or _DEFAULT_STREAM_TOKENS)))

@@ -99,6 +99,16 @@ class RouterServiceStub:
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      SERVER_OVERLOADED        UNAVAILABLE. This replica is past what it can
+                               serve: it has server.max_concurrent_calls calls in
+                               flight, or its event loop lags past
+                               server.loop_lag_limit_s. Refused at once, before
+                               authentication, with nothing reserved or charged;
+                               retry after the RetryInfo delay (also the
+                               grpc-retry-pushback-ms trailer), on another
+                               replica if there is one. Metadata: guard
+                               (concurrency or loop_lag), and maxConcurrentCalls
+                               or loopLagMs.
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
@@ -214,6 +224,16 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      SERVER_OVERLOADED        UNAVAILABLE. This replica is past what it can
+                               serve: it has server.max_concurrent_calls calls in
+                               flight, or its event loop lags past
+                               server.loop_lag_limit_s. Refused at once, before
+                               authentication, with nothing reserved or charged;
+                               retry after the RetryInfo delay (also the
+                               grpc-retry-pushback-ms trailer), on another
+                               replica if there is one. Metadata: guard
+                               (concurrency or loop_lag), and maxConcurrentCalls
+                               or loopLagMs.
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
@@ -325,6 +345,16 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                grace period ends is cut (a stream is charged for
                                the output it delivered). Retry, on another
                                replica if there is one (RetryInfo).
+      SERVER_OVERLOADED        UNAVAILABLE. This replica is past what it can
+                               serve: it has server.max_concurrent_calls calls in
+                               flight, or its event loop lags past
+                               server.loop_lag_limit_s. Refused at once, before
+                               authentication, with nothing reserved or charged;
+                               retry after the RetryInfo delay (also the
+                               grpc-retry-pushback-ms trailer), on another
+                               replica if there is one. Metadata: guard
+                               (concurrency or loop_lag), and maxConcurrentCalls
+                               or loopLagMs.
       API_KEY_MISSING          UNAUTHENTICATED. Auth is on and the call carries
                                no `authorization: Bearer <api key>` metadata.
       API_KEY_INVALID          UNAUTHENTICATED. The key (or, with no key, the
