@@ -50,6 +50,12 @@ class Script:
     """Send the provider's in-stream error event after this many chunks."""
     raw_sse: list[bytes] | None = None
     """Exact body pieces to write, each as its own TCP write, instead of chunks."""
+    keepalive_after: int | None = None
+    """After this many chunks, send only keep-alives every `keepalive_every_s`
+    and never finish: `keepalive_bytes`, else for OpenAI a `: keep-alive`
+    comment and a blank line, for Anthropic a `ping` event."""
+    keepalive_every_s: float = 0.05
+    keepalive_bytes: bytes | None = None
     usage_only_in_stream_end: bool = True
 
 
@@ -166,6 +172,10 @@ class FakeUpstream:
             return response
         await response.write(wire.opening(body, script))
         for index, chunk in enumerate(script.chunks):
+            if index == script.keepalive_after:
+                while True:
+                    await response.write(script.keepalive_bytes or wire.keepalive())
+                    await asyncio.sleep(script.keepalive_every_s)
             if index == script.pause_after and script.resume is not None:
                 await script.resume.wait()
             if index == script.stall_after:
@@ -212,6 +222,9 @@ class _Format:
     def error_event(self) -> bytes:
         raise NotImplementedError
 
+    def keepalive(self) -> bytes:
+        raise NotImplementedError
+
 
 class _OpenAIFormat(_Format):
     def whole(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
@@ -255,6 +268,9 @@ class _OpenAIFormat(_Format):
 
     def error_event(self) -> bytes:
         return _sse({"error": {"message": "scripted mid-stream failure", "type": "server_error"}})
+
+    def keepalive(self) -> bytes:
+        return b": keep-alive\n\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         return {
@@ -325,3 +341,6 @@ class _AnthropicFormat(_Format):
             {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
             "error",
         )
+
+    def keepalive(self) -> bytes:
+        return _sse({"type": "ping"}, "ping")
