@@ -48,6 +48,10 @@ class Script:
     """Close the connection abruptly after this many chunks."""
     error_event_after: int | None = None
     """Send the provider's in-stream error event after this many chunks."""
+    error_event_message: str = "scripted mid-stream failure"
+    echo_headers: bool = False
+    """A non-200 answer's body also carries the request's headers, as a careless
+    upstream's might: `{"error": {"message": error_body, "request_headers": {...}}}`."""
     raw_sse: list[bytes] | None = None
     """Exact body pieces to write, each as its own TCP write, instead of chunks."""
     keepalive_after: int | None = None
@@ -142,9 +146,13 @@ class FakeUpstream:
             if script.hang_s:
                 await asyncio.sleep(script.hang_s)
             if script.status != 200:
+                text = script.error_body
+                if script.echo_headers:
+                    echo = {"message": text, "request_headers": dict(request.headers)}
+                    text = json.dumps({"error": echo})
                 return web.Response(
                     status=script.status,
-                    text=script.error_body,
+                    text=text,
                     headers=script.headers,
                     content_type="application/json",
                 )
@@ -186,7 +194,7 @@ class FakeUpstream:
                 request.transport.abort()
                 return response
             if index == script.error_event_after:
-                await response.write(wire.error_event())
+                await response.write(wire.error_event(script.error_event_message))
                 return response
             if index and script.chunk_delay_s:
                 await asyncio.sleep(script.chunk_delay_s)
@@ -219,7 +227,7 @@ class _Format:
     def closing(self, script: Script) -> bytes:
         raise NotImplementedError
 
-    def error_event(self) -> bytes:
+    def error_event(self, message: str) -> bytes:
         raise NotImplementedError
 
     def keepalive(self) -> bytes:
@@ -266,8 +274,8 @@ class _OpenAIFormat(_Format):
             out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
 
-    def error_event(self) -> bytes:
-        return _sse({"error": {"message": "scripted mid-stream failure", "type": "server_error"}})
+    def error_event(self, message: str) -> bytes:
+        return _sse({"error": {"message": message, "type": "server_error"}})
 
     def keepalive(self) -> bytes:
         return b": keep-alive\n\n\n"
@@ -336,9 +344,9 @@ class _AnthropicFormat(_Format):
             + _sse({"type": "message_stop"}, "message_stop")
         )
 
-    def error_event(self) -> bytes:
+    def error_event(self, message: str) -> bytes:
         return _sse(
-            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            {"type": "error", "error": {"type": "overloaded_error", "message": message}},
             "error",
         )
 
