@@ -113,6 +113,7 @@ def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], mess
 
 def test_a_model_waits_for_a_whole_answer_to_start_as_long_as_it_waits_inside_a_stream() -> None:
     data = yaml.safe_load(_broken({"models.gpt-fake.idle_timeout_s": 7}))
+    del data["models"]["gpt-fake"]["first_byte_timeout_s"]
     data["models"]["cheap-fake"]["first_byte_timeout_s"] = 120
     config = parse_config(yaml.safe_dump(data), env=TEST_ENV)
 

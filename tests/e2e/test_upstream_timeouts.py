@@ -35,6 +35,7 @@ async def test_a_hung_unary_upstream_falls_back_after_the_first_byte_timeout(
     timeouts: dict[str, float],
 ) -> None:
     """The first-byte timeout is the model's own, or else its idle timeout."""
+    del resilient["models"]["gpt-fake"]["first_byte_timeout_s"]
     resilient["models"]["gpt-fake"].update(timeouts)
     upstream.by_model["gpt-fake"] = Script(hang_s=3600)
     upstream.by_model["cheap-fake"] = Script(chunks=["fine"], usage=(5, 1))
