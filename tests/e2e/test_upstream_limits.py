@@ -8,6 +8,7 @@ the server serving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -182,7 +183,11 @@ async def test_a_10_mb_sse_line_before_the_first_token_falls_back(
 
 
 async def test_a_10_mb_sse_line_after_the_first_token_interrupts_and_charges_the_part(
-    start_faregate: StartFaregate, hostile: dict[str, Any], upstream: FakeUpstream, raw: RawUpstream
+    start_faregate: StartFaregate,
+    hostile: dict[str, Any],
+    upstream: FakeUpstream,
+    raw: RawUpstream,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     raw.default = _ten_mb_line(before=_openai_delta("He"))
     async with start_faregate(to_config(hostile)) as faregate:
@@ -200,4 +205,6 @@ async def test_a_10_mb_sse_line_after_the_first_token_interrupts_and_charges_the
         assert await faregate.reserved_nano_usd() == 0
         if growth.bytes is not None:
             assert growth.bytes < PEAK_GROWTH_BOUND
+        # An expected upstream failure: no "unexpected error", no traceback.
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
         await _still_serves(faregate)

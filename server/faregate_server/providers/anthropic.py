@@ -25,6 +25,7 @@ from faregate_server.domain import (
     Usage,
 )
 from faregate_server.providers.base import (
+    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
@@ -141,7 +142,7 @@ def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
 
 def _stream_error(error: dict[str, Any], redactor: Redactor) -> UpstreamError:
     error_type = str(error.get("type", "unknown"))
-    detail = redactor.excerpt(f"{error_type}: {error.get('message', '')}", 300)
+    detail = redactor.excerpt(f"{error_type}: {error.get('message', '')}"[:ERROR_BODY_BYTES], 300)
     message = f"upstream error mid-stream: {detail}"
     if error_type in _RETRYABLE_ERRORS:
         kind = (

@@ -16,6 +16,7 @@ import aiohttp
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
 from faregate_server.providers.base import (
+    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
@@ -71,7 +72,9 @@ class OpenAIProvider:
                         raise UpstreamError(
                             UpstreamErrorKind.UNAVAILABLE,
                             "upstream error mid-stream: "
-                            + self._redactor.excerpt(_error_message(chunk["error"]), 300),
+                            + self._redactor.excerpt(
+                                _error_message(chunk["error"])[:ERROR_BODY_BYTES], 300
+                            ),
                         )
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
