@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from faregate.v1 import router_pb2
-from faregate_client import StreamInterrupted
+from faregate_client import StreamInterrupted, Unavailable
 
 from tests.conftest import StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
@@ -113,4 +113,22 @@ async def test_keepalives_after_output_end_the_stream_as_interrupted_and_charge_
         assert received == ["a"]
         assert upstream.calls_to("cheap-fake") == 0
         assert await faregate.spent_nano_usd() > 0
+        assert await faregate.reserved_nano_usd() == 0
+
+
+async def test_a_hung_unary_upstream_with_nowhere_to_fall_back_is_stalled_and_charges_nothing(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    config_data["models"]["gpt-fake"]["first_byte_timeout_s"] = 0.3
+    upstream.by_model["gpt-fake"] = Script(hang_s=3600)
+    async with start_faregate(to_config(config_data)) as faregate:
+        with pytest.raises(Unavailable) as caught:
+            await faregate.client.route(
+                "hi", budget_key="team", model="gpt-fake", timeout_s=CALLER_DEADLINE_S
+            )
+
+        assert caught.value.reason == "UPSTREAM_STALLED"
+        assert "first_byte_timeout_s (0.3 s)" in caught.value.message
+        await upstream.wait_for_disconnects(1)
+        assert await faregate.spent_nano_usd() == 0
         assert await faregate.reserved_nano_usd() == 0

@@ -117,6 +117,7 @@ class JsonEndpoint:
         self._redactor = redactor
         self._max_response_bytes = model.max_response_bytes
         self._idle_timeout_s = model.idle_timeout_s
+        self._first_byte_timeout_s = model.first_byte_timeout_s
         self._whole_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=model.connect_timeout_s, sock_read=model.first_byte_timeout_s
         )
@@ -126,13 +127,18 @@ class JsonEndpoint:
 
     async def post(self, body: Mapping[str, Any]) -> Any:
         """POSTs body and returns the decoded JSON answer."""
-        async with self._session.post(
-            self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
-        ) as response:
-            if response.status != 200:
-                raise await self._error(response)
-            self._refuse_declared_oversize(response)
-            return json.loads(await read_capped(response.content, self._max_response_bytes))
+        try:
+            async with self._session.post(
+                self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
+            ) as response:
+                if response.status != 200:
+                    raise await self._error(response)
+                self._refuse_declared_oversize(response)
+                return json.loads(await read_capped(response.content, self._max_response_bytes))
+        except aiohttp.SocketTimeoutError:
+            raise NoDataTimeout(
+                f"upstream sent nothing for first_byte_timeout_s ({self._first_byte_timeout_s:g} s)"
+            ) from None
 
     @asynccontextmanager
     async def open_stream(
