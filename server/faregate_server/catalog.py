@@ -4,7 +4,9 @@ and live health; and the routes over them.
 A `Catalog` is immutable once built. A config reload builds a new one that
 reuses the `Deployment` of every model whose config did not change, so its
 pool, breaker, latency history and retry budget carry over, while requests in
-flight keep the catalog they started with.
+flight keep the catalog they started with. When the config's secrets changed
+(a model's key added or rotated), a reused deployment gets a new provider, so
+that what its upstream says is scrubbed of the new secrets too.
 """
 
 from __future__ import annotations
