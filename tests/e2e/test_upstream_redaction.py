@@ -5,11 +5,14 @@ value. The body goes to the log, redacted too."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import pytest
+import yaml
 from faregate_client import FaregateError, InvalidArgument, StreamInterrupted, Unavailable
+from faregate_server.config_loader import parse_config
 
 from tests.conftest import TEST_ENV, Faregate, read_stream
 from tests.fakes.upstream import FakeUpstream, Script
@@ -114,3 +117,20 @@ async def test_an_in_stream_error_event_reaches_the_caller_redacted(
     _assert_no_secret(caught.value)
     _assert_no_secret_logged(caplog)
     assert await faregate.reserved_nano_usd() == 0
+
+
+async def test_a_secret_added_by_a_reload_is_redacted_from_models_kept_across_it(
+    faregate: Faregate, upstream: FakeUpstream, config_data: dict[str, Any]
+) -> None:
+    secret = "plain-words-only-key"  # no credential shape: only the config names it
+    reloaded = copy.deepcopy(config_data)
+    reloaded["models"]["new-fake"] = {**config_data["models"]["cheap-fake"], "api_key_env": "NEW"}
+    faregate.running.reloader.apply(
+        parse_config(yaml.safe_dump(reloaded), env={**TEST_ENV, "NEW": secret})
+    )
+    upstream.default = Script(status=400, error_body=f"bad request; keys seen: {secret}")
+
+    error = await _fail(faregate, "route")  # gpt-fake, unchanged by the reload
+
+    assert error.reason == "UPSTREAM_REJECTED"
+    assert "keys seen: [REDACTED]" in error.message
