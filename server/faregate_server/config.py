@@ -125,7 +125,8 @@ class ModelConfig:
     queue: int
     """Requests that may wait for a worker before new ones are rejected."""
     idle_timeout_s: float
-    """Longest silence between stream events before the stream is cut."""
+    """Longest wait for a stream's next data event (keep-alives don't count)
+    before the stream is cut."""
     connect_timeout_s: float
     """Longest wait for a TCP/TLS connection to the upstream."""
     sim: SimSettings
