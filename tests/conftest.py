@@ -48,6 +48,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "workers": 8,
                 "queue": 16,
                 "idle_timeout_s": 1.0,
+                # Tests hold whole answers at will (gates, hangs): only the
+                # first-byte timeout tests want it shorter.
+                "first_byte_timeout_s": 30.0,
             },
             "claude-fake": {
                 "provider": "anthropic",
@@ -61,6 +64,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "workers": 8,
                 "queue": 16,
                 "idle_timeout_s": 1.0,
+                # Tests hold whole answers at will (gates, hangs): only the
+                # first-byte timeout tests want it shorter.
+                "first_byte_timeout_s": 30.0,
             },
             "cheap-fake": {
                 "provider": "openai",
@@ -73,6 +79,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "workers": 8,
                 "queue": 16,
                 "idle_timeout_s": 1.0,
+                # Tests hold whole answers at will (gates, hangs): only the
+                # first-byte timeout tests want it shorter.
+                "first_byte_timeout_s": 30.0,
             },
         },
         "routes": {"default": ["gpt-fake", "cheap-fake"]},

@@ -54,6 +54,15 @@ def _broken(change: dict[str, Any]) -> str:
         ({"models.gpt-fake.colour": "blue"}, "models.gpt-fake.colour: unknown field"),
         ({"models.gpt-fake.max_output_tokens": 9000}, "must be smaller than context_window"),
         (
+            {"models.gpt-fake.max_response_bytes": 1000},
+            "models.gpt-fake.max_response_bytes: must be an integer >= 1024",
+        ),
+        (
+            {"models.gpt-fake.max_response_bytes": 1 << 30},
+            "models.gpt-fake.max_response_bytes: must be at most 67108864",
+        ),
+        ({"models.gpt-fake.first_byte_timeout_s": 0}, "models.gpt-fake.first_byte_timeout_s"),
+        (
             {"routes.default": ["gpt-fake", "gpt-9"]},
             "routes.default[1]: 'gpt-9' is not a configured",
         ),
@@ -115,6 +124,17 @@ def _broken(change: dict[str, Any]) -> str:
 def test_bad_config_names_the_field_and_the_problem(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(_broken(change), env=TEST_ENV)
+
+
+def test_a_model_waits_for_a_whole_answer_to_start_as_long_as_it_waits_inside_a_stream() -> None:
+    data = yaml.safe_load(_broken({"models.gpt-fake.idle_timeout_s": 7}))
+    del data["models"]["gpt-fake"]["first_byte_timeout_s"]
+    data["models"]["cheap-fake"]["first_byte_timeout_s"] = 120
+    config = parse_config(yaml.safe_dump(data), env=TEST_ENV)
+
+    assert config.models["gpt-fake"].first_byte_timeout_s == 7.0
+    assert config.models["cheap-fake"].first_byte_timeout_s == 120.0
+    assert config.models["gpt-fake"].max_response_bytes == 3 << 20
 
 
 def test_auth_is_on_unless_the_config_turns_it_off() -> None:

@@ -3,6 +3,7 @@ SSE edge cases real providers produce."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from faregate_server.domain import (
 )
 from faregate_server.providers import UpstreamError, UpstreamErrorKind, build_provider
 from faregate_server.providers.base import Provider, parse_retry_after
+from faregate_server.redaction import Redactor
 
 from tests.conftest import to_config
 from tests.fakes.upstream import FakeUpstream, Script
@@ -42,7 +44,7 @@ def config(config_data: dict[str, Any]) -> Config:
 
 
 def _provider(config: Config, session: aiohttp.ClientSession, model: str) -> Provider:
-    return build_provider(config.models[model], session)
+    return build_provider(config.models[model], session, Redactor())
 
 
 async def _collect(provider: Provider) -> tuple[list[str], StreamEnd]:
@@ -178,3 +180,52 @@ async def test_anthropic_overloaded_status_is_unavailable(
 )
 def test_retry_after_parses_seconds_and_dates(header: str, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+async def test_a_slow_consumer_is_not_taken_for_an_idle_upstream(
+    upstream: FakeUpstream, config_data: dict[str, Any], session: aiohttp.ClientSession
+) -> None:
+    """The idle timeout measures the upstream: time an event spends with its
+    consumer does not count, even when every event has already arrived."""
+    config_data["models"]["gpt-fake"]["idle_timeout_s"] = 0.1
+    # One TCP write per event: each is read while the consumer holds the one before.
+    events = [f"data: {_openai_chunk(text)}\n\n".encode() for text in ("He", "l", "lo")]
+    upstream.default = Script(
+        raw_sse=[*events, f"data: {OPENAI_USAGE}\n\ndata: [DONE]\n\n".encode()]
+    )
+    provider = _provider(to_config(config_data), session, "gpt-fake")
+
+    texts: list[str] = []
+    async for item in provider.stream(REQUEST):
+        if isinstance(item, str):
+            texts.append(item)
+            await asyncio.sleep(0.25)  # the consumer is slower than the idle timeout
+
+    assert "".join(texts) == "Hello"
+
+
+@pytest.mark.parametrize(("line_bytes", "fits"), [(900, True), (1100, False)])
+async def test_one_sse_event_may_hold_at_most_max_response_bytes(
+    upstream: FakeUpstream,
+    config_data: dict[str, Any],
+    session: aiohttp.ClientSession,
+    line_bytes: int,
+    fits: bool,
+) -> None:
+    config_data["models"]["gpt-fake"]["max_response_bytes"] = 1024
+    text = "x" * (line_bytes - len(f"data: {_openai_chunk('')}\n"))
+    event = f"data: {_openai_chunk(text)}\n\n".encode()
+    # The long event arrives in pieces, as a long line would.
+    pieces = [event[i : i + 100] for i in range(0, len(event), 100)]
+    upstream.default = Script(
+        raw_sse=[*pieces, f"data: {OPENAI_USAGE}\n\ndata: [DONE]\n\n".encode()]
+    )
+    provider = _provider(to_config(config_data), session, "gpt-fake")
+
+    if fits:
+        texts, _ = await _collect(provider)
+        assert texts == [text]
+    else:
+        with pytest.raises(UpstreamError) as caught:
+            await _collect(provider)
+        assert caught.value.kind is UpstreamErrorKind.OVERSIZED

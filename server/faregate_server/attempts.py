@@ -4,8 +4,8 @@
 completion, or a stream's first item), trying again on failures worth
 retrying, within the caller's deadline, the model's retry budget and
 `retries.max_attempts`:
-- upstream 429, 5xx/529, connection failures, malformed answers and stalls
-  before the first token are retried; a 4xx that would fail anywhere (bad
+- upstream 429, 5xx/529, connection failures, malformed or oversized
+  answers and stalls before the first token are retried; a 4xx that would fail anywhere (bad
   request, auth) is not;
 - the next attempt goes to the next option of the plan not yet tried (a
   fallback: a first attempt on that model, never charged to the failed
@@ -65,6 +65,7 @@ _RETRYABLE = {
     UpstreamErrorKind.RATE_LIMITED,
     UpstreamErrorKind.UNAVAILABLE,
     UpstreamErrorKind.STALLED,
+    UpstreamErrorKind.OVERSIZED,
 }
 
 

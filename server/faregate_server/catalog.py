@@ -4,7 +4,9 @@ and live health; and the routes over them.
 A `Catalog` is immutable once built. A config reload builds a new one that
 reuses the `Deployment` of every model whose config did not change, so its
 pool, breaker, latency history and retry budget carry over, while requests in
-flight keep the catalog they started with.
+flight keep the catalog they started with. When the config's secrets changed
+(a model's key added or rotated), a reused deployment gets a new provider, so
+that what its upstream says is scrubbed of the new secrets too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from faregate_server.errors import ModelNotFound
 from faregate_server.health import CircuitBreaker, LatencyTracker, RetryBudget
 from faregate_server.pools import ModelPool
 from faregate_server.providers import Provider, build_provider
+from faregate_server.redaction import Redactor, config_secrets
 from faregate_server.tokens import EstimatingCounter, TiktokenCounter, TokenCounter
 
 
@@ -75,6 +78,7 @@ class Catalog:
     """Maps names and route aliases to deployments."""
 
     config: Config
+    redactor: Redactor
 
     def __init__(
         self,
@@ -89,18 +93,24 @@ class Catalog:
         if previous is not None and previous.config.retries == config.retries:
             # The retry budgets were built from the retry settings: keep them only if those stay.
             kept = previous.deployments
+        redactor = Redactor(config_secrets(config))
         for model in config.models.values():
             old = kept.get(model.name)
             if old is not None and old.config == model:
+                if previous is not None and previous.redactor.secrets != redactor.secrets:
+                    # Its upstream's errors must be scrubbed of the new config's secrets too.
+                    old.provider = build_provider(model, session, redactor)
                 deployments[model.name] = old
                 continue
             counter = counters.get(model.provider)
             if counter is None:
                 counter = counters[model.provider] = _counter_for(model.provider)
             deployments[model.name] = Deployment(
-                model, build_provider(model, session), counter, config.retries, clock
+                model, build_provider(model, session, redactor), counter, config.retries, clock
             )
         self.config = config
+        self.redactor = redactor
+        """Scrubs the config's secrets and credential-looking text from upstream errors."""
         self.deployments: Mapping[str, Deployment] = deployments
         self._routes: dict[str, RouteConfig] = {
             name: RouteConfig(name=name, slots=(RouteSlot(models=(name,), weights=(1,)),))

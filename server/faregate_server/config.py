@@ -16,6 +16,12 @@ from faregate_server.domain import Capability
 from faregate_server.health import BreakerSettings
 from faregate_server.money import Price
 
+DEFAULT_MAX_RESPONSE_BYTES = 3 << 20
+"""3 MiB: an answer this size still fits, with its accounting, in the 4 MiB
+message gRPC clients accept by default."""
+MAX_MAX_RESPONSE_BYTES = 64 << 20
+"""The most `max_response_bytes` may be set to."""
+
 
 class ConfigError(ValueError):
     """The config is invalid; the message names the field and the problem."""
@@ -119,7 +125,8 @@ class ModelConfig:
     queue: int
     """Requests that may wait for a worker before new ones are rejected."""
     idle_timeout_s: float
-    """Longest silence between stream events before the stream is cut."""
+    """Longest wait for a stream's next data event (keep-alives don't count)
+    before the stream is cut."""
     connect_timeout_s: float
     """Longest wait for a TCP/TLS connection to the upstream."""
     sim: SimSettings
@@ -132,6 +139,11 @@ class ModelConfig:
     draws: tuple[LimitDraw, ...] = ()
     """The limit pools each request draws on."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    first_byte_timeout_s: float = 30.0
+    """Longest wait for a whole (non-streamed) answer to start arriving, and
+    longest silence inside it; the loader defaults it to `idle_timeout_s`."""
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """Largest whole answer, and largest single stream event, after decompression."""
 
 
 @dataclass(frozen=True, slots=True)

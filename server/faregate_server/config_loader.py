@@ -20,6 +20,8 @@ import yaml
 
 from faregate_server.api_keys import KeyFormatError, parse_key_hash
 from faregate_server.config import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_MAX_RESPONSE_BYTES,
     AdminConfig,
     ApiKeyHash,
     AuthConfig,
@@ -398,7 +400,7 @@ def _model(
             "provider", "upstream_model", "api_base", "api_key_env", "input_usd_per_mtok",
             "output_usd_per_mtok", "context_window_tokens", "max_output_tokens", "workers",
             "queue", "idle_timeout_s", "connect_timeout_s", "sim", "version", "quality",
-            "capabilities", "limits", "breaker",
+            "capabilities", "limits", "breaker", "first_byte_timeout_s", "max_response_bytes",
         }
     )  # fmt: skip
     provider = node.choice("provider", ProviderKind)
@@ -423,6 +425,12 @@ def _model(
     capabilities = node.child("capabilities", [])
     if not isinstance(capabilities.value, list):
         raise node.error("capabilities", "must be a list")
+    idle_timeout_s = node.number("idle_timeout_s", 30.0)
+    max_response_bytes = node.integer(
+        "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, minimum=1024
+    )
+    if max_response_bytes > MAX_MAX_RESPONSE_BYTES:
+        raise node.error("max_response_bytes", f"must be at most {MAX_MAX_RESPONSE_BYTES}")
     return ModelConfig(
         name=name,
         provider=provider,
@@ -437,7 +445,7 @@ def _model(
         max_output_tokens=max_output,
         workers=node.integer("workers", 16),
         queue=node.integer("queue", 64, minimum=0),
-        idle_timeout_s=node.number("idle_timeout_s", 30.0),
+        idle_timeout_s=idle_timeout_s,
         connect_timeout_s=node.number("connect_timeout_s", 10.0),
         sim=_sim(node.child("sim", {})),
         version=str(node.scalar("version", "")),
@@ -448,6 +456,8 @@ def _model(
         ),
         draws=tuple(_draw(pool, draw, pools) for pool, draw in node.items("limits")),
         breaker=_breaker(node.child("breaker", {})),
+        first_byte_timeout_s=node.number("first_byte_timeout_s", idle_timeout_s),
+        max_response_bytes=max_response_bytes,
     )
 
 

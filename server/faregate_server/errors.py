@@ -16,6 +16,7 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── UpstreamRateLimited     UNAVAILABLE         UPSTREAM_RATE_LIMITED (+ RetryInfo)
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE
     ├── UpstreamStalled         UNAVAILABLE         UPSTREAM_STALLED
+    ├── UpstreamResponseTooLarge UNAVAILABLE        UPSTREAM_RESPONSE_TOO_LARGE
     ├── UpstreamRejected        INVALID_ARGUMENT    UPSTREAM_REJECTED
     ├── UpstreamAuthFailed      FAILED_PRECONDITION UPSTREAM_AUTH_FAILED
     ├── StreamInterrupted       ABORTED             STREAM_INTERRUPTED
@@ -234,6 +235,11 @@ class UpstreamUnavailable(FaregateError):
 class UpstreamStalled(FaregateError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UPSTREAM_STALLED"
+
+
+class UpstreamResponseTooLarge(FaregateError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 
 
 class UpstreamRejected(FaregateError):
@@ -500,6 +506,8 @@ def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
         return UpstreamStalled(message, **metadata)
     if error.kind is UpstreamErrorKind.REJECTED:
         return UpstreamRejected(message, **metadata)
+    if error.kind is UpstreamErrorKind.OVERSIZED:
+        return UpstreamResponseTooLarge(message, **metadata)
     if error.kind is UpstreamErrorKind.AUTH_FAILED:
         return UpstreamAuthFailed(message, **metadata)
     return UpstreamUnavailable(message, **metadata)
@@ -509,6 +517,7 @@ _UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
     UpstreamErrorKind.RATE_LIMITED: UpstreamRateLimited,
     UpstreamErrorKind.UNAVAILABLE: UpstreamUnavailable,
     UpstreamErrorKind.STALLED: UpstreamStalled,
+    UpstreamErrorKind.OVERSIZED: UpstreamResponseTooLarge,
     UpstreamErrorKind.REJECTED: UpstreamRejected,
     UpstreamErrorKind.AUTH_FAILED: UpstreamAuthFailed,
 }

@@ -58,8 +58,18 @@ class Script:
     """Close the connection abruptly after this many chunks."""
     error_event_after: int | None = None
     """Send the provider's in-stream error event after this many chunks."""
+    error_event_message: str = "scripted mid-stream failure"
+    echo_headers: bool = False
+    """A non-200 answer's body also carries the request's headers, as a careless
+    upstream's might: `{"error": {"message": error_body, "request_headers": {...}}}`."""
     raw_sse: list[bytes] | None = None
     """Exact body pieces to write, each as its own TCP write, instead of chunks."""
+    keepalive_after: int | None = None
+    """After this many chunks, send only keep-alives every `keepalive_every_s`
+    and never finish: `keepalive_bytes`, else for OpenAI a `: keep-alive`
+    comment and a blank line, for Anthropic a `ping` event."""
+    keepalive_every_s: float = 0.05
+    keepalive_bytes: bytes | None = None
     usage_only_in_stream_end: bool = True
 
 
@@ -156,9 +166,13 @@ class FakeUpstream:
             if script.hang_s:
                 await asyncio.sleep(script.hang_s)
             if script.status != 200:
+                text = script.error_body
+                if script.echo_headers:
+                    echo = {"message": text, "request_headers": dict(request.headers)}
+                    text = json.dumps({"error": echo})
                 return web.Response(
                     status=script.status,
-                    text=script.error_body,
+                    text=text,
                     headers=script.headers,
                     content_type="application/json",
                 )
@@ -186,6 +200,10 @@ class FakeUpstream:
             return response
         await response.write(wire.opening(body, script))
         for index, chunk in enumerate(script.chunks):
+            if index == script.keepalive_after:
+                while True:
+                    await response.write(script.keepalive_bytes or wire.keepalive())
+                    await asyncio.sleep(script.keepalive_every_s)
             if index == script.pause_after and script.resume is not None:
                 await script.resume.wait()
             if index == script.stall_after:
@@ -196,7 +214,7 @@ class FakeUpstream:
                 request.transport.abort()
                 return response
             if index == script.error_event_after:
-                await response.write(wire.error_event())
+                await response.write(wire.error_event(script.error_event_message))
                 return response
             if index and script.chunk_delay_s:
                 await asyncio.sleep(script.chunk_delay_s)
@@ -231,7 +249,10 @@ class _Format:
     def closing(self, script: Script) -> bytes:
         raise NotImplementedError
 
-    def error_event(self) -> bytes:
+    def error_event(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def keepalive(self) -> bytes:
         raise NotImplementedError
 
 
@@ -267,8 +288,11 @@ class _OpenAIFormat(_Format):
             out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
 
-    def error_event(self) -> bytes:
-        return _sse({"error": {"message": "scripted mid-stream failure", "type": "server_error"}})
+    def error_event(self, message: str) -> bytes:
+        return _sse({"error": {"message": message, "type": "server_error"}})
+
+    def keepalive(self) -> bytes:
+        return b": keep-alive\n\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         return {
@@ -342,8 +366,11 @@ class _AnthropicFormat(_Format):
             + _sse({"type": "message_stop"}, "message_stop")
         )
 
-    def error_event(self) -> bytes:
+    def error_event(self, message: str) -> bytes:
         return _sse(
-            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            {"type": "error", "error": {"type": "overloaded_error", "message": message}},
             "error",
         )
+
+    def keepalive(self) -> bytes:
+        return _sse({"type": "ping"}, "ping")

@@ -66,9 +66,16 @@ class RouterServiceStub:
                                409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
-      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
-                               than the model's idle timeout before any output.
-                               Metadata: model.
+      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent no data event for
+                               longer than the model's idle timeout before any
+                               output (keep-alives don't count), or a whole
+                               answer did not start within its first-byte
+                               timeout. Metadata: model.
+      UPSTREAM_RESPONSE_TOO_LARGE
+                               UNAVAILABLE. The upstream's answer, or one event
+                               of its stream, was over the model's
+                               max_response_bytes (after decompression) before
+                               any output. Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
                                as bad (a 4xx other than 401, 403, 408, 409 and
                                429, which map to the reasons above and below).
@@ -191,9 +198,16 @@ class RouterServiceAsyncStub(RouterServiceStub):
                                409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
-      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
-                               than the model's idle timeout before any output.
-                               Metadata: model.
+      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent no data event for
+                               longer than the model's idle timeout before any
+                               output (keep-alives don't count), or a whole
+                               answer did not start within its first-byte
+                               timeout. Metadata: model.
+      UPSTREAM_RESPONSE_TOO_LARGE
+                               UNAVAILABLE. The upstream's answer, or one event
+                               of its stream, was over the model's
+                               max_response_bytes (after decompression) before
+                               any output. Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
                                as bad (a 4xx other than 401, 403, 408, 409 and
                                429, which map to the reasons above and below).
@@ -312,9 +326,16 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
                                409, connection error, malformed answer) before any
                                output, on every attempt allowed. Metadata: model
                                (of the last attempt), httpStatus when known.
-      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent nothing for longer
-                               than the model's idle timeout before any output.
-                               Metadata: model.
+      UPSTREAM_STALLED         UNAVAILABLE. The upstream sent no data event for
+                               longer than the model's idle timeout before any
+                               output (keep-alives don't count), or a whole
+                               answer did not start within its first-byte
+                               timeout. Metadata: model.
+      UPSTREAM_RESPONSE_TOO_LARGE
+                               UNAVAILABLE. The upstream's answer, or one event
+                               of its stream, was over the model's
+                               max_response_bytes (after decompression) before
+                               any output. Metadata: model.
       UPSTREAM_REJECTED        INVALID_ARGUMENT. The provider rejected the request
                                as bad (a 4xx other than 401, 403, 408, 409 and
                                429, which map to the reasons above and below).

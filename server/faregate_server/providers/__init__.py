@@ -9,14 +9,18 @@ from faregate_server.providers.anthropic import AnthropicProvider
 from faregate_server.providers.base import Provider, UpstreamError, UpstreamErrorKind
 from faregate_server.providers.openai import OpenAIProvider
 from faregate_server.providers.sim import SimProvider
+from faregate_server.redaction import Redactor
 
 __all__ = ["Provider", "UpstreamError", "UpstreamErrorKind", "build_provider"]
 
 
-def build_provider(model: ModelConfig, session: aiohttp.ClientSession) -> Provider:
-    """The adapter for a configured model, sharing the one HTTP session."""
+def build_provider(
+    model: ModelConfig, session: aiohttp.ClientSession, redactor: Redactor
+) -> Provider:
+    """The adapter for a configured model, sharing the one HTTP session; `redactor`
+    scrubs what upstreams say before it reaches a caller or a log line."""
     if model.provider is ProviderKind.OPENAI:
-        return OpenAIProvider(session, model)
+        return OpenAIProvider(session, model, redactor)
     if model.provider is ProviderKind.ANTHROPIC:
-        return AnthropicProvider(session, model)
+        return AnthropicProvider(session, model, redactor)
     return SimProvider(model)

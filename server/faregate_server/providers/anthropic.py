@@ -25,12 +25,13 @@ from faregate_server.domain import (
     UpstreamRequest,
 )
 from faregate_server.providers.base import (
+    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
     translate_transport_errors,
 )
-from faregate_server.providers.sse import iter_sse
+from faregate_server.redaction import Redactor
 from faregate_server.usage import MISSING, reported_usage
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -42,6 +43,8 @@ _STOP_REASONS = {
     "tool_use": FinishReason.TOOL_CALLS,
     "refusal": FinishReason.CONTENT_FILTER,
 }
+# Events that only keep the connection busy: they do not reset the idle timeout.
+_KEEPALIVE_EVENTS = frozenset({"ping"})
 # Error types Anthropic sends in-stream that mean "try again later".
 _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 
@@ -49,9 +52,14 @@ _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
 
-    def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
+    ) -> None:
         headers = {"anthropic-version": ANTHROPIC_VERSION, "x-api-key": model.api_key or ""}
-        self._endpoint = JsonEndpoint(session, f"{model.api_base}/v1/messages", headers, model)
+        self._endpoint = JsonEndpoint(
+            session, f"{model.api_base}/v1/messages", headers, model, redactor
+        )
+        self._redactor = redactor
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         with translate_transport_errors():
@@ -74,8 +82,9 @@ class AnthropicProvider:
         finish_reason = FinishReason.UNSPECIFIED
         stopped = False
         with translate_transport_errors():
-            async with self._endpoint.open_stream(_body(request, stream=True)) as response:
-                async for event in iter_sse(response.content):
+            body = _body(request, stream=True)
+            async with self._endpoint.open_stream(body, _KEEPALIVE_EVENTS) as events:
+                async for event in events:
                     kind = event.event
                     if kind == "content_block_delta":
                         delta = json.loads(event.data)["delta"]
@@ -98,7 +107,8 @@ class AnthropicProvider:
                         stopped = True
                         break
                     elif kind == "error":
-                        raise _stream_error(json.loads(event.data).get("error") or {})
+                        error = json.loads(event.data).get("error") or {}
+                        raise _stream_error(error, self._redactor)
         if not stopped:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before message_stop"
@@ -138,9 +148,10 @@ def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
-def _stream_error(error: dict[str, Any]) -> UpstreamError:
+def _stream_error(error: dict[str, Any], redactor: Redactor) -> UpstreamError:
     error_type = str(error.get("type", "unknown"))
-    message = f"upstream error mid-stream: {error_type}: {str(error.get('message', ''))[:300]}"
+    detail = redactor.excerpt(f"{error_type}: {error.get('message', '')}"[:ERROR_BODY_BYTES], 300)
+    message = f"upstream error mid-stream: {detail}"
     if error_type in _RETRYABLE_ERRORS:
         kind = (
             UpstreamErrorKind.RATE_LIMITED

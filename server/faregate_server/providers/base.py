@@ -12,20 +12,33 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from enum import StrEnum
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faregate_server.config import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
+from faregate_server.providers.reading import (
+    IdleWatch,
+    NoDataTimeout,
+    ResponseTooLarge,
+    read_capped,
+    read_prefix,
+)
+from faregate_server.providers.sse import SseEvent, iter_sse
+from faregate_server.redaction import Redactor, excerpt
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 3600.0
-_ERROR_EXCERPT_BYTES = 300
+_ERROR_EXCERPT_CHARS = 300
+ERROR_BODY_BYTES = 8 << 10
+"""How much of an upstream error body is read, redacted and logged: redaction
+costs about 0.5 ms per KiB on the event loop, and an error body's use is its start."""
 
 
 class UpstreamErrorKind(StrEnum):
@@ -39,6 +52,8 @@ class UpstreamErrorKind(StrEnum):
     """A 4xx that would fail anywhere: the request itself is bad."""
     AUTH_FAILED = "auth_failed"
     """401 or 403: faregate's credentials are wrong."""
+    OVERSIZED = "oversized"
+    """The answer, or one event of a stream, is over the model's max_response_bytes."""
 
 
 class UpstreamError(Exception):
@@ -76,10 +91,15 @@ class Provider(Protocol):
 
 
 class JsonEndpoint:
-    """One upstream URL taking JSON POSTs, with a model's connect and idle timeouts.
+    """One upstream URL taking JSON POSTs, with a model's timeouts and size cap.
 
-    Whole answers get no read timeout (the caller's deadline bounds them);
-    streams get the model's idle timeout between reads.
+    Whole answers must start within the model's first-byte timeout (and not
+    go silent for as long between reads); past that the caller's deadline
+    bounds them. Streams get the model's idle timeout twice over: between any
+    reads (aiohttp's sock_read, which also bounds the wait for the headers)
+    and between data events (`IdleWatch`, which keep-alives do not reset).
+    A whole answer, and each event of a stream, may hold `max_response_bytes`
+    after decompression; a Content-Length over it is refused unread.
     """
 
     def __init__(
@@ -88,12 +108,18 @@ class JsonEndpoint:
         url: str,
         headers: Mapping[str, str],
         model: ModelConfig,
+        redactor: Redactor,
     ) -> None:
         self._session = session
         self._url = url
         self._headers = {"Content-Type": "application/json", **headers}
+        self._model_name = model.name
+        self._redactor = redactor
+        self._max_response_bytes = model.max_response_bytes
+        self._idle_timeout_s = model.idle_timeout_s
+        self._first_byte_timeout_s = model.first_byte_timeout_s
         self._whole_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=model.connect_timeout_s
+            total=None, sock_connect=model.connect_timeout_s, sock_read=model.first_byte_timeout_s
         )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=model.connect_timeout_s, sock_read=model.idle_timeout_s
@@ -101,16 +127,24 @@ class JsonEndpoint:
 
     async def post(self, body: Mapping[str, Any]) -> Any:
         """POSTs body and returns the decoded JSON answer."""
-        async with self._session.post(
-            self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
-        ) as response:
-            if response.status != 200:
-                raise await error_from_response(response)
-            return json.loads(await response.read())
+        try:
+            async with self._session.post(
+                self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
+            ) as response:
+                if response.status != 200:
+                    raise await self._error(response)
+                self._refuse_declared_oversize(response)
+                return json.loads(await read_capped(response.content, self._max_response_bytes))
+        except aiohttp.SocketTimeoutError:
+            raise NoDataTimeout(
+                f"upstream sent nothing for first_byte_timeout_s ({self._first_byte_timeout_s:g} s)"
+            ) from None
 
     @asynccontextmanager
-    async def open_stream(self, body: Mapping[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POSTs body and yields the successful response for reading as it arrives.
+    async def open_stream(
+        self, body: Mapping[str, Any], keepalive_events: Collection[str] = ()
+    ) -> AsyncIterator[AsyncGenerator[SseEvent, None]]:
+        """POSTs body and yields the answer's server-sent events as they arrive.
 
         Leaving the block early, cancellation included, closes the connection.
         """
@@ -118,18 +152,50 @@ class JsonEndpoint:
             self._url, data=json.dumps(body), headers=self._headers, timeout=self._stream_timeout
         ) as response:
             if response.status != 200:
-                raise await error_from_response(response)
-            yield response
+                raise await self._error(response)
+            watch = IdleWatch(response.content, self._idle_timeout_s)
+            try:
+                events = iter_sse(
+                    response.content, watch, self._max_response_bytes, keepalive_events
+                )
+                async with aclosing(events):
+                    yield events
+            finally:
+                watch.close()
+
+    def _refuse_declared_oversize(self, response: aiohttp.ClientResponse) -> None:
+        # Content-Length counts the bytes on the wire, compressed or not: over
+        # the cap, the decompressed body can only be larger.
+        declared = response.content_length
+        if declared is not None and declared > self._max_response_bytes:
+            raise ResponseTooLarge(
+                f"upstream announced {declared} bytes, over max_response_bytes "
+                f"({self._max_response_bytes})"
+            )
+
+    async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+        return await error_from_response(response, self._redactor, self._model_name)
 
 
-async def error_from_response(response: aiohttp.ClientResponse) -> UpstreamError:
-    """Classifies a non-200 upstream answer, keeping a short excerpt of its body."""
+async def error_from_response(
+    response: aiohttp.ClientResponse, redactor: Redactor, model: str
+) -> UpstreamError:
+    """Classifies a non-200 upstream answer.
+
+    Its body, up to ERROR_BODY_BYTES, is logged redacted (a 429 at INFO, as
+    those come in storms; the rest at WARNING); the error's message (which
+    callers see) carries a redacted excerpt of it.
+    """
     status = response.status
     try:
-        body = (await response.content.read(_ERROR_EXCERPT_BYTES)).decode(errors="replace")
+        raw = await read_prefix(response.content, ERROR_BODY_BYTES)
     except (aiohttp.ClientError, TimeoutError):
-        body = ""
-    message = f"upstream answered HTTP {status}: {body}".rstrip(": ")
+        raw = b""
+    body = redactor.redact(raw.decode(errors="replace"))
+    if body:
+        level = logging.INFO if status == 429 else logging.WARNING
+        logger.log(level, "model %s: upstream answered HTTP %d: %s", model, status, body)
+    message = f"upstream answered HTTP {status}: {excerpt(body, _ERROR_EXCERPT_CHARS)}".rstrip(": ")
     retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
         kind = UpstreamErrorKind.RATE_LIMITED
@@ -167,6 +233,10 @@ def translate_transport_errors() -> Iterator[None]:
         yield
     except UpstreamError:
         raise
+    except ResponseTooLarge as error:
+        raise UpstreamError(UpstreamErrorKind.OVERSIZED, str(error)) from None
+    except NoDataTimeout as error:
+        raise UpstreamError(UpstreamErrorKind.STALLED, str(error)) from None
     except TimeoutError:
         # aiohttp's sock_read and sock_connect timeouts; faregate's own deadline
         # arrives as cancellation instead, so it never lands here.
@@ -178,7 +248,8 @@ def translate_transport_errors() -> Iterator[None]:
         raise UpstreamError(
             UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed ({type(error).__name__})"
         ) from None
-    except (ValueError, KeyError, TypeError, IndexError) as error:
+    except (ValueError, KeyError, TypeError, IndexError, HttpProcessingError) as error:
+        # HttpProcessingError: aiohttp refusing what it parsed (LineTooLong, say).
         raise UpstreamError(
             UpstreamErrorKind.UNAVAILABLE,
             f"upstream sent a malformed answer ({type(error).__name__})",

@@ -22,12 +22,13 @@ from faregate_server.domain import (
     UpstreamRequest,
 )
 from faregate_server.providers.base import (
+    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
     translate_transport_errors,
 )
-from faregate_server.providers.sse import iter_sse
+from faregate_server.redaction import Redactor
 from faregate_server.usage import MISSING, reported_usage
 
 _FINISH_REASONS = {
@@ -42,9 +43,14 @@ _FINISH_REASONS = {
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
 
-    def __init__(self, session: aiohttp.ClientSession, model: ModelConfig) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
+    ) -> None:
         headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
-        self._endpoint = JsonEndpoint(session, f"{model.api_base}/chat/completions", headers, model)
+        self._endpoint = JsonEndpoint(
+            session, f"{model.api_base}/chat/completions", headers, model, redactor
+        )
+        self._redactor = redactor
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         with translate_transport_errors():
@@ -63,8 +69,8 @@ class OpenAIProvider:
         usage: ReportedUsage = None
         finished = False
         with translate_transport_errors():
-            async with self._endpoint.open_stream(_body(request, stream=True)) as response:
-                async for event in iter_sse(response.content):
+            async with self._endpoint.open_stream(_body(request, stream=True)) as events:
+                async for event in events:
                     if event.data == "[DONE]":
                         finished = True
                         break
@@ -72,7 +78,10 @@ class OpenAIProvider:
                     if "error" in chunk:
                         raise UpstreamError(
                             UpstreamErrorKind.UNAVAILABLE,
-                            f"upstream error mid-stream: {_error_message(chunk['error'])}",
+                            "upstream error mid-stream: "
+                            + self._redactor.excerpt(
+                                _error_message(chunk["error"])[:ERROR_BODY_BYTES], 300
+                            ),
                         )
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
@@ -116,5 +125,5 @@ def _usage(raw: Any) -> ReportedUsage:
 
 def _error_message(error: Any) -> str:
     if isinstance(error, dict):
-        return str(error.get("message") or error.get("type") or error)[:300]
-    return str(error)[:300]
+        return str(error.get("message") or error.get("type") or error)
+    return str(error)

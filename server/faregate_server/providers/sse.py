@@ -4,13 +4,21 @@ Follows the WHATWG event-stream rules that providers rely on: events end at a
 blank line, `data:` lines of one event join with newlines, lines starting with
 `:` are comments (keep-alives), one leading space after the colon is dropped,
 and lines may end in LF or CRLF. Events split across TCP reads or packed
-several to a read are handled by reading line by line.
+several to a read are handled by splitting what arrived at line ends.
+
+Bounds: one event (its lines, and a line still arriving) may hold at most
+`max_event_bytes`; past that the stream is refused with ResponseTooLarge
+before more is buffered. Only events with data reach the caller and reset
+the idle watch: comments, events whose data is empty and the named
+keep-alive events (Anthropic's `ping`) are dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
+
+from faregate_server.providers.reading import ByteSource, IdleWatch, ResponseTooLarge
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,27 +28,82 @@ class SseEvent:
     data: str
 
 
-async def iter_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[SseEvent]:
-    """Yields each complete event of the stream, in order."""
+async def iter_sse(
+    source: ByteSource,
+    watch: IdleWatch,
+    max_event_bytes: int,
+    keepalive_events: Collection[str] = (),
+) -> AsyncGenerator[SseEvent, None]:
+    """Yields each complete event of the stream with data, in order."""
+    clock = watch.clock
     event = ""
     data: list[str] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
+    event_bytes = 0  # of the current event's complete lines
+    partial: list[bytes] = []  # a line not ended yet, in the pieces it arrived in
+    partial_bytes = 0
+    while chunk := await source.readany():
+        if b"\n" not in chunk:
+            partial.append(chunk)
+            partial_bytes += len(chunk)
+            if event_bytes + partial_bytes > max_event_bytes:
+                raise _too_large(max_event_bytes)
+            continue
+        if partial:
+            partial.append(chunk)
+            chunk = b"".join(partial)
+            partial = []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            event_bytes += len(line) + 1
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if line:
+                if event_bytes > max_event_bytes:
+                    raise _too_large(max_event_bytes)
+                if line[0] != 0x3A:  # ":" starts a comment
+                    event = _field(line, event, data)
+                continue
             if data:
-                yield SseEvent(event or "message", "\n".join(data))
+                joined = "\n".join(data)
+                if joined and event not in keepalive_events:
+                    watch.reading = False
+                    yield SseEvent(event or "message", joined)
+                    watch.mark_s = clock()
+                    watch.reading = True
             event = ""
             data = []
-            continue
-        if line[0] == 0x3A:  # ":" starts a comment
-            continue
-        name, _, value = line.partition(b":")
-        if value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
-            data.append(value.decode())
-        elif name == b"event":
-            event = value.decode()
+            event_bytes = 0
+        partial_bytes = len(tail)
+        if tail:
+            partial.append(tail)
+            if event_bytes + partial_bytes > max_event_bytes:
+                raise _too_large(max_event_bytes)
+    if partial:
+        # The last line, not ended by a newline.
+        line = b"".join(partial).rstrip(b"\r")
+        if line and line[0] != 0x3A:
+            event = _field(line, event, data)
     if data:
         # A stream that ends without the closing blank line still delivered this event.
-        yield SseEvent(event or "message", "\n".join(data))
+        joined = "\n".join(data)
+        if joined and event not in keepalive_events:
+            yield SseEvent(event or "message", joined)
+
+
+def _field(line: bytes, event: str, data: list[str]) -> str:
+    """Applies one field line to the event being built; returns its `event:` name."""
+    name, _, value = line.partition(b":")
+    if value[:1] == b" ":
+        value = value[1:]
+    if name == b"data":
+        data.append(value.decode())
+    elif name == b"event":
+        return value.decode()
+    return event
+
+
+def _too_large(max_event_bytes: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"upstream sent an SSE event over max_response_bytes ({max_event_bytes})"
+    )
