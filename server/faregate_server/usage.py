@@ -9,11 +9,15 @@ what the request made possible:
 - the input is no larger than the model's context window;
 - the output is no larger than the `max_output_tokens` sent upstream;
 - their cost is no larger than the attempt's reservation (the worst case of
-  the counted input and that output cap). An honest report exceeds it only
-  when the upstream bills input faregate never sent.
-A report that breaks any rule is implausible: it is never charged (the
-request is charged its reservation), it is kept in the ledger beside that
-charge, and it counts as a failure of the model (see attempts.py).
+  the counted input and that output cap).
+A report that breaks any rule is never charged: the request is charged its
+reservation, and the report is kept in the ledger beside that charge. Every
+rule but the last marks a lie, which counts as a failure of the model (see
+attempts.py). The last can be broken honestly: an answer cut at its output
+cap whose prompt the provider counts a little higher than faregate did (a
+provider's own framing, a tokenizer's gap) costs a few tokens more than was
+reserved. It is capped at the reservation, so no budget is ever overspent,
+and flagged, but the model is not blamed for it.
 
 Judging costs a few comparisons and one multiplication per answer; nothing
 here runs per token.

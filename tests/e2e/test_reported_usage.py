@@ -221,6 +221,62 @@ async def test_implausible_answers_are_counted_and_open_the_breaker(
     assert 'faregate_implausible_usage_total{flaw="negative",model="gpt-fake"} 3.0' in metrics
 
 
+async def test_an_honest_answer_cut_at_its_cap_a_token_over_the_count_is_capped_not_blamed(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    # A provider may count a prompt a token or two higher than faregate (its
+    # own framing); with the output at its cap that costs just over the
+    # reservation. It is capped and flagged, but the model is not failed.
+    config_data["models"]["gpt-fake"]["breaker"] = {"consecutive_failures": 3, "cooldown_s": 60}
+    upstream.default = Script(
+        usage=(_input_tokens() + 2, MAX_OUTPUT),
+        finish_reason="length",
+        chunks=[" w"] * MAX_OUTPUT,
+    )
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        answered = [await _call(faregate, "Route", "team") for _ in range(5)]
+        breaker = faregate.running.catalog.deployments["gpt-fake"].breaker
+        records = await _records(faregate, "team")
+        reserved = await faregate.reserved_nano_usd()
+
+    assert breaker.state.value == "closed"
+    assert answered == [(WORST_CASE, WORST_CASE)] * 5
+    assert {record.usage_flaw for record in records} == {"over_reservation"}
+    assert reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "event"),
+    [
+        ("gpt-fake", b"data: [1]\n\n"),
+        ("gpt-fake", b'data: {"choices": ["x"]}\n\n'),
+        ("gpt-fake", b"data: " + b"[" * 200_000 + b"\n\n"),
+        ("claude-fake", b'event: message_start\ndata: {"message": "x"}\n\n'),
+        ("claude-fake", b'event: content_block_delta\ndata: {"delta": []}\n\n'),
+    ],
+    ids=["list-chunk", "string-choice", "nested-past-depth", "string-message", "list-delta"],
+)
+async def test_stream_json_of_the_wrong_shape_is_a_malformed_answer(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    model: str,
+    event: bytes,
+) -> None:
+    upstream.default = Script(raw_sse=[event])
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        stream = faregate.client.stream_route("hi", budget_key="team", model=model)
+        with pytest.raises(Unavailable) as raised:
+            await read_stream(stream)
+        reserved = await faregate.reserved_nano_usd()
+
+    assert raised.value.reason == "UPSTREAM_UNAVAILABLE"
+    assert "malformed answer" in str(raised.value)
+    assert reserved == 0
+
+
 async def test_an_innocent_request_beside_a_poisoned_one_is_charged_and_durable(
     start_faregate: StartFaregate,
     config_data: dict[str, Any],

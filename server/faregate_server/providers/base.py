@@ -248,8 +248,18 @@ def translate_transport_errors() -> Iterator[None]:
         raise UpstreamError(
             UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed ({type(error).__name__})"
         ) from None
-    except (ValueError, KeyError, TypeError, IndexError, HttpProcessingError) as error:
-        # HttpProcessingError: aiohttp refusing what it parsed (LineTooLong, say).
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+        HttpProcessingError,
+    ) as error:
+        # AttributeError: JSON of the wrong shape (`.get` on a list or a
+        # string); RecursionError: JSON nested past the decoder's depth;
+        # HttpProcessingError: aiohttp refusing what it parsed (LineTooLong).
         raise UpstreamError(
             UpstreamErrorKind.UNAVAILABLE,
             f"upstream sent a malformed answer ({type(error).__name__})",
