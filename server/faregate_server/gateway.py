@@ -10,9 +10,11 @@ Settlement rules, for every way a request can end:
   reservation whole, nothing is charged;
 - failure or cancellation after output reached the caller: commit the counted
   input and delivered output, never more than was reserved.
-A chunk counts as delivered once the consumer comes back for the next item,
-that is once the servicer's write of it completed (gRPC flow control let it
-out to the caller); a chunk whose write was interrupted is not charged. The
+A chunk counts as delivered once it is handed to the consumer: the servicer
+writes each one before it asks for the next, and its writes complete only
+as gRPC's flow control lets them out to the caller, so the upstream is read
+no faster than the caller takes messages. The one write a deadline or a
+shutdown cut interrupts is charged too, as gRPC may still deliver it. The
 delivered text is counted as it goes (`RunningCount`), never kept whole.
 A lease is always either settled or released, whatever interrupts the request,
 so the reserved totals of budgets and limit pools return to zero; no commit
@@ -161,9 +163,7 @@ class Gateway:
         telemetry.observe_served(deployment)
         counted = None
         if completion.usage is None:
-            counted = Usage(
-                lease.option.input_tokens, await count_text(deployment.counter, completion.text)
-            )
+            counted = await self._count_answer(plan, lease, completion.text, len(records) + 1)
         usage, cost, implausible = _charge(lease, completion.usage, counted)
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
@@ -279,11 +279,14 @@ class Gateway:
                     candidates=plan.scores,
                 )
                 while isinstance(item, str):
+                    # Counted as it is handed over: once gRPC takes the write
+                    # it may deliver it, even if a cut or the deadline ends
+                    # the call before the write completes.
+                    delivered.add(item)
                     yield item
-                    delivered.add(item)  # its write completed: the caller has it
                     item = await anext(items)
             end = item
-            counted = None if end.usage is not None else self._counted_usage(lease, delivered)
+            counted = None if end.usage is not None else _counted_usage(lease, delivered.tokens())
             usage, cost, implausible = _charge(lease, end.usage, counted)
             settled = True
             result = None
@@ -327,17 +330,33 @@ class Gateway:
         if not delivered.chunks:
             self._planner.release(lease)
             return
-        usage = self._counted_usage(lease, delivered)
-        price = lease.option.deployment.config.price
-        cost = min(
-            price.cost_nano_usd(usage.input_tokens, usage.output_tokens),
-            lease.holding.amount_nano_usd,
-        )
+        usage, cost, _ = _charge(lease, None, _counted_usage(lease, delivered.tokens()))
         await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
 
-    @staticmethod
-    def _counted_usage(lease: Lease, delivered: RunningCount) -> Usage:
-        return Usage(lease.option.input_tokens, delivered.tokens())
+    async def _count_answer(self, plan: Plan, lease: Lease, text: str, attempts: int) -> Usage:
+        """The counted usage of a whole answer that reported none.
+
+        A long answer is counted in a worker thread. A request interrupted
+        meanwhile (its deadline, its caller gone) is charged all the same, as
+        its answer is in hand and the provider did the work: at its output
+        cap, the most the count could come to.
+        """
+        try:
+            output_tokens = await count_text(lease.option.deployment.counter, text)
+        except BaseException:
+            worst = _counted_usage(lease, lease.option.max_output_tokens)
+            usage, cost, _ = _charge(lease, None, worst)
+            await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
+            raise
+        return _counted_usage(lease, output_tokens)
+
+
+def _counted_usage(lease: Lease, output_tokens: int) -> Usage:
+    """The usage faregate counted itself: the counted input and output, the
+    output no more than its cap (an upstream that ignored the cap is charged
+    the cap), so the record, the charge and the limit pools' draw agree."""
+    option = lease.option
+    return Usage(option.input_tokens, min(output_tokens, option.max_output_tokens))
 
 
 def _charge(

@@ -5,8 +5,10 @@ recorded with what was reported, counted, and held against the model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import random
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,28 @@ async def test_stream_json_of_the_wrong_shape_is_a_malformed_answer(
     assert reserved == 0
 
 
+async def test_a_long_answer_without_usage_is_charged_even_if_the_caller_leaves_while_it_is_counted(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    # A long answer is counted in a worker thread, after its lease was won;
+    # a deadline that passes meanwhile must neither leak the reservation nor
+    # lose the charge for an answer the provider already produced.
+    config_data["models"]["gpt-fake"]["max_output_tokens"] = 4096
+    text = "".join(random.Random(0).choices("ab", k=2_500_000))  # a second or more of counting
+    upstream.default = Script(chunks=[text], usage=None)
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        with contextlib.suppress(FaregateError):
+            await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=0.5)
+        async with asyncio.timeout(10):
+            while await faregate.reserved_nano_usd():  # noqa: ASYNC110  # no event to wait on
+                await asyncio.sleep(0.05)
+        [record] = await _records(faregate, "team")
+
+    assert record.cost_nano_usd == record.reserved_nano_usd > 0
+    assert record.output_tokens == 4096
+
+
 async def test_an_innocent_request_beside_a_poisoned_one_is_charged_and_durable(
     start_faregate: StartFaregate,
     config_data: dict[str, Any],
@@ -334,3 +358,5 @@ async def test_an_upstream_past_its_cap_without_usage_is_charged_at_most_the_res
     assert await faregate.spent_nano_usd() == WORST_CASE
     [record] = await _records(faregate, "team")
     assert (record.usage_flaw, record.cost_nano_usd) == ("", WORST_CASE)
+    # The record says what was charged for: the output at its cap.
+    assert (record.input_tokens, record.output_tokens) == (_input_tokens(), MAX_OUTPUT)

@@ -211,3 +211,39 @@ async def test_write_to_a_call_grpc_already_ended_settles_without_an_internal_er
             if r.levelno >= logging.ERROR and r.name.startswith(("faregate_server", "grpc"))
         ]
         assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_chunk_written_while_a_shutdown_cut_waits_is_charged(
+    start_faregate: StartFaregate, upstream: FakeUpstream
+) -> None:
+    # A cut waits for the write in progress; that chunk reached the caller,
+    # so the stream is charged for it as for every one before it.
+    upstream.default = Script(chunks=[CHUNK] * 20_000, usage=None)
+    async with (
+        start_faregate(to_config(_long_stream_config(upstream))) as faregate,
+        grpc.aio.insecure_channel(faregate.target, options=STREAM_CHANNEL_OPTIONS) as channel,
+    ):
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        request = router_pb2.StreamRouteRequest(
+            messages=[router_pb2.Message(role=router_pb2.ROLE_USER, content="go")],
+            budget_key="team",
+            model="gpt-fake",
+        )
+        call: Any = stub.StreamRoute(request, timeout=30)
+        await call.read()  # the start; then nothing is read, so writes block
+        drain = faregate.running.drain
+        async with asyncio.timeout(10):
+            while not any(tracked._writing for tracked in drain._calls):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        [tracked] = drain._calls
+        tracked.cut()
+        deltas = 0
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while (message := await call.read()) is not grpc.aio.EOF:
+                deltas += message.WhichOneof("event") == "delta"
+        await _wait_until_settled(faregate)
+        [(_, record)] = await faregate.running.state.spend("team", "", 10, None)
+
+    assert deltas > 0
+    assert record.outcome == "interrupted"
+    assert record.output_tokens == deltas * CHUNK_TOKENS
