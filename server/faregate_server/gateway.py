@@ -75,7 +75,7 @@ from faregate_server.providers import UpstreamError
 from faregate_server.replay import decode_result
 from faregate_server.state import StateStore
 from faregate_server.telemetry import NO_TELEMETRY, Telemetry
-from faregate_server.tokens import RunningCount, count_text
+from faregate_server.tokens import INLINE_COUNT_CHARS, RunningCount, count_text
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -282,7 +282,10 @@ class Gateway:
                     # Counted as it is handed over: once gRPC takes the write
                     # it may deliver it, even if a cut or the deadline ends
                     # the call before the write completes.
-                    delivered.add(item)
+                    if len(item) <= INLINE_COUNT_CHARS:
+                        delivered.add(item)
+                    else:
+                        await delivered.add_long(item)
                     yield item
                     item = await anext(items)
             end = item

