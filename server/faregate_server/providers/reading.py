@@ -25,6 +25,10 @@ class ByteSource(Protocol):
         """Whatever has arrived (at least one byte), or b"" at the end."""
         ...
 
+    async def read(self, n: int) -> bytes:
+        """At most n bytes of what has arrived (at least one), or b"" at the end."""
+        ...
+
     def set_exception(self, exc: BaseException) -> None:
         """Makes the pending and every later read raise `exc`."""
         ...

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 
 from faregate_server.providers.reading import ByteSource, IdleWatch, ResponseTooLarge
 
+_READ_BYTES = 4 * 1024
+"""How much is taken from aiohttp's buffer at a time. A slow caller suspends
+the parser between events, holding the lines of one read: small reads keep
+that small (the buffer itself is bounded by the session's read_bufsize)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
@@ -41,7 +46,7 @@ async def iter_sse(
     event_bytes = 0  # of the current event's complete lines
     partial: list[bytes] = []  # a line not ended yet, in the pieces it arrived in
     partial_bytes = 0
-    while chunk := await source.readany():
+    while chunk := await source.read(_READ_BYTES):
         if b"\n" not in chunk:
             partial.append(chunk)
             partial_bytes += len(chunk)
