@@ -44,6 +44,11 @@ _MIN_P95_SAMPLES = 8
 # Keeps float products such as 0.1 x 30 (3.0000000000000004) or 0.29 x 100
 # (28.999999999999996) on the intended side of a threshold.
 _FLOAT_TOLERANCE = 1e-9
+# What a model is taken to need, in seconds, while nothing it answered says
+# better: neither fast nor hopeless. A model with no history whose call ended
+# without an answer (a fast 5xx, a cancellation) is judged at least this slow,
+# so an early failure or a caller's quick cancel cannot make it look fast.
+NEUTRAL_LATENCY_S = 1.0
 
 
 class _SlidingCount:
@@ -335,6 +340,7 @@ class LatencyTracker:
         self._p95_ttft_s: float | None = None
         self._p95_stale = False
         self._in_flight = 0
+        self._probing = False
 
     def observe(self, ttft_s: float, total_s: float) -> None:
         """Records one completed call's time to first token and total time."""
@@ -362,6 +368,24 @@ class LatencyTracker:
             self._ewma_total_s = elapsed_s
         elif elapsed_s > ewma_s:
             self._ewma_total_s = ewma_s + self._smoothing * (elapsed_s - ewma_s)
+
+    @property
+    def probing(self) -> bool:
+        """Whether an optimistic first call to this unmeasured model is leased."""
+        return self._probing
+
+    def claim_probe(self) -> bool:
+        """Claims the one optimistic probe of a model with no history; False if
+        it is measured or the probe is already claimed. Synchronous, so a
+        burst selecting at once sees the claim before any of them awaits."""
+        if self._ewma_total_s is not None or self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def end_probe(self) -> None:
+        """Gives the probe claim back, however its lease ended (used or not)."""
+        self._probing = False
 
     @property
     def ewma_ttft_s(self) -> float | None:
