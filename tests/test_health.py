@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from faregate_server.health import (
+    NEUTRAL_LATENCY_S,
     BreakerSettings,
     BreakerState,
     CircuitBreaker,
@@ -415,6 +416,27 @@ def test_a_call_cut_short_is_a_lower_bound_on_latency() -> None:
 
     tracker.observe(0.5, 1.0)
     assert tracker.ewma_total_s == 1.0  # a real measurement replaces the bound
+
+
+def test_a_call_cut_short_early_with_no_history_does_not_look_fast() -> None:
+    tracker = LatencyTracker()
+    tracker.cut_short(0.005)  # a 5xx in 5 ms, or a caller cancelling at 5 ms
+    assert tracker.ewma_total_s == NEUTRAL_LATENCY_S
+    assert tracker.samples == 0
+    assert not tracker.claim_probe()  # measured (pessimistically): no optimism left
+
+
+def test_one_probe_claim_at_a_time_until_a_measurement() -> None:
+    tracker = LatencyTracker()
+    assert tracker.claim_probe()
+    assert tracker.probing
+    assert not tracker.claim_probe()  # taken
+    tracker.end_probe()
+    assert not tracker.probing
+    assert tracker.claim_probe()  # given back, claimable again
+    tracker.observe(0.1, 0.2)
+    tracker.end_probe()
+    assert not tracker.claim_probe()  # measured: nothing to probe
 
 
 def test_in_flight_counts_started_minus_finished() -> None:

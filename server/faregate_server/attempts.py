@@ -14,7 +14,9 @@ retrying, within the caller's deadline, the model's retry budget and
   that model's retry budget allows: the budget bounds only what a model is
   sent again, by same-model retries and by hedges;
 - a 429 takes its model out of rotation for Retry-After (or the configured
-  cool-down), and every verdict feeds the model's circuit breaker and latency;
+  cool-down), and every verdict feeds the model's circuit breaker and latency
+  (a failure, but for a rejection or a 429, as a lower bound: see
+  `LatencyTracker.cut_short`);
 - an answer whose reported usage is implausible (usage.py) still goes to the
   caller, but counts as a failure for the model's breaker (unless its only
   flaw is a cost over the reservation, which an honest provider can report),
@@ -70,6 +72,16 @@ _RETRYABLE = {
     UpstreamErrorKind.OVERSIZED,
 }
 
+# Failures that bound the model's latency from below (it took at least this
+# long not to answer): all but a rejection (the request's fault, an answer in
+# its own right) and a 429 (busy, not slow: the cool-down handles it). So a
+# model that only ever fails fast is measured, at least NEUTRAL_LATENCY_S,
+# instead of staying unmeasured and being tried first whenever it is idle.
+_LATENCY_LOWER_BOUND = frozenset(UpstreamErrorKind) - {
+    UpstreamErrorKind.REJECTED,
+    UpstreamErrorKind.RATE_LIMITED,
+}
+
 
 class AttemptsFailed(Exception):
     """Every attempt allowed failed; carries the last upstream error."""
@@ -111,7 +123,7 @@ async def complete_once(
         except UpstreamError as error:
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
-            if error.kind is UpstreamErrorKind.STALLED:
+            if error.kind in _LATENCY_LOWER_BOUND:
                 deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         except BaseException:
@@ -181,7 +193,7 @@ async def stream_once(
             verdict_given = True
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
-            if error.kind is UpstreamErrorKind.STALLED:
+            if error.kind in _LATENCY_LOWER_BOUND:
                 deployment.latency.cut_short(loop.time() - started_s)
             raise
         finally:

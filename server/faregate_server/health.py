@@ -356,16 +356,20 @@ class LatencyTracker:
         self._p95_stale = True
 
     def cut_short(self, elapsed_s: float) -> None:
-        """Records a call that ended without an answer after elapsed_s (cancelled or stalled).
+        """Records a call that ended without an answer after elapsed_s: it
+        failed (the upstream's fault), stalled, or was cancelled.
 
         Its latency is unknown but at least elapsed_s: a smoothed total below
-        that is moved toward it (with no history, set to it), one above is
-        left alone. So a model whose calls never finish, always outrun by a
-        hedge say, is measured out instead of looking untried for ever.
+        that is moved toward it, one above is left alone. With no history it
+        is set to elapsed_s but never below `NEUTRAL_LATENCY_S`: a 5xx in 5 ms
+        or a caller cancelling at 5 ms says nothing about how fast the model
+        answers, and must not make it look fast. So a model whose calls never
+        finish (always outrun by a hedge, say) or always fail is measured out
+        instead of looking untried, and tried first, for ever.
         """
         ewma_s = self._ewma_total_s
         if ewma_s is None:
-            self._ewma_total_s = elapsed_s
+            self._ewma_total_s = max(elapsed_s, NEUTRAL_LATENCY_S)
         elif elapsed_s > ewma_s:
             self._ewma_total_s = ewma_s + self._smoothing * (elapsed_s - ewma_s)
 
