@@ -482,6 +482,22 @@ def test_retry_budget_allows_ratio_of_requests_plus_the_minimum() -> None:
     assert statistics.refused_total == 1
 
 
+def test_a_refunded_retry_is_given_back_and_never_below_zero() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.0, min_retries_per_window=1, window_s=10.0, clock=clock)
+    assert budget.try_spend()
+    assert not budget.try_spend()
+    budget.refund()  # the retry granted was not made
+    assert budget.statistics().retries_in_window == 0
+    clock.advance(3)  # a later bucket: the refund still finds the retry
+    assert budget.try_spend()
+    clock.advance(3)
+    budget.refund()
+    budget.refund()  # nothing left to give back: a no-op
+    assert budget.statistics().retries_in_window == 0
+    assert budget.try_spend()
+
+
 def test_retry_budget_allows_only_the_minimum_without_traffic() -> None:
     budget = RetryBudget(ratio=0.1, min_retries_per_window=3, clock=FakeClock())
 

@@ -25,7 +25,9 @@ On a hedged route, a primary with no first result after the route's delay
 (or its recent p95 time to first token) races a hedge on the next option;
 the first to produce wins, the loser is cancelled at once (closing its
 upstream connection), and its lease is released. A hedge needs its own lease
-(so the budget must cover both) and counts against the retry budget.
+(so the budget must cover both) and counts against the primary's retry
+budget (given back when no lease can be had), and as a first attempt on the
+model it goes to, as a fallback does.
 
 Every lease handed in is released here unless it comes back with the result.
 """
@@ -445,11 +447,25 @@ class Attempts:
         return route.hedge_after_s
 
     async def _hedge_lease(self, plan: Plan, lease: Lease, tried: list[Deployment]) -> Lease | None:
+        """The lease for a hedge, paid for by the primary's retry budget (it
+        is the primary's request sent again); None if there is none to have.
+
+        The budget is spent before the lease is sought, so a burst of hedges
+        cannot overdraw it across the reservation's await, and given back if
+        no lease comes of it."""
         primary = lease.option.deployment
         others = self._untried(plan, tried)
         if not others or not primary.retry_budget.try_spend():
             return None
-        return await self._planner.lease(plan, others)
+        hedge = await self._planner.lease(plan, others)
+        if hedge is None:
+            primary.retry_budget.refund()
+            return None
+        # Like a fallback, a first attempt on the hedged-to model: its budget
+        # counts it as a request, so its own retries scale with all the
+        # traffic it is sent (the hedge's retry is the primary's, above).
+        hedge.option.deployment.retry_budget.on_request()
+        return hedge
 
     async def _next_lease(
         self, plan: Plan, failed: AttemptsFailed, tried: list[Deployment], deadline_s: float
@@ -479,6 +495,7 @@ class Attempts:
             return None
         lease = await self._planner.lease(plan, same)
         if lease is None:
+            deployment.retry_budget.refund()  # no retry was made
             return None
         try:
             await asyncio.sleep(delay_s)

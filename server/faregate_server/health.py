@@ -25,7 +25,8 @@ Invariants:
   any span of at most 0.9 x window_s never exceed that bound computed from the
   requests of the window_s before the span's last retry; and a retry is never
   refused while the retries of the last full window_s plus one fit the bound
-  computed from the requests of the last 0.9 x window_s.
+  computed from the requests of the last 0.9 x window_s. `refund()` uncounts
+  a granted retry that was not made; it only lowers the count, so both hold.
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ class _SlidingCount:
         """Counts one event now."""
         self._counts[self._advance()] += 1
         self._total += 1
+
+    def remove(self) -> None:
+        """Uncounts the newest event still in the window, if any (an undo of `add`)."""
+        head = self._advance()
+        for back in range(_WINDOW_BUCKETS):
+            index = (head - back) % _WINDOW_BUCKETS
+            if self._counts[index]:
+                self._counts[index] -= 1
+                self._total -= 1
+                return
 
     def total(self) -> int:
         """Events in the window ending now."""
@@ -488,6 +499,11 @@ class RetryBudget:
             return True
         self._refused_total += 1
         return False
+
+    def refund(self) -> None:
+        """Gives back a retry `try_spend` granted that was not made (no lease
+        could be had for it): only lowers the count, so the bound holds."""
+        self._retries.remove()
 
     def statistics(self) -> RetryBudgetStatistics:
         return RetryBudgetStatistics(
