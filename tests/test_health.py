@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from faregate_server.health import (
+    NEUTRAL_LATENCY_S,
     BreakerSettings,
     BreakerState,
     CircuitBreaker,
@@ -417,6 +418,27 @@ def test_a_call_cut_short_is_a_lower_bound_on_latency() -> None:
     assert tracker.ewma_total_s == 1.0  # a real measurement replaces the bound
 
 
+def test_a_call_cut_short_early_with_no_history_does_not_look_fast() -> None:
+    tracker = LatencyTracker()
+    tracker.cut_short(0.005)  # a 5xx in 5 ms, or a caller cancelling at 5 ms
+    assert tracker.ewma_total_s == NEUTRAL_LATENCY_S
+    assert tracker.samples == 0
+    assert not tracker.claim_probe()  # measured (pessimistically): no optimism left
+
+
+def test_one_probe_claim_at_a_time_until_a_measurement() -> None:
+    tracker = LatencyTracker()
+    assert tracker.claim_probe()
+    assert tracker.probing
+    assert not tracker.claim_probe()  # taken
+    tracker.end_probe()
+    assert not tracker.probing
+    assert tracker.claim_probe()  # given back, claimable again
+    tracker.observe(0.1, 0.2)
+    tracker.end_probe()
+    assert not tracker.claim_probe()  # measured: nothing to probe
+
+
 def test_in_flight_counts_started_minus_finished() -> None:
     tracker = LatencyTracker()
     tracker.started()
@@ -458,6 +480,22 @@ def test_retry_budget_allows_ratio_of_requests_plus_the_minimum() -> None:
     statistics = budget.statistics()
     assert (statistics.requests_in_window, statistics.retries_in_window) == (100, 13)
     assert statistics.refused_total == 1
+
+
+def test_a_refunded_retry_is_given_back_and_never_below_zero() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.0, min_retries_per_window=1, window_s=10.0, clock=clock)
+    assert budget.try_spend()
+    assert not budget.try_spend()
+    budget.refund()  # the retry granted was not made
+    assert budget.statistics().retries_in_window == 0
+    clock.advance(3)  # a later bucket: the refund still finds the retry
+    assert budget.try_spend()
+    clock.advance(3)
+    budget.refund()
+    budget.refund()  # nothing left to give back: a no-op
+    assert budget.statistics().retries_in_window == 0
+    assert budget.try_spend()
 
 
 def test_retry_budget_allows_only_the_minimum_without_traffic() -> None:

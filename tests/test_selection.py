@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from faregate_server.catalog import Catalog
 from faregate_server.config import Config, LimitDraw
@@ -21,8 +22,12 @@ from faregate_server.domain import (
     RoutingHints,
     TaskKind,
 )
+from faregate_server.errors import BudgetExhausted
+from faregate_server.ledger import MemoryLedger
 from faregate_server.limits import LimitPools
+from faregate_server.planner import Planner
 from faregate_server.selection import Selector
+from faregate_server.state import LocalState
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +135,7 @@ def test_selector_never_offers_an_infeasible_candidate(
     asyncio.run(scenario())
 
 
-def _twins_config() -> Config:
+def _twins_config(budget_usd: float | None = None) -> Config:
     model = {"provider": "sim", "quality": 0.5, "input_usd_per_mtok": 1, "output_usd_per_mtok": 2}
     return parse_config(
         yaml.safe_dump(
@@ -141,6 +146,11 @@ def _twins_config() -> Config:
                 },
                 "routes": {"default": ["a", "b"]},
                 "auth": {"enabled": False},
+                **(
+                    {"budgets": {"b": {"limit_usd": budget_usd, "window": "none"}}}
+                    if budget_usd is not None
+                    else {}
+                ),
             }
         )
     )
@@ -206,3 +216,45 @@ async def test_nothing_available_says_when_the_soonest_candidate_serves_again() 
     assert (
         len(selector.select(_call(), catalog.resolve(""), catalog.deployments, None).options) == 2
     )
+
+
+async def _twins_planner(clock: FakeClock, budget_usd: float = 100) -> tuple[Catalog, Planner]:
+    config = _twins_config(budget_usd)
+    async with aiohttp.ClientSession() as session:
+        catalog = Catalog(config, session, clock)
+    return catalog, Planner(LocalState(config, clock, MemoryLedger()), clock, random.Random(0))
+
+
+async def test_a_burst_sends_an_unmeasured_model_one_probe_until_its_lease_ends() -> None:
+    clock = FakeClock()
+    catalog, planner = await _twins_planner(clock)
+    a, b = catalog.deployments["a"], catalog.deployments["b"]
+    a.latency.observe(0.1, 0.1)
+
+    # Twenty requests planned at once, before any of their calls starts.
+    planned = await asyncio.gather(*(planner.plan(_call(), catalog) for _ in range(20)))
+    leases = [lease for _, lease in planned]
+    assert sum(lease.option.deployment is b for lease in leases) == 1
+    assert b.latency.probing
+
+    # The probe's lease ends without a measurement (released unused): the
+    # claim is given back, and the next request probes b again.
+    planner.release(next(lease for lease in leases if lease.option.deployment is b))
+    assert not b.latency.probing
+    _, lease = await planner.plan(_call(), catalog)
+    assert lease.option.deployment is b
+    for held in leases:
+        if held.option.deployment is a:
+            planner.release(held)
+    planner.release(lease)
+    assert not b.latency.probing
+
+
+async def test_a_probe_refused_its_lease_does_not_keep_the_claim() -> None:
+    clock = FakeClock()
+    # A budget of about nothing: every reservation is refused.
+    catalog, planner = await _twins_planner(clock, budget_usd=0)
+    catalog.deployments["a"].latency.observe(0.1, 0.1)
+    with pytest.raises(BudgetExhausted):
+        await planner.plan(_call(), catalog)
+    assert not catalog.deployments["b"].latency.probing

@@ -14,7 +14,9 @@ retrying, within the caller's deadline, the model's retry budget and
   that model's retry budget allows: the budget bounds only what a model is
   sent again, by same-model retries and by hedges;
 - a 429 takes its model out of rotation for Retry-After (or the configured
-  cool-down), and every verdict feeds the model's circuit breaker and latency;
+  cool-down), and every verdict feeds the model's circuit breaker and latency
+  (a failure, but for a rejection or a 429, as a lower bound: see
+  `LatencyTracker.cut_short`);
 - an answer whose reported usage is implausible (usage.py) still goes to the
   caller, but counts as a failure for the model's breaker (unless its only
   flaw is a cost over the reservation, which an honest provider can report),
@@ -23,7 +25,9 @@ On a hedged route, a primary with no first result after the route's delay
 (or its recent p95 time to first token) races a hedge on the next option;
 the first to produce wins, the loser is cancelled at once (closing its
 upstream connection), and its lease is released. A hedge needs its own lease
-(so the budget must cover both) and counts against the retry budget.
+(so the budget must cover both) and counts against the primary's retry
+budget (given back when no lease can be had), and as a first attempt on the
+model it goes to, as a fallback does.
 
 Every lease handed in is released here unless it comes back with the result.
 """
@@ -70,6 +74,16 @@ _RETRYABLE = {
     UpstreamErrorKind.OVERSIZED,
 }
 
+# Failures that bound the model's latency from below (it took at least this
+# long not to answer): all but a rejection (the request's fault, an answer in
+# its own right) and a 429 (busy, not slow: the cool-down handles it). So a
+# model that only ever fails fast is measured, at least NEUTRAL_LATENCY_S,
+# instead of staying unmeasured and being tried first whenever it is idle.
+_LATENCY_LOWER_BOUND = frozenset(UpstreamErrorKind) - {
+    UpstreamErrorKind.REJECTED,
+    UpstreamErrorKind.RATE_LIMITED,
+}
+
 
 class AttemptsFailed(Exception):
     """Every attempt allowed failed; carries the last upstream error."""
@@ -111,7 +125,7 @@ async def complete_once(
         except UpstreamError as error:
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
-            if error.kind is UpstreamErrorKind.STALLED:
+            if error.kind in _LATENCY_LOWER_BOUND:
                 deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
             raise
         except BaseException:
@@ -181,7 +195,7 @@ async def stream_once(
             verdict_given = True
             attempt.failed(error)
             _record_failure(deployment, ticket, error)
-            if error.kind is UpstreamErrorKind.STALLED:
+            if error.kind in _LATENCY_LOWER_BOUND:
                 deployment.latency.cut_short(loop.time() - started_s)
             raise
         finally:
@@ -433,11 +447,25 @@ class Attempts:
         return route.hedge_after_s
 
     async def _hedge_lease(self, plan: Plan, lease: Lease, tried: list[Deployment]) -> Lease | None:
+        """The lease for a hedge, paid for by the primary's retry budget (it
+        is the primary's request sent again); None if there is none to have.
+
+        The budget is spent before the lease is sought, so a burst of hedges
+        cannot overdraw it across the reservation's await, and given back if
+        no lease comes of it."""
         primary = lease.option.deployment
         others = self._untried(plan, tried)
         if not others or not primary.retry_budget.try_spend():
             return None
-        return await self._planner.lease(plan, others)
+        hedge = await self._planner.lease(plan, others)
+        if hedge is None:
+            primary.retry_budget.refund()
+            return None
+        # Like a fallback, a first attempt on the hedged-to model: its budget
+        # counts it as a request, so its own retries scale with all the
+        # traffic it is sent (the hedge's retry is the primary's, above).
+        hedge.option.deployment.retry_budget.on_request()
+        return hedge
 
     async def _next_lease(
         self, plan: Plan, failed: AttemptsFailed, tried: list[Deployment], deadline_s: float
@@ -467,6 +495,7 @@ class Attempts:
             return None
         lease = await self._planner.lease(plan, same)
         if lease is None:
+            deployment.retry_budget.refund()  # no retry was made
             return None
         try:
             await asyncio.sleep(delay_s)

@@ -25,7 +25,8 @@ Invariants:
   any span of at most 0.9 x window_s never exceed that bound computed from the
   requests of the window_s before the span's last retry; and a retry is never
   refused while the retries of the last full window_s plus one fit the bound
-  computed from the requests of the last 0.9 x window_s.
+  computed from the requests of the last 0.9 x window_s. `refund()` uncounts
+  a granted retry that was not made; it only lowers the count, so both hold.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ _MIN_P95_SAMPLES = 8
 # Keeps float products such as 0.1 x 30 (3.0000000000000004) or 0.29 x 100
 # (28.999999999999996) on the intended side of a threshold.
 _FLOAT_TOLERANCE = 1e-9
+# What a model is taken to need, in seconds, while nothing it answered says
+# better: neither fast nor hopeless. A model with no history whose call ended
+# without an answer (a fast 5xx, a cancellation) is judged at least this slow,
+# so an early failure or a caller's quick cancel cannot make it look fast.
+NEUTRAL_LATENCY_S = 1.0
 
 
 class _SlidingCount:
@@ -87,6 +93,16 @@ class _SlidingCount:
         """Counts one event now."""
         self._counts[self._advance()] += 1
         self._total += 1
+
+    def remove(self) -> None:
+        """Uncounts the newest event still in the window, if any (an undo of `add`)."""
+        head = self._advance()
+        for back in range(_WINDOW_BUCKETS):
+            index = (head - back) % _WINDOW_BUCKETS
+            if self._counts[index]:
+                self._counts[index] -= 1
+                self._total -= 1
+                return
 
     def total(self) -> int:
         """Events in the window ending now."""
@@ -335,6 +351,7 @@ class LatencyTracker:
         self._p95_ttft_s: float | None = None
         self._p95_stale = False
         self._in_flight = 0
+        self._probing = False
 
     def observe(self, ttft_s: float, total_s: float) -> None:
         """Records one completed call's time to first token and total time."""
@@ -350,18 +367,40 @@ class LatencyTracker:
         self._p95_stale = True
 
     def cut_short(self, elapsed_s: float) -> None:
-        """Records a call that ended without an answer after elapsed_s (cancelled or stalled).
+        """Records a call that ended without an answer after elapsed_s: it
+        failed (the upstream's fault), stalled, or was cancelled.
 
         Its latency is unknown but at least elapsed_s: a smoothed total below
-        that is moved toward it (with no history, set to it), one above is
-        left alone. So a model whose calls never finish, always outrun by a
-        hedge say, is measured out instead of looking untried for ever.
+        that is moved toward it, one above is left alone. With no history it
+        is set to elapsed_s but never below `NEUTRAL_LATENCY_S`: a 5xx in 5 ms
+        or a caller cancelling at 5 ms says nothing about how fast the model
+        answers, and must not make it look fast. So a model whose calls never
+        finish (always outrun by a hedge, say) or always fail is measured out
+        instead of looking untried, and tried first, for ever.
         """
         ewma_s = self._ewma_total_s
         if ewma_s is None:
-            self._ewma_total_s = elapsed_s
+            self._ewma_total_s = max(elapsed_s, NEUTRAL_LATENCY_S)
         elif elapsed_s > ewma_s:
             self._ewma_total_s = ewma_s + self._smoothing * (elapsed_s - ewma_s)
+
+    @property
+    def probing(self) -> bool:
+        """Whether an optimistic first call to this unmeasured model is leased."""
+        return self._probing
+
+    def claim_probe(self) -> bool:
+        """Claims the one optimistic probe of a model with no history; False if
+        it is measured or the probe is already claimed. Synchronous, so a
+        burst selecting at once sees the claim before any of them awaits."""
+        if self._ewma_total_s is not None or self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def end_probe(self) -> None:
+        """Gives the probe claim back, however its lease ended (used or not)."""
+        self._probing = False
 
     @property
     def ewma_ttft_s(self) -> float | None:
@@ -460,6 +499,11 @@ class RetryBudget:
             return True
         self._refused_total += 1
         return False
+
+    def refund(self) -> None:
+        """Gives back a retry `try_spend` granted that was not made (no lease
+        could be had for it): only lowers the count, so the bound holds."""
+        self._retries.remove()
 
     def statistics(self) -> RetryBudgetStatistics:
         return RetryBudgetStatistics(

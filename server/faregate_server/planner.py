@@ -61,6 +61,9 @@ class Lease:
 
     option: Option
     holding: Holding
+    probe: bool = False
+    """It holds its model's optimistic probe (see `LatencyTracker.claim_probe`),
+    given back when the lease is released or settled."""
 
 
 class Planner:
@@ -142,6 +145,11 @@ class Planner:
         option's budget refused it, or None when only limit pools refused."""
         refused: BudgetExhausted | None = None
         for option in options:
+            latency = option.deployment.latency
+            # Claimed before the reservation's await, in the step that chose
+            # the option: requests selecting meanwhile see the model probed.
+            probe = latency.claim_probe()
+            holding = None
             try:
                 with self._telemetry.span("faregate.budget.reserve", option.deployment.name):
                     holding = await self._state.reserve(
@@ -154,12 +162,17 @@ class Planner:
                 if refused is None or exhausted.needed_nano_usd < refused.needed_nano_usd:
                     refused = exhausted
                 continue
+            finally:
+                if probe and holding is None:
+                    latency.end_probe()  # refused, or cancelled while reserving
             if holding is not None:
-                return Lease(option, holding)
+                return Lease(option, holding, probe)
         return refused
 
     def release(self, lease: Lease) -> None:
         """Frees a lease whole; never suspends, so cleanup can't be interrupted."""
+        if lease.probe:
+            lease.option.deployment.latency.end_probe()
         self._state.release(lease.holding)
 
     async def settle(
@@ -183,8 +196,10 @@ class Planner:
         From here on a shutdown lets the call finish: it is charged, so its
         caller gets its answer.
         """
-        commit_point()
         deployment = lease.option.deployment
+        if lease.probe:
+            deployment.latency.end_probe()
+        commit_point()
         record = SpendRecord(
             request_id=plan.request_id,
             time_s=self._clock.now_s(),

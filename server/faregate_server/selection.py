@@ -15,8 +15,11 @@ times the limit pools' scarcity multiplier. `prefer` reshapes the formula:
 COST leans on cost, QUALITY on quality, LATENCY divides by the expected
 latency. Candidates within `score_margin` of the best are equals; between
 them, power of two choices on expected latency x load picks the one to try
-first. A model with no latency measurement and no call in flight is expected
-to take no time (an optimistic prior), so it is tried and then measured.
+first. A model with no latency measurement is expected to take no time (an
+optimistic prior) while nobody probes it, so it is tried and then measured:
+the planner claims the probe, synchronously, with the lease it takes for
+the model, and until that lease ends the model is neutral (1 s), so a burst
+selecting meanwhile sends it one request, not all of them.
 When no candidate can serve now, the selection says when the soonest of them
 may serve again. The budget is not read here: the planner reserves in this
 order, and a candidate the budget cannot cover is skipped there, atomically.
@@ -33,14 +36,16 @@ from faregate_server.catalog import Deployment
 from faregate_server.clock import Clock
 from faregate_server.config import RouteConfig, RoutingConfig
 from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind
+from faregate_server.health import NEUTRAL_LATENCY_S
 from faregate_server.limits import Draw, LimitPools, projected_draw
 from faregate_server.tasks import TASK_DIFFICULTY
 
 # Expected latency of a model with no history yet while its first call is
-# still running, in seconds: neutral, so a burst does not pile onto a model
-# nobody has measured. Idle and unmeasured, it is expected to take no time at
-# all (the optimistic prior), so the next request that could use it tries it.
-_PROBING_LATENCY_S = 1.0
+# leased or running, in seconds: neutral, so a burst does not pile onto a
+# model nobody has measured. Unprobed and unmeasured, it is expected to take
+# no time at all (the optimistic prior), so the next request that could use it
+# tries it.
+_PROBING_LATENCY_S = NEUTRAL_LATENCY_S
 # The least expected latency prefer LATENCY divides by: keeps an unmeasured
 # model's score finite while ranking it above any measured one.
 _LATENCY_FLOOR_S = 1e-4
@@ -273,14 +278,14 @@ def _score(
 def _expected_wait_s(deployment: Deployment) -> float:
     """Smoothed latency scaled by how busy the model's workers are.
 
-    A model with no measurement yet and no call in flight expects 0 s: it
-    wins on latency until its first call ends and replaces the guess.
+    A model with no measurement yet, no probe claimed and no call in flight
+    expects 0 s: it wins on latency until a lease claims its probe.
     """
     latency = deployment.latency
     expected_s = latency.ewma_total_s
     in_flight = latency.in_flight
     if expected_s is None:
-        if not in_flight:
+        if not (in_flight or latency.probing):
             return 0.0
         expected_s = _PROBING_LATENCY_S
     return expected_s * (1 + in_flight / deployment.config.workers)

@@ -353,3 +353,23 @@ async def test_a_new_model_always_outrun_by_the_hedge_is_measured_out(
         assert served == ["fast"] * 10
         # Tried once (no history), cancelled when the hedge won: at least that slow.
         assert upstream.calls_to("hung") == 1
+
+
+async def test_a_new_model_that_only_fails_fast_is_tried_once_not_every_time(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    _twins(config_data, "failing", "healthy")
+    # A breaker that never opens here: only the latency estimate keeps it out.
+    config_data["models"]["failing"]["breaker"] = {"consecutive_failures": 100}
+    config_data["retries"] = {"max_attempts": 2}  # room for the fallback
+    upstream.by_model["failing"] = Script(status=500)
+    async with start_faregate(to_config(config_data)) as faregate:
+        await _route(faregate, model="healthy")  # measured; "failing" never answers
+        served = [
+            (await _route(faregate, model="twins", prefer=router_pb2.PREFERENCE_LATENCY)).model_used
+            for _ in range(10)
+        ]
+
+        assert served == ["healthy"] * 10
+        # Tried once (no history); its fast 500 measured it at no less than neutral.
+        assert upstream.calls_to("failing") == 1
