@@ -147,6 +147,34 @@ async def test_an_oversized_answer_falls_back_to_the_next_candidate(
         assert await faregate.reserved_nano_usd() == 0
 
 
+@pytest.mark.parametrize(
+    ("model", "served_by"), [("gpt-fake", None), ("pair", "cheap-fake")], ids=["alone", "pair"]
+)
+async def test_an_oversized_answer_is_not_retried_on_the_same_model(
+    start_faregate: StartFaregate,
+    hostile: dict[str, Any],
+    upstream: FakeUpstream,
+    raw: RawUpstream,
+    model: str,
+    served_by: str | None,
+) -> None:
+    """Asked again, the model would most likely answer as large (and bill it
+    again): another candidate is tried, the same model is not."""
+    raw.default = announced_length(10 * 1024 * MiB)
+    async with start_faregate(to_config(hostile)) as faregate:
+        if served_by is None:
+            with pytest.raises(Unavailable) as caught:
+                await faregate.client.route("hi", budget_key="team", model=model, timeout_s=10)
+            assert caught.value.reason == "UPSTREAM_RESPONSE_TOO_LARGE"
+        else:
+            reply = await faregate.client.route("hi", budget_key="team", model=model, timeout_s=10)
+            assert reply.model_used == served_by
+            assert [a.model for a in reply.attempts] == ["gpt-fake", served_by]
+
+        assert len(raw.served) == 1
+        assert await faregate.reserved_nano_usd() == 0
+
+
 def _openai_delta(text: str) -> bytes:
     return b'data: {"choices": [{"index": 0, "delta": {"content": "%s"}}]}\n\n' % text.encode()
 
