@@ -41,6 +41,14 @@ def test_credential_shapes_are_redacted(text: str, redacted: str) -> None:
     assert Redactor().redact(text) == redacted
 
 
+def test_a_url_password_after_a_long_run_of_scheme_characters_is_redacted() -> None:
+    """The scheme's run is bounded (so "a.a.a.…" costs linear time, not
+    quadratic), and a URL at the end of such a run is still found."""
+    text = "a." * 4096 + "redis://user:pw@host"
+
+    assert Redactor().redact(text) == "a." * 4096 + "redis://" + REDACTED + "host"
+
+
 ORDINARY = [
     '{"error": {"message": "max_tokens is too large: 100000", "type": "invalid_request_error"}}',
     "model 'claude-3-5-sonnet-20241022' not found",

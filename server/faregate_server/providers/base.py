@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 3600.0
 _ERROR_EXCERPT_CHARS = 300
 ERROR_BODY_BYTES = 8 << 10
-"""How much of an upstream error body is read, redacted and logged: redaction
-costs about 0.5 ms per KiB on the event loop, and an error body's use is its start."""
+"""How much of an upstream error body is logged: redaction runs on the event
+loop, at up to 1 ms per KiB of crafted text, and an error body's use is its start."""
 
 
 class UpstreamErrorKind(StrEnum):
