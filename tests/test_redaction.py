@@ -82,6 +82,15 @@ def test_an_excerpt_is_cut_after_redaction_so_no_secret_is_half_kept() -> None:
     assert len(cut) == 301
 
 
+def test_a_head_is_redacted_before_it_is_cut() -> None:
+    redactor = Redactor(["plainword-secret"])
+
+    assert redactor.redact_head("abcdef plainword-secret tail", 10) == "abcdef " + REDACTED
+    assert redactor.redact_head("abcdef sk-proj-AbCdEf123456 tail", 10) == "abcdef " + REDACTED
+    assert redactor.redact_head("abcdef ghij plainword-secret", 10) == "abcdef ghi"
+    assert redactor.margin_bytes == len("plainword-secret") + 1024
+
+
 def test_an_excerpt_is_one_line() -> None:
     assert excerpt("a\n\n  b\r\n\tc", 100) == "a b c"
 

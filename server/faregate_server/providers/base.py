@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 3600.0
 _ERROR_EXCERPT_CHARS = 300
 ERROR_BODY_BYTES = 8 << 10
-"""How much of an upstream error body is logged: redaction runs on the event
-loop, at up to 1 ms per KiB of crafted text, and an error body's use is its start."""
+"""How much of an upstream error body is logged (redacted over the Redactor's
+`margin_bytes` more, then cut): redaction runs on the event loop, at up to
+1 ms per KiB of crafted text, and an error body's use is its start."""
 
 
 class UpstreamErrorKind(StrEnum):
@@ -188,13 +189,16 @@ async def error_from_response(
     """
     status = response.status
     try:
-        raw = await read_prefix(response.content, ERROR_BODY_BYTES)
+        raw = await read_prefix(response.content, ERROR_BODY_BYTES + redactor.margin_bytes)
     except (aiohttp.ClientError, TimeoutError):
         raw = b""
-    body = redactor.redact(raw.decode(errors="replace"))
+    # Cut where the first ERROR_BODY_BYTES end; a secret the read cut off
+    # starts past them. "ignore" drops a character split there.
+    kept_chars = len(raw[:ERROR_BODY_BYTES].decode(errors="ignore"))
+    body = redactor.redact_head(raw.decode(errors="replace"), kept_chars)
     if body:
         level = logging.INFO if status == 429 else logging.WARNING
-        logger.log(level, "model %s: upstream answered HTTP %d: %s", model, status, body)
+        logger.log(level, "model %s: upstream answered HTTP %d: %s", model, status, _escaped(body))
     message = f"upstream answered HTTP {status}: {excerpt(body, _ERROR_EXCERPT_CHARS)}".rstrip(": ")
     retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
@@ -206,6 +210,26 @@ async def error_from_response(
     else:
         kind = UpstreamErrorKind.REJECTED
     return UpstreamError(kind, message, http_status=status, retry_after_s=retry_after_s)
+
+
+# Control characters (C0, DEL, C1) and Unicode line breaks, as their escapes:
+# an upstream's body must not break a log line or forge the next one.
+_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def _escaped(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def error_excerpt(text: str, redactor: Redactor) -> str:
+    """What a caller sees of an upstream's error text: its first
+    ERROR_BODY_BYTES characters, redacted before they are cut, on one line
+    and cut again to a short excerpt."""
+    head = redactor.redact_head(text[: ERROR_BODY_BYTES + redactor.margin_bytes], ERROR_BODY_BYTES)
+    return excerpt(head, _ERROR_EXCERPT_CHARS)
 
 
 def parse_retry_after(value: str | None) -> float | None:
