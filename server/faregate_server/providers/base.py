@@ -100,7 +100,8 @@ class JsonEndpoint:
     reads (aiohttp's sock_read, which also bounds the wait for the headers)
     and between data events (`IdleWatch`, which keep-alives do not reset).
     A whole answer, and each event of a stream, may hold `max_response_bytes`
-    after decompression; a Content-Length over it is refused unread.
+    after decompression; a Content-Length over it by more than compression
+    can add (0.1 % and 1 KiB) is refused unread.
     """
 
     def __init__(
@@ -117,6 +118,10 @@ class JsonEndpoint:
         self._model_name = model.name
         self._redactor = redactor
         self._max_response_bytes = model.max_response_bytes
+        # Compression can add a little: gzip's 18-byte frame and 5 bytes per
+        # 64 KiB stored block of an incompressible body, deflate's worst case
+        # about 0.03 %.
+        self._max_declared_bytes = model.max_response_bytes * 1001 // 1000 + 1024
         self._idle_timeout_s = model.idle_timeout_s
         self._first_byte_timeout_s = model.first_byte_timeout_s
         self._whole_timeout = aiohttp.ClientTimeout(
@@ -165,10 +170,12 @@ class JsonEndpoint:
                 watch.close()
 
     def _refuse_declared_oversize(self, response: aiohttp.ClientResponse) -> None:
-        # Content-Length counts the bytes on the wire, compressed or not: over
-        # the cap, the decompressed body can only be larger.
+        # Content-Length counts the bytes on the wire, compressed or not. A
+        # compressed body can be slightly larger than what it inflates to (an
+        # incompressible one), so the refusal waits for the cap plus that
+        # slack; within it, the read itself enforces the cap.
         declared = response.content_length
-        if declared is not None and declared > self._max_response_bytes:
+        if declared is not None and declared > self._max_declared_bytes:
             raise ResponseTooLarge(
                 f"upstream announced {declared} bytes, over max_response_bytes "
                 f"({self._max_response_bytes})"
