@@ -86,6 +86,28 @@ OPENAI_EDGE_CASES = {
         f"data: {_openai_chunk('He')}\r\n\r\ndata: {_openai_chunk('llo')}\r\n\r\n".encode(),
         f"data: {OPENAI_USAGE}\r\n\r\ndata: [DONE]\r\n\r\n".encode(),
     ],
+    "utf8-bom": [
+        b"\xef\xbb\xbf"
+        + f"data: {_openai_chunk('He')}\n\ndata: {_openai_chunk('llo')}\n\n".encode(),
+        f"data: {OPENAI_USAGE}\n\ndata: [DONE]\n\n".encode(),
+    ],
+    "utf8-bom-split-across-reads": [
+        b"\xef",
+        b"\xbb\xbf" + f"data: {_openai_chunk('He')}\n\ndata: {_openai_chunk('llo')}\n\n".encode(),
+        f"data: {OPENAI_USAGE}\n\ndata: [DONE]\n\n".encode(),
+    ],
+    "lone-cr-line-endings": [
+        f"data: {_openai_chunk('He')}\r\rdata: {_openai_chunk('llo')}\r\r".encode(),
+        f"data: {OPENAI_USAGE}\r\rdata: [DONE]\r\r".encode(),
+    ],
+    "crlf-split-between-reads": [
+        # One event of two data lines: were a CR at the end of a read and the LF
+        # opening the next taken for two line ends, it would end half way.
+        b'data: {"choices": [{"index": 0,\r',
+        b'\ndata: "delta": {"content": "He"}}]}\r\n\r',
+        f"\ndata: {_openai_chunk('llo')}\r\n\r\ndata: {OPENAI_USAGE}\r\n\r\n".encode(),
+        b"data: [DONE]\r\n\r\n",
+    ],
     "no-space-after-colon": [
         f"data:{_openai_chunk('He')}\n\ndata:{_openai_chunk('llo')}\n\n".encode(),
         f"data:{OPENAI_USAGE}\n\ndata:[DONE]\n\n".encode(),

@@ -41,6 +41,14 @@ def test_credential_shapes_are_redacted(text: str, redacted: str) -> None:
     assert Redactor().redact(text) == redacted
 
 
+def test_a_url_password_after_a_long_run_of_scheme_characters_is_redacted() -> None:
+    """The scheme's run is bounded (so "a.a.a.…" costs linear time, not
+    quadratic), and a URL at the end of such a run is still found."""
+    text = "a." * 4096 + "redis://user:pw@host"
+
+    assert Redactor().redact(text) == "a." * 4096 + "redis://" + REDACTED + "host"
+
+
 ORDINARY = [
     '{"error": {"message": "max_tokens is too large: 100000", "type": "invalid_request_error"}}',
     "model 'claude-3-5-sonnet-20241022' not found",
@@ -72,6 +80,15 @@ def test_an_excerpt_is_cut_after_redaction_so_no_secret_is_half_kept() -> None:
     assert "sk-" not in cut
     assert cut.endswith("…")
     assert len(cut) == 301
+
+
+def test_a_head_is_redacted_before_it_is_cut() -> None:
+    redactor = Redactor(["plainword-secret"])
+
+    assert redactor.redact_head("abcdef plainword-secret tail", 10) == "abcdef " + REDACTED
+    assert redactor.redact_head("abcdef sk-proj-AbCdEf123456 tail", 10) == "abcdef " + REDACTED
+    assert redactor.redact_head("abcdef ghij plainword-secret", 10) == "abcdef ghi"
+    assert redactor.margin_bytes == len("plainword-secret") + 1024
 
 
 def test_an_excerpt_is_one_line() -> None:

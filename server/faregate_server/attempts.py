@@ -6,7 +6,8 @@ retrying, within the caller's deadline, the model's retry budget and
 `retries.max_attempts`:
 - upstream 429, 5xx/529, connection failures, malformed or oversized
   answers and stalls before the first token are retried; a 4xx that would fail anywhere (bad
-  request, auth) is not;
+  request, auth) is not; an oversized answer falls back but is not retried
+  on the same model, which would most likely answer (and bill) it again;
 - the next attempt goes to the next option of the plan not yet tried (a
   fallback: a first attempt on that model, never charged to the failed
   model's retry budget), else (or when fallback is off) to the same model
@@ -482,6 +483,8 @@ class Attempts:
         if lease is not None:
             lease.option.deployment.retry_budget.on_request()
             return lease
+        if failed.error.kind is UpstreamErrorKind.OVERSIZED:
+            return None  # the same model would most likely send (and bill) it again
         same = tuple(o for o in plan.options if o.deployment is deployment)
         if not same or not deployment.breaker.allows():
             return None

@@ -24,6 +24,8 @@ from tests.fakes.raw_upstream import (
     announced_length,
     endless_json,
     gzip_bomb,
+    incompressible_gzip,
+    openai_answer_json,
     sse_answer,
 )
 from tests.fakes.upstream import FakeUpstream, Script
@@ -121,13 +123,33 @@ async def test_a_content_length_over_the_cap_is_refused_unread(
 ) -> None:
     hostile["retries"] = {"max_attempts": 1}
     hostile["models"]["gpt-fake"]["max_response_bytes"] = 4096
-    raw.default = announced_length(4097)
+    # One byte over the cap plus compression's slack (0.1 % and 1 KiB).
+    raw.default = announced_length(4096 + 4 + 1024 + 1)
     async with start_faregate(to_config(hostile)) as faregate:
         with pytest.raises(Unavailable) as caught:
             await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=10)
 
         assert caught.value.reason == "UPSTREAM_RESPONSE_TOO_LARGE"
-        assert "announced 4097 bytes" in caught.value.message
+        assert "announced 5125 bytes" in caught.value.message
+        assert raw.served[0].body_bytes_sent < 5125
+
+
+async def test_an_incompressible_gzip_answer_within_the_cap_is_served(
+    start_faregate: StartFaregate, hostile: dict[str, Any], raw: RawUpstream
+) -> None:
+    """Its Content-Length is over max_response_bytes (gzip's frame and block
+    headers), what it inflates to is not: the cap is on the answer."""
+    cap = 256 << 10
+    hostile["retries"] = {"max_attempts": 1}
+    hostile["models"]["gpt-fake"]["max_response_bytes"] = cap
+    content = "x" * (cap - len(openai_answer_json("")))
+    answer = incompressible_gzip(openai_answer_json(content))
+    assert len(openai_answer_json(content)) == cap < len(next(answer.body()))
+    raw.default = answer
+    async with start_faregate(to_config(hostile)) as faregate:
+        reply = await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=10)
+
+        assert reply.output == content
 
 
 async def test_an_oversized_answer_falls_back_to_the_next_candidate(
@@ -144,6 +166,34 @@ async def test_an_oversized_answer_falls_back_to_the_next_candidate(
             ("cheap-fake", "ATTEMPT_OUTCOME_SUCCEEDED", ""),
         ]
         assert await faregate.spent_nano_usd() == 5 * 150 + 1 * 600
+        assert await faregate.reserved_nano_usd() == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "served_by"), [("gpt-fake", None), ("pair", "cheap-fake")], ids=["alone", "pair"]
+)
+async def test_an_oversized_answer_is_not_retried_on_the_same_model(
+    start_faregate: StartFaregate,
+    hostile: dict[str, Any],
+    upstream: FakeUpstream,
+    raw: RawUpstream,
+    model: str,
+    served_by: str | None,
+) -> None:
+    """Asked again, the model would most likely answer as large (and bill it
+    again): another candidate is tried, the same model is not."""
+    raw.default = announced_length(10 * 1024 * MiB)
+    async with start_faregate(to_config(hostile)) as faregate:
+        if served_by is None:
+            with pytest.raises(Unavailable) as caught:
+                await faregate.client.route("hi", budget_key="team", model=model, timeout_s=10)
+            assert caught.value.reason == "UPSTREAM_RESPONSE_TOO_LARGE"
+        else:
+            reply = await faregate.client.route("hi", budget_key="team", model=model, timeout_s=10)
+            assert reply.model_used == served_by
+            assert [a.model for a in reply.attempts] == ["gpt-fake", served_by]
+
+        assert len(raw.served) == 1
         assert await faregate.reserved_nano_usd() == 0
 
 

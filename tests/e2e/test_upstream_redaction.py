@@ -13,8 +13,9 @@ import pytest
 import yaml
 from faregate_client import FaregateError, InvalidArgument, StreamInterrupted, Unavailable
 from faregate_server.config_loader import parse_config
+from faregate_server.providers.base import ERROR_BODY_BYTES
 
-from tests.conftest import TEST_ENV, Faregate, read_stream
+from tests.conftest import TEST_ENV, Faregate, StartFaregate, read_stream
 from tests.fakes.upstream import FakeUpstream, Script
 
 CREDENTIAL_LOOKING = {
@@ -134,3 +135,47 @@ async def test_a_secret_added_by_a_reload_is_redacted_from_models_kept_across_it
 
     assert error.reason == "UPSTREAM_REJECTED"
     assert "keys seen: [REDACTED]" in error.message
+
+
+@pytest.mark.parametrize("rpc", ["route", "stream"])
+async def test_a_secret_crossing_the_error_body_cut_leaves_no_piece_behind(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    rpc: str,
+) -> None:
+    """The body is redacted before it is cut to ERROR_BODY_BYTES, not after:
+    a configured secret that starts just before the cut goes whole. The
+    filler is whitespace, which the excerpt squeezes, so the caller's
+    message reaches the cut too."""
+    secret = "plain-words-only-secret-key"  # no credential shape: only the config names it
+    config_data["models"]["gpt-fake"]["api_key_env"] = "PLAIN_KEY"
+    config = parse_config(yaml.safe_dump(config_data), env={**TEST_ENV, "PLAIN_KEY": secret})
+    text = "\n" * (ERROR_BODY_BYTES - 12) + secret
+    if rpc == "route":
+        upstream.default = Script(status=400, error_body=text)
+    else:
+        upstream.default = Script(error_event_after=0, error_event_message=text)
+    caplog.set_level(logging.INFO)
+    async with start_faregate(config) as faregate:
+        error = await _fail(faregate, rpc)
+
+    pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+    logged = [record.getMessage() for record in caplog.records]
+    assert [p for p in pieces if p in error.message or any(p in line for line in logged)] == []
+    assert "[REDACTED]" in error.message
+
+
+async def test_an_error_body_is_logged_on_one_line_with_its_control_characters_escaped(
+    faregate: Faregate, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "bad request\r\nINFO faregate: budget team reset\x1b[2K"
+    upstream.default = Script(status=400, error_body=forged)
+    caplog.set_level(logging.INFO)
+
+    await _fail(faregate, "route")
+
+    [logged] = [r.getMessage() for r in caplog.records if "upstream answered" in r.getMessage()]
+    assert logged.endswith(r"bad request\x0d\x0aINFO faregate: budget team reset\x1b[2K")
+    assert not any(ord(c) < 0x20 for c in logged)

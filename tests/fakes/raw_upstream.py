@@ -11,6 +11,7 @@ socket accepted and records whether the client hung up before the end.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import struct
 import zlib
@@ -124,6 +125,16 @@ def gzip_bomb(inflated_bytes: int) -> Answer:
 
     head = http_head(Content_Type="application/json", Content_Encoding="gzip", Content_Length=size)
     return Answer(head, body)
+
+
+def incompressible_gzip(data: bytes) -> Answer:
+    """`data` as gzip's stored (uncompressed) blocks, as an encoder sends an
+    incompressible body: a Content-Length a little over `len(data)`."""
+    body = gzip.compress(data, compresslevel=0)
+    head = http_head(
+        Content_Type="application/json", Content_Encoding="gzip", Content_Length=len(body)
+    )
+    return Answer(head, lambda: iter([body]))
 
 
 def endless_json(total_bytes: int) -> Answer:

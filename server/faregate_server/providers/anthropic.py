@@ -25,10 +25,10 @@ from faregate_server.domain import (
     UpstreamRequest,
 )
 from faregate_server.providers.base import (
-    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
+    error_excerpt,
     translate_transport_errors,
 )
 from faregate_server.redaction import Redactor
@@ -150,7 +150,7 @@ def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
 
 def _stream_error(error: dict[str, Any], redactor: Redactor) -> UpstreamError:
     error_type = str(error.get("type", "unknown"))
-    detail = redactor.excerpt(f"{error_type}: {error.get('message', '')}"[:ERROR_BODY_BYTES], 300)
+    detail = error_excerpt(f"{error_type}: {error.get('message', '')}", redactor)
     message = f"upstream error mid-stream: {detail}"
     if error_type in _RETRYABLE_ERRORS:
         kind = (

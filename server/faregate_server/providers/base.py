@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 3600.0
 _ERROR_EXCERPT_CHARS = 300
 ERROR_BODY_BYTES = 8 << 10
-"""How much of an upstream error body is read, redacted and logged: redaction
-costs about 0.5 ms per KiB on the event loop, and an error body's use is its start."""
+"""How much of an upstream error body is logged (redacted over the Redactor's
+`margin_bytes` more, then cut): redaction runs on the event loop, at up to
+1 ms per KiB of crafted text, and an error body's use is its start."""
 
 
 class UpstreamErrorKind(StrEnum):
@@ -99,7 +100,8 @@ class JsonEndpoint:
     reads (aiohttp's sock_read, which also bounds the wait for the headers)
     and between data events (`IdleWatch`, which keep-alives do not reset).
     A whole answer, and each event of a stream, may hold `max_response_bytes`
-    after decompression; a Content-Length over it is refused unread.
+    after decompression; a Content-Length over it by more than compression
+    can add (0.1 % and 1 KiB) is refused unread.
     """
 
     def __init__(
@@ -116,6 +118,10 @@ class JsonEndpoint:
         self._model_name = model.name
         self._redactor = redactor
         self._max_response_bytes = model.max_response_bytes
+        # Compression can add a little: gzip's 18-byte frame and 5 bytes per
+        # 64 KiB stored block of an incompressible body, deflate's worst case
+        # about 0.03 %.
+        self._max_declared_bytes = model.max_response_bytes * 1001 // 1000 + 1024
         self._idle_timeout_s = model.idle_timeout_s
         self._first_byte_timeout_s = model.first_byte_timeout_s
         self._whole_timeout = aiohttp.ClientTimeout(
@@ -164,10 +170,12 @@ class JsonEndpoint:
                 watch.close()
 
     def _refuse_declared_oversize(self, response: aiohttp.ClientResponse) -> None:
-        # Content-Length counts the bytes on the wire, compressed or not: over
-        # the cap, the decompressed body can only be larger.
+        # Content-Length counts the bytes on the wire, compressed or not. A
+        # compressed body can be slightly larger than what it inflates to (an
+        # incompressible one), so the refusal waits for the cap plus that
+        # slack; within it, the read itself enforces the cap.
         declared = response.content_length
-        if declared is not None and declared > self._max_response_bytes:
+        if declared is not None and declared > self._max_declared_bytes:
             raise ResponseTooLarge(
                 f"upstream announced {declared} bytes, over max_response_bytes "
                 f"({self._max_response_bytes})"
@@ -188,13 +196,16 @@ async def error_from_response(
     """
     status = response.status
     try:
-        raw = await read_prefix(response.content, ERROR_BODY_BYTES)
+        raw = await read_prefix(response.content, ERROR_BODY_BYTES + redactor.margin_bytes)
     except (aiohttp.ClientError, TimeoutError):
         raw = b""
-    body = redactor.redact(raw.decode(errors="replace"))
+    # Cut where the first ERROR_BODY_BYTES end; a secret the read cut off
+    # starts past them. "ignore" drops a character split there.
+    kept_chars = len(raw[:ERROR_BODY_BYTES].decode(errors="ignore"))
+    body = redactor.redact_head(raw.decode(errors="replace"), kept_chars)
     if body:
         level = logging.INFO if status == 429 else logging.WARNING
-        logger.log(level, "model %s: upstream answered HTTP %d: %s", model, status, body)
+        logger.log(level, "model %s: upstream answered HTTP %d: %s", model, status, _escaped(body))
     message = f"upstream answered HTTP {status}: {excerpt(body, _ERROR_EXCERPT_CHARS)}".rstrip(": ")
     retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
@@ -206,6 +217,26 @@ async def error_from_response(
     else:
         kind = UpstreamErrorKind.REJECTED
     return UpstreamError(kind, message, http_status=status, retry_after_s=retry_after_s)
+
+
+# Control characters (C0, DEL, C1) and Unicode line breaks, as their escapes:
+# an upstream's body must not break a log line or forge the next one.
+_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def _escaped(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def error_excerpt(text: str, redactor: Redactor) -> str:
+    """What a caller sees of an upstream's error text: its first
+    ERROR_BODY_BYTES characters, redacted before they are cut, on one line
+    and cut again to a short excerpt."""
+    head = redactor.redact_head(text[: ERROR_BODY_BYTES + redactor.margin_bytes], ERROR_BODY_BYTES)
+    return excerpt(head, _ERROR_EXCERPT_CHARS)
 
 
 def parse_retry_after(value: str | None) -> float | None:

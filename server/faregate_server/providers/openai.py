@@ -22,10 +22,10 @@ from faregate_server.domain import (
     UpstreamRequest,
 )
 from faregate_server.providers.base import (
-    ERROR_BODY_BYTES,
     JsonEndpoint,
     UpstreamError,
     UpstreamErrorKind,
+    error_excerpt,
     translate_transport_errors,
 )
 from faregate_server.redaction import Redactor
@@ -79,9 +79,7 @@ class OpenAIProvider:
                         raise UpstreamError(
                             UpstreamErrorKind.UNAVAILABLE,
                             "upstream error mid-stream: "
-                            + self._redactor.excerpt(
-                                _error_message(chunk["error"])[:ERROR_BODY_BYTES], 300
-                            ),
+                            + error_excerpt(_error_message(chunk["error"]), self._redactor),
                         )
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
