@@ -22,10 +22,13 @@ the writer.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from faregate_server.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 _SUFFIX = ".lock"
 
@@ -73,8 +76,13 @@ class WriterLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # The pid is for the refusal message only: a full disk must not
+            # stop the holder, but must not keep a lock nobody owns either.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            logger.warning("could not write this process's pid into %s", self.path)
         self._fd = fd
 
     def release(self) -> None:
