@@ -63,6 +63,15 @@ Five more sections follow, each runnable alone (the first three in this process)
   many are refused SERVER_OVERLOADED, by which guard, and how fast, from
   the request log (server side) and from the callers.
 
+Run on their own, not by `make bench`:
+- `python -m tests.bench.slow_readers`: faregate's peak RSS while 200 slow
+  stream readers (or `--readers 50 --events 32000`, 8 MB streams) read one
+  message per 100 ms.
+- `python -m tests.bench.sse_parse`: what the SSE parser costs per event.
+- `tests/bench/ab.py OLD NEW ROUNDS`, run from the OLD checkout: two
+  checkouts' faregates side by side with the pass-through, interleaved, for
+  the CPU per Route and per streamed token a change costs.
+
 Nothing here is collected by pytest, and importing any module has no side
 effects.
 """

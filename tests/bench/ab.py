@@ -1,0 +1,134 @@
+"""An interleaved A/B of two faregate checkouts: CPU per Route and per streamed token.
+
+    git worktree add /tmp/faregate-before <rev>
+    cd /tmp/faregate-before
+    /path/to/faregate/.venv/bin/python /path/to/faregate/tests/bench/ab.py \\
+        /tmp/faregate-before /path/to/faregate 10
+
+It is run from the older checkout, whose bench drives the load and writes the
+config, so both faregates accept it (configs only gain keys). A and B are
+two `faregate serve` processes, each importing its own checkout's code,
+measured with the bare pass-through in the same rounds (`rounds.py`), the
+order reversed every other round. Printed: each round's figures, then the
+medians and the median of the per-round B/A ratios. Not a test: it reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())  # the older checkout's bench, wherever this file is
+
+import aiohttp
+import grpc
+
+from tests.bench.__main__ import _warm_up
+from tests.bench.faregate_config import write_bench_config
+from tests.bench.load import DirectTarget, GrpcTarget
+from tests.bench.procs import Child, Children, pin
+from tests.bench.rounds import Round, Server, ServerRound, Settings, run_round
+
+_NAMES = ("A", "B", "passthrough")
+_FIGURES: tuple[tuple[str, Callable[[ServerRound], float]], ...] = (
+    ("CPU per Route at c=1 (us)", lambda s: s.cpu_per_request_s[1] * 1e6),
+    ("CPU per Route at c=16 (us)", lambda s: s.cpu_per_request_s[16] * 1e6),
+    ("CPU per streamed token (us)", lambda s: s.cpu_per_token_s * 1e6),
+)
+
+
+def _quiet(phase: str) -> None:
+    del phase
+
+
+def _faregate(tree: str, config: Path) -> list[str]:
+    faregate = str(Path(sys.executable).with_name("faregate"))
+    return [
+        "env",
+        f"PYTHONPATH={tree}/server:{tree}/client",
+        faregate,
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+
+
+async def _rounds(children: dict[str, Child], upstream: Child, settings: Settings) -> list[Round]:
+    async with AsyncExitStack() as stack:
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+        servers = []
+        for name in _NAMES:
+            channel = grpc.aio.insecure_channel(children[name].target)
+            stack.push_async_callback(channel.close)
+            target = GrpcTarget(channel)
+            await _warm_up(children[name], target)
+            servers.append(Server(name=name, pid=children[name].pid, target=target))
+        direct = DirectTarget(session, f"http://{upstream.target}/v1")
+        rounds = []
+        for index in range(settings.rounds):
+            order = servers if index % 2 == 0 else servers[::-1]
+            measured = await run_round(order, direct, upstream.pid, settings, progress=_quiet)
+            rounds.append(measured)
+            print(
+                f"round {index + 1}: "
+                + " | ".join(
+                    f"{name} " + " ".join(f"{f(measured.servers[name]):.1f}" for _, f in _FIGURES)
+                    for name in _NAMES
+                ),
+                flush=True,
+            )
+        return rounds
+
+
+def main() -> None:
+    tree_a, tree_b, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, load_cpu = cpus[0], cpus[-1]
+    pin(os.getpid(), {load_cpu})
+    settings = Settings(rounds=rounds)
+    with tempfile.TemporaryDirectory() as scratch, Children(Path(scratch)) as children:
+        upstream = children.start(
+            "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
+        )
+        config = write_bench_config(Path(scratch) / "faregate.yaml", f"http://{upstream.target}/v1")
+        started = {
+            "A": children.start("A", _faregate(tree_a, config), {server_cpu}),
+            "B": children.start("B", _faregate(tree_b, config), {server_cpu}),
+            "passthrough": children.start(
+                "passthrough",
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.bench.passthrough",
+                    "--upstream",
+                    f"http://{upstream.target}/v1",
+                ],
+                {server_cpu},
+            ),
+        }
+        measured = asyncio.run(_rounds(started, upstream, settings))
+    for label, figure in _FIGURES:
+        a, b, passthrough = (
+            statistics.median(figure(r.servers[name]) for r in measured) for name in _NAMES
+        )
+        ratio = statistics.median(figure(r.servers["B"]) / figure(r.servers["A"]) for r in measured)
+        print(
+            f"{label}: A {a:.1f}, B {b:.1f}, pass-through {passthrough:.1f};"
+            f" B/A {ratio:.3f} (median of rounds);"
+            f" A {a / passthrough:.2f}x, B {b / passthrough:.2f}x the pass-through"
+        )
+
+
+if __name__ == "__main__":
+    main()
