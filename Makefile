@@ -63,7 +63,7 @@ typecheck: setup
 
 ## Measure faregate beside a bare grpc.aio pass-through (not a test).
 bench: setup
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info

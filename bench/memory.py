@@ -14,7 +14,7 @@ import asyncio
 
 from faregate_client import FaregateClient, FaregateError
 
-from tests.bench.load import CALL_TIMEOUT_S, PROMPT
+from bench.load import CALL_TIMEOUT_S, PROMPT
 
 DEMO_BUDGET = "demo"
 _REQUESTS = 64

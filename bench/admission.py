@@ -25,7 +25,7 @@ them (which adds the time a call waits in gRPC for the loop to pick it up),
 and the calls served; refusals by guard from /metrics; the highest loop lag
 and calls in flight the gauges showed; the cores used on each side.
 
-Run alone with `python -m tests.bench.admission`; `make bench` runs it last.
+Run alone with `python -m bench.admission`; `make bench` runs it last.
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ from typing import Any
 import yaml
 from faregate_server.config import ServerConfig
 
-from tests.bench.faregate_config import bench_config
-from tests.bench.load import percentile
-from tests.bench.overload import (
+from bench.faregate_config import bench_config
+from bench.load import percentile
+from bench.overload import (
     AdmissionResult,
     measure_concurrency_overload,
     measure_saturation,
 )
-from tests.bench.procs import Child, Children, pin
-from tests.bench.report import align
-from tests.bench.upstream import HELD_DELAY_S, HELD_MODEL
+from bench.procs import Child, Children, pin
+from bench.report import align
+from bench.upstream import HELD_DELAY_S, HELD_MODEL
 
 CAP = 100
 DEFAULTS = ServerConfig()
@@ -113,9 +113,7 @@ def measure(server_cpu: int, load_cpu: int) -> list[AdmissionResult]:
         Children(Path(scratch_name)) as children,
     ):
         scratch = Path(scratch_name)
-        upstream = children.start(
-            "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
-        )
+        upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
         api_base = f"http://{upstream.target}/v1"
         capped = _start_faregate(
             children, scratch, "faregate-capped", admission_config(api_base, CAP), server_cpu

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 from faregate_client import FaregateClient, FaregateError
 
-from tests.bench.load import (
+from bench.load import (
     BENCH_API_KEY,
     BENCH_BUDGET,
     BENCH_MODEL,
@@ -35,9 +35,9 @@ from tests.bench.load import (
     PROMPT,
     percentile,
 )
-from tests.bench.probe_calls import API_KEY_ENV
-from tests.bench.procs import REPO_ROOT, Child, cpu_time_s, own_cpu_time_s
-from tests.bench.upstream import SLOW_MODEL
+from bench.probe_calls import API_KEY_ENV
+from bench.procs import REPO_ROOT, Child, cpu_time_s, own_cpu_time_s
+from bench.upstream import SLOW_MODEL
 
 OUTCOME_OK = "OK"
 OUTCOME_POOL_SATURATED = "UNAVAILABLE/POOL_SATURATED"
@@ -355,7 +355,7 @@ async def _probe_calls(target: str, calls: int) -> list[tuple[str, float]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.bench.probe_calls",
+        "bench.probe_calls",
         target,
         str(calls),
         stdout=asyncio.subprocess.PIPE,

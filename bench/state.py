@@ -5,7 +5,7 @@ interface: reserve a worst case, commit a cost with its spend record. At
 concurrency 1 a cycle pays a whole durable commit (SQLite) or two round trips
 (Redis, on a redis-server on loopback started here); at 64 concurrent cycles
 the SQLite ledger's group commit shares each transaction. Run alone:
-`python -m tests.bench.state`.
+`python -m bench.state`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from faregate_server.config_loader import parse_config
 from faregate_server.ledger import SpendRecord
 from faregate_server.state import LocalState, open_state
 
-from tests.bench.report import align
+from bench.report import align
 from tests.support.redis_server import RedisServer
 
 _CYCLES = {1: 2_000, 64: 20_000}

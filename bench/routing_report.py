@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from faregate_server.domain import TaskKind
 
-from tests.bench.load import percentile
-from tests.bench.report import align
-from tests.bench.routing_setup import (
+from bench.load import percentile
+from bench.report import align
+from bench.routing_setup import (
     ALWAYS_BEST,
     BUDGET_USD,
     EASY_FLOOR,

@@ -1,4 +1,4 @@
-"""`python -m tests.bench.probe_calls TARGET CALLS`: fires CALLS concurrent
+"""`python -m bench.probe_calls TARGET CALLS`: fires CALLS concurrent
 Route calls at TARGET's bench model and prints one JSON line: each call's
 outcome ("OK" or "CODE/REASON") and its latency in seconds.
 
@@ -18,7 +18,7 @@ import time
 
 from faregate_client import FaregateClient, FaregateError
 
-from tests.bench.load import BENCH_BUDGET, BENCH_MODEL, PROMPT
+from bench.load import BENCH_BUDGET, BENCH_MODEL, PROMPT
 
 API_KEY_ENV = "FAREGATE_BENCH_API_KEY"
 _CALL_TIMEOUT_S = 30.0

@@ -1,4 +1,4 @@
-"""`python -m tests.bench`: start the servers, run the rounds, print the report;
+"""`python -m bench`: start the servers, run the rounds, print the report;
 then the routing simulation, the hedging, state and telemetry measurements and
 admission control under overload, each printed as it ends.
 
@@ -26,12 +26,12 @@ from types import FrameType
 import aiohttp
 import grpc
 
-from tests.bench import admission, hedging, routing_report, routing_sim, state, telemetry
-from tests.bench.faregate_config import write_bench_config
-from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
-from tests.bench.memory import exercise_default_config
-from tests.bench.overload import OverloadResult, measure_overload
-from tests.bench.procs import (
+from bench import admission, hedging, routing_report, routing_sim, state, telemetry
+from bench.faregate_config import write_bench_config
+from bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
+from bench.memory import exercise_default_config
+from bench.overload import OverloadResult, measure_overload
+from bench.procs import (
     Child,
     Children,
     cpu_time_s,
@@ -41,8 +41,8 @@ from tests.bench.procs import (
     peak_rss_bytes,
     pin,
 )
-from tests.bench.report import FAREGATE, PASSTHROUGH, BenchReport, render
-from tests.bench.rounds import Round, Server, Settings, run_round
+from bench.report import FAREGATE, PASSTHROUGH, BenchReport, render
+from bench.rounds import Round, Server, Settings, run_round
 
 OVERLOAD_BURST = 200
 _WARM_UP_CALLS = 400
@@ -213,9 +213,7 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         Children(Path(scratch)) as children,
     ):
         _progress("starting the upstream, faregate, the pass-through, default faregate")
-        upstream = children.start(
-            "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
-        )
+        upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
         api_base = f"http://{upstream.target}/v1"
         config = write_bench_config(Path(scratch) / "faregate.yaml", api_base)
         faregate = children.start(
@@ -234,7 +232,7 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         )
         passthrough = children.start(
             PASSTHROUGH,
-            [sys.executable, "-m", "tests.bench.passthrough", "--upstream", api_base],
+            [sys.executable, "-m", "bench.passthrough", "--upstream", api_base],
             {server_cpu},
         )
         default = children.start(

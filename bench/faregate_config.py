@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from faregate_server.api_keys import format_key_hash
 
-from tests.bench.load import BENCH_BUDGET, BENCH_KEY_HASH, BENCH_MODEL
-from tests.bench.upstream import SLOW_MODEL
+from bench.load import BENCH_BUDGET, BENCH_KEY_HASH, BENCH_MODEL
+from bench.upstream import SLOW_MODEL
 
 SLOW_WORKERS = 2
 SLOW_QUEUE = 2

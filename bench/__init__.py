@@ -40,35 +40,35 @@ but the bench exits 0 either way: it reports, it does not gate.
 
 Five more sections follow, each runnable alone (the first three in this process):
 
-- Routing simulation (`routing_sim.py`, `python -m tests.bench.routing_sim`):
+- Routing simulation (`routing_sim.py`, `python -m bench.routing_sim`):
   10,000 requests of a coding agent's mix over three sim models sharing one
   limit pool, served always-best, always-cheapest and by faregate's scoring,
   on a fake clock; cost, quality against per-task floors, rejections and
   modelled latency, side by side.
-- Hedging (`hedging.py`, `python -m tests.bench.hedging`): StreamRoute through
+- Hedging (`hedging.py`, `python -m bench.hedging`): StreamRoute through
   the gRPC server to a primary with a heavy first-token tail, hedging off, at
   a fixed delay and at the primary's p95; time to first token at the client,
   hedges, and what they cost.
-- State backends (`state.py`, `python -m tests.bench.state`): reserve +
+- State backends (`state.py`, `python -m bench.state`): reserve +
   commit with its ledger record per backend (memory, sqlite, and redis on a
   redis-server started for it), at concurrency 1 and 64 (where the SQLite
   ledger's group commit shares transactions).
-- Telemetry (`telemetry.py`, `python -m tests.bench.telemetry`): faregate's
+- Telemetry (`telemetry.py`, `python -m bench.telemetry`): faregate's
   CPU per Route and per stream with telemetry off, metrics only, the
   default (metrics and request logs) and everything with tracing, as a
   ratio to off.
-- Admission control (`admission.py`, `python -m tests.bench.admission`):
+- Admission control (`admission.py`, `python -m bench.admission`):
   servers of its own; 10x overload of `server.max_concurrent_calls`, then
   streams past CPU saturation with new calls sent once the loop lags; how
   many are refused SERVER_OVERLOADED, by which guard, and how fast, from
   the request log (server side) and from the callers.
 
 Run on their own, not by `make bench`:
-- `python -m tests.bench.slow_readers`: faregate's peak RSS while 200 slow
+- `python -m bench.slow_readers`: faregate's peak RSS while 200 slow
   stream readers (or `--readers 50 --events 32000`, 8 MB streams) read one
   message per 100 ms.
-- `python -m tests.bench.sse_parse`: what the SSE parser costs per event.
-- `tests/bench/ab.py OLD NEW ROUNDS`, run from the OLD checkout: two
+- `python -m bench.sse_parse`: what the SSE parser costs per event.
+- `bench/ab.py OLD NEW ROUNDS`, run from the OLD checkout: two
   checkouts' faregates side by side with the pass-through, interleaved, for
   the CPU per Route and per streamed token a change costs.
 

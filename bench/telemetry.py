@@ -2,7 +2,7 @@
 
 Four faregate processes on the bench config (`faregate_config.py`, written
 by this process so the API key it calls with matches), each
-`python -m tests.bench.telemetry serve MODE CONFIG`, pinned to the server
+`python -m bench.telemetry serve MODE CONFIG`, pinned to the server
 core, the fake upstream and this load generator sharing the other:
 
 - off: no metrics, no request log, no tracing, no HTTP port; the gRPC
@@ -27,7 +27,7 @@ with tracing off (two span contexts, an attempt's five calls, the observe
 hooks), timed over many repetitions: the price every request pays for
 tracing being possible.
 
-Run alone with `python -m tests.bench.telemetry`; `make bench` runs it last.
+Run alone with `python -m bench.telemetry`; `make bench` runs it last.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ from faregate_server.telemetry import NO_TELEMETRY
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from tests.bench.faregate_config import write_bench_config
-from tests.bench.load import Call, GrpcTarget, closed_loop
-from tests.bench.procs import Children, cpu_time_s, log_tail, pin
-from tests.bench.report import align
+from bench.faregate_config import write_bench_config
+from bench.load import Call, GrpcTarget, closed_loop
+from bench.procs import Children, cpu_time_s, log_tail, pin
+from bench.report import align
 
 MODES = ("off", "metrics", "default", "traces")
 ROUNDS = 5
@@ -174,15 +174,13 @@ def measure() -> list[ModeResult]:
         tempfile.TemporaryDirectory(prefix="faregate-bench-telemetry-") as scratch,
         Children(Path(scratch)) as children,
     ):
-        upstream = children.start(
-            "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
-        )
+        upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
         config = write_bench_config(Path(scratch) / "faregate.yaml", f"http://{upstream.target}/v1")
         targets = {}
         for mode in MODES:
             child = children.start(
                 f"faregate-{mode}",
-                [sys.executable, "-m", "tests.bench.telemetry", "serve", mode, str(config)],
+                [sys.executable, "-m", "bench.telemetry", "serve", mode, str(config)],
                 {server_cpu},
             )
             targets[mode] = (child.pid, child.target)

@@ -46,8 +46,8 @@ from faregate_server.config_loader import parse_config
 from faregate_server.money import Price, usd_to_nano_usd
 from faregate_server.providers.sim import SimProvider
 
-from tests.bench.load import percentile
-from tests.bench.report import align
+from bench.load import percentile
+from bench.report import align
 
 PRIMARY = "sim-primary"
 SECONDARY = "sim-secondary"
@@ -338,7 +338,7 @@ def _lost_prompts(run: Run) -> int:
 
 
 def main() -> int:
-    """`python -m tests.bench.hedging`: runs every mode and prints the section."""
+    """`python -m bench.hedging`: runs every mode and prints the section."""
     print(render(asyncio.run(measure())))
     return 0
 

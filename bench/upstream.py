@@ -10,7 +10,7 @@ delays, except that requests for the model `slow` wait `SLOW_DELAY_S` first
 and those for `held` wait `HELD_DELAY_S` (the overload measurements need an
 upstream that holds its workers).
 
-Run as `python -m tests.bench.upstream [--port N]`; it prints
+Run as `python -m bench.upstream [--port N]`; it prints
 `upstream listening on 127.0.0.1:PORT` when ready and serves until SIGINT or
 SIGTERM. It binds 127.0.0.1 only.
 """

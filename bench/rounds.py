@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tests.bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
-from tests.bench.procs import cpu_time_s, own_cpu_time_s
+from bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
+from bench.procs import cpu_time_s, own_cpu_time_s
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
     git worktree add /tmp/faregate-before <rev>
     cd /tmp/faregate-before
-    /path/to/faregate/.venv/bin/python /path/to/faregate/tests/bench/ab.py \\
+    /path/to/faregate/.venv/bin/python /path/to/faregate/bench/ab.py \\
         /tmp/faregate-before /path/to/faregate 10
 
 It is run from the older checkout, whose bench drives the load and writes the
-config, so both faregates accept it (configs only gain keys). A and B are
+config, so both faregates accept it (configs only gain keys). A checkout
+from before the bench moved out of tests/ keeps it in tests/bench: for one,
+run this file as it was then, `git show d1ebe5e:tests/bench/ab.py`. A and B are
 two `faregate serve` processes, each importing its own checkout's code,
 measured with the bare pass-through in the same rounds (`rounds.py`), the
 order reversed every other round. Printed: each round's figures, then the
@@ -29,11 +31,11 @@ sys.path.insert(0, os.getcwd())  # the older checkout's bench, wherever this fil
 import aiohttp
 import grpc
 
-from tests.bench.__main__ import _warm_up
-from tests.bench.faregate_config import write_bench_config
-from tests.bench.load import DirectTarget, GrpcTarget
-from tests.bench.procs import Child, Children, pin
-from tests.bench.rounds import Round, Server, ServerRound, Settings, run_round
+from bench.__main__ import _warm_up
+from bench.faregate_config import write_bench_config
+from bench.load import DirectTarget, GrpcTarget
+from bench.procs import Child, Children, pin
+from bench.rounds import Round, Server, ServerRound, Settings, run_round
 
 _NAMES = ("A", "B", "passthrough")
 _FIGURES: tuple[tuple[str, Callable[[ServerRound], float]], ...] = (
@@ -98,9 +100,7 @@ def main() -> None:
     pin(os.getpid(), {load_cpu})
     settings = Settings(rounds=rounds)
     with tempfile.TemporaryDirectory() as scratch, Children(Path(scratch)) as children:
-        upstream = children.start(
-            "upstream", [sys.executable, "-m", "tests.bench.upstream"], {load_cpu}
-        )
+        upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
         config = write_bench_config(Path(scratch) / "faregate.yaml", f"http://{upstream.target}/v1")
         started = {
             "A": children.start("A", _faregate(tree_a, config), {server_cpu}),
@@ -110,7 +110,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "tests.bench.passthrough",
+                    "bench.passthrough",
                     "--upstream",
                     f"http://{upstream.target}/v1",
                 ],

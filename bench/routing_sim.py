@@ -39,8 +39,8 @@ from faregate_server.ledger import MemoryLedger
 from faregate_server.planner import Planner
 from faregate_server.state import LocalState
 
-from tests.bench.routing_report import render
-from tests.bench.routing_setup import (
+from bench.routing_report import render
+from bench.routing_setup import (
     BUDGET,
     END_RATE_PER_S,
     POLICIES,
@@ -54,7 +54,7 @@ from tests.bench.routing_setup import (
     PolicyResult,
     sim_config,
 )
-from tests.bench.workload import SimRequest, requests
+from bench.workload import SimRequest, requests
 from tests.fakes.clock import FakeClock
 
 _DEADLINE_S = 60.0
@@ -133,7 +133,7 @@ async def simulate(progress: bool = True) -> list[PolicyResult]:
 
 
 def main() -> int:
-    """`python -m tests.bench.routing_sim`: runs the simulation and prints its section."""
+    """`python -m bench.routing_sim`: runs the simulation and prints its section."""
     print(render(asyncio.run(simulate())))
     return 0
 

@@ -1,4 +1,4 @@
-"""`python -m tests.bench.slow_readers`: faregate's memory with 200 slow stream readers.
+"""`python -m bench.slow_readers`: faregate's memory with 200 slow stream readers.
 
 Method. An aiohttp upstream (a child process, on the readers' core) streams
 each request as fast as TCP lets it: `EVENTS` SSE events of `_EVENT_CHARS` characters (about
@@ -35,7 +35,7 @@ from aiohttp import web
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import STREAM_CHANNEL_OPTIONS
 
-from tests.bench.procs import Children, peak_rss_bytes, pin
+from bench.procs import Children, peak_rss_bytes, pin
 
 READERS = 200
 _CHANNELS = 8
@@ -175,7 +175,7 @@ async def _run(
     with tempfile.TemporaryDirectory() as scratch, Children(Path(scratch)) as children:
         upstream = children.start(
             "upstream",
-            [sys.executable, "-m", "tests.bench.slow_readers", "--serve-upstream", str(events)],
+            [sys.executable, "-m", "bench.slow_readers", "--serve-upstream", str(events)],
             {1},
         )
         config = Path(scratch) / "faregate.yaml"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 _READY_TIMEOUT_S = 30.0
 _POLL_INTERVAL_S = 0.05

@@ -8,7 +8,7 @@ sends one gRPC message per upstream text chunk, framed like faregate's (one
 number of messages. No validation, no budgets, no pools, no token counting:
 whatever faregate costs beyond this server is the price of its logic.
 
-Run as `python -m tests.bench.passthrough --upstream URL [--listen HOST:PORT]`;
+Run as `python -m bench.passthrough --upstream URL [--listen HOST:PORT]`;
 it prints `passthrough listening on HOST:PORT` when ready and serves until
 SIGINT or SIGTERM.
 """

@@ -16,11 +16,11 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tests.bench.faregate_config import SLOW_QUEUE, SLOW_WORKERS
-from tests.bench.load import STREAM_TOKENS
-from tests.bench.overload import OUTCOME_OK, OUTCOME_POOL_SATURATED, OverloadResult
-from tests.bench.rounds import Round, ServerRound, Settings
-from tests.bench.upstream import SLOW_DELAY_S, SLOW_MODEL
+from bench.faregate_config import SLOW_QUEUE, SLOW_WORKERS
+from bench.load import STREAM_TOKENS
+from bench.overload import OUTCOME_OK, OUTCOME_POOL_SATURATED, OverloadResult
+from bench.rounds import Round, ServerRound, Settings
+from bench.upstream import SLOW_DELAY_S, SLOW_MODEL
 
 FAREGATE = "faregate"
 PASSTHROUGH = "pass-through"

@@ -1,4 +1,4 @@
-"""`python -m tests.bench.sse_parse`: what faregate's SSE parser costs per event.
+"""`python -m bench.sse_parse`: what faregate's SSE parser costs per event.
 
 Feeds N OpenAI-shaped chunks into aiohttp's own StreamReader one per loop
 turn (tokens arrive one by one) and reads them back through `iter_sse` with
