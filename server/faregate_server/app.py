@@ -60,8 +60,9 @@ _RECEIVE_SLACK_BYTES = 64 * 1024
 # What an upstream stream may buffer in faregate: aiohttp stops reading the
 # socket once 2x this (128 KiB) is buffered. A stream is read only as fast as
 # its caller takes messages, so this, not the answer's length, bounds a slow
-# reader's cost. It does not bound a line: iter_sse reads with readany, and
-# one event may hold up to the model's max_response_bytes.
+# reader's cost. It does not bound a line: iter_sse takes 4 KiB at a time
+# and joins a line's pieces, and one event may hold up to the model's
+# max_response_bytes.
 _SSE_READ_BUFFER_BYTES = 64 * 1024
 # The kernel's receive buffer of each upstream socket (Linux doubles it for
 # its bookkeeping). Left alone it autotunes up to net.ipv4.tcp_rmem (32 MiB

@@ -118,28 +118,26 @@ async def complete_once(
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
-        started_s = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
         attempt = telemetry.attempt(deployment)
         active = attempt.activate()
         try:
             completion = await deployment.provider.complete(request)
         except UpstreamError as error:
             attempt.failed(error)
-            _record_failure(deployment, ticket, error)
-            if error.kind in _LATENCY_LOWER_BOUND:
-                deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
+            _record_failure(deployment, ticket, error, loop.time() - started_s)
             raise
         except BaseException:
             attempt.abandoned()
-            deployment.breaker.on_abandoned(ticket)
-            deployment.latency.cut_short(asyncio.get_running_loop().time() - started_s)
+            _record_abandoned(deployment, ticket, loop.time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
         usage = _judged(deployment, request, completion.usage, reserved_nano_usd, telemetry)
         attempt.succeeded(usage)
-        elapsed_s = asyncio.get_running_loop().time() - started_s
+        elapsed_s = loop.time() - started_s
         _record_answer(deployment, ticket, usage)
         deployment.latency.observe(elapsed_s, elapsed_s)
         if usage is not completion.usage:
@@ -195,17 +193,14 @@ async def stream_once(
         except UpstreamError as error:
             verdict_given = True
             attempt.failed(error)
-            _record_failure(deployment, ticket, error)
-            if error.kind in _LATENCY_LOWER_BOUND:
-                deployment.latency.cut_short(loop.time() - started_s)
+            _record_failure(deployment, ticket, error, loop.time() - started_s)
             raise
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
             if not verdict_given:
                 attempt.abandoned()
-                deployment.breaker.on_abandoned(ticket)
-                deployment.latency.cut_short(loop.time() - started_s)
+                _record_abandoned(deployment, ticket, loop.time() - started_s)
 
 
 def _check_breaker(deployment: Deployment) -> None:
@@ -260,7 +255,10 @@ def _record_answer(deployment: Deployment, ticket: BreakerTicket, usage: Reporte
         deployment.breaker.on_success(ticket)
 
 
-def _record_failure(deployment: Deployment, ticket: BreakerTicket, error: UpstreamError) -> None:
+def _record_failure(
+    deployment: Deployment, ticket: BreakerTicket, error: UpstreamError, elapsed_s: float
+) -> None:
+    """A failed attempt's verdict, for the model's breaker and latency."""
     if error.kind is UpstreamErrorKind.REJECTED:
         # The request was bad, not the upstream: a healthy answer.
         deployment.breaker.on_success(ticket)
@@ -268,6 +266,15 @@ def _record_failure(deployment: Deployment, ticket: BreakerTicket, error: Upstre
         deployment.breaker.on_abandoned(ticket)  # the cool-down handles it
     else:
         deployment.breaker.on_failure(ticket)
+    if error.kind in _LATENCY_LOWER_BOUND:
+        deployment.latency.cut_short(elapsed_s)
+
+
+def _record_abandoned(deployment: Deployment, ticket: BreakerTicket, elapsed_s: float) -> None:
+    """An attempt ended without a verdict (a lost hedge, a caller gone): no
+    word for the breaker, but the model took at least elapsed_s."""
+    deployment.breaker.on_abandoned(ticket)
+    deployment.latency.cut_short(elapsed_s)
 
 
 @dataclass(slots=True)

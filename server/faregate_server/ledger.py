@@ -81,7 +81,7 @@ _COLUMNS = (
 _INT64 = range(-(2**63), 2**63)
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
-_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMNS.count(','))}, ?)"
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"

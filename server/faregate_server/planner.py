@@ -190,9 +190,10 @@ class Planner:
 
         `result`, for a request with a client request id, is kept for its
         retries; `implausible`, the upstream's report that was not believed,
-        is recorded beside the charge. Returns the least money left in the request's budgets. The
-        caller must count the lease as settled before awaiting this: the
-        store completes the commit even if the caller is cancelled meanwhile.
+        is recorded beside the charge. Returns the least money left in the
+        request's budgets. The caller must count the lease as settled before
+        awaiting this: the store completes the commit even if the caller is
+        cancelled meanwhile.
         From here on a shutdown lets the call finish: it is charged, so its
         caller gets its answer.
         """

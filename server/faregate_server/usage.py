@@ -54,6 +54,17 @@ def reported_usage(input_tokens: object, output_tokens: object) -> Usage | Impla
     return Usage(input_tokens, output_tokens)
 
 
+def reported_usage_block(raw: object, input_key: str, output_key: str) -> ReportedUsage:
+    """The usage from an upstream's usage block, a JSON object naming its two
+    counts `input_key` and `output_key`: None when the answer has none (or an
+    empty one), else as `reported_usage` makes it."""
+    if not raw:
+        return None
+    if not isinstance(raw, dict):
+        return reported_usage(MISSING, MISSING)
+    return reported_usage(raw.get(input_key, MISSING), raw.get(output_key, MISSING))
+
+
 def judge_usage(
     usage: ReportedUsage,
     context_window_tokens: int,

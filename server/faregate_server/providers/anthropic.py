@@ -32,7 +32,7 @@ from faregate_server.providers.base import (
     translate_transport_errors,
 )
 from faregate_server.redaction import Redactor
-from faregate_server.usage import MISSING, reported_usage
+from faregate_server.usage import MISSING, reported_usage, reported_usage_block
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -120,12 +120,7 @@ class AnthropicProvider:
 
 
 def _usage(raw: Any) -> ReportedUsage:
-    """The answer's usage block, judged for shape (usage.py judges the rest)."""
-    if not raw:
-        return None
-    if not isinstance(raw, dict):
-        return reported_usage(MISSING, MISSING)
-    return reported_usage(raw.get("input_tokens", MISSING), raw.get("output_tokens", MISSING))
+    return reported_usage_block(raw, "input_tokens", "output_tokens")
 
 
 def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from faregate_server.providers.base import (
     translate_transport_errors,
 )
 from faregate_server.redaction import Redactor
-from faregate_server.usage import MISSING, reported_usage
+from faregate_server.usage import reported_usage_block
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -113,12 +113,7 @@ def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
 
 
 def _usage(raw: Any) -> ReportedUsage:
-    """The answer's usage block, judged for shape (usage.py judges the rest)."""
-    if not raw:
-        return None
-    if not isinstance(raw, dict):
-        return reported_usage(MISSING, MISSING)
-    return reported_usage(raw.get("prompt_tokens", MISSING), raw.get("completion_tokens", MISSING))
+    return reported_usage_block(raw, "prompt_tokens", "completion_tokens")
 
 
 def _error_message(error: Any) -> str:
