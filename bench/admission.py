@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from faregate_server.config import ServerConfig
+from faregate_server.config.schema import ServerConfig
 
 from bench.faregate_config import bench_config
 from bench.load import percentile

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from faregate_server.api_keys import format_key_hash
+from faregate_server.security.api_keys import format_key_hash
 
 from bench.load import BENCH_BUDGET, BENCH_KEY_HASH, BENCH_MODEL
 from bench.upstream import SLOW_MODEL

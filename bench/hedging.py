@@ -42,9 +42,9 @@ import yaml
 from faregate.v1 import router_pb2
 from faregate_client import FaregateClient, FaregateError
 from faregate_server.app import serve
-from faregate_server.config_loader import parse_config
+from faregate_server.config.load import parse_config
 from faregate_server.money import Price, usd_to_nano_usd
-from faregate_server.providers.sim import SimProvider
+from faregate_server.upstream.providers.sim import SimProvider
 
 from bench.load import percentile
 from bench.report import align

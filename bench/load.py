@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
-from faregate_server.api_keys import new_api_key
+from faregate_server.security.api_keys import new_api_key
 
 PROMPT = "Summarise the plot of Hamlet in one short sentence."
 BENCH_MODEL = "bench"

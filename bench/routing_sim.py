@@ -30,14 +30,14 @@ from collections.abc import Sequence
 
 import aiohttp
 import yaml
-from faregate_server.catalog import Catalog
-from faregate_server.config_loader import parse_config
+from faregate_server.config.load import parse_config
 from faregate_server.domain import ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.errors import FaregateError
-from faregate_server.gateway import Gateway
-from faregate_server.ledger import MemoryLedger
-from faregate_server.planner import Planner
-from faregate_server.state import LocalState
+from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.planner import Planner
+from faregate_server.state.ledger import MemoryLedger
+from faregate_server.state.store import LocalState
+from faregate_server.upstream.catalog import Catalog
 
 from bench.routing_report import render
 from bench.routing_setup import (

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp.base_protocol import BaseProtocol
-from faregate_server.providers.reading import IdleWatch
-from faregate_server.providers.sse import iter_sse
+from faregate_server.upstream.providers.reading import IdleWatch
+from faregate_server.upstream.providers.sse import iter_sse
 
 EVENTS = 20_000
 _CHUNK = {

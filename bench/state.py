@@ -18,10 +18,11 @@ from pathlib import Path
 
 import yaml
 from faregate_server.clock import SystemClock
-from faregate_server.config import StateBackend
-from faregate_server.config_loader import parse_config
-from faregate_server.ledger import SpendRecord
-from faregate_server.state import LocalState, open_state
+from faregate_server.config.load import parse_config
+from faregate_server.config.schema import StateBackend
+from faregate_server.state.ledger import SpendRecord
+from faregate_server.state.opening import open_state
+from faregate_server.state.store import LocalState
 
 from bench.report import align
 from tests.support.redis_server import RedisServer

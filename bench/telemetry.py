@@ -48,11 +48,11 @@ from typing import Any, cast
 import grpc
 import yaml
 from faregate_server.app import serve
-from faregate_server.catalog import Deployment
-from faregate_server.config_loader import parse_config
+from faregate_server.config.load import parse_config
 from faregate_server.domain import Usage
-from faregate_server.request_log import LOGGER_NAME
-from faregate_server.telemetry import NO_TELEMETRY
+from faregate_server.telemetry.observation import NO_TELEMETRY
+from faregate_server.telemetry.request_log import LOGGER_NAME
+from faregate_server.upstream.catalog import Deployment
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 

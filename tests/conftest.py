@@ -22,8 +22,8 @@ from faregate.v1.router_pb2 import RouteResponse
 from faregate_client import FaregateClient
 from faregate_server.app import RunningServer, serve
 from faregate_server.clock import Clock
-from faregate_server.config import Config
-from faregate_server.config_loader import parse_config
+from faregate_server.config.load import parse_config
+from faregate_server.config.schema import Config
 
 from tests.fakes.upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
@@ -90,7 +90,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         # tests turn retries on.
         "retries": {"max_attempts": 1},
         # The state contract is the same on every backend
-        # (test_state_contract.py); these tests need no durability.
+        # (state/test_state_contract.py); these tests need no durability.
         "state": {"backend": "memory"},
         # Authentication has its own tests (e2e/test_auth.py).
         "auth": {"enabled": False},

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from faregate_server import __version__
-from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.app import serve
-from faregate_server.config import Config, ConfigError, StateBackend
-from faregate_server.config_loader import address_problem, load_config
-from faregate_server.export import export_spend
-from faregate_server.request_log import LOGGER_NAME as REQUEST_LOGGER
+from faregate_server.config.load import address_problem, load_config
+from faregate_server.config.schema import Config, ConfigError, StateBackend
+from faregate_server.security.api_keys import format_key_hash, new_api_key
+from faregate_server.state.export import export_spend
+from faregate_server.telemetry.request_log import LOGGER_NAME as REQUEST_LOGGER
 from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")

@@ -3,7 +3,7 @@
 `serve()` is one async context manager: entering it builds the HTTP session,
 the state store, the catalog of deployments, the gateway and the gRPC server
 (with health and reflection, v1 and v1alpha, always on) inside a single AsyncExitStack;
-leaving it drains the server gracefully (drain.py) and tears the rest down
+leaving it drains the server gracefully (rpc/drain.py) and tears the rest down
 in reverse.
 """
 
@@ -27,25 +27,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from faregate_server.admin import AdminServicer
-from faregate_server.admission import AdmissionControl
-from faregate_server.auth import Authenticator
-from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock, SystemClock
-from faregate_server.config import Config
-from faregate_server.drain import Drain
-from faregate_server.gateway import Gateway
-from faregate_server.handlers import register_router_service
-from faregate_server.http_admin import HttpAdmin
-from faregate_server.metrics import open_metrics
-from faregate_server.planner import Planner
-from faregate_server.reflection import enable_reflection
+from faregate_server.config.schema import Config
 from faregate_server.reload import Reloader
-from faregate_server.servicer import RouterServicer
-from faregate_server.state import StateStore, open_state
-from faregate_server.telemetry import Telemetry
-from faregate_server.telemetry_interceptor import TelemetryInterceptor
-from faregate_server.tls import add_port
+from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.planner import Planner
+from faregate_server.rpc.admin import AdminServicer
+from faregate_server.rpc.admission import AdmissionControl
+from faregate_server.rpc.drain import Drain
+from faregate_server.rpc.handlers import register_router_service
+from faregate_server.rpc.reflection import enable_reflection
+from faregate_server.rpc.router import RouterServicer
+from faregate_server.security.auth import Authenticator
+from faregate_server.security.tls import add_port
+from faregate_server.state.opening import open_state
+from faregate_server.state.store import StateStore
+from faregate_server.telemetry.http_admin import HttpAdmin
+from faregate_server.telemetry.interceptor import TelemetryInterceptor
+from faregate_server.telemetry.metrics import open_metrics
+from faregate_server.telemetry.observation import Telemetry
+from faregate_server.upstream.catalog import Catalog
 
 if TYPE_CHECKING:
     from aiohappyeyeballs import AddrInfoType

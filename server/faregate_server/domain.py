@@ -181,7 +181,7 @@ class Usage:
 
 
 class UsageFlaw(StrEnum):
-    """Why an upstream's reported usage was not believed (see usage.py)."""
+    """Why an upstream's reported usage was not believed (see upstream/usage.py)."""
 
     MISSING = "missing"
     """A usage block with a count absent."""

@@ -52,7 +52,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from faregate_server.providers.base import UpstreamError, UpstreamErrorKind
+from faregate_server.upstream.providers.base import UpstreamError, UpstreamErrorKind
 
 ERROR_DOMAIN = "faregate.dev"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -340,7 +340,7 @@ class ShuttingDown(_Retryable):
 
 class ServerOverloaded(_Retryable):
     """This process is past what it can serve: a new call is refused at once,
-    before anything is parsed, authenticated or reserved (admission.py).
+    before anything is parsed, authenticated or reserved (rpc/admission.py).
     `guard` names the limit it is over: "concurrency" or "loop_lag"."""
 
     code = grpc.StatusCode.UNAVAILABLE

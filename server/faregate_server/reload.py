@@ -19,13 +19,13 @@ from pathlib import Path
 
 import aiohttp
 
-from faregate_server.auth import Authenticator
-from faregate_server.catalog import Catalog
 from faregate_server.clock import Clock
-from faregate_server.config import Config, ConfigError
-from faregate_server.config_loader import load_config
-from faregate_server.gateway import Gateway
-from faregate_server.state import StateStore
+from faregate_server.config.load import load_config
+from faregate_server.config.schema import Config, ConfigError
+from faregate_server.routing.gateway import Gateway
+from faregate_server.security.auth import Authenticator
+from faregate_server.state.store import StateStore
+from faregate_server.upstream.catalog import Catalog
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ so that a second process cannot share its port by accident), and the kernel
 spreads incoming connections across them, so a machine's cores are all used.
 They share budgets, limits, the ledger and request ids through the Redis
 state backend, which is why more than one worker requires it: an SQLite
-ledger has one writer (ledger_lock.py), so `--workers N` with sqlite is
+ledger has one writer (state/ledger_lock.py), so `--workers N` with sqlite is
 refused before any worker starts, and `--workers 1` is a plain
 `faregate serve`. Breakers, latency averages and worker pools stay per
 process, as they would per replica.
@@ -31,7 +31,7 @@ import subprocess
 import sys
 from types import FrameType
 
-from faregate_server.config import ServerConfig
+from faregate_server.config.schema import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import grpc
 import pytest
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FaregateClient, FaregateError, Unavailable
-from faregate_server.api_keys import format_key_hash, new_api_key
-from faregate_server.request_log import LOGGER_NAME
+from faregate_server.security.api_keys import format_key_hash, new_api_key
+from faregate_server.telemetry.request_log import LOGGER_NAME
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 

@@ -23,7 +23,7 @@ from faregate_client import (
     RateLimited,
     Unauthenticated,
 )
-from faregate_server.api_keys import format_key_hash, new_api_key
+from faregate_server.security.api_keys import format_key_hash, new_api_key
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 

@@ -12,7 +12,7 @@ from faregate.v1 import router_pb2
 from faregate_client import BudgetExhausted, FaregateError
 from faregate_server.domain import ChatMessage, Role
 from faregate_server.money import Price
-from faregate_server.tokens import TiktokenCounter
+from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import StartFaregate, to_config
 from tests.fakes.clock import FakeClock

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from faregate_server.config_loader import load_config
+from faregate_server.config.load import load_config
 from faregate_server.errors import StateUnavailable
 
 from tests.conftest import StartFaregate, sigkill_under_load, to_config

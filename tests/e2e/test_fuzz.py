@@ -32,8 +32,8 @@ from typing import Any
 import grpc
 import pytest
 from faregate.v1 import router_pb2
-from faregate_server.api_keys import format_key_hash, new_api_key
 from faregate_server.errors import ERROR_DOMAIN, FaregateError
+from faregate_server.security.api_keys import format_key_hash, new_api_key
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, example, given, settings

@@ -19,10 +19,10 @@ import pytest
 from faregate.v1 import admin_pb2, admin_pb2_grpc
 from faregate_client import BudgetExhausted, FaregateError, Unavailable
 from faregate_server.domain import ChatMessage, Role
-from faregate_server.export import export_spend
-from faregate_server.ledger import SpendRecord
 from faregate_server.money import Price
-from faregate_server.tokens import TiktokenCounter
+from faregate_server.state.export import export_spend
+from faregate_server.state.ledger import SpendRecord
+from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import OMIT, FakeUpstream, Script

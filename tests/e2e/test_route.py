@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from faregate.v1 import router_pb2
 from faregate_server.domain import ChatMessage, Role
-from faregate_server.tokens import TiktokenCounter
+from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import Faregate
 from tests.fakes.upstream import FakeUpstream, Script

@@ -20,8 +20,9 @@ from faregate_client import BudgetExhausted, FaregateClient, FaregateError, Unav
 from faregate_server.clock import SystemClock
 from faregate_server.domain import ChatMessage, Role
 from faregate_server.money import Price
-from faregate_server.state import StateStore, open_state
-from faregate_server.tokens import TiktokenCounter
+from faregate_server.state.opening import open_state
+from faregate_server.state.store import StateStore
+from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import StartFaregate, faregate_process, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script

@@ -18,7 +18,7 @@ import grpc
 import pytest
 import yaml
 from faregate_client import FaregateClient, FaregateError, RouteStream, Unavailable
-from faregate_server.config_loader import load_config
+from faregate_server.config.load import load_config
 from grpc_health.v1 import health_pb2
 
 from tests.conftest import TEST_ENV, StartFaregate, faregate_process, to_config

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import FailedPrecondition, FaregateClient, FaregateError
-from faregate_server.api_keys import format_key_hash, new_api_key
-from faregate_server.request_log import LOGGER_NAME
+from faregate_server.security.api_keys import format_key_hash, new_api_key
+from faregate_server.telemetry.request_log import LOGGER_NAME
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData, NumberDataPoint

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 from faregate_client import FaregateError, InvalidArgument, StreamInterrupted, Unavailable
-from faregate_server.config_loader import parse_config
-from faregate_server.providers.base import ERROR_BODY_BYTES
+from faregate_server.config.load import parse_config
+from faregate_server.upstream.providers.base import ERROR_BODY_BYTES
 
 from tests.conftest import TEST_ENV, Faregate, StartFaregate, read_stream
 from tests.fakes.upstream import FakeUpstream, Script

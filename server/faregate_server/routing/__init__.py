@@ -1,0 +1,3 @@
+"""The request path's core: plan a route, pick a model, run the attempts, settle the money. Knows
+no wire protocol.
+"""

@@ -1,0 +1,1 @@
+"""Who may call: API keys, mTLS identities, per-principal limits and TLS credentials."""

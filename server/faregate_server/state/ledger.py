@@ -1,0 +1,520 @@
+"""The spend ledger: one durable record per settled request.
+
+`SqliteLedger` keeps the records in an SQLite file in WAL mode. A record is
+durable before `record()` returns, so before the response that reports the
+spend reaches the caller. Concurrent requests share transactions (group
+commit): a single writer drains every record queued meanwhile into one
+transaction, on a thread of its own so the event loop never blocks on disk.
+At start the ledger is the source of truth: each budget's spend in its
+current window is summed from it, so a restart, even after SIGKILL, loses no
+committed spend. Reservations are not recorded; a crash voids them. The
+result of a request that carried a client `request_id` is written in the same
+transaction as its spend record, so a retry finds it if and only if the spend
+is on disk. One bad record never takes its batch down: a record SQLite
+could not store (an integer past 64 bits, say) is refused before it joins a
+batch, and a batch that fails anyway is written again record by record, so
+only the records that fail themselves fail. One process writes a ledger
+file: opening it to write takes an OS lock (ledger_lock.py) that a second
+writer is refused by.
+
+`MemoryLedger` records nothing durable, for the in-memory state backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, astuple, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from faregate_server.config.schema import ConfigError
+from faregate_server.state.ledger_lock import WriterLock
+from faregate_server.state.replay import StoredResult
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    request_id TEXT NOT NULL,
+    time_s REAL NOT NULL,
+    budget_key TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    reserved_nano_usd INTEGER NOT NULL,
+    cost_nano_usd INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spend_by_budget_time ON spend (budget_key, time_s);
+CREATE TABLE IF NOT EXISTS results (
+    request_id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    budget_remaining_nano_usd INTEGER NOT NULL,
+    expires_s REAL NOT NULL
+);
+"""
+# Columns added since the first schema: added in place to an older file.
+_LATER_COLUMNS = {
+    "also_budget_keys": "TEXT NOT NULL DEFAULT '[]'",
+    "route": "TEXT NOT NULL DEFAULT ''",
+    "model_version": "TEXT NOT NULL DEFAULT ''",
+    "attempts": "INTEGER NOT NULL DEFAULT 1",
+    "principal": "TEXT NOT NULL DEFAULT ''",
+    "usage_flaw": "TEXT NOT NULL DEFAULT ''",
+    "reported_usage": "TEXT NOT NULL DEFAULT ''",
+}
+_COLUMNS = (
+    "request_id, time_s, budget_key, agent, model, input_tokens, output_tokens,"
+    " reserved_nano_usd, cost_nano_usd, outcome, also_budget_keys, route, model_version, attempts,"
+    " principal, usage_flaw, reported_usage"
+)
+_INT64 = range(-(2**63), 2**63)
+_WRITE_ATTEMPTS = 3
+_WRITE_RETRY_S = 0.05
+_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMNS.count(','))}, ?)"
+_INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
+_SUM_SINCE = (
+    "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"
+    " OR EXISTS (SELECT 1 FROM json_each(also_budget_keys) WHERE json_each.value = ?))"
+)
+# Expired results are dropped once every this many transactions.
+_PRUNE_EVERY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRecord:
+    """What one settled request spent: one row of the ledger."""
+
+    request_id: str
+    time_s: float
+    budget_keys: tuple[str, ...]
+    """Every budget charged, the request's own first."""
+    agent: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    reserved_nano_usd: int
+    cost_nano_usd: int
+    outcome: str
+    """"succeeded", or "interrupted" for a partial charge."""
+    route: str = ""
+    model_version: str = ""
+    attempts: int = 1
+    """Upstream attempts made, hedges and retries included."""
+    principal: str = ""
+    """Who the request was authenticated as; empty with auth off."""
+    usage_flaw: str = ""
+    """Why the upstream's reported usage was not believed (a `UsageFlaw`),
+    so the request was charged its reservation; empty when it was."""
+    reported_usage: str = ""
+    """With a usage flaw: the counts the upstream reported, as JSON."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object (one line of an export)."""
+        fields = asdict(self)
+        fields["budget_keys"] = list(self.budget_keys)
+        return fields
+
+
+def _row(record: SpendRecord) -> tuple[object, ...]:
+    return (
+        record.request_id,
+        record.time_s,
+        record.budget_keys[0],
+        record.agent,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.reserved_nano_usd,
+        record.cost_nano_usd,
+        record.outcome,
+        json.dumps(record.budget_keys[1:]),
+        record.route,
+        record.model_version,
+        record.attempts,
+        record.principal,
+        record.usage_flaw,
+        record.reported_usage,
+    )
+
+
+def _from_row(row: Sequence[Any]) -> SpendRecord:
+    (request_id, time_s, key, agent, model, tokens_in, tokens_out, reserved, cost, outcome) = row[
+        :10
+    ]
+    also, route, version, attempts, principal, flaw, reported = row[10:]
+    return SpendRecord(
+        request_id,
+        time_s,
+        (key, *json.loads(also)),
+        agent,
+        model,
+        tokens_in,
+        tokens_out,
+        reserved,
+        cost,
+        outcome,
+        route,
+        version,
+        attempts,
+        principal,
+        flaw,
+        reported,
+    )
+
+
+def _check_storable(row: tuple[object, ...]) -> None:
+    """Raises ValueError for a row SQLite cannot store, before it joins a batch."""
+    for value in row:
+        if isinstance(value, int) and value not in _INT64:
+            raise ValueError(f"spend record not storable: {value} exceeds 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"spend record not storable: {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultToKeep:
+    """A request's result, kept with its spend record until `expires_s`."""
+
+    request_id: str
+    stored: StoredResult
+    expires_s: float
+
+
+_Pending = tuple[SpendRecord, ResultToKeep | None, "asyncio.Future[None]"]
+"""A record (and result) waiting for the writer, with the future its caller awaits."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatistics:
+    records: int
+    transactions: int
+
+
+class Ledger(Protocol):
+    async def record(self, record: SpendRecord, result: ResultToKeep | None = None) -> None:
+        """Returns once the record (and the result, if any) is durable."""
+        ...
+
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        """Records newest first, each with its position; `before` pages on from one.
+
+        Empty `budget_key` or `agent` match every record.
+        """
+        ...
+
+    async def result(self, request_id: str, now_s: float) -> StoredResult | None:
+        """The kept result of a request, unless it has expired."""
+        ...
+
+    def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
+        """Each budget's recorded spend since its window started (budget key -> since)."""
+        ...
+
+    def records_since(self, since_s: float) -> list[SpendRecord]:
+        """Every record from since_s on (read at start, so it may block)."""
+        ...
+
+    def statistics(self) -> LedgerStatistics: ...
+
+    async def aclose(self) -> None: ...
+
+
+def matches(record: SpendRecord, budget_key: str, agent: str) -> bool:
+    """Whether a record passes a query's filters (empty ones match all)."""
+    return (not budget_key or budget_key in record.budget_keys) and (
+        not agent or record.agent == agent
+    )
+
+
+class MemoryLedger:
+    """Keeps the latest records in memory: spend lives and dies with the process."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._records = 0
+        self._recent: deque[tuple[int, SpendRecord]] = deque(maxlen=capacity)
+        self._results: dict[str, ResultToKeep] = {}
+
+    async def record(self, record: SpendRecord, result: ResultToKeep | None = None) -> None:
+        self._records += 1
+        self._recent.append((self._records, record))
+        if result is not None:
+            self._results[result.request_id] = result
+            if len(self._results) > self._recent.maxlen:  # type: ignore[operator]
+                self._prune(record.time_s)
+
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        found = []
+        for position, record in reversed(self._recent):
+            if before is not None and position >= before:
+                continue
+            if not matches(record, budget_key, agent):
+                continue
+            found.append((position, record))
+            if len(found) == limit:
+                break
+        return found
+
+    async def result(self, request_id: str, now_s: float) -> StoredResult | None:
+        kept = self._results.get(request_id)
+        if kept is None or kept.expires_s <= now_s:
+            return None
+        return kept.stored
+
+    def _prune(self, now_s: float) -> None:
+        self._results = {k: v for k, v in self._results.items() if v.expires_s > now_s}
+        while len(self._results) > self._recent.maxlen:  # type: ignore[operator]
+            del self._results[next(iter(self._results))]
+
+    def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
+        return {}
+
+    def records_since(self, since_s: float) -> list[SpendRecord]:
+        return []
+
+    def statistics(self) -> LedgerStatistics:
+        return LedgerStatistics(records=self._records, transactions=0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SqliteLedger:
+    """The ledger in an SQLite file (WAL), written by group commit."""
+
+    def __init__(self, path: Path, lock: WriterLock | None = None) -> None:
+        # One thread owns the connection: sqlite3 objects stay on their thread.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-ledger")
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._pending: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._records = 0
+        self._transactions = 0
+        self._closed = False
+        self._lock = lock
+
+    @classmethod
+    async def open(cls, path: Path, *, writer: bool = True) -> SqliteLedger:
+        """Opens (or creates) the ledger file.
+
+        Args:
+            path: The SQLite file.
+            writer: Take the ledger's writer lock (ledger_lock.py) until
+                `aclose()`; False for a reader beside a serving process
+                (an export), which must not record.
+
+        Raises:
+            LedgerInUse: another process writes this ledger.
+            ConfigError: the file is not a usable SQLite database (corrupt,
+                locked, unreadable); its spend is never silently reset.
+        """
+        lock = WriterLock(path) if writer else None
+        if lock is not None:
+            lock.acquire()
+        ledger = cls(path, lock)
+        try:
+            await ledger._run(ledger._connect)
+        except BaseException as error:
+            ledger._thread.shutdown(wait=False)
+            if lock is not None:
+                lock.release()
+            if isinstance(error, sqlite3.Error):
+                message = f"state.path: cannot use {path} as the ledger: {error}"
+                raise ConfigError(message) from None
+            raise
+        return ledger
+
+    def _connect(self) -> None:
+        connection = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed transaction survives a power cut, not only a crash.
+            connection.execute("PRAGMA synchronous=FULL")
+            (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
+            connection.executescript(_SCHEMA)
+            present = {row[1] for row in connection.execute("PRAGMA table_info(spend)")}
+            for column, definition in _LATER_COLUMNS.items():
+                if column not in present:
+                    connection.execute(f"ALTER TABLE spend ADD COLUMN {column} {definition}")
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    async def record(self, record: SpendRecord, result: ResultToKeep | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("the ledger is closed")
+        if self._lock is None:
+            raise RuntimeError("the ledger was opened to read only")
+        _check_storable(_row(record))
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((record, result, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="faregate-ledger")
+        # Shielded: a caller that goes away must not take its record with it.
+        await asyncio.shield(done)
+
+    async def _write_pending(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write_batch(batch)
+                batch = []
+        finally:
+            # Only if this task itself was cancelled: nobody may wait forever.
+            for *_, done in (*batch, *self._pending):
+                if not done.done():
+                    done.set_exception(RuntimeError("the ledger writer stopped"))
+                    done.exception()  # retrieved: its caller may be gone
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        rows = [_row(record) for record, _, _ in batch]
+        results = [
+            (kept.request_id, *astuple(kept.stored), kept.expires_s)
+            for _, kept, _ in batch
+            if kept is not None
+        ]
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                await self._run(self._insert, rows, results)
+                break
+            except sqlite3.OperationalError as error:
+                # Locked, busy, out of space: the file's trouble, for the whole batch.
+                if attempt < _WRITE_ATTEMPTS:
+                    await asyncio.sleep(_WRITE_RETRY_S * attempt)
+                    continue
+                self._fail(batch, rows, error)
+                return
+            except (sqlite3.Error, ValueError, TypeError, OverflowError) as error:
+                # A record's trouble: it fails alone, and the others are
+                # written in transactions of their own.
+                if len(batch) > 1:
+                    for pending in batch:
+                        await self._write_batch([pending])
+                    return
+                self._fail(batch, rows, error)
+                return
+        self._records += len(batch)
+        self._transactions += 1
+        for *_, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], rows: list[tuple[object, ...]], error: Exception) -> None:
+        # The spend stands in memory but not on disk: say exactly what is
+        # missing so an operator can repair the ledger.
+        for row in rows:
+            logger.error("spend record not written to the ledger: %r", row)
+        for *_, done in batch:
+            if not done.done():
+                done.set_exception(error)
+                done.exception()
+
+    def _insert(
+        self, rows: Iterable[tuple[object, ...]], results: Iterable[tuple[object, ...]]
+    ) -> None:
+        assert self._connection is not None
+        with self._connection:  # one transaction: BEGIN ... COMMIT
+            self._connection.execute("BEGIN")
+            self._connection.executemany(_INSERT, rows)
+            self._connection.executemany(_INSERT_RESULT, results)
+            if self._transactions % _PRUNE_EVERY == 0:
+                self._connection.execute("DELETE FROM results WHERE expires_s < ?", (time.time(),))
+
+    async def query(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[int, SpendRecord]]:
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(
+            self._thread, self._select, budget_key, agent, limit, before
+        )
+        return [(row[0], _from_row(row[1:])) for row in rows]
+
+    def _select(
+        self, budget_key: str, agent: str, limit: int, before: int | None
+    ) -> list[tuple[Any, ...]]:
+        assert self._connection is not None
+        query = (
+            f"SELECT rowid, {_COLUMNS} FROM spend WHERE rowid < ? AND (? = '' OR budget_key = ?"
+            " OR EXISTS (SELECT 1 FROM json_each(also_budget_keys) WHERE json_each.value = ?))"
+            " AND (? = '' OR agent = ?) ORDER BY rowid DESC LIMIT ?"
+        )
+        before_row = before if before is not None else 2**63 - 1
+        arguments = (before_row, budget_key, budget_key, budget_key, agent, agent, limit)
+        return self._connection.execute(query, arguments).fetchall()
+
+    async def result(self, request_id: str, now_s: float) -> StoredResult | None:
+        loop = asyncio.get_running_loop()
+        row = await loop.run_in_executor(self._thread, self._select_result, request_id, now_s)
+        return None if row is None else StoredResult(*row)
+
+    def _select_result(self, request_id: str, now_s: float) -> tuple[Any, ...] | None:
+        assert self._connection is not None
+        query = (
+            "SELECT fingerprint, result, budget_remaining_nano_usd FROM results"
+            " WHERE request_id = ? AND expires_s > ?"
+        )
+        row: tuple[Any, ...] | None = self._connection.execute(
+            query, (request_id, now_s)
+        ).fetchone()
+        return row
+
+    def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
+        """Read once at start, before serving, so it may block."""
+        return self._thread.submit(self._sum_since, dict(since_s)).result()
+
+    def _sum_since(self, since_s: dict[str, float]) -> dict[str, int]:
+        assert self._connection is not None
+        spent = {}
+        for key, since in since_s.items():
+            (total,) = self._connection.execute(_SUM_SINCE, (since, key, key)).fetchone()
+            spent[key] = int(total)
+        return spent
+
+    def records_since(self, since_s: float) -> list[SpendRecord]:
+        """Read once at start, before serving, so it may block."""
+        return self._thread.submit(self._select_since, since_s).result()
+
+    def _select_since(self, since_s: float) -> list[SpendRecord]:
+        assert self._connection is not None
+        if math.isinf(since_s):
+            return []
+        query = f"SELECT {_COLUMNS} FROM spend WHERE time_s >= ?"
+        return [_from_row(row) for row in self._connection.execute(query, (since_s,))]
+
+    def statistics(self) -> LedgerStatistics:
+        return LedgerStatistics(records=self._records, transactions=self._transactions)
+
+    async def aclose(self) -> None:
+        """Writes every record already handed in, then closes; later records are refused."""
+        self._closed = True
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
+        if self._connection is not None:
+            await self._run(self._connection.close)
+            self._connection = None
+        await asyncio.to_thread(self._thread.shutdown)
+        if self._lock is not None:
+            self._lock.release()  # last: nothing of ours writes the file any more
+
+    async def _run(self, function: Callable[..., None], *args: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)

@@ -1,0 +1,3 @@
+"""Seeing what faregate does: per-request observations, Prometheus metrics, the request log and the
+admin HTTP endpoint.
+"""

@@ -1,0 +1,464 @@
+"""Telemetry: one observation per RPC, traces, and the hooks the core path calls.
+
+`Telemetry` is built once by the composition root from `telemetry:` config
+(or from a tracer provider handed in, as tests do; metrics come in built). The core path
+calls a few thin hooks on it; everything it learns about a request lands on
+one `RequestObservation`, found through a context variable that the RPC
+interceptor sets, so no signature between the servicer and the providers
+carries it. When the RPC ends, the observation feeds the metrics and the
+request log, and ends the server span.
+
+Traces, when on: a SERVER span per RPC (its parent read from the caller's
+W3C `traceparent`/`tracestate` metadata), with children for selection, each
+budget reservation, each wait for a worker slot, and each upstream attempt
+(a CLIENT span with provider, model, HTTP status and tokens). The attempt's
+context is injected into its upstream HTTP request, so one trace runs from
+the agent through faregate to the provider.
+
+Cost when off: every hook is a method that returns at once, or hands back a
+shared no-op context; no span object is ever made with tracing off, and with
+metrics and request logs off too the interceptor is not installed at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from types import SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from faregate_server import __version__
+from faregate_server.config.schema import TelemetryConfig
+from faregate_server.domain import AttemptRecord, ImplausibleUsage, ReportedUsage, RouteCall, Usage
+from faregate_server.telemetry.request_log import RequestLog
+
+if TYPE_CHECKING:
+    from faregate_server.routing.planner import Plan
+    from faregate_server.telemetry.metrics import GatewayMetrics
+    from faregate_server.upstream.catalog import Deployment
+    from faregate_server.upstream.providers import UpstreamError
+
+SERVICE_NAME = "faregate"
+_SCOPE = "faregate_server"
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+_PROPAGATOR = TraceContextTextMapPropagator()
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+_CURRENT: contextvars.ContextVar[RequestObservation | None] = contextvars.ContextVar(
+    "faregate_request", default=None
+)
+
+
+class RequestObservation:
+    """What one RPC did, gathered as it runs; read once when it ends."""
+
+    __slots__ = (
+        "call",
+        "code",
+        "cost_nano_usd",
+        "first_output_s",
+        "input_tokens",
+        "method",
+        "model",
+        "output_tokens",
+        "provider",
+        "reason",
+        "records",
+        "request_id",
+        "route",
+        "span",
+        "started_s",
+    )
+
+    def __init__(self, method: str, span: Span | None) -> None:
+        self.method = method
+        self.span = span
+        self.started_s = time.perf_counter()
+        self.call: RouteCall | None = None
+        self.request_id = ""
+        self.route = ""
+        self.model = ""
+        """A configured model name (never the caller's free text): label-safe."""
+        self.provider = ""
+        self.records: Sequence[AttemptRecord] = ()
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_nano_usd = 0
+        self.first_output_s: float | None = None
+        self.code = "OK"
+        self.reason = ""
+
+    @property
+    def trace_id(self) -> str:
+        if self.span is None:
+            return ""
+        return trace.format_trace_id(self.span.get_span_context().trace_id)
+
+
+class Telemetry:
+    """Traces, metrics and the request log for one server; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self._owned_tracer_provider: TracerProvider | None = None
+        if tracer_provider is None and config.otlp_endpoint:
+            tracer_provider = self._owned_tracer_provider = _otlp_tracer_provider(config)
+        self._tracer = tracer_provider.get_tracer(_SCOPE, __version__) if tracer_provider else None
+        self.metrics = metrics
+        self._log = RequestLog(config.log_prompts) if config.request_log else None
+        self.observing = bool(self._tracer or self.metrics or self._log)
+        """Whether RPCs are observed at all; if not, the interceptor stays out."""
+
+    @property
+    def tracing(self) -> bool:
+        return self._tracer is not None
+
+    def shutdown(self) -> None:
+        """Flushes and stops what this object built itself (not providers handed in)."""
+        if self._owned_tracer_provider is not None:
+            self._owned_tracer_provider.shutdown()
+
+    # -- the RPC's edges (called by the interceptor) -------------------------
+
+    def begin(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
+    ) -> tuple[RequestObservation, contextvars.Token[RequestObservation | None], object]:
+        """Starts observing the RPC `method` ("package.Service/Method") in the
+        running task; end it with `end`."""
+        service, _, name = method.rpartition("/")
+        span = None
+        span_token: object = None
+        if self._tracer is not None:
+            carrier = {
+                key: value
+                for key, value in metadata or ()
+                if key in _TRACE_HEADERS and isinstance(value, str)
+            }
+            parent = _PROPAGATOR.extract(carrier) if carrier else None
+            span = self._tracer.start_span(
+                method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
+            span_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        observation = RequestObservation(name, span)
+        return observation, _CURRENT.set(observation), span_token
+
+    def end(
+        self,
+        observation: RequestObservation,
+        token: contextvars.Token[RequestObservation | None],
+        span_token: object,
+        error: BaseException | None,
+    ) -> None:
+        """Ends an RPC's observation: its span, its metrics and its log line."""
+        _CURRENT.reset(token)
+        if error is not None and observation.code == "OK":
+            # Not an error faregate mapped (abort notes those): the caller left,
+            # or a bug that grpc turns into UNKNOWN.
+            observation.code = "CANCELLED" if _is_cancellation(error) else "UNKNOWN"
+        latency_s = time.perf_counter() - observation.started_s
+        span = observation.span
+        if span is not None:
+            _end_server_span(span, observation)
+            otel_context.detach(span_token)  # type: ignore[arg-type]
+        if self.metrics is not None:
+            self.metrics.record_request(observation, latency_s)
+        if self._log is not None:
+            self._log.write(observation, latency_s)
+
+    # -- hooks on the core path ----------------------------------------------
+
+    @staticmethod
+    def observe_call(call: RouteCall) -> None:
+        observation = _CURRENT.get()
+        if observation is not None:
+            observation.call = call
+            observation.request_id = call.request_id
+
+    def observe_plan(self, plan: Plan, records: Sequence[AttemptRecord]) -> None:
+        """The plan made for the request, and the attempt records as they accrue."""
+        observation = _CURRENT.get()
+        if observation is None:
+            return
+        observation.request_id = plan.request_id
+        observation.route = plan.route.name
+        deployment = plan.options[0].deployment
+        observation.model = deployment.name
+        observation.provider = deployment.config.provider.value
+        observation.records = records
+        span = observation.span
+        if span is not None:
+            span.set_attribute("faregate.request_id", plan.request_id)
+            span.set_attribute("faregate.route", plan.route.name)
+
+    @staticmethod
+    def observe_served(
+        deployment: Deployment, records: Sequence[AttemptRecord] | None = None
+    ) -> None:
+        """The model serving the request (after any fallback), and every attempt
+        record when they are no longer gathered in the list `observe_plan` saw."""
+        observation = _CURRENT.get()
+        if observation is not None:
+            observation.model = deployment.name
+            observation.provider = deployment.config.provider.value
+            if records is not None:
+                observation.records = records
+
+    @staticmethod
+    def observe_first_output() -> None:
+        observation = _CURRENT.get()
+        if observation is not None and observation.first_output_s is None:
+            observation.first_output_s = time.perf_counter() - observation.started_s
+
+    @staticmethod
+    def observe_settlement(usage: Usage, cost_nano_usd: int) -> None:
+        observation = _CURRENT.get()
+        if observation is not None:
+            observation.input_tokens = usage.input_tokens
+            observation.output_tokens = usage.output_tokens
+            observation.cost_nano_usd = cost_nano_usd
+
+    def observe_implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
+        """An upstream answer whose reported usage was not believed."""
+        if self.metrics is not None:
+            self.metrics.count_implausible_usage(deployment.name, usage.flaw.value)
+
+    @staticmethod
+    def observe_failure(code: grpc.StatusCode, reason: str) -> None:
+        """The status an RPC ends with, and faregate's ErrorInfo reason."""
+        observation = _CURRENT.get()
+        if observation is not None:
+            observation.code = code.name
+            observation.reason = reason
+
+    def span(self, name: str, model: str = "") -> AbstractContextManager[Any]:
+        """A leaf span (a child of the current span, never current itself) for
+        the block, or a shared no-op when tracing is off."""
+        if self._tracer is None:
+            return _NO_SPAN
+        attributes = {"faregate.model": model} if model else None
+        return _LeafSpan(self._tracer.start_span(name, attributes=attributes))
+
+    def pool_slot(self, deployment: Deployment) -> Any:
+        """`deployment.pool.slot()`, traced as a `faregate.pool.wait` span when on."""
+        if self._tracer is None:
+            return deployment.pool.slot()
+        return _TracedSlot(self._tracer, deployment)
+
+    def attempt(self, deployment: Deployment) -> UpstreamAttempt:
+        """A CLIENT span for one upstream attempt, or a shared no-op when off."""
+        if self._tracer is None:
+            return _NO_ATTEMPT
+        span = self._tracer.start_span(
+            f"chat {deployment.config.upstream_model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.system": deployment.config.provider.value,
+                "gen_ai.request.model": deployment.config.upstream_model,
+                "faregate.model": deployment.name,
+            },
+        )
+        return UpstreamAttempt(span)
+
+    def http_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """aiohttp hooks that put the current trace context on upstream requests."""
+        if self._tracer is None:
+            return []
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(_inject_trace_context)
+        return [config]
+
+
+NO_TELEMETRY = Telemetry(TelemetryConfig(http_listen="", metrics=False, request_log=False))
+"""Observes nothing: for parts built outside a server (benches, unit tests)."""
+
+
+class UpstreamAttempt:
+    """One upstream attempt's span; `activate` while the request is sent."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span | None) -> None:
+        self._span = span
+
+    def activate(self) -> object:
+        """Makes the span current (so the HTTP request carries it); returns a token."""
+        if self._span is None:
+            return None
+        return otel_context.attach(trace.set_span_in_context(self._span))
+
+    def deactivate(self, token: object) -> None:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def succeeded(self, usage: ReportedUsage) -> None:
+        span = self._span
+        if span is None:
+            return
+        if isinstance(usage, ImplausibleUsage):
+            span.set_attributes(
+                {"http.response.status_code": 200, "faregate.usage_flaw": usage.flaw.value}
+            )
+        elif usage is None:
+            span.set_attribute("http.response.status_code", 200)
+        else:
+            span.set_attributes(
+                {
+                    "http.response.status_code": 200,
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                }
+            )
+        span.end()
+
+    def failed(self, error: UpstreamError) -> None:
+        span = self._span
+        if span is None:
+            return
+        if error.http_status is not None:
+            span.set_attribute("http.response.status_code", error.http_status)
+        span.set_attribute("error.type", error.kind.value)
+        span.set_status(Status(StatusCode.ERROR, error.message))
+        span.end()
+
+    def abandoned(self) -> None:
+        """Ended without a verdict: a lost hedge, a caller gone."""
+        span = self._span
+        if span is None:
+            return
+        span.set_attribute("faregate.abandoned", True)
+        span.end()
+
+
+_NO_ATTEMPT = UpstreamAttempt(None)
+
+
+class _LeafSpan:
+    """Ends a span with its block, marking it failed on an exception.
+
+    For spans with no children: it never becomes the current span, which
+    spares the context attach and detach (and the SDK's generator-based
+    context manager) that `start_as_current_span` costs.
+    """
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self._span.end()
+
+
+class _TracedSlot:
+    """A worker slot whose wait is a span; the slot itself is the pool's."""
+
+    __slots__ = ("_deployment", "_slot", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer, deployment: Deployment) -> None:
+        self._tracer = tracer
+        self._deployment = deployment
+        self._slot = deployment.pool.slot()
+
+    async def __aenter__(self) -> None:
+        statistics = self._deployment.pool.statistics()
+        span = self._tracer.start_span(
+            "faregate.pool.wait",
+            attributes={
+                "faregate.model": self._deployment.name,
+                "faregate.pool.in_use": statistics.in_use,
+                "faregate.pool.waiting": statistics.waiting,
+            },
+        )
+        with _LeafSpan(span):
+            await self._slot.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._slot.__aexit__(exc_type, exc, traceback)
+
+
+async def _inject_trace_context(
+    session: aiohttp.ClientSession,
+    trace_config_ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestStartParams,
+) -> None:
+    _PROPAGATOR.inject(params.headers)
+
+
+def _end_server_span(span: Span, observation: RequestObservation) -> None:
+    # One set_attributes call: the SDK takes a lock per call.
+    attributes: dict[str, AttributeValue] = {
+        "rpc.grpc.status_code": grpc.StatusCode[observation.code].value[0],
+        "gen_ai.usage.input_tokens": observation.input_tokens,
+        "gen_ai.usage.output_tokens": observation.output_tokens,
+        "faregate.cost_nano_usd": observation.cost_nano_usd,
+    }
+    if observation.model:
+        attributes["faregate.model"] = observation.model
+    call = observation.call
+    if call is not None:
+        attributes["faregate.budget_keys"] = call.budget_keys
+        if call.agent:
+            attributes["faregate.agent"] = call.agent
+        if call.principal:
+            attributes["faregate.principal"] = call.principal
+    span.set_attributes(attributes)
+    if observation.code != "OK":
+        span.set_status(Status(StatusCode.ERROR, observation.reason or observation.code))
+    span.end()
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    return isinstance(error, asyncio.CancelledError)
+
+
+def _otlp_tracer_provider(config: TelemetryConfig) -> TracerProvider:
+    # Imported here: the exporter (and its gRPC channel) only when tracing is on.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": SERVICE_NAME, "service.version": __version__}),
+        sampler=ParentBased(TraceIdRatioBased(config.trace_sample_ratio)),
+    )
+    exporter = OTLPSpanExporter(
+        endpoint=config.otlp_endpoint, insecure=config.otlp_endpoint.startswith("http://")
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider

@@ -1,0 +1,251 @@
+"""The SQLite ledger: durable before it answers, group commits, and it never
+silently resets spend when its file is unusable."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from faregate_server.config.schema import ConfigError
+from faregate_server.state.ledger import SpendRecord, SqliteLedger
+from faregate_server.state.ledger_lock import LedgerInUse
+
+
+def _record(
+    number: int, budget_key: str = "team", time_s: float = 1_000.0, *also: str
+) -> SpendRecord:
+    return SpendRecord(
+        request_id=f"r{number}",
+        time_s=time_s,
+        budget_keys=(budget_key, *also),
+        agent="tester",
+        model="m",
+        input_tokens=10,
+        output_tokens=number,
+        reserved_nano_usd=1_000,
+        cost_nano_usd=100 + number,
+        outcome="succeeded",
+    )
+
+
+async def test_records_survive_a_reopen_and_sum_by_window(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    await ledger.record(_record(1, time_s=500.0))
+    await ledger.record(_record(2, time_s=1_500.0))
+    await ledger.record(_record(3, budget_key="other", time_s=1_500.0))
+    await ledger.aclose()
+
+    reopened = await SqliteLedger.open(path)
+    try:
+        assert reopened.spent_since({"team": 1_000.0, "other": 0.0, "none": 0.0}) == {
+            "team": 102,
+            "other": 103,
+            "none": 0,
+        }
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_record_counts_for_every_budget_it_charged(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        await ledger.record(_record(1, "agent", 1_000.0, "team", "org"))
+        await ledger.record(_record(2, "team", 1_000.0))
+
+        assert ledger.spent_since({"agent": 0.0, "team": 0.0, "org": 0.0}) == {
+            "agent": 101,
+            "team": 203,
+            "org": 101,
+        }
+        found = await ledger.query("org", "", 10, None)
+        assert [record.budget_keys for _, record in found] == [("agent", "team", "org")]
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_ledger_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE spend (request_id TEXT NOT NULL, time_s REAL NOT NULL,"
+        " budget_key TEXT NOT NULL, agent TEXT NOT NULL, model TEXT NOT NULL,"
+        " input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,"
+        " reserved_nano_usd INTEGER NOT NULL, cost_nano_usd INTEGER NOT NULL,"
+        " outcome TEXT NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO spend VALUES ('old', 1.0, 'team', 'a', 'm', 1, 2, 30, 20, 'succeeded')"
+    )
+    old.commit()
+    old.close()
+
+    ledger = await SqliteLedger.open(path)
+    try:
+        await ledger.record(_record(1))
+        assert ledger.spent_since({"team": 0.0}) == {"team": 20 + 101}
+        (_, newest), (_, oldest) = await ledger.query("", "", 10, None)
+        assert (newest.request_id, oldest.request_id) == ("r1", "old")
+        assert (oldest.budget_keys, oldest.attempts) == (("team",), 1)
+        assert (oldest.usage_flaw, oldest.reported_usage) == ("", "")
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_flagged_record_keeps_what_the_upstream_reported(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        flagged = dataclasses.replace(
+            _record(1), usage_flaw="negative", reported_usage='{"input_tokens":-5}'
+        )
+        await ledger.record(flagged)
+        [(_, kept)] = await ledger.query("", "", 10, None)
+        assert kept == flagged
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_past_64_bits_is_refused_alone(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        poisoned = dataclasses.replace(_record(0), input_tokens=2**64)
+        written = await asyncio.gather(
+            *(ledger.record(poisoned if n == 5 else _record(n)) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert [n for n, outcome in enumerate(written) if outcome is not None] == [5]
+        assert isinstance(written[5], ValueError)
+        assert ledger.spent_since({"team": 0.0}) == {
+            "team": sum(100 + n for n in range(10) if n != 5)
+        }
+        await ledger.record(_record(10))  # the writer goes on
+        assert ledger.statistics().records == 10
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_sqlite_cannot_bind_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        unbindable = dataclasses.replace(_record(0), agent=object())  # type: ignore[arg-type]
+        written = await asyncio.gather(
+            *(ledger.record(unbindable if n == 5 else _record(n)) for n in range(10)),
+            return_exceptions=True,
+        )
+        assert [n for n, outcome in enumerate(written) if outcome is not None] == [5]
+        assert isinstance(written[5], sqlite3.Error)
+        assert ledger.spent_since({"team": 0.0}) == {
+            "team": sum(100 + n for n in range(10) if n != 5)
+        }
+    finally:
+        await ledger.aclose()
+
+
+async def test_concurrent_records_share_transactions(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        await asyncio.gather(*(ledger.record(_record(n)) for n in range(200)))
+
+        statistics = ledger.statistics()
+        assert statistics.records == 200
+        assert statistics.transactions < 20
+        assert ledger.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(200))}
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_record_whose_caller_was_cancelled_is_still_written(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    writing = asyncio.create_task(ledger.record(_record(7)))
+    await asyncio.sleep(0)
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    await ledger.aclose()
+
+    reopened = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        assert reopened.spent_since({"team": 0.0}) == {"team": 107}
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_corrupt_file_is_refused_not_reset(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(ConfigError, match="cannot use"):
+        await SqliteLedger.open(path)
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+async def test_a_locked_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError, match="locked"):
+            await SqliteLedger.open(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+async def test_records_handed_in_before_close_are_written_and_later_ones_refused(
+    tmp_path: Path,
+) -> None:
+    ledger = await SqliteLedger.open(tmp_path / "ledger.db")
+    writes = [asyncio.create_task(ledger.record(_record(n))) for n in range(5)]
+    await asyncio.sleep(0)
+    await ledger.aclose()
+    await asyncio.gather(*writes)
+    with pytest.raises(RuntimeError, match="closed"):
+        await ledger.record(_record(9))
+
+    reopened = await SqliteLedger.open(tmp_path / "ledger.db")
+    try:
+        assert reopened.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(5))}
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_second_writer_is_refused_naming_the_file_and_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path)
+    try:
+        with pytest.raises(LedgerInUse) as refused:
+            await SqliteLedger.open(path)
+        # Another spelling of the same file meets the same lock.
+        with pytest.raises(LedgerInUse):
+            await SqliteLedger.open(tmp_path / "." / "ledger.db")
+        await ledger.record(_record(1))
+    finally:
+        await ledger.aclose()
+    assert str(path) in str(refused.value)
+    assert f"pid {os.getpid()}" in str(refused.value)
+
+    reopened = await SqliteLedger.open(path)  # closing gave the lock up
+    await reopened.aclose()
+
+
+async def test_a_reader_opens_beside_the_writer_and_records_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    writer = await SqliteLedger.open(path)
+    try:
+        await writer.record(_record(1))
+        reader = await SqliteLedger.open(path, writer=False)
+        try:
+            found = await reader.query("", "", 10, None)
+            with pytest.raises(RuntimeError, match="read only"):
+                await reader.record(_record(2))
+        finally:
+            await reader.aclose()
+        await writer.record(_record(3))  # the reader took nothing from the writer
+    finally:
+        await writer.aclose()
+    assert [record.request_id for _, record in found] == ["r1"]

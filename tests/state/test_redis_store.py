@@ -1,0 +1,236 @@
+"""What only the shared store does: leases, and a Redis that goes away and comes back.
+
+Every test here runs against a real redis-server; the outage tests stop and
+restart one of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from faregate_server.clock import SystemClock
+from faregate_server.domain import FinishReason, RouteResult, Usage
+from faregate_server.errors import BudgetExhausted, StateUnavailable
+from faregate_server.state.ledger import SpendRecord
+from faregate_server.state.opening import open_state
+from faregate_server.state.store import StateStore
+
+from tests.conftest import to_config
+from tests.support.redis_server import RedisServer
+
+LIMIT = 1_000_000_000  # $1
+
+
+def _config(url: str, **redis: Any) -> dict[str, Any]:
+    return {
+        "models": {"m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}},
+        "routes": {"default": ["m"]},
+        "budgets": {"team": {"limit_usd": 1, "window": "none"}},
+        "state": {"backend": "redis", "redis": {"url": url, "namespace": "t", **redis}},
+        "auth": {"enabled": False},
+    }
+
+
+def _record(request_id: str, cost: int) -> SpendRecord:
+    return SpendRecord(request_id, time.time(), ("team",), "", "m", 1, 1, cost, cost, "succeeded")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop and start."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def open_store() -> AsyncIterator[Any]:
+    stores: list[StateStore] = []
+
+    async def opener(config: dict[str, Any]) -> StateStore:
+        store = await open_state(to_config(config), SystemClock())
+        stores.append(store)
+        return store
+
+    yield opener
+    for store in stores:
+        await store.aclose()
+
+
+async def _reserved(url: str) -> int:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return int(await client.hget("{t}:budget:team", "reserved") or 0)
+    finally:
+        await client.aclose()
+
+
+async def test_a_live_replica_renews_the_lease_of_a_long_request(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, lease_s=1))
+    reaper = await open_store(_config(own_redis.url, lease_s=1))
+    holding = await store.reserve(("team",), 500, (), ())
+    assert holding is not None
+
+    await asyncio.sleep(2.5)  # two and a half leases
+    await reaper.renew()  # returns whatever has lapsed
+
+    assert await _reserved(own_redis.url) == 500
+    await store.commit(holding, 300, 2, _record("r1", 300))
+    assert (await reaper.budget("team")).spent_nano_usd == 300
+
+
+async def test_a_dead_replicas_reservations_return_when_its_lease_lapses(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    doomed = await open_state(to_config(_config(own_redis.url, lease_s=1)), SystemClock())
+    assert await doomed.reserve(("team",), LIMIT, (), ()) is not None
+    # The replica dies: it never releases and never renews again.
+    doomed._renewer.cancel()  # type: ignore[attr-defined]
+    survivor = await open_store(_config(own_redis.url, lease_s=1))
+    with pytest.raises(BudgetExhausted):
+        await survivor.reserve(("team",), 1, (), ())
+
+    await asyncio.sleep(1.2)
+
+    assert await survivor.reserve(("team",), LIMIT, (), ()) is not None
+    await doomed._client.aclose()  # type: ignore[attr-defined]
+
+
+async def test_failing_closed_refuses_while_redis_is_away_and_recovers(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    assert await store.reserve(("team",), 10, (), ()) is not None
+
+    own_redis.stop()
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable):
+        await store.reserve(("team",), 10, (), ())
+    assert time.monotonic() - started < 5  # fails, never hangs
+
+    own_redis.start()
+    await asyncio.sleep(1.1)  # past the back-off after a failure
+    assert await store.reserve(("team",), 10, (), ()) is not None
+
+
+async def test_a_slow_redis_counts_as_unavailable(own_redis: RedisServer, open_store: Any) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    blocker = aioredis.Redis.from_url(own_redis.url)
+    sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "1"))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0.1)
+    try:
+        with pytest.raises(StateUnavailable):
+            await store.reserve(("team",), 10, (), ())
+    finally:
+        await sleeping
+        await blocker.aclose()
+
+
+async def test_failing_open_spends_within_the_emergency_cap_and_writes_it_back(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    config = _config(
+        own_redis.url, timeout_s=0.2, when_unavailable="fail_open", emergency_cap_usd=0.000001
+    )
+    store = await open_store(config)
+    own_redis.stop()
+
+    holding = await store.reserve(("team",), 600, (), ())  # the cap is 1,000 nano-USD
+    assert holding is not None
+    with pytest.raises(BudgetExhausted):
+        await store.reserve(("team",), 500, (), ())
+    await store.commit(holding, 400, 2, _record("offline", 400))
+
+    own_redis.start()
+    await asyncio.sleep(1.1)
+    await store.renew()  # what the background loop does every lease/3
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (400, 0)
+    [(_, record)] = await store.spend("team", "", 10, None)
+    assert (record.request_id, record.cost_nano_usd) == ("offline", 400)
+    assert await store.reserve(("team",), LIMIT - 400, (), ()) is not None  # Redis decides again
+
+
+async def test_a_commit_whose_reply_was_lost_counts_once(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    holding = await store.reserve(("team",), 500, (), ())
+    assert holding is not None
+    blocker = aioredis.Redis.from_url(own_redis.url)
+    sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.5"))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0.05)
+
+    # Redis runs the commit after its sleep, but the reply comes too late:
+    # the commit is queued and written again once Redis answers.
+    await store.commit(holding, 300, 2, _record("slow", 300))
+    await sleeping
+    await blocker.aclose()
+    await asyncio.sleep(1.1)
+    await store.renew()
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (300, 0)
+    assert [record.request_id for _, record in await store.spend("", "", 10, None)] == ["slow"]
+
+
+async def test_a_commit_whose_hold_vanished_still_charges_and_records(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url))
+    assert await store.claim("id-1", "fp") is None
+    holding = await store.reserve(("team",), 500, (), ())
+    assert holding is not None
+    flusher = aioredis.Redis.from_url(own_redis.url)
+    await flusher.flushall()  # what a restart without persistence leaves
+    await flusher.aclose()
+
+    result = RouteResult(
+        output="hello",
+        finish_reason=FinishReason.STOP,
+        usage=Usage(1, 1),
+        cost_nano_usd=300,
+        reserved_nano_usd=500,
+        budget_remaining_nano_usd=0,
+        model_used="m",
+        provider="sim",
+        request_id="id-1",
+    )
+    await store.commit(holding, 300, 2, _record("id-1", 300), result)
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (300, 0)
+    assert [record.request_id for _, record in await store.spend("", "", 10, None)] == ["id-1"]
+    served = await store.claim("id-1", "fp")
+    assert served is not None  # its retry gets the result, not a second serving
+    assert '"output":"hello"' in served.result
+
+
+async def test_commits_queued_while_redis_restarted_empty_are_charged_and_recorded(
+    own_redis: RedisServer, open_store: Any
+) -> None:
+    store = await open_store(_config(own_redis.url, timeout_s=0.2))
+    holdings = [await store.reserve(("team",), 500, (), ()) for _ in range(3)]
+    own_redis.stop()
+
+    for number, holding in enumerate(holdings):
+        assert holding is not None
+        await store.commit(holding, 100 + number, 2, _record(f"queued-{number}", 100 + number))
+    own_redis.start()  # empty: no holds, no budgets, no ledger
+    await asyncio.sleep(1.1)  # past the back-off after a failure
+    await store.renew()  # what the background loop does every lease/3
+
+    snapshot = await store.budget("team")
+    assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (303, 0)
+    records = [record.request_id for _, record in await store.spend("", "", 10, None)]
+    assert sorted(records) == ["queued-0", "queued-1", "queued-2"]

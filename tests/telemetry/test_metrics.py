@@ -1,0 +1,63 @@
+"""GatewayMetrics on its own: how attempt records become retry, fallback and
+hedge counts, and that counters report their in-process totals on collection."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import cast
+
+from faregate_server.domain import AttemptOutcome, AttemptRecord
+from faregate_server.telemetry.metrics import GatewayMetrics
+from faregate_server.telemetry.observation import RequestObservation
+from faregate_server.upstream.catalog import Catalog
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+FAILED, SUCCEEDED, CANCELLED = (
+    AttemptOutcome.FAILED,
+    AttemptOutcome.SUCCEEDED,
+    AttemptOutcome.CANCELLED,
+)
+
+
+def _counts(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, ...], int | float]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts: dict[tuple[str, ...], int | float] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    assert isinstance(point, NumberDataPoint)
+                    counts[tuple(str(value) for value in (point.attributes or {}).values())] = (
+                        point.value
+                    )
+    return counts
+
+
+def test_attempts_are_counted_as_first_retry_fallback_and_hedge() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    no_models = cast(Catalog, SimpleNamespace(deployments={}))  # no pools or breakers to observe
+    metrics = GatewayMetrics(provider, lambda: no_models, budget_labels=False)
+    observation = RequestObservation("Route", None)
+    observation.records = [
+        AttemptRecord("a", FAILED, 0.1, 0),
+        AttemptRecord("a", FAILED, 0.1, 0),  # the same model again: a retry
+        AttemptRecord("b", CANCELLED, 0.1, 0),  # another model: a fallback
+        AttemptRecord("c", SUCCEEDED, 0.1, 0, hedge=True),
+    ]
+
+    metrics.record_request(observation, 0.5)
+    metrics.record_request(observation, 0.5)
+
+    assert _counts(reader, "faregate.attempts") == {
+        ("a", "first", "failed"): 2,
+        ("a", "retry", "failed"): 2,
+        ("b", "fallback", "cancelled"): 2,
+        ("c", "hedge", "succeeded"): 2,
+    }
+    assert _counts(reader, "faregate.requests") == {("Route", "", "", "", "OK"): 2}
+    provider.shutdown()
