@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from tests.conftest import StartFaregate, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -307,9 +308,13 @@ async def test_readyz_follows_grpc_health_through_a_drain(
         await upstream.wait_for_requests(1)
         # Leaving serve() drains: gRPC health goes NOT_SERVING while the call runs on.
         stopping = asyncio.create_task(stack.aclose())
-        async with asyncio.timeout(20):
-            while (readiness := await _get(port, "/readyz"))[0] == 200:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+
+        async def not_ready() -> tuple[int, str]:
+            readiness = await _get(port, "/readyz")
+            assert readiness[0] != 200
+            return readiness
+
+        readiness = await eventually(not_ready, timeout_s=20)
         assert readiness == (503, "not ready: gRPC health is NOT_SERVING\n")
         assert (await _get(port, "/healthz"))[0] == 200
         gate.set()
