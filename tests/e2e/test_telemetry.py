@@ -184,7 +184,15 @@ async def test_metrics_count_requests_tokens_cost_and_rejections(
         answer = await faregate.client.route("hi", budget_key="team", model="gpt-fake")
         with pytest.raises(FaregateError):
             await faregate.client.route("hi", budget_key="nobody", model="gpt-fake")
-        data = reader.get_metrics_data()
+
+        # The refusal is recorded as its handler unwinds, after its status was sent.
+        def both_requests_recorded() -> MetricsData | None:
+            data = reader.get_metrics_data()
+            durations = _points(data, "faregate.request.duration")
+            assert sum(point.count for point in durations) == 2  # type: ignore[attr-defined]
+            return data
+
+        data = await eventually(both_requests_recorded)
     meter_provider.shutdown()
 
     requests = {
@@ -353,6 +361,9 @@ async def test_each_request_logs_one_json_line_without_prompt_or_keys(
     )
     with pytest.raises(FaregateError):
         await faregate.client.route("a secret prompt", budget_key="nobody", model="gpt-fake")
+    # A refusal's status is sent (context.abort) before its handler unwinds to
+    # the line being written: the caller may see the error first.
+    await eventually(lambda: len(_request_lines(caplog)) >= 2)
 
     served, refused = _request_lines(caplog)
     assert served == {
