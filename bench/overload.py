@@ -38,6 +38,7 @@ from bench.load import (
 from bench.probe_calls import API_KEY_ENV
 from bench.procs import REPO_ROOT, Child, cpu_time_s, own_cpu_time_s
 from bench.upstream import SLOW_MODEL
+from tests.support.eventually import eventually
 
 OUTCOME_OK = "OK"
 OUTCOME_POOL_SATURATED = "UNAVAILABLE/POOL_SATURATED"
@@ -337,8 +338,11 @@ async def measure_saturation(
                 group.create_task(_timed(one_stream(pool[index % clients])))
                 for index in range(streams)
             ]
-            while probe.max_lag_s <= lag_limit_s and not all(task.done() for task in stream_tasks):  # noqa: ASYNC110
-                await asyncio.sleep(_LAG_SAMPLE_INTERVAL_S)
+            await eventually(
+                lambda: probe.max_lag_s > lag_limit_s or all(task.done() for task in stream_tasks),
+                timeout_s=3 * _ADMISSION_CALL_TIMEOUT_S,
+                interval_s=_LAG_SAMPLE_INTERVAL_S,
+            )
             calls = await _probe_calls(server.target, probes)
             await asyncio.gather(*stream_tasks)
             sampler.cancel()

@@ -26,6 +26,7 @@ from faregate_server.config.load import parse_config
 from faregate_server.config.schema import Config
 
 from tests.fakes.upstream import FakeUpstream
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer
 
 TEST_ENV = {"FAKE_OPENAI_KEY": "sk-test-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-test"}
@@ -181,9 +182,7 @@ async def sigkill_under_load(config_path: Path, budget_key: str) -> list[RouteRe
                 answered.append(await client.route("hi", budget_key=budget_key, timeout_s=5))
 
         callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
-        async with asyncio.timeout(20):
-            while len(answered) < 50:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(answered) >= 50, timeout_s=20)
         process.send_signal(signal.SIGKILL)
         await process.wait()
         await asyncio.gather(*callers, return_exceptions=True)

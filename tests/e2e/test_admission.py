@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 CAP = 3
 LAG_LIMIT_S = 0.05
@@ -69,12 +70,6 @@ def _overloaded(error: FaregateError, guard: str) -> None:
     assert error.metadata["guard"] == guard
     assert error.retry_after_s is not None
     assert error.retry_after_s >= 1
-
-
-async def _wait_for(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def _raw_route(faregate: Faregate) -> tuple[grpc.aio.Channel, Any]:
@@ -200,7 +195,7 @@ async def _route_once_caught_up(faregate: Faregate) -> tuple[router_pb2.RouteRes
     the machine's own (another process taking the core) refused first."""
     admission = faregate.running.admission
     for tries in range(5):
-        await _wait_for(lambda: not admission.statistics().lagging)
+        await eventually(lambda: not admission.statistics().lagging)
         try:
             answer = await faregate.client.route("hi", budget_key="team", model="gpt-fake")
         except FaregateError as error:
@@ -224,7 +219,7 @@ async def test_calls_are_refused_while_the_event_loop_lags_and_served_once_it_ca
         before, spurious_before = await _route_once_caught_up(faregate)
 
         async with _hogging_the_loop():
-            await _wait_for(lambda: admission.statistics().lagging)
+            await eventually(lambda: admission.statistics().lagging)
             # Both at once: each step of a call waits out a slice of the hog.
             unary, streamed = await asyncio.gather(
                 faregate.client.route("hi", budget_key="team", model="gpt-fake"),

@@ -17,6 +17,7 @@ from faregate_server.upstream.tokens import TiktokenCounter
 from tests.conftest import StartFaregate, to_config
 from tests.fakes.clock import FakeClock
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
 CHEAP_PRICE = Price(150_000_000, 600_000_000)
@@ -60,9 +61,9 @@ async def test_concurrent_requests_never_share_money_and_the_ledger_is_exact(
         ]
         # Hold every upstream answer until each call has been admitted or
         # rejected, so no early commit frees money for a latecomer.
-        async with asyncio.timeout(30):
-            while sum(call.done() for call in calls) < total - admitted:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: sum(call.done() for call in calls) >= total - admitted, timeout_s=30
+        )
         assert await faregate.reserved_nano_usd("race") == admitted * worst_case
         gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)

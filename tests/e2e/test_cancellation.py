@@ -15,6 +15,7 @@ from faregate_client import DeadlineExceeded
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 CANCEL_WINDOW_S = 0.1
 
@@ -107,7 +108,9 @@ async def test_caller_without_deadline_gets_the_configured_default(
 
 async def _wait_until_settled(faregate: Faregate) -> None:
     """The server settles a cancelled call right after the cancel reaches it."""
-    async with asyncio.timeout(2):
+
+    async def settled() -> bool:
         # Polled: the server's budget store offers no event to wait on.
-        while await faregate.reserved_nano_usd():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+        return await faregate.reserved_nano_usd() == 0
+
+    await eventually(settled, interval_s=0.001)

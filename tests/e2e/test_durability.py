@@ -14,6 +14,7 @@ from faregate_server.errors import StateUnavailable
 
 from tests.conftest import StartFaregate, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,14 +96,14 @@ async def test_an_answer_settled_across_an_empty_redis_restart_is_charged_and_re
             # The commit is written once Redis answers again (a second of
             # back-off, then the renewal loop's next turn).
             state = faregate.running.state
-            for _ in range(100):
+
+            async def spent_nano_usd() -> int:
                 try:
-                    spent = (await state.budget("team")).spent_nano_usd
+                    return (await state.budget("team")).spent_nano_usd
                 except StateUnavailable:
-                    spent = 0
-                if spent:
-                    break
-                await asyncio.sleep(0.05)
+                    return 0
+
+            spent = await eventually(spent_nano_usd, interval_s=0.05)
             assert spent == reply.cost_nano_usd > 0
             [(_, record)] = await state.spend("team", "", 10, None)
             assert (record.request_id, record.cost_nano_usd) == (reply.request_id, spent)

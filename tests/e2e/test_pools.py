@@ -13,6 +13,7 @@ from faregate_client import FaregateError, Unavailable
 
 from tests.conftest import StartFaregate, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 WORKERS = 2
 QUEUE = 3
@@ -91,10 +92,10 @@ async def test_queued_request_whose_caller_cancels_leaves_the_queue_at_once(
         queued = asyncio.create_task(
             faregate.client.route("hi", budget_key="team", model="gpt-fake")
         )
-        await _wait_for(lambda: pool.statistics().waiting == 1)
+        await eventually(lambda: pool.statistics().waiting == 1, interval_s=0.001)
 
         queued.cancel()
-        await _wait_for(lambda: pool.statistics().waiting == 0)
+        await eventually(lambda: pool.statistics().waiting == 0, interval_s=0.001)
 
         await asyncio.gather(*running)
         assert len(upstream.received) == WORKERS  # the cancelled one never went upstream
@@ -117,14 +118,7 @@ async def test_queued_request_whose_deadline_passes_leaves_the_queue(
             await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=0.1)
 
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        await _wait_for(lambda: pool.statistics().waiting == 0)
+        await eventually(lambda: pool.statistics().waiting == 0, interval_s=0.001)
         await asyncio.gather(*running)
         assert len(upstream.received) == WORKERS
         assert await faregate.reserved_nano_usd() == 0
-
-
-async def _wait_for(predicate: Any) -> None:
-    async with asyncio.timeout(2):
-        # Polled: the pool's counters offer no event to wait on.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)

@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import TEST_ENV, StartFaregate, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 
 async def test_budget_removed_and_readded_mid_request_keeps_reserved_at_zero(
@@ -136,6 +137,4 @@ async def test_a_bad_byte_in_the_config_file_is_refused_and_watching_goes_on(
         assert fg.running.reloader.reloads == 0
         config_data["budgets"]["more"] = {"limit_usd": 1}
         path.write_text(yaml.safe_dump(config_data))
-        async with asyncio.timeout(5):
-            while fg.running.reloader.reloads == 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: fg.running.reloader.reloads != 0)

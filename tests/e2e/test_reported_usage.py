@@ -26,6 +26,7 @@ from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import OMIT, FakeUpstream, Script
+from tests.support.eventually import eventually
 
 GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
 MAX_OUTPUT = 10
@@ -83,9 +84,7 @@ async def test_a_lying_upstream_never_overspends_a_budget(
         calls = [asyncio.create_task(_call(faregate, rpc, "lie")) for _ in range(total)]
         # Every answer waits until each call was admitted or refused, so the
         # admitted twenty all settle their lies on a full budget.
-        async with asyncio.timeout(30):
-            while sum(call.done() for call in calls) < total - fits:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: sum(call.done() for call in calls) >= total - fits, timeout_s=30)
         gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
         spent = await faregate.spent_nano_usd("lie")
@@ -292,9 +291,11 @@ async def test_a_long_answer_without_usage_is_charged_even_if_the_caller_leaves_
     async with start_faregate(to_config(config_data)) as faregate:
         with contextlib.suppress(FaregateError):
             await faregate.client.route("hi", budget_key="team", model="gpt-fake", timeout_s=0.5)
-        async with asyncio.timeout(10):
-            while await faregate.reserved_nano_usd():  # noqa: ASYNC110  # no event to wait on
-                await asyncio.sleep(0.05)
+
+        async def settled() -> bool:
+            return await faregate.reserved_nano_usd() == 0  # no event to wait on
+
+        await eventually(settled, interval_s=0.05)
         [record] = await _records(faregate, "team")
 
     assert record.cost_nano_usd == record.reserved_nano_usd > 0

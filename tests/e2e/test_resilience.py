@@ -18,6 +18,7 @@ from faregate_server.domain import ChatMessage, Role, RouteCall
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 OUTCOME = router_pb2.AttemptOutcome.Name
 
@@ -262,9 +263,11 @@ async def test_cancelling_a_hedged_request_cancels_both_upstreams(
         await upstream.wait_for_disconnects(2)
 
         assert sorted(upstream.disconnected_models) == ["cheap-fake", "gpt-fake"]
-        async with asyncio.timeout(2):
-            while await faregate.reserved_nano_usd():  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
+
+        async def settled() -> bool:
+            return await faregate.reserved_nano_usd() == 0
+
+        await eventually(settled, interval_s=0.001)
 
 
 async def test_completed_streams_feed_the_breaker_and_latency(

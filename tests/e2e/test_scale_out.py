@@ -26,6 +26,7 @@ from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import StartFaregate, faregate_process, sigkill_under_load, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer
 
 GPT_PRICE = Price(2_500_000_000, 10_000_000_000)
@@ -97,9 +98,9 @@ async def test_two_processes_never_overspend_one_budget_together(
             for client in [(first, second)[number % 2]]
         ]
         # Every answer waits until each call is admitted or refused.
-        async with asyncio.timeout(60):
-            while sum(call.done() for call in calls) < total - admitted:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: sum(call.done() for call in calls) >= total - admitted, timeout_s=60
+        )
         gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
 

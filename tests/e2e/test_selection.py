@@ -17,6 +17,7 @@ from faregate_client._errors import error_from_rpc
 from tests.conftest import TEST_ENV, Faregate, StartFaregate, to_config
 from tests.fakes.clock import FakeClock
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 
 def _request(**fields: Any) -> router_pb2.RouteRequest:
@@ -206,7 +207,7 @@ async def test_reload_applies_a_good_config_keeps_spend_and_refuses_a_bad_one(
 
         config_data["routes"]["fresh"] = ["cheap-fake"]
         path.write_text(yaml.safe_dump(config_data))
-        await _wait_for(lambda: faregate.running.reloader.reloads == 1)
+        await eventually(lambda: faregate.running.reloader.reloads == 1)
 
         assert (await _route(faregate, model="fresh")).model_used == "cheap-fake"
         assert await faregate.spent_nano_usd() > first.cost_nano_usd  # spend survived the reload
@@ -243,12 +244,6 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(
             await _route(faregate, model="gpt-fake")
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert await faregate.reserved_nano_usd() == 0
-
-
-async def _wait_for(predicate: Any) -> None:
-    async with asyncio.timeout(5):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def _twins(config_data: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from tests.conftest import TEST_ENV, StartFaregate, faregate_process, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 from tests.support.health import serving_status
 
 STREAMS = 50
@@ -86,8 +87,11 @@ async def _read(client: FaregateClient, caller: Caller) -> None:
 
 async def _wait_not_serving(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        while await serving_status(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+
+        async def not_serving() -> bool:
+            return await serving_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await eventually(not_serving)
         assert await serving_status(channel, "faregate.v1.RouterService") == (
             health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -124,9 +128,10 @@ async def test_sigterm_drains_streams_and_charges_exactly_what_each_delivered(
     ):
         readers = [asyncio.create_task(_read(client, caller)) for caller in callers]
         # Every stream is open and has delivered its first chunks.
-        async with asyncio.timeout(20):
-            while any(len(caller.deltas) < caller.before_pause for caller in callers):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: all(len(caller.deltas) >= caller.before_pause for caller in callers),
+            timeout_s=20,
+        )
 
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
@@ -228,9 +233,7 @@ async def test_workers_drain_on_sigterm_and_the_parent_exits_0(
             asyncio.create_task(_read(client, caller))
             for client, caller in zip(clients, callers, strict=True)
         ]
-        async with asyncio.timeout(20):
-            while any(len(caller.deltas) < 2 for caller in callers):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: all(len(caller.deltas) >= 2 for caller in callers), timeout_s=20)
 
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
@@ -268,9 +271,7 @@ async def test_a_second_sigterm_cuts_at_once_instead_of_waiting_out_the_grace(
         FaregateClient(target) as client,
     ):
         reader = asyncio.create_task(_read(client, caller))
-        async with asyncio.timeout(20):
-            while not caller.deltas:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: caller.deltas, timeout_s=20)
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             await _wait_not_serving(target)

@@ -25,6 +25,7 @@ from faregate_server.domain import ChatMessage, Role
 
 from tests.conftest import Faregate, StartFaregate, base_config, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 CHUNK = " tok" * 50
 """50 cl100k tokens, about 210 bytes as a StreamRoute message."""
@@ -57,9 +58,10 @@ def _long_stream_config(upstream: FakeUpstream, **server: Any) -> dict[str, Any]
 
 
 async def _wait_until_settled(faregate: Faregate) -> None:
-    async with asyncio.timeout(5):
-        while await faregate.reserved_nano_usd():  # noqa: ASYNC110  # no event to wait on
-            await asyncio.sleep(0.005)
+    async def settled() -> bool:
+        return await faregate.reserved_nano_usd() == 0  # no event to wait on
+
+    await eventually(settled, interval_s=0.005)
 
 
 async def _read_slowly(
@@ -129,9 +131,7 @@ async def test_stream_past_its_deadline_ends_at_the_deadline_however_full_the_wi
             # The handler's write blocks on the full window meanwhile; the
             # request's metric is counted once the handler has ended.
             await upstream.wait_for_disconnects(1)
-            async with asyncio.timeout(5):
-                while not await _requests_ended(faregate, "DEADLINE_EXCEEDED"):  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: _requests_ended(faregate, "DEADLINE_EXCEEDED"))
             handler_ended.append(await faregate.reserved_nano_usd() == 0)
 
         error = await _read_slowly(stream, [], after_first=stop_reading_until_the_handler_ends)
@@ -198,9 +198,7 @@ async def test_write_to_a_call_grpc_already_ended_settles_without_an_internal_er
                 await _slow_raw_stream(faregate.target, deadline_s, reads=5)
             await upstream.wait_for_disconnects(STREAMS)
             await _wait_until_settled(faregate)
-            async with asyncio.timeout(5):
-                while faregate.running.drain.in_flight:  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
+            await eventually(lambda: not faregate.running.drain.in_flight, interval_s=0.005)
 
         assert await faregate.spent_nano_usd() > 0  # the delivered part was charged
         # faregate's own log and gRPC's (the fake upstream may log the
@@ -232,9 +230,7 @@ async def test_a_chunk_written_while_a_shutdown_cut_waits_is_charged(
         call: Any = stub.StreamRoute(request, timeout=30)
         await call.read()  # the start; then nothing is read, so writes block
         drain = faregate.running.drain
-        async with asyncio.timeout(10):
-            while not any(tracked._writing for tracked in drain._calls):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(lambda: any(tracked._writing for tracked in drain._calls))
         [tracked] = drain._calls
         tracked.cut()
         deltas = 0

@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from tests.conftest import StartFaregate, to_config
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -183,7 +184,15 @@ async def test_metrics_count_requests_tokens_cost_and_rejections(
         answer = await faregate.client.route("hi", budget_key="team", model="gpt-fake")
         with pytest.raises(FaregateError):
             await faregate.client.route("hi", budget_key="nobody", model="gpt-fake")
-        data = reader.get_metrics_data()
+
+        # The refusal is recorded as its handler unwinds, after its status was sent.
+        def both_requests_recorded() -> MetricsData | None:
+            data = reader.get_metrics_data()
+            durations = _points(data, "faregate.request.duration")
+            assert sum(point.count for point in durations) == 2  # type: ignore[attr-defined]
+            return data
+
+        data = await eventually(both_requests_recorded)
     meter_provider.shutdown()
 
     requests = {
@@ -307,9 +316,13 @@ async def test_readyz_follows_grpc_health_through_a_drain(
         await upstream.wait_for_requests(1)
         # Leaving serve() drains: gRPC health goes NOT_SERVING while the call runs on.
         stopping = asyncio.create_task(stack.aclose())
-        async with asyncio.timeout(20):
-            while (readiness := await _get(port, "/readyz"))[0] == 200:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+
+        async def not_ready() -> tuple[int, str]:
+            readiness = await _get(port, "/readyz")
+            assert readiness[0] != 200
+            return readiness
+
+        readiness = await eventually(not_ready, timeout_s=20)
         assert readiness == (503, "not ready: gRPC health is NOT_SERVING\n")
         assert (await _get(port, "/healthz"))[0] == 200
         gate.set()
@@ -348,6 +361,9 @@ async def test_each_request_logs_one_json_line_without_prompt_or_keys(
     )
     with pytest.raises(FaregateError):
         await faregate.client.route("a secret prompt", budget_key="nobody", model="gpt-fake")
+    # A refusal's status is sent (context.abort) before its handler unwinds to
+    # the line being written: the caller may see the error first.
+    await eventually(lambda: len(_request_lines(caplog)) >= 2)
 
     served, refused = _request_lines(caplog)
     assert served == {

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from faregate.v1.router_pb2 import RouteResponse
 from faregate_client import FaregateClient, NotFound
 
 from tests.conftest import Faregate, faregate_process
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "server/faregate_server/default_config.yaml"
@@ -157,12 +159,13 @@ async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
         config["routes"]["small-only"] = ["sim-small"]
         path.write_text(yaml.safe_dump(config))
         process.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    reply = await client.route("hi", budget_key="demo", model="small-only")
-                    break
-                except NotFound:
-                    await asyncio.sleep(0.05)
+
+        async def routed() -> RouteResponse:
+            try:
+                return await client.route("hi", budget_key="demo", model="small-only")
+            except NotFound as error:
+                raise AssertionError("the reloaded route is not served yet") from error
+
+        reply = await eventually(routed, interval_s=0.05)
 
     assert reply.model_used == "sim-small"

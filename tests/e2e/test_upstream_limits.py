@@ -7,7 +7,6 @@ the server serving."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -29,6 +28,7 @@ from tests.fakes.raw_upstream import (
     sse_answer,
 )
 from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.eventually import eventually
 from tests.support.memory import peak_rss_growth
 
 OUTCOME = router_pb2.AttemptOutcome.Name
@@ -113,9 +113,7 @@ async def test_the_hostile_upstream_is_hung_up_on_soon_after_the_cap(
 
 async def _hung_up(raw: RawUpstream) -> None:
     """Waits until the hostile fake noticed the hang-up (its writes fail)."""
-    async with asyncio.timeout(5):
-        while not raw.served or not raw.served[-1].hung_up:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await eventually(lambda: raw.served and raw.served[-1].hung_up)
 
 
 async def test_a_content_length_over_the_cap_is_refused_unread(
