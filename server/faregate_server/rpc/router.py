@@ -2,8 +2,9 @@
 
 It validates and translates requests, runs them under the caller's deadline
 (or the configured default: no call is ever unbounded), and turns every
-`FaregateError` into a status with rich details. Anything else is a bug and
-becomes INTERNAL with a trace id; the traceback goes to the log only.
+`FaregateError` into a status with rich details (rpc/status.py). Anything
+else is a bug and becomes INTERNAL with a trace id; the traceback goes to
+the log only.
 
 A stream writes one event at a time: `context.write` completes once gRPC's
 HTTP/2 flow control has let the message out to the caller (into the
@@ -23,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import uuid
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import Any, NoReturn
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
@@ -48,16 +47,11 @@ from faregate_server.domain import (
     TaskKind,
     Usage,
 )
-from faregate_server.errors import (
-    DeadlineExceeded,
-    FaregateError,
-    InvalidRequest,
-    Metadata,
-    internal_error_status,
-)
+from faregate_server.errors import InvalidRequest
 from faregate_server.routing.gateway import Gateway
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain
+from faregate_server.rpc.status import abort, status_for
 from faregate_server.security.auth import Authenticator, authorize
 from faregate_server.state.replay import fingerprint
 from faregate_server.telemetry.observation import Telemetry
@@ -220,10 +214,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except Exception as error:
             # Not `abort`: that waits until the caller has read every message
             # still queued, which a slow reader may take minutes to do.
-            code, message, trailers = _status(error, request.model)
-            context.set_code(code)
-            context.set_details(message)
-            context.set_trailing_metadata(trailers)
+            status = status_for(error, request.model)
+            context.set_code(status.code)
+            context.set_details(status.message)
+            context.set_trailing_metadata(status.trailers)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -500,32 +494,3 @@ def _observe_ended(context: StreamContext) -> None:
         code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
     logger.debug("stream ended by gRPC (%s)", code.name)
     Telemetry.observe_failure(code, reason)
-
-
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], error: Exception, model: str
-) -> NoReturn:
-    """Ends the call with the status for error: the one place errors meet the wire."""
-    code, message, trailers = _status(error, model)
-    await context.abort(code, message, trailers)
-    raise AssertionError("abort returned")  # pragma: no cover
-
-
-def _status(error: Exception, model: str) -> tuple[grpc.StatusCode, str, Metadata]:
-    """The status for error, noted for telemetry; an unexpected one is logged."""
-    if isinstance(error, TimeoutError):
-        error = DeadlineExceeded("the request's deadline passed", model=model)
-    try:
-        if not isinstance(error, FaregateError):
-            raise error
-        code, message, trailers = error.to_grpc()
-        reason = error.reason
-    except Exception as unexpected:  # a bug, or a status that could not be built
-        trace_id = uuid.uuid4().hex
-        logger.error(
-            "unexpected error serving a request (trace id %s)", trace_id, exc_info=unexpected
-        )
-        code, message, trailers = internal_error_status(trace_id)
-        reason = "INTERNAL"
-    Telemetry.observe_failure(code, reason)
-    return code, message, trailers
