@@ -82,7 +82,7 @@ class ErrorCode(StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     """The caller's budget or quota is spent."""
     UNAVAILABLE = "UNAVAILABLE"
-    """Overloaded, stopping, or the upstream is down: retrying later helps."""
+    """Overloaded, stopping, or something behind faregate is down: retrying later helps."""
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     """The request's deadline passed before it was served."""
     ABORTED = "ABORTED"
