@@ -1,19 +1,24 @@
-"""faregate's errors and their one mapping onto gRPC statuses.
+"""faregate's errors, as plain data.
 
-Every error faregate returns on purpose is a `FaregateError`; each subclass
-fixes its gRPC code and its `google.rpc.ErrorInfo` reason (the catalogue is
-documented in protos/faregate/v1/router.proto). The tree:
+Every error faregate returns on purpose is a `FaregateError`. Each subclass
+fixes its `ErrorCode` and its reason (the UPPER_SNAKE catalogue documented in
+protos/faregate/v1/router.proto, in the domain `ERROR_DOMAIN`); each instance
+carries a message, metadata (lowerCamel keys, string values) and typed
+`ErrorDetails`: the fields a request got wrong, the quotas it ran into, the
+state that forbids it, when to retry. Nothing here knows a wire: each door
+renders these its own way, the gRPC one in rpc/status.py, and this module
+imports nothing of grpc, protobuf or the rest of faregate. The tree:
 
     FaregateError
-    ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+ BadRequest)
-    ├── ModelCannotServe        INVALID_ARGUMENT    MODEL_CANNOT_SERVE (+ BadRequest)
+    ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+ field violations)
+    ├── ModelCannotServe        INVALID_ARGUMENT    MODEL_CANNOT_SERVE (+ field violations)
     ├── ModelNotFound           NOT_FOUND           MODEL_NOT_FOUND
-    ├── BudgetNotFound          FAILED_PRECONDITION BUDGET_NOT_FOUND (+ PreconditionFailure)
-    ├── BudgetExhausted         RESOURCE_EXHAUSTED  BUDGET_EXHAUSTED (+ QuotaFailure)
-    ├── PoolSaturated           UNAVAILABLE         POOL_SATURATED (+ RetryInfo)
-    ├── LimitExhausted          UNAVAILABLE         LIMIT_EXHAUSTED (+ RetryInfo)
-    ├── CandidatesUnavailable   UNAVAILABLE         CANDIDATES_UNAVAILABLE (+ RetryInfo)
-    ├── UpstreamRateLimited     UNAVAILABLE         UPSTREAM_RATE_LIMITED (+ RetryInfo)
+    ├── BudgetNotFound          FAILED_PRECONDITION BUDGET_NOT_FOUND (+ precondition violations)
+    ├── BudgetExhausted         RESOURCE_EXHAUSTED  BUDGET_EXHAUSTED (+ quota violations)
+    ├── PoolSaturated           UNAVAILABLE         POOL_SATURATED (+ retry delay)
+    ├── LimitExhausted          UNAVAILABLE         LIMIT_EXHAUSTED (+ retry delay)
+    ├── CandidatesUnavailable   UNAVAILABLE         CANDIDATES_UNAVAILABLE (+ retry delay)
+    ├── UpstreamRateLimited     UNAVAILABLE         UPSTREAM_RATE_LIMITED (+ retry delay)
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE
     ├── UpstreamStalled         UNAVAILABLE         UPSTREAM_STALLED
     ├── UpstreamResponseTooLarge UNAVAILABLE        UPSTREAM_RESPONSE_TOO_LARGE
@@ -21,115 +26,168 @@ documented in protos/faregate/v1/router.proto). The tree:
     ├── UpstreamAuthFailed      FAILED_PRECONDITION UPSTREAM_AUTH_FAILED
     ├── StreamInterrupted       ABORTED             STREAM_INTERRUPTED
     ├── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
-    ├── RequestIdReused         INVALID_ARGUMENT    REQUEST_ID_REUSED (+ BadRequest)
-    ├── RequestInFlight         ABORTED             REQUEST_IN_FLIGHT (+ RetryInfo)
+    ├── RequestIdReused         INVALID_ARGUMENT    REQUEST_ID_REUSED (+ field violations)
+    ├── RequestInFlight         ABORTED             REQUEST_IN_FLIGHT (+ retry delay)
     ├── RequestAlreadyServed    ALREADY_EXISTS      REQUEST_ALREADY_SERVED
-    ├── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ RetryInfo)
-    ├── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+ RetryInfo)
-    ├── ServerOverloaded        UNAVAILABLE         SERVER_OVERLOADED (+ RetryInfo)
+    ├── StateUnavailable        UNAVAILABLE         STATE_UNAVAILABLE (+ retry delay)
+    ├── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+ retry delay)
+    ├── ServerOverloaded        UNAVAILABLE         SERVER_OVERLOADED (+ retry delay)
     ├── Unauthenticated         UNAUTHENTICATED
     │   ├── CredentialMissing                       API_KEY_MISSING
     │   └── CredentialInvalid                       API_KEY_INVALID
     │       └── CertificateSubjectUnknown               API_KEY_INVALID (names the subject)
     ├── PermissionDenied        PERMISSION_DENIED   NOT_GRANTED
-    ├── ConfigInvalid           FAILED_PRECONDITION CONFIG_INVALID (+ PreconditionFailure)
-    └── PrincipalLimited        RESOURCE_EXHAUSTED  (+ QuotaFailure, RetryInfo)
-        ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
-        └── PrincipalConcurrencyLimited             PRINCIPAL_CONCURRENCY_LIMITED
+    ├── ConfigInvalid           FAILED_PRECONDITION CONFIG_INVALID (+ precondition violations)
+    ├── PrincipalLimited        RESOURCE_EXHAUSTED  (+ quota violations, retry delay)
+    │   ├── PrincipalRateLimited                    PRINCIPAL_RATE_LIMITED
+    │   └── PrincipalConcurrencyLimited             PRINCIPAL_CONCURRENCY_LIMITED
+    └── InternalError           INTERNAL            INTERNAL
 
-Anything else that escapes a handler is a bug: `internal_error_status` turns it
-into INTERNAL with a trace id and no internals.
+`InternalError` is not in the catalogue: it is what a door answers for an
+exception that is none of these (a bug), naming a trace id and nothing of
+the exception itself.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import ClassVar
 
-import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-
-from faregate_server.upstream.providers.base import UpstreamError, UpstreamErrorKind
-
 ERROR_DOMAIN = "faregate.dev"
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The namespace of the reasons: with it, a reason names one error worldwide."""
 # Retry delay to suggest when nothing better is known.
 _UNKNOWN_RETRY_S = 1.0
 
-Metadata = tuple[tuple[str, str | bytes], ...]
+
+class ErrorCode(StrEnum):
+    """The canonical codes faregate's errors use, named as gRPC and google.rpc
+    name them: a gRPC door looks them up by name, another door maps them onto
+    its own statuses."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    """The request is bad in itself; sending it again fails again."""
+    NOT_FOUND = "NOT_FOUND"
+    """No model or route has the name the request gives."""
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    """The request was served before and is not served again."""
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    """The caller is known but not granted what the request names."""
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    """No usable credential."""
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    """A fine request that the server's state forbids."""
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    """The caller's budget or quota is spent."""
+    UNAVAILABLE = "UNAVAILABLE"
+    """Overloaded, stopping, or something behind faregate is down: retrying later helps."""
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    """The request's deadline passed before it was served."""
+    ABORTED = "ABORTED"
+    """A stream broke after output, or a twin request is still in flight."""
+    INTERNAL = "INTERNAL"
+    """A bug."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One request field that is wrong, and how."""
+
+    field: str
+    """The field's path in the request, e.g. `messages[2].role`."""
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One quota the request ran into."""
+
+    subject: str
+    """What is spent, e.g. `budget:team` or `principal:ci`."""
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    """One piece of state that forbids the request."""
+
+    type: str
+    """The kind of state, e.g. BUDGET or CONFIG."""
+    subject: str
+    """Which one of that kind."""
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetails:
+    """What an error says beyond its reason and message: at most one list of
+    each kind of violation, and a retry delay when retrying helps."""
+
+    field_violations: tuple[FieldViolation, ...] = ()
+    quota_violations: tuple[QuotaViolation, ...] = ()
+    precondition_violations: tuple[PreconditionViolation, ...] = ()
+    retry_after_s: float | None = None
+    """How long the caller should wait before retrying; None: retrying won't help."""
+
+
+NO_DETAILS = ErrorDetails()
 
 
 class FaregateError(Exception):
-    """An error with a gRPC code, an ErrorInfo reason and optional rich details."""
+    """An error with a code, a catalogued reason, metadata and typed details."""
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
     reason: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, **metadata: str) -> None:
+    def __init__(
+        self, message: str, details: ErrorDetails = NO_DETAILS, /, **metadata: str
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.metadata = metadata
+        self.details = details
 
-    def details(self) -> Sequence[Message]:
-        """Rich details besides ErrorInfo, at most one of each kind."""
-        return ()
 
-    def retry_after_s(self) -> float | None:
-        """How long the caller should wait before retrying, when retrying helps."""
-        return None
-
-    def to_grpc(self) -> tuple[grpc.StatusCode, str, Metadata]:
-        """The code, message and trailing metadata carrying the rich status."""
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+def _fields(violations: Mapping[str, str]) -> ErrorDetails:
+    return ErrorDetails(
+        field_violations=tuple(
+            FieldViolation(field, description) for field, description in violations.items()
         )
-        details: list[Message] = [info, *self.details()]
-        trailers: list[tuple[str, str | bytes]] = []
-        retry_after_s = self.retry_after_s()
-        if retry_after_s is not None:
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(math.ceil(retry_after_s * 1e9))
-            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-            trailers.append((RETRY_PUSHBACK_KEY, str(math.ceil(retry_after_s * 1000))))
-        return _pack(self.code, self.message, details, trailers)
+    )
 
 
 class InvalidRequest(FaregateError):
     """The request is malformed; each violation names a field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
 
     def __init__(self, violations: Mapping[str, str]) -> None:
         fields = ", ".join(violations)
-        super().__init__(f"invalid request: {fields}", fields=fields)
+        super().__init__(f"invalid request: {fields}", _fields(violations), fields=fields)
         self.violations = dict(violations)
-
-    def details(self) -> Sequence[Message]:
-        return (_bad_request(self.violations),)
 
 
 class ModelCannotServe(FaregateError):
     """The request can never fit the named model (context window or output cap)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID_ARGUMENT
     reason = "MODEL_CANNOT_SERVE"
 
     def __init__(self, model: str, field: str, description: str) -> None:
-        super().__init__(f"model {model!r} cannot serve this request: {description}", model=model)
+        super().__init__(
+            f"model {model!r} cannot serve this request: {description}",
+            _fields({field: description}),
+            model=model,
+        )
         self.field = field
         self.description = description
 
-    def details(self) -> Sequence[Message]:
-        return (_bad_request({self.field: self.description}),)
-
 
 class ModelNotFound(FaregateError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = ErrorCode.NOT_FOUND
     reason = "MODEL_NOT_FOUND"
 
     def __init__(self, model: str) -> None:
@@ -137,28 +195,32 @@ class ModelNotFound(FaregateError):
 
 
 class BudgetNotFound(FaregateError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = ErrorCode.FAILED_PRECONDITION
     reason = "BUDGET_NOT_FOUND"
 
     def __init__(self, budget_key: str) -> None:
-        super().__init__(f"no budget with key {budget_key!r}", budgetKey=budget_key)
-        self.budget_key = budget_key
-
-    def details(self) -> Sequence[Message]:
-        violation = error_details_pb2.PreconditionFailure.Violation(
-            type="BUDGET", subject=self.budget_key, description="no budget has this key"
+        violation = PreconditionViolation("BUDGET", budget_key, "no budget has this key")
+        super().__init__(
+            f"no budget with key {budget_key!r}",
+            ErrorDetails(precondition_violations=(violation,)),
+            budgetKey=budget_key,
         )
-        return (error_details_pb2.PreconditionFailure(violations=[violation]),)
+        self.budget_key = budget_key
 
 
 class BudgetExhausted(FaregateError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = ErrorCode.RESOURCE_EXHAUSTED
     reason = "BUDGET_EXHAUSTED"
 
     def __init__(self, budget_key: str, remaining_nano_usd: int, needed_nano_usd: int) -> None:
+        violation = QuotaViolation(
+            f"budget:{budget_key}",
+            "the request's worst-case cost does not fit the remaining budget",
+        )
         super().__init__(
             f"budget {budget_key!r} has {remaining_nano_usd} nano-USD left; "
             f"the cheapest candidate needs {needed_nano_usd}",
+            ErrorDetails(quota_violations=(violation,)),
             budgetKey=budget_key,
             remainingNanoUsd=str(remaining_nano_usd),
         )
@@ -166,27 +228,23 @@ class BudgetExhausted(FaregateError):
         self.remaining_nano_usd = remaining_nano_usd
         self.needed_nano_usd = needed_nano_usd
 
-    def details(self) -> Sequence[Message]:
-        violation = error_details_pb2.QuotaFailure.Violation(
-            subject=f"budget:{self.budget_key}",
-            description="the request's worst-case cost does not fit the remaining budget",
-        )
-        return (error_details_pb2.QuotaFailure(violations=[violation]),)
-
 
 class _Retryable(FaregateError):
     """An error that says when to retry."""
 
-    def __init__(self, message: str, retry_after_s: float, **metadata: str) -> None:
-        super().__init__(message, **metadata)
-        self._retry_after_s = retry_after_s
-
-    def retry_after_s(self) -> float | None:
-        return self._retry_after_s
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float,
+        details: ErrorDetails = NO_DETAILS,
+        /,
+        **metadata: str,
+    ) -> None:
+        super().__init__(message, replace(details, retry_after_s=retry_after_s), **metadata)
 
 
 class PoolSaturated(_Retryable):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "POOL_SATURATED"
 
     def __init__(self, model: str, retry_after_s: float) -> None:
@@ -198,7 +256,7 @@ class PoolSaturated(_Retryable):
 
 
 class LimitExhausted(_Retryable):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "LIMIT_EXHAUSTED"
 
     def __init__(self, model: str, retry_after_s: float) -> None:
@@ -210,7 +268,7 @@ class LimitExhausted(_Retryable):
 
 
 class CandidatesUnavailable(_Retryable):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "CANDIDATES_UNAVAILABLE"
 
     def __init__(self, model: str, why: str, retry_after_s: float = math.inf) -> None:
@@ -223,60 +281,65 @@ class CandidatesUnavailable(_Retryable):
 
 
 class UpstreamRateLimited(_Retryable):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "UPSTREAM_RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_s: float | None, **metadata: str) -> None:
+        """retry_after_s: what the provider asked for (None: it did not say)."""
+        if retry_after_s is None:
+            retry_after_s = _UNKNOWN_RETRY_S
+        super().__init__(message, retry_after_s, **metadata)
 
 
 class UpstreamUnavailable(FaregateError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "UPSTREAM_UNAVAILABLE"
 
 
 class UpstreamStalled(FaregateError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "UPSTREAM_STALLED"
 
 
 class UpstreamResponseTooLarge(FaregateError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 
 
 class UpstreamRejected(FaregateError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID_ARGUMENT
     reason = "UPSTREAM_REJECTED"
 
 
 class UpstreamAuthFailed(FaregateError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = ErrorCode.FAILED_PRECONDITION
     reason = "UPSTREAM_AUTH_FAILED"
 
 
 class StreamInterrupted(FaregateError):
-    code = grpc.StatusCode.ABORTED
+    code = ErrorCode.ABORTED
     reason = "STREAM_INTERRUPTED"
 
 
 class DeadlineExceeded(FaregateError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = ErrorCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
 
 
 class RequestIdReused(FaregateError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID_ARGUMENT
     reason = "REQUEST_ID_REUSED"
 
     def __init__(self, request_id: str) -> None:
         super().__init__(
-            f"request_id {request_id!r} was used for a different request", requestId=request_id
+            f"request_id {request_id!r} was used for a different request",
+            _fields({"request_id": "was used for a different request"}),
+            requestId=request_id,
         )
-
-    def details(self) -> Sequence[Message]:
-        return (_bad_request({"request_id": "was used for a different request"}),)
 
 
 class RequestInFlight(_Retryable):
-    code = grpc.StatusCode.ABORTED
+    code = ErrorCode.ABORTED
     reason = "REQUEST_IN_FLIGHT"
 
     def __init__(self, request_id: str) -> None:
@@ -291,7 +354,7 @@ class RequestInFlight(_Retryable):
 class RequestAlreadyServed(FaregateError):
     """A streamed request's retry: the stream can't be replayed, its accounting can."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = ErrorCode.ALREADY_EXISTS
     reason = "REQUEST_ALREADY_SERVED"
 
     def __init__(
@@ -316,7 +379,7 @@ class RequestAlreadyServed(FaregateError):
 
 
 class StateUnavailable(_Retryable):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "STATE_UNAVAILABLE"
 
     def __init__(self, why: str, retry_after_s: float) -> None:
@@ -331,7 +394,7 @@ class ShuttingDown(_Retryable):
     """The server is stopping: a new request is refused, or one still running
     when the grace period ended is cut (its delivered part charged)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "SHUTTING_DOWN"
 
     def __init__(self, message: str) -> None:
@@ -343,14 +406,14 @@ class ServerOverloaded(_Retryable):
     before anything is parsed, authenticated or reserved (rpc/admission.py).
     `guard` names the limit it is over: "concurrency" or "loop_lag"."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "SERVER_OVERLOADED"
 
 
 class Unauthenticated(FaregateError):
     """No usable credential. The message never repeats what was sent."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = ErrorCode.UNAUTHENTICATED
 
 
 class CredentialMissing(Unauthenticated):
@@ -388,7 +451,7 @@ class CertificateSubjectUnknown(CredentialInvalid):
 class PermissionDenied(FaregateError):
     """The principal may not use what the request names."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = ErrorCode.PERMISSION_DENIED
     reason = "NOT_GRANTED"
 
     def __init__(self, principal: str, field: str, name: str) -> None:
@@ -402,44 +465,37 @@ class PermissionDenied(FaregateError):
 class ConfigInvalid(FaregateError):
     """AdminService.ReloadConfig found the config file unusable; the old config serves on."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = ErrorCode.FAILED_PRECONDITION
     reason = "CONFIG_INVALID"
 
     def __init__(self, path: str, problem: str) -> None:
+        violation = PreconditionViolation("CONFIG", path, problem)
         super().__init__(
             f"config reload refused, the old config keeps serving: {path}: {problem}",
+            ErrorDetails(precondition_violations=(violation,)),
             file=path,
         )
         self.path = path
         self.problem = problem
 
-    def details(self) -> Sequence[Message]:
-        violation = error_details_pb2.PreconditionFailure.Violation(
-            type="CONFIG", subject=self.path, description=self.problem
-        )
-        return (error_details_pb2.PreconditionFailure(violations=[violation]),)
-
 
 class PrincipalLimited(_Retryable):
     """The principal is over one of its own limits."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = ErrorCode.RESOURCE_EXHAUSTED
     limit: ClassVar[str]
 
     def __init__(self, principal: str, retry_after_s: float) -> None:
+        violation = QuotaViolation(
+            f"principal:{principal}", f"the principal's {self.limit} limit is reached"
+        )
         super().__init__(
             f"principal {principal!r} is over its {self.limit} limit; retry later",
             retry_after_s,
+            ErrorDetails(quota_violations=(violation,)),
             principal=principal,
         )
         self.principal = principal
-
-    def details(self) -> Sequence[Message]:
-        violation = error_details_pb2.QuotaFailure.Violation(
-            subject=f"principal:{self.principal}",
-            description=f"the principal's {self.limit} limit is reached",
-        )
-        return (error_details_pb2.QuotaFailure(violations=[violation]),)
 
 
 class PrincipalRateLimited(PrincipalLimited):
@@ -452,72 +508,9 @@ class PrincipalConcurrencyLimited(PrincipalLimited):
     limit = "concurrent request"
 
 
-def internal_error_status(trace_id: str) -> tuple[grpc.StatusCode, str, Metadata]:
-    """INTERNAL for an unexpected exception: a trace id, nothing of the internals."""
-    info = error_details_pb2.ErrorInfo(
-        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"traceId": trace_id}
-    )
-    message = f"internal error (trace id {trace_id})"
-    return _pack(grpc.StatusCode.INTERNAL, message, [info], [])
+class InternalError(FaregateError):
+    """What an unexpected exception is answered with: a trace id (the log
+    holds the traceback under it), nothing of the exception itself."""
 
-
-def _bad_request(violations: Mapping[str, str]) -> error_details_pb2.BadRequest:
-    return error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-            for field, description in violations.items()
-        ]
-    )
-
-
-def _pack(
-    code: grpc.StatusCode,
-    message: str,
-    details: Sequence[Message],
-    trailers: list[tuple[str, str | bytes]],
-) -> tuple[grpc.StatusCode, str, Metadata]:
-    packed = []
-    for detail in details:
-        wrapper = any_pb2.Any()
-        wrapper.Pack(detail)
-        packed.append(wrapper)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    trailers.append((_STATUS_DETAILS_KEY, status.SerializeToString()))
-    return code, message, tuple(trailers)
-
-
-def failure_reason(error: UpstreamError) -> str:
-    """The ErrorInfo reason an upstream failure maps to."""
-    return _UPSTREAM_FAILURES[error.kind].reason
-
-
-def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
-    """Maps an upstream failure before any output onto faregate's catalogue."""
-    metadata = {"model": model}
-    if error.http_status is not None:
-        metadata["httpStatus"] = str(error.http_status)
-    message = f"model {model!r}: {error.message}"
-    if error.kind is UpstreamErrorKind.RATE_LIMITED:
-        retry_after_s = error.retry_after_s
-        if retry_after_s is None:
-            retry_after_s = _UNKNOWN_RETRY_S
-        return UpstreamRateLimited(message, retry_after_s, **metadata)
-    if error.kind is UpstreamErrorKind.STALLED:
-        return UpstreamStalled(message, **metadata)
-    if error.kind is UpstreamErrorKind.REJECTED:
-        return UpstreamRejected(message, **metadata)
-    if error.kind is UpstreamErrorKind.OVERSIZED:
-        return UpstreamResponseTooLarge(message, **metadata)
-    if error.kind is UpstreamErrorKind.AUTH_FAILED:
-        return UpstreamAuthFailed(message, **metadata)
-    return UpstreamUnavailable(message, **metadata)
-
-
-_UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
-    UpstreamErrorKind.RATE_LIMITED: UpstreamRateLimited,
-    UpstreamErrorKind.UNAVAILABLE: UpstreamUnavailable,
-    UpstreamErrorKind.STALLED: UpstreamStalled,
-    UpstreamErrorKind.OVERSIZED: UpstreamResponseTooLarge,
-    UpstreamErrorKind.REJECTED: UpstreamRejected,
-    UpstreamErrorKind.AUTH_FAILED: UpstreamAuthFailed,
-}
+    def __init__(self, trace_id: str) -> None:
+        super().__init__(f"internal error (trace id {trace_id})", traceId=trace_id)

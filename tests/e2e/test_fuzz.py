@@ -62,7 +62,8 @@ def _catalogue() -> tuple[set[grpc.StatusCode], set[str]]:
     for cls in classes:
         classes.extend(cls.__subclasses__())
     documented = [cls for cls in classes if cls.reason != "INTERNAL"]
-    return {cls.code for cls in documented}, {cls.reason for cls in documented}
+    codes = {grpc.StatusCode[cls.code.name] for cls in documented}
+    return codes, {cls.reason for cls in documented}
 
 
 CODES, REASONS = _catalogue()

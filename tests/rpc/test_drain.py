@@ -76,7 +76,7 @@ async def test_a_closed_drain_refuses_new_calls() -> None:
     with pytest.raises(ShuttingDown) as refused:
         drain.track()
 
-    assert refused.value.retry_after_s() is not None
+    assert refused.value.details.retry_after_s is not None
 
 
 async def test_a_call_past_its_commit_point_is_not_cut() -> None:

@@ -55,13 +55,13 @@ from faregate_server.domain import (
     UpstreamRequest,
     UsageFlaw,
 )
-from faregate_server.errors import failure_reason
 from faregate_server.routing.planner import Lease, Plan, Planner
 from faregate_server.routing.selection import Option
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.providers import UpstreamError, UpstreamErrorKind
+from faregate_server.upstream.providers.base import failure_reason
 from faregate_server.upstream.usage import judge_usage
 
 logger = logging.getLogger(__name__)

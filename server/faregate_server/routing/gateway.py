@@ -60,7 +60,6 @@ from faregate_server.errors import (
     RequestAlreadyServed,
     RequestIdReused,
     StreamInterrupted,
-    upstream_failure,
 )
 from faregate_server.routing.attempts import (
     Attempts,
@@ -75,6 +74,7 @@ from faregate_server.state.store import StateStore
 from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
+from faregate_server.upstream.providers.base import upstream_failure
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount, count_text
 
 Stream = AsyncGenerator[str | StreamEnd, None]

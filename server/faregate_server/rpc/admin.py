@@ -18,7 +18,7 @@ from faregate_server.config.schema import ConfigError
 from faregate_server.errors import BudgetNotFound, ConfigInvalid, InvalidRequest
 from faregate_server.reload import Reloader
 from faregate_server.routing.gateway import Gateway
-from faregate_server.rpc.router import abort
+from faregate_server.rpc.status import abort
 from faregate_server.security.auth import Authenticator, require_admin
 from faregate_server.state.budgets import BudgetSnapshot
 from faregate_server.state.store import StateStore

@@ -16,7 +16,8 @@ from faregate.v1 import router_pb2
 from google.protobuf.message import DecodeError, Message
 
 from faregate_server.errors import InvalidRequest
-from faregate_server.rpc.router import RouterServicer, abort
+from faregate_server.rpc.router import RouterServicer
+from faregate_server.rpc.status import abort
 
 M = TypeVar("M", bound=Message)
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]

@@ -1,8 +1,8 @@
 """The provider seam: what every upstream adapter offers, and how it fails.
 
-Adapters never import grpc. They raise `UpstreamError` with a kind the gateway
-maps onto faregate's error catalogue; transport failures are translated here,
-once, by `translate_transport_errors`.
+Adapters never import grpc. They raise `UpstreamError` with a kind that
+`upstream_failure` maps onto faregate's error catalogue; transport failures
+are translated here, once, by `translate_transport_errors`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from faregate_server.config.schema import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
+from faregate_server.errors import (
+    FaregateError,
+    UpstreamAuthFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamResponseTooLarge,
+    UpstreamStalled,
+    UpstreamUnavailable,
+)
 from faregate_server.upstream.providers.reading import (
     IdleWatch,
     NoDataTimeout,
@@ -73,6 +82,32 @@ class UpstreamError(Exception):
         self.message = message
         self.http_status = http_status
         self.retry_after_s = retry_after_s
+
+
+def failure_reason(error: UpstreamError) -> str:
+    """The ErrorInfo reason an upstream failure maps to."""
+    return _UPSTREAM_FAILURES[error.kind].reason
+
+
+def upstream_failure(error: UpstreamError, model: str) -> FaregateError:
+    """Maps an upstream failure before any output onto faregate's catalogue."""
+    metadata = {"model": model}
+    if error.http_status is not None:
+        metadata["httpStatus"] = str(error.http_status)
+    message = f"model {model!r}: {error.message}"
+    if error.kind is UpstreamErrorKind.RATE_LIMITED:
+        return UpstreamRateLimited(message, error.retry_after_s, **metadata)
+    return _UPSTREAM_FAILURES[error.kind](message, **metadata)
+
+
+_UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
+    UpstreamErrorKind.RATE_LIMITED: UpstreamRateLimited,
+    UpstreamErrorKind.UNAVAILABLE: UpstreamUnavailable,
+    UpstreamErrorKind.STALLED: UpstreamStalled,
+    UpstreamErrorKind.OVERSIZED: UpstreamResponseTooLarge,
+    UpstreamErrorKind.REJECTED: UpstreamRejected,
+    UpstreamErrorKind.AUTH_FAILED: UpstreamAuthFailed,
+}
 
 
 class Provider(Protocol):

@@ -1,0 +1,287 @@
+"""RouteRequest and StreamRouteRequest in, a validated `RouteCall` out.
+
+`route_call` is a pure function of the request message, the principal it
+is authenticated as and the server's configured limits: it checks every
+field, and a request that breaks anything is refused with one
+`InvalidRequest` naming every violation at once (each under the field's
+path), never only the first. A violation of a configured limit names the
+setting (`exceeds server.max_messages (1024)`), so the caller knows what
+to shrink and the operator what to raise. The limits no config sets are
+the constants below, each with why it is what it is.
+
+A request that sets no routing hint costs a few field reads for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from faregate.v1 import router_pb2
+
+from faregate_server.config.schema import ServerConfig
+from faregate_server.domain import (
+    Capability,
+    ChatMessage,
+    Preference,
+    Role,
+    RouteCall,
+    RoutingHints,
+    TaskKind,
+)
+from faregate_server.errors import InvalidRequest
+from faregate_server.state.replay import fingerprint
+
+# The hard limits, beside the configured ones (server.max_* in the config).
+MAX_TEMPERATURE = 2.0
+"""The widest sampling temperature any provider accepts (OpenAI's range is 0 to 2)."""
+MAX_ADDITIONAL_BUDGETS = 8
+"""Every budget a request names is reserved and committed with the others, all
+or nothing: this bounds the state work one request can cause."""
+MAX_REQUEST_ID_CHARS = 128
+"""A request id is kept in the replay table; a UUID (AIP-155) needs 36, this
+leaves room for a client's own scheme."""
+MAX_NAME_CHARS = 256
+"""Model, route, agent and budget names are configured and short: a huge one
+is refused before it reaches an error message, a log line or the ledger."""
+SHOWN_KEY_CHARS = 32
+"""How much of an over-long metadata key its violation names: the key itself
+may be the thing that is too long."""
+
+AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
+
+_ROLES = {
+    router_pb2.ROLE_SYSTEM: Role.SYSTEM,
+    router_pb2.ROLE_USER: Role.USER,
+    router_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+}
+_PREFERENCES = {
+    router_pb2.PREFERENCE_UNSPECIFIED: Preference.BALANCED,
+    router_pb2.PREFERENCE_COST: Preference.COST,
+    router_pb2.PREFERENCE_LATENCY: Preference.LATENCY,
+    router_pb2.PREFERENCE_QUALITY: Preference.QUALITY,
+}
+_CAPABILITIES = {
+    router_pb2.CAPABILITY_TOOLS: Capability.TOOLS,
+    router_pb2.CAPABILITY_VISION: Capability.VISION,
+    router_pb2.CAPABILITY_JSON_MODE: Capability.JSON_MODE,
+}
+TASKS = {
+    router_pb2.TASK_BOILERPLATE: TaskKind.BOILERPLATE,
+    router_pb2.TASK_GENERATION: TaskKind.GENERATION,
+    router_pb2.TASK_REFACTOR: TaskKind.REFACTOR,
+    router_pb2.TASK_REVIEW: TaskKind.REVIEW,
+    router_pb2.TASK_UNIT_TEST: TaskKind.UNIT_TEST,
+    router_pb2.TASK_PLANNING: TaskKind.PLANNING,
+    router_pb2.TASK_ORCHESTRATION: TaskKind.ORCHESTRATION,
+    router_pb2.TASK_SECURITY_REVIEW: TaskKind.SECURITY_REVIEW,
+    router_pb2.TASK_DEBUG: TaskKind.DEBUG,
+    router_pb2.TASK_EXPLAIN: TaskKind.EXPLAIN,
+}
+"""The wire's task numbers and the domain's kinds (TASK_UNSPECIFIED aside)."""
+_FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
+_NO_HINTS = RoutingHints()
+
+
+def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig) -> RouteCall:
+    """The domain call a request asks for.
+
+    Args:
+        request: The request as it came off the wire; left as it was.
+        principal: Who the request is authenticated as (empty with auth off).
+        settings: The server settings holding the configured request limits.
+
+    Raises:
+        InvalidRequest: the request breaks one rule or more; it names them all.
+    """
+    violations: dict[str, str] = {}
+    size = request.ByteSize()
+    if size > settings.max_request_bytes:
+        violations["request"] = (
+            f"is {size} bytes; {_exceeds('max_request_bytes', settings.max_request_bytes)}"
+        )
+    if not request.messages:
+        violations["messages"] = "at least one message is required"
+    elif len(request.messages) > settings.max_messages:
+        violations["messages"] = (
+            f"has {len(request.messages)} messages;"
+            f" {_exceeds('max_messages', settings.max_messages)}"
+        )
+    messages = []
+    for index, message in enumerate(request.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            violations[f"messages[{index}].role"] = "must be SYSTEM, USER or ASSISTANT"
+        else:
+            messages.append(ChatMessage(role, message.content))
+        if len(message.content) > settings.max_message_chars:
+            violations[f"messages[{index}].content"] = (
+                f"is {len(message.content)} characters;"
+                f" {_exceeds('max_message_chars', settings.max_message_chars)}"
+            )
+    if request.metadata:
+        _check_metadata(request.metadata, settings, violations)
+    if request.messages and not any(message.content for message in request.messages):
+        violations["messages"] = "every message is empty; at least one needs content"
+    if not request.budget_key:
+        violations["budget_key"] = "is required"
+    _check_names(request, violations)
+    additional = tuple(request.additional_budget_keys)
+    if additional and not _distinct_budgets(request.budget_key, additional):
+        violations["additional_budget_keys"] = (
+            f"must be at most {MAX_ADDITIONAL_BUDGETS} non-empty keys,"
+            " none repeated or equal to budget_key"
+        )
+    request_fingerprint = ""
+    if request.request_id:
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            violations["request_id"] = f"must be at most {MAX_REQUEST_ID_CHARS} characters"
+        request_fingerprint = _fingerprint(request, principal)
+    max_output_tokens = None
+    if request.HasField("max_output_tokens"):
+        max_output_tokens = request.max_output_tokens
+        limit = settings.max_output_tokens_limit
+        if max_output_tokens < 1:
+            violations["max_output_tokens"] = "must be positive when set"
+        elif max_output_tokens > limit:
+            violations["max_output_tokens"] = (
+                f"is {max_output_tokens}; {_exceeds('max_output_tokens_limit', limit)}"
+            )
+    temperature = None
+    if request.HasField("temperature"):
+        temperature = request.temperature
+        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+            violations["temperature"] = f"must be between 0 and {MAX_TEMPERATURE}"
+    hints = _hints(request, violations)
+    if violations:
+        raise InvalidRequest(violations)
+    return RouteCall(
+        model=request.model,
+        messages=tuple(messages),
+        agent=request.agent,
+        budget_key=request.budget_key,
+        max_output_tokens=max_output_tokens,
+        temperature=temperature,
+        metadata=dict(request.metadata),
+        hints=hints,
+        additional_budget_keys=additional,
+        request_id=request.request_id,
+        fingerprint=request_fingerprint,
+        principal=principal,
+    )
+
+
+def _exceeds(setting: str, limit: int) -> str:
+    """Names the server setting a request broke, so the caller knows what to shrink."""
+    return f"exceeds server.{setting} ({limit})"
+
+
+def _check_metadata(
+    metadata: Mapping[str, str], settings: ServerConfig, violations: dict[str, str]
+) -> None:
+    if len(metadata) > settings.max_metadata_entries:
+        violations["metadata"] = (
+            f"has {len(metadata)} entries;"
+            f" {_exceeds('max_metadata_entries', settings.max_metadata_entries)}"
+        )
+        return
+    for key, value in metadata.items():
+        if len(key) > settings.max_metadata_key_chars:
+            violations[f"metadata[{key[:SHOWN_KEY_CHARS]!r}]"] = (
+                f"key is {len(key)} characters;"
+                f" {_exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
+            )
+        elif len(value) > settings.max_metadata_value_chars:
+            violations[f"metadata[{key!r}]"] = (
+                f"value is {len(value)} characters;"
+                f" {_exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
+            )
+
+
+def _check_names(request: AnyRouteRequest, violations: dict[str, str]) -> None:
+    names = [
+        ("model", request.model),
+        ("agent", request.agent),
+        ("budget_key", request.budget_key),
+        *(
+            (f"additional_budget_keys[{index}]", key)
+            for index, key in enumerate(request.additional_budget_keys)
+        ),
+    ]
+    for field, name in names:
+        if len(name) > MAX_NAME_CHARS:
+            violations[field] = f"must be at most {MAX_NAME_CHARS} characters"
+
+
+def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:
+    keys = {budget_key, *additional}
+    return (
+        len(additional) <= MAX_ADDITIONAL_BUDGETS
+        and all(additional)
+        and len(keys) == len(additional) + 1
+    )
+
+
+def _fingerprint(request: AnyRouteRequest, principal: str) -> str:
+    """Which request this is, its id aside. The RPC counts, so a Route id
+    can't replay as a stream; so does the principal, so one principal's
+    request id never answers with another's result."""
+    request_id = request.request_id
+    request.ClearField("request_id")
+    serialized = request.SerializeToString(deterministic=True)
+    request.request_id = request_id
+    caller = f"{type(request).__name__}\0{principal}\0".encode()
+    return fingerprint(caller + serialized)
+
+
+def _hints(request: AnyRouteRequest, violations: dict[str, str]) -> RoutingHints:
+    """Reads the routing hints; a request that sets none costs a few field reads."""
+    if not (
+        request.prefer
+        or request.task
+        or request.fallback
+        or request.explain
+        or request.required_capabilities
+        or request.HasField("min_quality")
+        or request.HasField("max_cost_nano_usd")
+        or request.HasField("min_context_tokens")
+    ):
+        return _NO_HINTS
+    min_quality = max_cost = min_context = None
+    if request.HasField("min_quality"):
+        min_quality = request.min_quality
+        if not (math.isfinite(min_quality) and 0 <= min_quality <= 1):  # quality's own scale
+            violations["min_quality"] = "must be between 0 and 1"
+    if request.HasField("max_cost_nano_usd"):
+        max_cost = request.max_cost_nano_usd
+        if max_cost < 0:
+            violations["max_cost_nano_usd"] = "must not be negative"
+    if request.HasField("min_context_tokens"):
+        min_context = request.min_context_tokens
+        if min_context < 1:
+            violations["min_context_tokens"] = "must be positive when set"
+    prefer = _PREFERENCES.get(request.prefer)
+    if prefer is None:
+        violations["prefer"] = "is not a known preference"
+    capabilities = set()
+    for index, number in enumerate(request.required_capabilities):
+        capability = _CAPABILITIES.get(number)
+        if capability is None:
+            violations[f"required_capabilities[{index}]"] = "is not a known capability"
+        else:
+            capabilities.add(capability)
+    task = TASKS.get(request.task)
+    if task is None and request.task != router_pb2.TASK_UNSPECIFIED:
+        violations["task"] = "is not a known task"
+    if request.fallback not in _FALLBACK_POLICIES:
+        violations["fallback"] = "is not a known fallback policy"
+    return RoutingHints(
+        prefer=prefer or Preference.BALANCED,
+        min_quality=min_quality,
+        max_cost_nano_usd=max_cost,
+        capabilities=frozenset(capabilities),
+        min_context_tokens=min_context,
+        task=task,
+        fallback=request.fallback != router_pb2.FALLBACK_POLICY_NONE,
+        explain=request.explain,
+    )
