@@ -167,11 +167,11 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Any) -> None
         load_config(bad)
 
 
-def test_the_readme_config_reference_is_a_valid_config(
+def test_the_config_reference_is_a_valid_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    reference = readme.split("## Config reference", 1)[1]
+    document = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    reference = document.split("## The reference", 1)[1]
     block = reference.split("```yaml\n", 1)[1].split("```", 1)[0]
     env = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"}
     # The TLS files the reference names, relative to the working directory.
