@@ -17,7 +17,7 @@ Messages = str | Sequence[tuple[str, str]]
 
 STREAM_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # faregate charges a stream for the messages the caller's HTTP/2 receive
-    # window accepted (see the README, "What a stream is charged for"), so
+    # window accepted (see docs/routing.md, "What a stream is charged for"), so
     # the window is kept small: BDP probing would grow it to megabytes for a
     # reader that reads slowly, and every byte of it is text the caller pays
     # for before reading. 16 KiB still carries about a thousand small deltas

@@ -4,7 +4,7 @@ mid-write as an expected end.
 
 The readers are real gRPC clients reading one message at a time. What a
 caller's gRPC library accepted into its HTTP/2 receive window counts as
-reached (the README's "What a stream is charged for"); the typed client keeps
+reached (docs/routing.md, "What a stream is charged for"); the typed client keeps
 that window at `STREAM_WINDOW_BOUND_BYTES` at most.
 """
 
