@@ -32,6 +32,8 @@ from faregate_server.config.schema import Config
 from faregate_server.reload import Reloader
 from faregate_server.routing.gateway import Gateway
 from faregate_server.routing.planner import Planner
+from faregate_server.routing.selection import Selector
+from faregate_server.routing.settlement import Settlement
 from faregate_server.rpc.admin import AdminServicer
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain
@@ -168,8 +170,9 @@ async def serve(
         state = await open_state(config, clock)
         stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
-        planner = Planner(state, clock, rng, telemetry)
-        gateway = Gateway(catalog, planner, state, clock, rng, telemetry)
+        planner = Planner(Selector(state.limits, clock, rng), telemetry)
+        settlement = Settlement(state, clock, telemetry)
+        gateway = Gateway(catalog, planner, settlement, state, clock, rng, telemetry)
         authenticator = Authenticator(config.auth, clock)
         reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:

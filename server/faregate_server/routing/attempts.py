@@ -30,7 +30,8 @@ upstream connection), and its lease is released. A hedge needs its own lease
 budget (given back when no lease can be had), and as a first attempt on the
 model it goes to, as a fallback does.
 
-Every lease handed in is released here unless it comes back with the result.
+Leases come from, and go back to, the settlement seam (`Leases`): every
+lease handed in is released here unless it comes back with the result.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RetryConfig
@@ -56,8 +57,9 @@ from faregate_server.domain import (
     UsageFlaw,
 )
 from faregate_server.errors import failure_reason
-from faregate_server.routing.planner import Lease, Plan, Planner
+from faregate_server.routing.planner import Plan
 from faregate_server.routing.selection import Option
+from faregate_server.routing.settlement import Lease
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
@@ -84,6 +86,18 @@ _LATENCY_LOWER_BOUND = frozenset(UpstreamErrorKind) - {
     UpstreamErrorKind.REJECTED,
     UpstreamErrorKind.RATE_LIMITED,
 }
+
+
+class Leases(Protocol):
+    """Where attempts get their leases and give them back (routing/settlement.py)."""
+
+    async def lease(self, plan: Plan, options: tuple[Option, ...]) -> Lease | None:
+        """A lease on the first of `options` with room, or None."""
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """Frees a lease whole; never suspends."""
+        ...
 
 
 class AttemptsFailed(Exception):
@@ -294,9 +308,9 @@ class Attempts:
     """Runs a plan's attempts up to the first result."""
 
     def __init__(
-        self, planner: Planner, retries: RetryConfig, clock: Clock, rng: random.Random
+        self, leases: Leases, retries: RetryConfig, clock: Clock, rng: random.Random
     ) -> None:
-        self._planner = planner
+        self._leases = leases
         self._retries = retries
         self._clock = clock
         self._rng = rng
@@ -341,12 +355,12 @@ class Attempts:
         try:
             result = await start(lease)
         except UpstreamError as error:
-            self._planner.release(lease)
+            self._leases.release(lease)
             self._feedback(lease.option.deployment, error)
             records.append(self._record(lease, started_s, False, AttemptOutcome.FAILED, error))
             raise AttemptsFailed(error, lease.option.deployment) from None
         except BaseException:
-            self._planner.release(lease)
+            self._leases.release(lease)
             raise
         return result, lease, self._record(lease, started_s, False, AttemptOutcome.SUCCEEDED)
 
@@ -396,7 +410,7 @@ class Attempts:
                 if error is None:
                     return runner
                 runner.settled = True
-                self._planner.release(runner.lease)
+                self._leases.release(runner.lease)
                 if isinstance(error, UpstreamError):
                     self._feedback(runner.lease.option.deployment, error)
                     records.append(runner.record(AttemptOutcome.FAILED, error))
@@ -426,7 +440,7 @@ class Attempts:
         for runner in losers:
             runner.settled = True
             runner.task.cancel()
-            self._planner.release(runner.lease)
+            self._leases.release(runner.lease)
             records.append(runner.record(AttemptOutcome.CANCELLED, None))
         cancelled = False
         while unfinished := {runner.task for runner in losers if not runner.task.done()}:
@@ -440,7 +454,7 @@ class Attempts:
                 await discard(task.result())  # finished in a tie: the later one loses
         if cancelled:
             if winner is not None:
-                self._planner.release(winner.lease)
+                self._leases.release(winner.lease)
                 await discard(winner.task.result())
             raise asyncio.CancelledError
 
@@ -465,7 +479,7 @@ class Attempts:
         others = self._untried(plan, tried)
         if not others or not primary.retry_budget.try_spend():
             return None
-        hedge = await self._planner.lease(plan, others)
+        hedge = await self._leases.lease(plan, others)
         if hedge is None:
             primary.retry_budget.refund()
             return None
@@ -486,7 +500,7 @@ class Attempts:
         """
         deployment = failed.deployment
         others = self._untried(plan, tried)
-        lease = await self._planner.lease(plan, others) if others else None
+        lease = await self._leases.lease(plan, others) if others else None
         if lease is not None:
             lease.option.deployment.retry_budget.on_request()
             return lease
@@ -503,14 +517,14 @@ class Attempts:
             return None
         if not deployment.retry_budget.try_spend():
             return None
-        lease = await self._planner.lease(plan, same)
+        lease = await self._leases.lease(plan, same)
         if lease is None:
             deployment.retry_budget.refund()  # no retry was made
             return None
         try:
             await asyncio.sleep(delay_s)
         except BaseException:
-            self._planner.release(lease)
+            self._leases.release(lease)
             raise
         return lease
 

@@ -47,14 +47,11 @@ from faregate_server.clock import Clock
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
-    ImplausibleUsage,
-    ReportedUsage,
     RouteCall,
     RouteResult,
     StreamEnd,
     StreamFinished,
     StreamStarted,
-    Usage,
 )
 from faregate_server.errors import (
     RequestAlreadyServed,
@@ -69,13 +66,19 @@ from faregate_server.routing.attempts import (
     stream_once,
     upstream_request,
 )
-from faregate_server.routing.planner import Lease, Plan, Planner
+from faregate_server.routing.planner import Planner
+from faregate_server.routing.settlement import (
+    Lease,
+    Settlement,
+    charge,
+    counted_usage,
+)
 from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
 from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
-from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount, count_text
+from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
 
 Stream = AsyncGenerator[str | StreamEnd, None]
 
@@ -87,6 +90,7 @@ class Gateway:
         self,
         catalog: Catalog,
         planner: Planner,
+        settlement: Settlement,
         state: StateStore,
         clock: Clock,
         rng: random.Random,
@@ -95,6 +99,7 @@ class Gateway:
         self.catalog = catalog
         """The current catalog; replaced whole by a config reload."""
         self._planner = planner
+        self._settlement = settlement
         self._state = state
         self._clock = clock
         self._rng = rng
@@ -136,7 +141,8 @@ class Gateway:
 
     async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
         catalog = self.catalog
-        plan, lease = await self._planner.plan(call, catalog)
+        plan = await self._planner.plan(call, catalog)
+        lease = await self._settlement.first_lease(plan)
         records: list[AttemptRecord] = []
         telemetry = self._telemetry
         telemetry.observe_plan(plan, records)
@@ -152,7 +158,7 @@ class Gateway:
         async def discard(_: Completion) -> None:
             return None
 
-        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
+        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
         try:
             completion, lease, record = await attempts.first_result(
                 plan, lease, start, discard, records, deadline_s
@@ -163,8 +169,11 @@ class Gateway:
         telemetry.observe_served(deployment)
         counted = None
         if completion.usage is None:
-            counted = await self._count_answer(plan, lease, completion.text, len(records) + 1)
-        usage, cost, implausible = _charge(lease, completion.usage, counted)
+            counted = await self._settlement.count_answer(
+                plan, lease, completion.text, len(records) + 1
+            )
+        charged = charge(lease, completion.usage, counted)
+        usage, cost = charged.usage, charged.cost_nano_usd
         records.append(
             AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
         )
@@ -183,15 +192,8 @@ class Gateway:
             attempts=tuple(records),
             candidates=plan.scores,
         )
-        remaining = await self._planner.settle(
-            plan,
-            lease,
-            usage,
-            cost,
-            "succeeded",
-            len(records),
-            result if call.request_id else None,
-            implausible,
+        remaining = await self._settlement.settle(
+            plan, lease, charged, "succeeded", len(records), result if call.request_id else None
         )
         return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
@@ -237,7 +239,8 @@ class Gateway:
         self, call: RouteCall, deadline_s: float
     ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
         catalog = self.catalog
-        plan, lease = await self._planner.plan(call, catalog)
+        plan = await self._planner.plan(call, catalog)
+        lease = await self._settlement.first_lease(plan)
         records: list[AttemptRecord] = []
         telemetry = self._telemetry
         telemetry.observe_plan(plan, records)
@@ -254,7 +257,7 @@ class Gateway:
         async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
             await opened[0].aclose()
 
-        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
+        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
         try:
             (items, item), lease, record = await attempts.first_result(
                 plan, lease, start, discard, records, deadline_s
@@ -289,8 +292,9 @@ class Gateway:
                     yield item
                     item = await anext(items)
             end = item
-            counted = None if end.usage is not None else _counted_usage(lease, delivered.tokens())
-            usage, cost, implausible = _charge(lease, end.usage, counted)
+            counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
+            charged = charge(lease, end.usage, counted)
+            usage, cost = charged.usage, charged.cost_nano_usd
             settled = True
             result = None
             if call.request_id:
@@ -307,8 +311,8 @@ class Gateway:
                     model_version=deployment.config.version,
                     task=plan.task,
                 )
-            remaining = await self._planner.settle(
-                plan, lease, usage, cost, "succeeded", len(records) + 1, result, implausible
+            remaining = await self._settlement.settle(
+                plan, lease, charged, "succeeded", len(records) + 1, result
             )
             yield StreamFinished(
                 usage=usage,
@@ -325,61 +329,4 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settle_interrupted(plan, lease, delivered, len(records) + 1)
-
-    async def _settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int
-    ) -> None:
-        if not delivered.chunks:
-            self._planner.release(lease)
-            return
-        usage, cost, _ = _charge(lease, None, _counted_usage(lease, delivered.tokens()))
-        await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
-
-    async def _count_answer(self, plan: Plan, lease: Lease, text: str, attempts: int) -> Usage:
-        """The counted usage of a whole answer that reported none.
-
-        A long answer is counted in a worker thread. A request interrupted
-        meanwhile (its deadline, its caller gone) is charged all the same, as
-        its answer is in hand and the provider did the work: at its output
-        cap, the most the count could come to.
-        """
-        try:
-            output_tokens = await count_text(lease.option.deployment.counter, text)
-        except BaseException:
-            worst = _counted_usage(lease, lease.option.max_output_tokens)
-            usage, cost, _ = _charge(lease, None, worst)
-            await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
-            raise
-        return _counted_usage(lease, output_tokens)
-
-
-def _counted_usage(lease: Lease, output_tokens: int) -> Usage:
-    """The usage faregate counted itself: the counted input and output, the
-    output no more than its cap (an upstream that ignored the cap is charged
-    the cap), so the record, the charge and the limit pools' draw agree."""
-    option = lease.option
-    return Usage(option.input_tokens, min(output_tokens, option.max_output_tokens))
-
-
-def _charge(
-    lease: Lease, reported: ReportedUsage, counted: Usage | None
-) -> tuple[Usage, int, ImplausibleUsage | None]:
-    """What a successful request is charged: the usage charged for, its cost,
-    and the implausible report it replaced, if any.
-
-    The reported usage arrives judged (attempts.py). An implausible report is
-    charged the reservation, as the worst case it was reserved for: the
-    counted input and the output cap. Without a report the counted usage
-    (which the caller passes exactly then) is charged, never more than was
-    reserved (a count is an estimate).
-    """
-    option = lease.option
-    reserved_nano_usd = lease.holding.amount_nano_usd
-    if isinstance(reported, ImplausibleUsage):
-        return Usage(option.input_tokens, option.max_output_tokens), reserved_nano_usd, reported
-    usage = reported if reported is not None else counted
-    assert usage is not None, "a request without reported usage is charged its count"
-    price = option.deployment.config.price
-    cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-    return usage, min(cost, reserved_nano_usd), None
+                await self._settlement.settle_interrupted(plan, lease, delivered, len(records) + 1)

@@ -81,11 +81,8 @@ class Selection:
 
 
 class Selector:
-    def __init__(
-        self, limits: LimitPools, routing: RoutingConfig, clock: Clock, rng: random.Random
-    ) -> None:
+    def __init__(self, limits: LimitPools, clock: Clock, rng: random.Random) -> None:
         self._limits = limits
-        self._routing = routing
         self._clock = clock
         self._rng = rng
 
@@ -93,18 +90,20 @@ class Selector:
         self,
         call: RouteCall,
         route: RouteConfig,
+        routing: RoutingConfig,
         deployments: Mapping[str, Deployment],
         task: TaskKind | None,
         input_tokens_by_counter: dict[str, int] | None = None,
     ) -> Selection:
-        """Judges every candidate of `route` for `call`.
+        """Judges every candidate of `route` for `call`, by the catalog's
+        `routing` settings and its `deployments`.
 
         `input_tokens_by_counter` holds prompt counts already made (by counter
         name); the rest are counted here, on the loop (see `tokens.count_messages`).
         """
         hints = call.hints
         difficulty = 0.0 if task is None else TASK_DIFFICULTY[task]
-        exponent = 1 + self._routing.task_weight * difficulty
+        exponent = 1 + routing.task_weight * difficulty
         now_s = self._clock.monotonic_s()
         if input_tokens_by_counter is None:
             input_tokens_by_counter = {}
@@ -146,7 +145,7 @@ class Selector:
                         input_tokens + max_output_tokens,
                         worst_case,
                     )
-                    scarcity = self._limits.scarcity(draw, self._routing)
+                    scarcity = self._limits.scarcity(draw, routing)
                 reason = _unavailable(deployment, now_s, scarcity)
                 if reason:
                     unavailable = unavailable or reason
@@ -175,7 +174,7 @@ class Selector:
                     )
                 )
         return Selection(
-            tuple(self._rank(options)),
+            tuple(self._rank(options, routing.score_margin)),
             tuple(scores),
             unfit,
             unavailable,
@@ -183,12 +182,12 @@ class Selector:
             available_in_s,
         )
 
-    def _rank(self, options: list[Option]) -> list[Option]:
+    def _rank(self, options: list[Option], score_margin: float) -> list[Option]:
         if len(options) < 2:
             return options
         # Stable: equal scores keep route order.
         options.sort(key=lambda option: -option.score)
-        floor = options[0].score * (1 - self._routing.score_margin)
+        floor = options[0].score * (1 - score_margin)
         equals = [option for option in options if option.score >= floor]
         if len(equals) >= 2:
             first, second = self._rng.sample(equals, 2)
