@@ -104,8 +104,8 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
                 return Outcome(request.task, None, "", 0, 0, 0, error.reason)
             return Outcome(
                 task=request.task,
-                classified=result.task,
-                model=result.model_used,
+                classified=result.decision.task,
+                model=result.decision.model,
                 cost_nano_usd=result.cost_nano_usd,
                 input_tokens=result.usage.input_tokens,
                 output_tokens=result.usage.output_tokens,

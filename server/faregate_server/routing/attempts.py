@@ -58,7 +58,7 @@ from faregate_server.domain import (
 )
 from faregate_server.errors import failure_reason
 from faregate_server.routing.planner import Plan
-from faregate_server.routing.selection import Option
+from faregate_server.routing.selection import Availability, Option, availability
 from faregate_server.routing.settlement import Lease
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.breakers import BreakerTicket
@@ -562,11 +562,7 @@ class Attempts:
 
 
 def _available(deployment: Deployment, clock: Clock) -> bool:
-    return (
-        deployment.cooldown_until_s <= clock.monotonic_s()
-        and deployment.breaker.allows()
-        and not deployment.pool.saturated
-    )
+    return availability(deployment, clock.monotonic_s()) is Availability.AVAILABLE
 
 
 def _retryable(failed: AttemptsFailed) -> bool:

@@ -1,15 +1,13 @@
-"""The core path: plan, attempt (with retries, fallbacks and hedges), settle.
+"""The core path, one lifecycle for a whole answer and a stream alike.
 
-Settlement rules, for every way a request can end:
-- success: commit the provider-reported cost (or, without reported usage, the
-  cost of the counted input and the counted delivered output, never more
-  than was reserved);
-- success with implausible reported usage (upstream/usage.py): commit the reservation,
-  never the reported figure, and record the report with a flag;
-- failure or cancellation before any output reached the caller: release the
-  reservation whole, nothing is charged;
-- failure or cancellation after output reached the caller: commit the counted
-  input and delivered output, never more than was reserved.
+Every request goes plan → attempts → routing decision → output → usage →
+cost → settle: the planner picks the options, the settlement (settlement.py)
+leases the first, attempts (with retries, fallbacks and hedges) get to a
+first result, and the decision of who serves is made once from it. Route
+and StreamRoute differ only in how the output reaches the caller: whole, or
+chunk by chunk after the decision; the cost rules and the settling are the
+settlement's.
+
 A chunk counts as delivered once it is handed to the consumer: the servicer
 writes each one before it asks for the next, and its writes complete only
 as gRPC's flow control lets them out to the caller, so the upstream is read
@@ -40,18 +38,21 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from faregate_server.clock import Clock
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
+    FinishReason,
     RouteCall,
     RouteResult,
+    RoutingDecision,
     StreamEnd,
     StreamFinished,
-    StreamStarted,
 )
 from faregate_server.errors import (
     RequestAlreadyServed,
@@ -66,8 +67,9 @@ from faregate_server.routing.attempts import (
     stream_once,
     upstream_request,
 )
-from faregate_server.routing.planner import Planner
+from faregate_server.routing.planner import Plan, Planner
 from faregate_server.routing.settlement import (
+    Charge,
     Lease,
     Settlement,
     charge,
@@ -80,7 +82,22 @@ from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
 
+T = TypeVar("T")
 Stream = AsyncGenerator[str | StreamEnd, None]
+StreamOpening = tuple[Stream, str | StreamEnd]
+"""An upstream stream and its first item."""
+StreamEvent = RoutingDecision | str | StreamFinished
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving(Generic[T]):
+    """A request at its first result: what it was planned as, the lease that
+    got the result, the result, and the decision of who serves."""
+
+    plan: Plan
+    lease: Lease
+    first: T
+    decision: RoutingDecision
 
 
 class Gateway:
@@ -125,6 +142,21 @@ class Gateway:
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
+    def stream(self, call: RouteCall, deadline_s: float) -> AsyncGenerator[StreamEvent, None]:
+        """Serves one request as its RoutingDecision, text chunks, then a StreamFinished.
+
+        Consume inside `contextlib.aclosing`: closing early settles the delivered part.
+
+        Raises:
+            RequestAlreadyServed: the request id was served before; a stream
+                can't be replayed, so this carries the first one's accounting.
+            RequestInFlight, RequestIdReused: see `_claim`.
+        """
+        self._telemetry.observe_call(call)
+        if call.request_id:
+            return self._stream_once(call, deadline_s)
+        return self._stream(call, deadline_s)  # no extra hop per chunk
+
     async def _claim(self, call: RouteCall) -> RouteResult | None:
         """Claims the call's request id, or finds the result of its first serving.
 
@@ -139,90 +171,15 @@ class Gateway:
             raise RequestIdReused(call.request_id)
         return decode_result(stored)
 
-    async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
-        catalog = self.catalog
-        plan = await self._planner.plan(call, catalog)
-        lease = await self._settlement.first_lease(plan)
-        records: list[AttemptRecord] = []
-        telemetry = self._telemetry
-        telemetry.observe_plan(plan, records)
-
-        async def start(held: Lease) -> Completion:
-            return await complete_once(
-                held.option.deployment,
-                upstream_request(plan, held),
-                telemetry,
-                held.holding.amount_nano_usd,
-            )
-
-        async def discard(_: Completion) -> None:
-            return None
-
-        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
-        try:
-            completion, lease, record = await attempts.first_result(
-                plan, lease, start, discard, records, deadline_s
-            )
-        except AttemptsFailed as failed:
-            raise upstream_failure(failed.error, failed.deployment.name) from None
-        deployment = lease.option.deployment
-        telemetry.observe_served(deployment)
-        counted = None
-        if completion.usage is None:
-            counted = await self._settlement.count_answer(
-                plan, lease, completion.text, len(records) + 1
-            )
-        charged = charge(lease, completion.usage, counted)
-        usage, cost = charged.usage, charged.cost_nano_usd
-        records.append(
-            AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
-        )
-        result = RouteResult(
-            output=completion.text,
-            finish_reason=completion.finish_reason,
-            usage=usage,
-            cost_nano_usd=cost,
-            reserved_nano_usd=lease.holding.amount_nano_usd,
-            budget_remaining_nano_usd=0,  # known once committed
-            model_used=deployment.name,
-            provider=deployment.config.provider.value,
-            request_id=plan.request_id,
-            model_version=deployment.config.version,
-            task=plan.task,
-            attempts=tuple(records),
-            candidates=plan.scores,
-        )
-        remaining = await self._settlement.settle(
-            plan, lease, charged, "succeeded", len(records), result if call.request_id else None
-        )
-        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
-
-    def stream(
-        self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
-        """Serves one request as a StreamStarted, text chunks, then a StreamFinished.
-
-        Consume inside `contextlib.aclosing`: closing early settles the delivered part.
-
-        Raises:
-            RequestAlreadyServed: the request id was served before; a stream
-                can't be replayed, so this carries the first one's accounting.
-            RequestInFlight, RequestIdReused: see `_claim`.
-        """
-        self._telemetry.observe_call(call)
-        if call.request_id:
-            return self._stream_once(call, deadline_s)
-        return self._stream(call, deadline_s)  # no extra hop per chunk
-
     async def _stream_once(
         self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """A stream with a client request id: served at most once."""
         served = await self._claim(call)
         if served is not None:
             raise RequestAlreadyServed(
-                served.request_id,
-                served.model_used,
+                served.decision.request_id,
+                served.decision.model,
                 served.usage.input_tokens,
                 served.usage.output_tokens,
                 served.cost_nano_usd,
@@ -235,52 +192,35 @@ class Gateway:
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
+    # -- the lifecycle: the two ways output is relayed -----------------------
+
+    async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
+        """A whole answer: relayed in one piece once it is in hand."""
+        serving = await self._serve(call, deadline_s, self._complete, _keep)
+        plan, lease, completion = serving.plan, serving.lease, serving.first
+        counted = None
+        if completion.usage is None:
+            attempts = len(serving.decision.attempts)
+            counted = await self._settlement.count_answer(plan, lease, completion.text, attempts)
+        charged = charge(lease, completion.usage, counted)
+        return await self._settle(
+            serving, charged, completion.text, completion.finish_reason, call.request_id
+        )
+
     async def _stream(
         self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
-        catalog = self.catalog
-        plan = await self._planner.plan(call, catalog)
-        lease = await self._settlement.first_lease(plan)
-        records: list[AttemptRecord] = []
-        telemetry = self._telemetry
-        telemetry.observe_plan(plan, records)
-
-        async def start(held: Lease) -> tuple[Stream, str | StreamEnd]:
-            items = stream_once(
-                held.option.deployment,
-                upstream_request(plan, held),
-                telemetry,
-                held.holding.amount_nano_usd,
-            )
-            return items, await anext(items)
-
-        async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
-            await opened[0].aclose()
-
-        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
-        try:
-            (items, item), lease, record = await attempts.first_result(
-                plan, lease, start, discard, records, deadline_s
-            )
-        except AttemptsFailed as failed:
-            raise upstream_failure(failed.error, failed.deployment.name) from None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A stream: the decision, then each chunk as the caller takes it."""
+        serving = await self._serve(call, deadline_s, self._open_stream, _close_stream)
+        plan, lease, decision = serving.plan, serving.lease, serving.decision
+        items, item = serving.first
         deployment = lease.option.deployment
-        telemetry.observe_served(deployment, (*records, record))
         delivered = RunningCount(deployment.counter)
         settled = False
         try:
             async with aclosing(items):
-                telemetry.observe_first_output()
-                yield StreamStarted(
-                    model_used=deployment.name,
-                    provider=deployment.config.provider.value,
-                    request_id=plan.request_id,
-                    reserved_nano_usd=lease.holding.amount_nano_usd,
-                    model_version=deployment.config.version,
-                    task=plan.task,
-                    attempts=(*records, record),
-                    candidates=plan.scores,
-                )
+                self._telemetry.observe_first_output()
+                yield decision
                 while isinstance(item, str):
                     # Counted as it is handed over: once gRPC takes the write
                     # it may deliver it, even if a cut or the deadline ends
@@ -294,31 +234,14 @@ class Gateway:
             end = item
             counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
             charged = charge(lease, end.usage, counted)
-            usage, cost = charged.usage, charged.cost_nano_usd
             settled = True
-            result = None
-            if call.request_id:
-                result = RouteResult(
-                    output="",  # a stream is not replayed, only its accounting
-                    finish_reason=end.finish_reason,
-                    usage=usage,
-                    cost_nano_usd=cost,
-                    reserved_nano_usd=lease.holding.amount_nano_usd,
-                    budget_remaining_nano_usd=0,
-                    model_used=deployment.name,
-                    provider=deployment.config.provider.value,
-                    request_id=plan.request_id,
-                    model_version=deployment.config.version,
-                    task=plan.task,
-                )
-            remaining = await self._settlement.settle(
-                plan, lease, charged, "succeeded", len(records) + 1, result
-            )
+            # A stream is not replayed, only its accounting: its output isn't kept.
+            result = await self._settle(serving, charged, "", end.finish_reason, call.request_id)
             yield StreamFinished(
-                usage=usage,
-                cost_nano_usd=cost,
-                budget_remaining_nano_usd=remaining,
-                finish_reason=end.finish_reason,
+                usage=result.usage,
+                cost_nano_usd=result.cost_nano_usd,
+                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+                finish_reason=result.finish_reason,
             )
         except UpstreamError as error:
             if delivered.chunks:
@@ -329,4 +252,107 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settlement.settle_interrupted(plan, lease, delivered, len(records) + 1)
+                await self._settlement.settle_interrupted(
+                    plan, lease, delivered, len(decision.attempts)
+                )
+
+    # -- the lifecycle: the steps both share ---------------------------------
+
+    async def _serve(
+        self,
+        call: RouteCall,
+        deadline_s: float,
+        start: Callable[[Plan, Lease], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]],
+    ) -> _Serving[T]:
+        """Plans the request, leases its first option, runs its attempts up
+        to a first result (`start` makes one attempt's, `discard` gives up a
+        loser's), and decides who serves.
+
+        Raises:
+            FaregateError: planning or the first lease failed, or every attempt
+                allowed did (mapped from the last upstream error).
+        """
+        catalog = self.catalog
+        plan = await self._planner.plan(call, catalog)
+        lease = await self._settlement.first_lease(plan)
+        records: list[AttemptRecord] = []
+        self._telemetry.observe_plan(plan, records)
+
+        async def attempt(held: Lease) -> T:
+            return await start(plan, held)
+
+        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
+        try:
+            first, lease, record = await attempts.first_result(
+                plan, lease, attempt, discard, records, deadline_s
+            )
+        except AttemptsFailed as failed:
+            raise upstream_failure(failed.error, failed.deployment.name) from None
+        deployment = lease.option.deployment
+        decision = RoutingDecision(
+            request_id=plan.request_id,
+            model=deployment.name,
+            provider=deployment.config.provider.value,
+            model_version=deployment.config.version,
+            reserved_nano_usd=lease.holding.amount_nano_usd,
+            task=plan.task,
+            attempts=(*records, record),
+            candidates=plan.scores,
+        )
+        self._telemetry.observe_served(deployment, decision.attempts)
+        return _Serving(plan, lease, first, decision)
+
+    async def _settle(
+        self,
+        serving: _Serving[T],
+        charged: Charge,
+        output: str,
+        finish_reason: FinishReason,
+        request_id: str,
+    ) -> RouteResult:
+        """Settles a request that got its answer, keeping its result for the
+        retries of a client `request_id`. The caller counts the lease settled
+        before this is awaited."""
+        result = RouteResult(
+            decision=serving.decision.charged(charged.cost_nano_usd),
+            output=output,
+            finish_reason=finish_reason,
+            usage=charged.usage,
+            cost_nano_usd=charged.cost_nano_usd,
+            budget_remaining_nano_usd=0,  # known once committed
+        )
+        remaining = await self._settlement.settle(
+            serving.plan,
+            serving.lease,
+            charged,
+            "succeeded",
+            len(serving.decision.attempts),
+            result if request_id else None,
+        )
+        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
+
+    async def _complete(self, plan: Plan, lease: Lease) -> Completion:
+        return await complete_once(
+            lease.option.deployment,
+            upstream_request(plan, lease),
+            self._telemetry,
+            lease.holding.amount_nano_usd,
+        )
+
+    async def _open_stream(self, plan: Plan, lease: Lease) -> StreamOpening:
+        items = stream_once(
+            lease.option.deployment,
+            upstream_request(plan, lease),
+            self._telemetry,
+            lease.holding.amount_nano_usd,
+        )
+        return items, await anext(items)
+
+
+async def _keep(_: Completion) -> None:
+    """A whole answer that lost a race holds nothing open."""
+
+
+async def _close_stream(opened: StreamOpening) -> None:
+    await opened[0].aclose()

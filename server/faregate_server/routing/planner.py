@@ -24,7 +24,7 @@ from faregate_server.errors import (
     ModelCannotServe,
     PoolSaturated,
 )
-from faregate_server.routing.selection import Option, Selection, Selector
+from faregate_server.routing.selection import Availability, Option, Selection, Selector
 from faregate_server.routing.tasks import classify_task
 from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
@@ -111,13 +111,13 @@ def _nothing_feasible(
 ) -> FaregateError:
     name = call.model or route.name
     unavailable = selection.unavailable
-    if not unavailable:
+    if unavailable is Availability.AVAILABLE:
         assert selection.unfit is not None
         field, description = selection.unfit
         return ModelCannotServe(name, field, description)
-    if unavailable == "workers and queue full":
+    if unavailable is Availability.POOL_FULL:
         first = catalog.deployments[route.slots[0].models[0]]
         return PoolSaturated(name, first.pool.retry_after_s())
-    if unavailable.startswith("a limit pool"):
+    if unavailable is Availability.LIMITS_EXHAUSTED:
         return LimitExhausted(name, selection.limits_retry_after_s)
-    return CandidatesUnavailable(name, unavailable, selection.available_in_s)
+    return CandidatesUnavailable(name, unavailable.value, selection.available_in_s)

@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
@@ -49,6 +50,31 @@ _PROBING_LATENCY_S = NEUTRAL_LATENCY_S
 # The least expected latency prefer LATENCY divides by: keeps an unmeasured
 # model's score finite while ranking it above any measured one.
 _LATENCY_FLOOR_S = 1e-4
+
+
+class Availability(StrEnum):
+    """Whether a model that could serve a request can serve it now; each
+    value but AVAILABLE is the reason a caller is shown."""
+
+    AVAILABLE = ""
+    COOLING_DOWN = "cooling down after an upstream 429"
+    BREAKER_OPEN = "circuit breaker open"
+    POOL_FULL = "workers and queue full"
+    LIMITS_EXHAUSTED = "a limit pool cannot cover the draw"
+
+
+def availability(deployment: Deployment, now_s: float, scarcity: float = 1.0) -> Availability:
+    """Whether `deployment` can serve now (`now_s` on the health clock), its
+    limit pools' `scarcity` for the request considered (1: no limit pools)."""
+    if deployment.cooldown_until_s > now_s:
+        return Availability.COOLING_DOWN
+    if not deployment.breaker.allows():
+        return Availability.BREAKER_OPEN
+    if deployment.pool.saturated:
+        return Availability.POOL_FULL
+    if math.isinf(scarcity):
+        return Availability.LIMITS_EXHAUSTED
+    return Availability.AVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +97,8 @@ class Selection:
     """Every candidate judged, in route order."""
     unfit: tuple[str, str] | None
     """(field, problem) of the first candidate that can never serve this request."""
-    unavailable: str
-    """Why the first candidate that cannot serve now can't ("" if none)."""
+    unavailable: Availability
+    """Why the first candidate that cannot serve now can't (AVAILABLE if none)."""
     limits_retry_after_s: float
     """When the limit pools that ruled candidates out reset (inf if none did)."""
     available_in_s: float
@@ -110,7 +136,7 @@ class Selector:
         options: list[Option] = []
         scores: list[CandidateScore] = []
         unfit: tuple[str, str] | None = None
-        unavailable = ""
+        unavailable = Availability.AVAILABLE
         limits_retry_after_s = math.inf
         available_in_s = math.inf
         for slot in route.slots:
@@ -146,9 +172,11 @@ class Selector:
                         worst_case,
                     )
                     scarcity = self._limits.scarcity(draw, routing)
-                reason = _unavailable(deployment, now_s, scarcity)
-                if reason:
-                    unavailable = unavailable or reason
+                now = availability(deployment, now_s, scarcity)
+                if now is not Availability.AVAILABLE:
+                    reason = now.value
+                    if unavailable is Availability.AVAILABLE:
+                        unavailable = now
                     limits_wait_s = 0.0
                     if math.isinf(scarcity):
                         limits_wait_s = self._limits.retry_after_s(draw)
@@ -235,18 +263,6 @@ def _unfit(
     if hints.max_cost_nano_usd is not None and worst_case > hints.max_cost_nano_usd:
         return ("max_cost_nano_usd", f"the worst case costs {worst_case} nano-USD")
     return None
-
-
-def _unavailable(deployment: Deployment, now_s: float, scarcity: float) -> str:
-    if deployment.cooldown_until_s > now_s:
-        return "cooling down after an upstream 429"
-    if not deployment.breaker.allows():
-        return "circuit breaker open"
-    if deployment.pool.saturated:
-        return "workers and queue full"
-    if math.isinf(scarcity):
-        return "a limit pool cannot cover the draw"
-    return ""
 
 
 def _available_in_s(deployment: Deployment, now_s: float) -> float:

@@ -42,9 +42,9 @@ from faregate_server.domain import (
     Preference,
     Role,
     RouteCall,
+    RoutingDecision,
     RoutingHints,
     StreamFinished,
-    StreamStarted,
     TaskKind,
     Usage,
 )
@@ -162,15 +162,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             finish_reason=_FINISH_REASONS[result.finish_reason],
             usage=_usage(result.usage),
             cost_nano_usd=result.cost_nano_usd,
-            reserved_nano_usd=result.reserved_nano_usd,
             budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-            model_used=result.model_used,
-            provider=result.provider,
-            request_id=result.request_id,
-            model_version=result.model_version,
-            task=_TASK_NUMBERS[result.task],
-            attempts=_attempts(result.attempts),
-            candidates=_candidates(result.candidates),
+            **_served(result.decision),
         )
 
     async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
@@ -458,22 +451,26 @@ def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.Candidate
     ]
 
 
-def _stream_event(event: StreamStarted | str | StreamFinished) -> StreamEvent:
+def _served(decision: RoutingDecision) -> dict[str, Any]:
+    """Who served and how it was chosen: the fields RouteResponse and
+    StreamStart share, mapped in this one place."""
+    return {
+        "model_used": decision.model,
+        "provider": decision.provider,
+        "request_id": decision.request_id,
+        "reserved_nano_usd": decision.reserved_nano_usd,
+        "model_version": decision.model_version,
+        "task": _TASK_NUMBERS[decision.task],
+        "attempts": _attempts(decision.attempts),
+        "candidates": _candidates(decision.candidates),
+    }
+
+
+def _stream_event(event: RoutingDecision | str | StreamFinished) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
-    if isinstance(event, StreamStarted):
-        return StreamEvent(
-            start=StreamEvent.StreamStart(
-                model_used=event.model_used,
-                provider=event.provider,
-                request_id=event.request_id,
-                reserved_nano_usd=event.reserved_nano_usd,
-                model_version=event.model_version,
-                task=_TASK_NUMBERS[event.task],
-                attempts=_attempts(event.attempts),
-                candidates=_candidates(event.candidates),
-            )
-        )
+    if isinstance(event, RoutingDecision):
+        return StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
     return StreamEvent(
         finish=StreamEvent.StreamFinish(
             usage=_usage(event.usage),
