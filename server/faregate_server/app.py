@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,6 @@ from faregate_server.security.tls import add_port
 from faregate_server.state.opening import open_state
 from faregate_server.state.store import StateStore
 from faregate_server.telemetry.http_admin import HttpAdmin
-from faregate_server.telemetry.interceptor import TelemetryInterceptor
 from faregate_server.telemetry.metrics import open_metrics
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.catalog import Catalog
@@ -153,7 +152,12 @@ async def serve(
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)
-        telemetry = Telemetry(config.telemetry, tracer_provider=tracer_provider, metrics=metrics)
+        telemetry = Telemetry(
+            config.telemetry,
+            tracer_provider=tracer_provider,
+            metrics=metrics,
+            now_s=clock.now_s,
+        )
         stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
@@ -183,13 +187,10 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        interceptors = []
-        if telemetry.observing:
-            interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
-        router_server = _grpc_server(config, reuse_port, interceptors)
+        router_server = _grpc_server(config, reuse_port)
         register_router_service(
             router_server,
-            RouterServicer(gateway, config.server, authenticator, drain, admission),
+            RouterServicer(gateway, config.server, authenticator, drain, admission, telemetry),
         )
         # Measures from before the first call to after the drain: owned by
         # the server's lifetime like the config watcher.
@@ -273,18 +274,13 @@ async def serve(
         )
 
 
-def _grpc_server(
-    config: Config,
-    reuse_port: bool,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> grpc.aio.Server:
+def _grpc_server(config: Config, reuse_port: bool) -> grpc.aio.Server:
     # No maximum_concurrent_rpcs and no HTTP/2 max_concurrent_streams:
     # admission.py caps calls itself. gRPC's cap answers RESOURCE_EXHAUSTED
     # (the caller's quota, by our catalogue) with no reason or pushback and
     # counts health checks too; a stream limit makes clients queue calls
     # silently on their side until a stream frees.
     return grpc.aio.server(
-        interceptors=interceptors,
         options=[
             # gRPC sets SO_REUSEPORT unless told not to, which lets a second
             # faregate bind a port this one serves and take half its calls.

@@ -8,6 +8,7 @@ the real in-memory store, its ledger read back after each settlement."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import aiohttp
@@ -23,6 +24,7 @@ from faregate_server.domain import (
     UsageFlaw,
 )
 from faregate_server.routing.planner import Plan, Planner
+from faregate_server.routing.scope import CallScope
 from faregate_server.routing.selection import Selector
 from faregate_server.routing.settlement import Charge, Lease, Settlement, charge, counted_usage
 from faregate_server.state.ledger import MemoryLedger, SpendRecord
@@ -53,6 +55,22 @@ class _Books:
         self.settlement = settlement
         self.state = state
         self.ledger = ledger
+        self.commits = 0
+        self.scope = CallScope(deadline_s=math.inf, on_commit=self._committing)
+
+    def _committing(self) -> None:
+        self.commits += 1
+
+    async def settle(self, charged: Charge, attempts: int = 1) -> int:
+        return await self.settlement.settle(
+            self.plan, self.lease, charged, "succeeded", attempts, self.scope
+        )
+
+    async def settle_interrupted(self, delivered: RunningCount) -> None:
+        await self.settlement.settle_interrupted(self.plan, self.lease, delivered, 1, self.scope)
+
+    async def count_answer(self, text: str) -> Usage:
+        return await self.settlement.count_answer(self.plan, self.lease, text, 1, self.scope)
 
     @property
     def input_tokens(self) -> int:
@@ -117,7 +135,7 @@ async def test_reported_usage_is_charged_over_the_count(books: _Books) -> None:
     charged = charge(books.lease, Usage(5, 7), counted_usage(books.lease, 50))
 
     assert charged == Charge(Usage(5, 7), 19_000)
-    remaining = await books.settlement.settle(books.plan, books.lease, charged, "succeeded", 1)
+    remaining = await books.settle(charged)
 
     (record,) = await books.records()
     assert (record.input_tokens, record.output_tokens, record.cost_nano_usd) == (5, 7, 19_000)
@@ -126,13 +144,14 @@ async def test_reported_usage_is_charged_over_the_count(books: _Books) -> None:
     assert (record.agent, record.model, record.route) == ("coder", "m", "default")
     assert await books.spent_and_reserved() == (19_000, 0)
     assert remaining == 100_000_000_000 - 19_000
+    assert books.commits == 1  # the drain was told: past its commit point
 
 
 async def test_without_a_report_the_count_is_charged(books: _Books) -> None:
     charged = charge(books.lease, None, counted_usage(books.lease, 40))
 
     assert charged == Charge(Usage(books.input_tokens, 40), _cost(books.input_tokens, 40))
-    await books.settlement.settle(books.plan, books.lease, charged, "succeeded", 1)
+    await books.settle(charged)
     assert await books.spent_and_reserved() == (charged.cost_nano_usd, 0)
 
 
@@ -155,7 +174,7 @@ async def test_implausible_usage_is_charged_the_reservation_and_recorded(books: 
     assert charged == Charge(
         Usage(books.input_tokens, _CAP_TOKENS), books.reserved_nano_usd, implausible
     )
-    await books.settlement.settle(books.plan, books.lease, charged, "succeeded", 2)
+    await books.settle(charged, attempts=2)
     (record,) = await books.records()
     assert (record.usage_flaw, record.reported_usage) == ("negative", implausible.reported)
     assert (record.output_tokens, record.attempts) == (_CAP_TOKENS, 2)
@@ -168,7 +187,7 @@ async def test_an_interrupted_stream_is_charged_what_was_delivered(books: _Books
         delivered.add(chunk)
     output_tokens = delivered.tokens()
 
-    await books.settlement.settle_interrupted(books.plan, books.lease, delivered, 1)
+    await books.settle_interrupted(delivered)
 
     (record,) = await books.records()
     cost = _cost(books.input_tokens, output_tokens)
@@ -183,10 +202,11 @@ async def test_an_interrupted_stream_is_charged_what_was_delivered(books: _Books
 async def test_a_stream_interrupted_before_any_output_is_released_whole(books: _Books) -> None:
     nothing = RunningCount(books.lease.option.deployment.counter)
 
-    await books.settlement.settle_interrupted(books.plan, books.lease, nothing, 1)
+    await books.settle_interrupted(nothing)
 
     assert await books.records() == []
     assert await books.spent_and_reserved() == (0, 0)
+    assert books.commits == 0
 
 
 async def test_a_released_lease_charges_nothing(books: _Books) -> None:
@@ -198,9 +218,7 @@ async def test_a_released_lease_charges_nothing(books: _Books) -> None:
 
 async def test_an_answer_interrupted_while_counted_is_charged_at_its_cap(books: _Books) -> None:
     long_answer = "word " * (INLINE_COUNT_CHARS // 4)  # counted in a worker thread
-    counting = asyncio.ensure_future(
-        books.settlement.count_answer(books.plan, books.lease, long_answer, 1)
-    )
+    counting = asyncio.ensure_future(books.count_answer(long_answer))
     await asyncio.sleep(0)  # now awaiting the count
 
     counting.cancel()
@@ -215,7 +233,7 @@ async def test_an_answer_interrupted_while_counted_is_charged_at_its_cap(books: 
 async def test_a_whole_answer_is_counted_when_it_reports_no_usage(books: _Books) -> None:
     counter = books.lease.option.deployment.counter
 
-    usage = await books.settlement.count_answer(books.plan, books.lease, "Hello, world", 1)
+    usage = await books.count_answer("Hello, world")
 
     assert usage == Usage(books.input_tokens, counter.count_text("Hello, world"))
     assert await books.records() == []  # counted, not yet settled

@@ -32,6 +32,11 @@ model it goes to, as a fallback does.
 
 Leases come from, and go back to, the settlement seam (`Leases`): every
 lease handed in is released here unless it comes back with the result.
+
+Two clocks, one per purpose: latencies, and backoffs weighed against the
+deadline, run on the event loop's clock (the deadline's own, which asyncio's
+timeouts read); cool-downs run on the injected `Clock`'s monotonic time, as
+the breakers and the selector read them.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 from faregate_server.clock import Clock
@@ -57,10 +63,10 @@ from faregate_server.domain import (
     UsageFlaw,
 )
 from faregate_server.errors import failure_reason
+from faregate_server.routing.hooks import Hooks
 from faregate_server.routing.planner import Plan
 from faregate_server.routing.selection import Availability, Option, availability
 from faregate_server.routing.settlement import Lease
-from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.providers import UpstreamError, UpstreamErrorKind
@@ -122,19 +128,19 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
 async def complete_once(
     deployment: Deployment,
     request: UpstreamRequest,
-    telemetry: Telemetry,
+    hooks: Hooks,
     reserved_nano_usd: int,
 ) -> Completion:
     """One whole-answer call through the model's pool, feeding its health;
     its usage is judged against what the request made possible, and the
     reservation (`reserved_nano_usd`) its cost may not exceed."""
-    async with telemetry.pool_slot(deployment):
+    async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
         loop = asyncio.get_running_loop()
         started_s = loop.time()
-        attempt = telemetry.attempt(deployment)
+        attempt = hooks.attempt(deployment)
         active = attempt.activate()
         try:
             completion = await deployment.provider.complete(request)
@@ -149,7 +155,7 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, telemetry)
+        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks)
         attempt.succeeded(usage)
         elapsed_s = loop.time() - started_s
         _record_answer(deployment, ticket, usage)
@@ -162,7 +168,7 @@ async def complete_once(
 async def stream_once(
     deployment: Deployment,
     request: UpstreamRequest,
-    telemetry: Telemetry,
+    hooks: Hooks,
     reserved_nano_usd: int,
 ) -> AsyncGenerator[str | StreamEnd, None]:
     """One streamed call through the model's pool, feeding its health; the
@@ -171,7 +177,7 @@ async def stream_once(
     Closing it early (a lost hedge, a caller gone) abandons the attempt
     without a verdict and closes the upstream connection.
     """
-    async with telemetry.pool_slot(deployment):
+    async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
@@ -179,7 +185,7 @@ async def stream_once(
         started_s = loop.time()
         first_s: float | None = None
         verdict_given = False
-        attempt = telemetry.attempt(deployment)
+        attempt = hooks.attempt(deployment)
         # The attempt's span is current only until the first item: the request
         # is sent by then, and later items are pulled from other contexts.
         active = attempt.activate()
@@ -195,9 +201,7 @@ async def stream_once(
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
-                        usage = _judged(
-                            deployment, request, item.usage, reserved_nano_usd, telemetry
-                        )
+                        usage = _judged(deployment, request, item.usage, reserved_nano_usd, hooks)
                         attempt.succeeded(usage)
                         _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
@@ -217,6 +221,37 @@ async def stream_once(
                 _record_abandoned(deployment, ticket, loop.time() - started_s)
 
 
+def _slot(deployment: Deployment, hooks: Hooks) -> AbstractAsyncContextManager[None]:
+    """One of the deployment's worker slots, its wait traced when hooks trace it."""
+    wait = hooks.pool_wait(deployment)
+    slot = deployment.pool.slot()
+    return slot if wait is None else _WaitedSlot(slot, wait)
+
+
+class _WaitedSlot:
+    """A worker slot whose wait runs inside a span; the slot itself is the pool's."""
+
+    __slots__ = ("_slot", "_wait")
+
+    def __init__(
+        self, slot: AbstractAsyncContextManager[None], wait: AbstractContextManager[object]
+    ) -> None:
+        self._slot = slot
+        self._wait = wait
+
+    async def __aenter__(self) -> None:
+        with self._wait:
+            await self._slot.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._slot.__aexit__(exc_type, exc, traceback)
+
+
 def _check_breaker(deployment: Deployment) -> None:
     # Checked again after the wait for a worker, with no await before the
     # attempt registers: the breaker may have opened meanwhile, or its
@@ -230,7 +265,7 @@ def _judged(
     request: UpstreamRequest,
     usage: ReportedUsage,
     reserved_nano_usd: int,
-    telemetry: Telemetry,
+    hooks: Hooks,
 ) -> ReportedUsage:
     """The answer's usage as judged; an implausible one is counted and logged here, once."""
     model = deployment.config
@@ -242,7 +277,7 @@ def _judged(
         reserved_nano_usd,
     )
     if isinstance(judged, ImplausibleUsage):
-        telemetry.observe_implausible_usage(deployment, judged)
+        hooks.implausible_usage(deployment, judged)
         # Over the reservation alone is a count of faregate's falling short
         # (a tokenizer's gap, a provider's own framing), not a lie: worth a
         # note, not an alarm.

@@ -67,7 +67,9 @@ from faregate_server.routing.attempts import (
     stream_once,
     upstream_request,
 )
+from faregate_server.routing.hooks import NO_HOOKS, Hooks
 from faregate_server.routing.planner import Plan, Planner
+from faregate_server.routing.scope import CallScope
 from faregate_server.routing.settlement import (
     Charge,
     Lease,
@@ -77,7 +79,6 @@ from faregate_server.routing.settlement import (
 )
 from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
-from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
@@ -111,7 +112,7 @@ class Gateway:
         state: StateStore,
         clock: Clock,
         rng: random.Random,
-        telemetry: Telemetry = NO_TELEMETRY,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.catalog = catalog
         """The current catalog; replaced whole by a config reload."""
@@ -120,10 +121,11 @@ class Gateway:
         self._state = state
         self._clock = clock
         self._rng = rng
-        self._telemetry = telemetry
+        self._hooks = hooks
 
-    async def route(self, call: RouteCall, deadline_s: float) -> RouteResult:
-        """Serves one request whole; deadline_s is on the event loop's clock.
+    async def route(self, call: RouteCall, scope: CallScope | float) -> RouteResult:
+        """Serves one request whole, within its call's `scope` (or just by a
+        deadline on the event loop's clock: a call nothing observes or drains).
 
         A request whose client request id was served before gets that
         result again, neither served nor charged a second time.
@@ -131,19 +133,23 @@ class Gateway:
         Raises:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
-        self._telemetry.observe_call(call)
+        if not isinstance(scope, CallScope):
+            scope = CallScope(scope)
         if not call.request_id:
-            return await self._route(call, deadline_s)
+            return await self._route(call, scope)
         served = await self._claim(call)
         if served is not None:
             return served
         try:
-            return await self._route(call, deadline_s)
+            return await self._route(call, scope)
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
-    def stream(self, call: RouteCall, deadline_s: float) -> AsyncGenerator[StreamEvent, None]:
-        """Serves one request as its RoutingDecision, text chunks, then a StreamFinished.
+    def stream(
+        self, call: RouteCall, scope: CallScope | float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Serves one request as its RoutingDecision, text chunks, then a
+        StreamFinished, within its call's `scope` (or, as for `route`, a deadline).
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
 
@@ -152,10 +158,11 @@ class Gateway:
                 can't be replayed, so this carries the first one's accounting.
             RequestInFlight, RequestIdReused: see `_claim`.
         """
-        self._telemetry.observe_call(call)
+        if not isinstance(scope, CallScope):
+            scope = CallScope(scope)
         if call.request_id:
-            return self._stream_once(call, deadline_s)
-        return self._stream(call, deadline_s)  # no extra hop per chunk
+            return self._stream_once(call, scope)
+        return self._stream(call, scope)  # no extra hop per chunk
 
     async def _claim(self, call: RouteCall) -> RouteResult | None:
         """Claims the call's request id, or finds the result of its first serving.
@@ -172,7 +179,7 @@ class Gateway:
         return decode_result(stored)
 
     async def _stream_once(
-        self, call: RouteCall, deadline_s: float
+        self, call: RouteCall, scope: CallScope
     ) -> AsyncGenerator[StreamEvent, None]:
         """A stream with a client request id: served at most once."""
         served = await self._claim(call)
@@ -186,7 +193,7 @@ class Gateway:
                 served.budget_remaining_nano_usd,
             )
         try:
-            async with aclosing(self._stream(call, deadline_s)) as events:
+            async with aclosing(self._stream(call, scope)) as events:
                 async for event in events:
                     yield event
         finally:
@@ -194,24 +201,24 @@ class Gateway:
 
     # -- the lifecycle: the two ways output is relayed -----------------------
 
-    async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
+    async def _route(self, call: RouteCall, scope: CallScope) -> RouteResult:
         """A whole answer: relayed in one piece once it is in hand."""
-        serving = await self._serve(call, deadline_s, self._complete, _keep)
+        serving = await self._serve(call, scope, self._complete, _keep)
         plan, lease, completion = serving.plan, serving.lease, serving.first
         counted = None
         if completion.usage is None:
             attempts = len(serving.decision.attempts)
-            counted = await self._settlement.count_answer(plan, lease, completion.text, attempts)
+            counted = await self._settlement.count_answer(
+                plan, lease, completion.text, attempts, scope
+            )
         charged = charge(lease, completion.usage, counted)
         return await self._settle(
-            serving, charged, completion.text, completion.finish_reason, call.request_id
+            serving, charged, completion.text, completion.finish_reason, call.request_id, scope
         )
 
-    async def _stream(
-        self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamEvent, None]:
+    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamEvent, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
-        serving = await self._serve(call, deadline_s, self._open_stream, _close_stream)
+        serving = await self._serve(call, scope, self._open_stream, _close_stream)
         plan, lease, decision = serving.plan, serving.lease, serving.decision
         items, item = serving.first
         deployment = lease.option.deployment
@@ -219,7 +226,7 @@ class Gateway:
         settled = False
         try:
             async with aclosing(items):
-                self._telemetry.observe_first_output()
+                scope.observer.first_output()
                 yield decision
                 while isinstance(item, str):
                     # Counted as it is handed over: once gRPC takes the write
@@ -236,7 +243,9 @@ class Gateway:
             charged = charge(lease, end.usage, counted)
             settled = True
             # A stream is not replayed, only its accounting: its output isn't kept.
-            result = await self._settle(serving, charged, "", end.finish_reason, call.request_id)
+            result = await self._settle(
+                serving, charged, "", end.finish_reason, call.request_id, scope
+            )
             yield StreamFinished(
                 usage=result.usage,
                 cost_nano_usd=result.cost_nano_usd,
@@ -253,7 +262,7 @@ class Gateway:
         finally:
             if not settled:
                 await self._settlement.settle_interrupted(
-                    plan, lease, delivered, len(decision.attempts)
+                    plan, lease, delivered, len(decision.attempts), scope
                 )
 
     # -- the lifecycle: the steps both share ---------------------------------
@@ -261,7 +270,7 @@ class Gateway:
     async def _serve(
         self,
         call: RouteCall,
-        deadline_s: float,
+        scope: CallScope,
         start: Callable[[Plan, Lease], Awaitable[T]],
         discard: Callable[[T], Awaitable[None]],
     ) -> _Serving[T]:
@@ -277,7 +286,9 @@ class Gateway:
         plan = await self._planner.plan(call, catalog)
         lease = await self._settlement.first_lease(plan)
         records: list[AttemptRecord] = []
-        self._telemetry.observe_plan(plan, records)
+        scope.observer.planned(
+            plan.request_id, plan.route.name, plan.options[0].deployment, records
+        )
 
         async def attempt(held: Lease) -> T:
             return await start(plan, held)
@@ -285,7 +296,7 @@ class Gateway:
         attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
         try:
             first, lease, record = await attempts.first_result(
-                plan, lease, attempt, discard, records, deadline_s
+                plan, lease, attempt, discard, records, scope.deadline_s
             )
         except AttemptsFailed as failed:
             raise upstream_failure(failed.error, failed.deployment.name) from None
@@ -300,7 +311,7 @@ class Gateway:
             attempts=(*records, record),
             candidates=plan.scores,
         )
-        self._telemetry.observe_served(deployment, decision.attempts)
+        scope.observer.served(decision)
         return _Serving(plan, lease, first, decision)
 
     async def _settle(
@@ -310,6 +321,7 @@ class Gateway:
         output: str,
         finish_reason: FinishReason,
         request_id: str,
+        scope: CallScope,
     ) -> RouteResult:
         """Settles a request that got its answer, keeping its result for the
         retries of a client `request_id`. The caller counts the lease settled
@@ -328,6 +340,7 @@ class Gateway:
             charged,
             "succeeded",
             len(serving.decision.attempts),
+            scope,
             result if request_id else None,
         )
         return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
@@ -336,7 +349,7 @@ class Gateway:
         return await complete_once(
             lease.option.deployment,
             upstream_request(plan, lease),
-            self._telemetry,
+            self._hooks,
             lease.holding.amount_nano_usd,
         )
 
@@ -344,7 +357,7 @@ class Gateway:
         items = stream_once(
             lease.option.deployment,
             upstream_request(plan, lease),
-            self._telemetry,
+            self._hooks,
             lease.holding.amount_nano_usd,
         )
         return items, await anext(items)

@@ -24,9 +24,9 @@ from faregate_server.errors import (
     ModelCannotServe,
     PoolSaturated,
 )
+from faregate_server.routing.hooks import NO_HOOKS, Hooks
 from faregate_server.routing.selection import Availability, Option, Selection, Selector
 from faregate_server.routing.tasks import classify_task
-from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.tokens import TokenCounter, count_messages, counts_inline
 
@@ -44,9 +44,9 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, selector: Selector, telemetry: Telemetry = NO_TELEMETRY) -> None:
+    def __init__(self, selector: Selector, hooks: Hooks = NO_HOOKS) -> None:
         self._selector = selector
-        self._telemetry = telemetry
+        self._hooks = hooks
         # Request ids: random per process, counted within it; unique without
         # costing a random draw per request.
         self._id_prefix = secrets.token_hex(8)
@@ -63,7 +63,7 @@ class Planner:
         for key in call.budget_keys:
             if key not in catalog.config.budgets:
                 raise BudgetNotFound(key)
-        with self._telemetry.span("faregate.select"):
+        with self._hooks.span("faregate.select"):
             task = call.hints.task
             if task is None and (len(route.slots) > 1 or call.hints.explain):
                 # The task only weighs candidates against each other: a route of

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from faregate_server.clock import Clock
 from faregate_server.domain import ImplausibleUsage, ReportedUsage, RouteResult, Usage
 from faregate_server.errors import BudgetExhausted, LimitExhausted
+from faregate_server.routing.hooks import NO_HOOKS, Hooks
 from faregate_server.routing.planner import Plan
+from faregate_server.routing.scope import CallScope
 from faregate_server.routing.selection import Option
-from faregate_server.rpc.drain import commit_point
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.store import Holding, StateStore
-from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.tokens import RunningCount, count_text
 
 
@@ -93,12 +93,11 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
 class Settlement:
     """Takes, releases and settles the leases of every request."""
 
-    def __init__(
-        self, state: StateStore, clock: Clock, telemetry: Telemetry = NO_TELEMETRY
-    ) -> None:
+    def __init__(self, state: StateStore, clock: Clock, hooks: Hooks = NO_HOOKS) -> None:
+        """`clock` dates the spend records (its wall time)."""
         self._state = state
         self._clock = clock
-        self._telemetry = telemetry
+        self._hooks = hooks
 
     async def first_lease(self, plan: Plan) -> Lease:
         """The lease on the first of the plan's options that the budgets and
@@ -135,7 +134,7 @@ class Settlement:
             probe = latency.claim_probe()
             holding = None
             try:
-                with self._telemetry.span("faregate.budget.reserve", option.deployment.name):
+                with self._hooks.span("faregate.budget.reserve", option.deployment.name):
                     holding = await self._state.reserve(
                         plan.call.budget_keys,
                         option.worst_case_nano_usd,
@@ -166,6 +165,7 @@ class Settlement:
         charged: Charge,
         outcome: str,
         attempts: int,
+        scope: CallScope,
         result: RouteResult | None = None,
     ) -> int:
         """Commits the charge and its draw, and makes the spend record durable.
@@ -174,13 +174,13 @@ class Settlement:
         retries. Returns the least money left in the request's budgets. The
         caller must count the lease as settled before awaiting this: the
         store completes the commit even if the caller is cancelled meanwhile.
-        From here on a shutdown lets the call finish: it is charged, so its
-        caller gets its answer.
+        From here on (`scope.on_commit`) a shutdown lets the call finish: it
+        is charged, so its caller gets its answer.
         """
         deployment = lease.option.deployment
         if lease.probe:
             deployment.latency.end_probe()
-        commit_point()
+        scope.on_commit()
         usage = charged.usage
         implausible = charged.implausible
         record = SpendRecord(
@@ -202,13 +202,13 @@ class Settlement:
             reported_usage=implausible.reported if implausible else "",
         )
         tokens = usage.input_tokens + usage.output_tokens
-        self._telemetry.observe_settlement(usage, charged.cost_nano_usd)
+        scope.observer.settled(usage, charged.cost_nano_usd)
         return await self._state.commit(
             lease.holding, charged.cost_nano_usd, tokens, record, result
         )
 
     async def settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int
+        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int, scope: CallScope
     ) -> None:
         """Settles a stream cut short: released whole if nothing reached the
         caller, else charged the counted input and the delivered output."""
@@ -216,9 +216,11 @@ class Settlement:
             self.release(lease)
             return
         charged = charge(lease, None, counted_usage(lease, delivered.tokens()))
-        await self.settle(plan, lease, charged, "interrupted", attempts)
+        await self.settle(plan, lease, charged, "interrupted", attempts, scope)
 
-    async def count_answer(self, plan: Plan, lease: Lease, text: str, attempts: int) -> Usage:
+    async def count_answer(
+        self, plan: Plan, lease: Lease, text: str, attempts: int, scope: CallScope
+    ) -> Usage:
         """The counted usage of a whole answer that reported none.
 
         A long answer is counted in a worker thread. A request interrupted
@@ -230,6 +232,7 @@ class Settlement:
             output_tokens = await count_text(lease.option.deployment.counter, text)
         except BaseException:
             worst = counted_usage(lease, lease.option.max_output_tokens)
-            await self.settle(plan, lease, charge(lease, None, worst), "interrupted", attempts)
+            charged = charge(lease, None, worst)
+            await self.settle(plan, lease, charged, "interrupted", attempts, scope)
             raise
         return counted_usage(lease, output_tokens)

@@ -56,11 +56,13 @@ from faregate_server.errors import (
     internal_error_status,
 )
 from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain
 from faregate_server.security.auth import Authenticator, authorize
 from faregate_server.state.replay import fingerprint
 from faregate_server.telemetry.observation import Telemetry
+from faregate_server.telemetry.request_observation import NOT_OBSERVED, RpcObserver
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ _MAX_ADDITIONAL_BUDGETS = 8
 _MAX_REQUEST_ID_CHARS = 128
 _MAX_NAME_CHARS = 256
 _CALLER_DEADLINE_GRACE_S = 0.05
+_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_ROUTE = f"{_SERVICE}/Route"
+_STREAM_ROUTE = f"{_SERVICE}/StreamRoute"
 
 AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
 StreamEvent = router_pb2.StreamRouteResponse
@@ -131,40 +136,45 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         authenticator: Authenticator,
         drain: Drain,
         admission: AdmissionControl,
+        telemetry: Telemetry,
     ) -> None:
         self._gateway = gateway
         self._settings = settings
         self._auth = authenticator
         self._drain = drain
         self._admission = admission
+        self._telemetry = telemetry
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
-        try:
-            tracked = self._drain.track()
-            # After the drain's gate (a stopping server says so, however
-            # loaded) and before the credential is read: shedding a flood
-            # must cost less than anything the call would do.
-            self._admission.check()
-            with tracked:
-                principal = self._auth.authenticate(context)
-                call = self._to_call(request, principal.name)
-                authorize(principal, call, self._gateway.catalog)
-                deadline_s = self._deadline(context)
-                with self._auth.admit(principal):
-                    async with asyncio.timeout_at(deadline_s):
-                        result = await self._gateway.route(call, deadline_s)
-        except Exception as error:
-            await abort(context, error, request.model)
-        return router_pb2.RouteResponse(
-            output=result.output,
-            finish_reason=_FINISH_REASONS[result.finish_reason],
-            usage=_usage(result.usage),
-            cost_nano_usd=result.cost_nano_usd,
-            budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-            **_served(result.decision),
-        )
+        with self._telemetry.observe(_ROUTE, context.invocation_metadata) as observation:
+            try:
+                tracked = self._drain.track()
+                # After the drain's gate (a stopping server says so, however
+                # loaded) and before the credential is read: shedding a flood
+                # must cost less than anything the call would do.
+                self._admission.check()
+                with tracked:
+                    principal = self._auth.authenticate(context)
+                    call = self._to_call(request, principal.name)
+                    authorize(principal, call, self._gateway.catalog)
+                    deadline_s = self._deadline(context)
+                    with self._auth.admit(principal):
+                        async with asyncio.timeout_at(deadline_s):
+                            observation.called(call)
+                            scope = CallScope(deadline_s, observation, tracked.committing)
+                            result = await self._gateway.route(call, scope)
+            except Exception as error:
+                await abort(context, error, request.model, observation)
+            return router_pb2.RouteResponse(
+                output=result.output,
+                finish_reason=_FINISH_REASONS[result.finish_reason],
+                usage=_usage(result.usage),
+                cost_nano_usd=result.cost_nano_usd,
+                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+                **_served(result.decision),
+            )
 
     async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
         self, request: router_pb2.StreamRouteRequest, context: StreamContext
@@ -172,51 +182,66 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
         # A shutdown may cut the stream between writes, never during one.
-        try:
-            tracked = self._drain.track()
-            self._admission.check()
-            with tracked:
-                principal = self._auth.authenticate(context)
-                call = self._to_call(request, principal.name)
-                authorize(principal, call, self._gateway.catalog)
-                deadline_s = self._deadline(context)
-                scope_s = deadline_s
-                if context.time_remaining() is not None:
-                    # The caller's deadline is gRPC's too: it ends the call
-                    # (and this handler) itself then. This scope is a backstop
-                    # a moment later, so a status of ours never races gRPC's
-                    # end onto a call already gone (gRPC logs that as an error).
-                    scope_s += _CALLER_DEADLINE_GRACE_S
-                with self._auth.admit(principal):
-                    async with (
-                        asyncio.timeout_at(scope_s),
-                        aclosing(self._gateway.stream(call, deadline_s)) as events,
-                    ):
-                        async for event in events:
-                            tracked.writing()
-                            try:
-                                await context.write(_stream_event(event))
-                            except grpc.aio.InternalError:
-                                # The write's batch failed in gRPC's core: the
-                                # call is over (cancelled, or past its deadline).
-                                raise _CallEnded from None
-                            tracked.written()
-        except _CallEnded:
-            _observe_ended(context)
-            # Ended the way gRPC ends a handler whose call it cancelled: a
-            # return would make it send a status on the dead call and log
-            # that failure, with a traceback, as an unexpected error.
-            raise asyncio.CancelledError from None
-        except asyncio.CancelledError:
-            _observe_ended(context)  # gRPC ended the call: cancelled, or its deadline
-            raise
-        except Exception as error:
-            # Not `abort`: that waits until the caller has read every message
-            # still queued, which a slow reader may take minutes to do.
-            code, message, trailers = _status(error, request.model)
-            context.set_code(code)
-            context.set_details(message)
-            context.set_trailing_metadata(trailers)
+        with self._telemetry.observe(_STREAM_ROUTE, context.invocation_metadata) as observation:
+            try:
+                tracked = self._drain.track()
+                self._admission.check()
+                with tracked:
+                    principal = self._auth.authenticate(context)
+                    call = self._to_call(request, principal.name)
+                    authorize(principal, call, self._gateway.catalog)
+                    deadline_s = self._deadline(context)
+                    scope_s = deadline_s
+                    if context.time_remaining() is not None:
+                        # The caller's deadline is gRPC's too: it ends the call
+                        # (and this handler) itself then. This scope is a backstop
+                        # a moment later, so a status of ours never races gRPC's
+                        # end onto a call already gone (gRPC logs that as an error).
+                        scope_s += _CALLER_DEADLINE_GRACE_S
+                    with self._auth.admit(principal):
+                        observation.called(call)
+                        scope = CallScope(deadline_s, observation, tracked.committing)
+                        async with (
+                            asyncio.timeout_at(scope_s),
+                            aclosing(self._gateway.stream(call, scope)) as events,
+                        ):
+                            async for event in events:
+                                tracked.writing()
+                                try:
+                                    await context.write(_stream_event(event))
+                                except grpc.aio.InternalError:
+                                    # The write's batch failed in gRPC's core: the
+                                    # call is over (cancelled, or past its deadline).
+                                    raise _CallEnded from None
+                                tracked.written()
+            except _CallEnded:
+                _observe_ended(context, observation)
+                # Ended the way gRPC ends a handler whose call it cancelled: a
+                # return would make it send a status on the dead call and log
+                # that failure, with a traceback, as an unexpected error.
+                raise asyncio.CancelledError from None
+            except asyncio.CancelledError:
+                # gRPC ended the call: cancelled, or its deadline.
+                _observe_ended(context, observation)
+                raise
+            except Exception as error:
+                # Not `abort`: that waits until the caller has read every message
+                # still queued, which a slow reader may take minutes to do.
+                code, message, trailers = _status(error, request.model, observation)
+                context.set_code(code)
+                context.set_details(message)
+                context.set_trailing_metadata(trailers)
+
+    async def refuse_undecodable(
+        self, method: str, message_name: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
+        """Ends the RPC `method` ("Route", "StreamRoute") whose request bytes
+        did not parse as a `message_name`: INVALID_ARGUMENT, observed like
+        any other RPC of the service."""
+        observed = self._telemetry.observe(f"{_SERVICE}/{method}", context.invocation_metadata)
+        with observed as observation:
+            error = InvalidRequest({"request": f"is not a valid {message_name}"})
+            await abort(context, error, "", observation)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -489,27 +514,33 @@ class _CallEnded(Exception):
     """A write failed because gRPC had already ended the call."""
 
 
-def _observe_ended(context: StreamContext) -> None:
+def _observe_ended(context: StreamContext, observation: RpcObserver) -> None:
     remaining_s = context.time_remaining()
     if remaining_s is not None and remaining_s <= 0:
         code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
     else:
         code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
     logger.debug("stream ended by gRPC (%s)", code.name)
-    Telemetry.observe_failure(code, reason)
+    observation.failed(code.name, reason)
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], error: Exception, model: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: Exception,
+    model: str,
+    observation: RpcObserver = NOT_OBSERVED,
 ) -> NoReturn:
-    """Ends the call with the status for error: the one place errors meet the wire."""
-    code, message, trailers = _status(error, model)
+    """Ends the call with the status for error: the one place errors meet the wire.
+    The status is noted on the RPC's `observation`, if it has one."""
+    code, message, trailers = _status(error, model, observation)
     await context.abort(code, message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-def _status(error: Exception, model: str) -> tuple[grpc.StatusCode, str, Metadata]:
-    """The status for error, noted for telemetry; an unexpected one is logged."""
+def _status(
+    error: Exception, model: str, observation: RpcObserver
+) -> tuple[grpc.StatusCode, str, Metadata]:
+    """The status for error, noted on the observation; an unexpected one is logged."""
     if isinstance(error, TimeoutError):
         error = DeadlineExceeded("the request's deadline passed", model=model)
     try:
@@ -524,5 +555,5 @@ def _status(error: Exception, model: str) -> tuple[grpc.StatusCode, str, Metadat
         )
         code, message, trailers = internal_error_status(trace_id)
         reason = "INTERNAL"
-    Telemetry.observe_failure(code, reason)
+    observation.failed(code.name, reason)
     return code, message, trailers
