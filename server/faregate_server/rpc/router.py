@@ -5,6 +5,10 @@ It validates and translates requests, runs them under the caller's deadline
 `FaregateError` into a status with rich details. Anything else is a bug and
 becomes INTERNAL with a trace id; the traceback goes to the log only.
 
+Each call is observed here, from its first step to its status
+(`Telemetry.observe`), and runs in a `CallScope` handed to the gateway: its
+deadline, its observation, and its drain tracking's commit hook.
+
 A stream writes one event at a time: `context.write` completes once gRPC's
 HTTP/2 flow control has let the message out to the caller (into the
 caller's receive window), and only then is the next event pulled from the
@@ -149,88 +153,100 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
         with self._telemetry.observe(_ROUTE, context.invocation_metadata) as observation:
-            try:
-                tracked = self._drain.track()
-                # After the drain's gate (a stopping server says so, however
-                # loaded) and before the credential is read: shedding a flood
-                # must cost less than anything the call would do.
-                self._admission.check()
-                with tracked:
-                    principal = self._auth.authenticate(context)
-                    call = self._to_call(request, principal.name)
-                    authorize(principal, call, self._gateway.catalog)
-                    deadline_s = self._deadline(context)
-                    with self._auth.admit(principal):
-                        async with asyncio.timeout_at(deadline_s):
-                            observation.called(call)
-                            scope = CallScope(deadline_s, observation, tracked.committing)
-                            result = await self._gateway.route(call, scope)
-            except Exception as error:
-                await abort(context, error, request.model, observation)
-            return router_pb2.RouteResponse(
-                output=result.output,
-                finish_reason=_FINISH_REASONS[result.finish_reason],
-                usage=_usage(result.usage),
-                cost_nano_usd=result.cost_nano_usd,
-                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-                **_served(result.decision),
-            )
+            return await self._route(request, context, observation)
 
     async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
         self, request: router_pb2.StreamRouteRequest, context: StreamContext
     ) -> None:
+        with self._telemetry.observe(_STREAM_ROUTE, context.invocation_metadata) as observation:
+            await self._stream_route(request, context, observation)
+
+    async def _route(
+        self, request: router_pb2.RouteRequest, context: RouteContext, observation: RpcObserver
+    ) -> router_pb2.RouteResponse:
+        try:
+            tracked = self._drain.track()
+            # After the drain's gate (a stopping server says so, however
+            # loaded) and before the credential is read: shedding a flood
+            # must cost less than anything the call would do.
+            self._admission.check()
+            with tracked:
+                principal = self._auth.authenticate(context)
+                call = self._to_call(request, principal.name)
+                authorize(principal, call, self._gateway.catalog)
+                deadline_s = self._deadline(context)
+                with self._auth.admit(principal):
+                    async with asyncio.timeout_at(deadline_s):
+                        observation.called(call)
+                        scope = CallScope(deadline_s, observation, tracked.committing)
+                        result = await self._gateway.route(call, scope)
+        except Exception as error:
+            await abort(context, error, request.model, observation)
+        return router_pb2.RouteResponse(
+            output=result.output,
+            finish_reason=_FINISH_REASONS[result.finish_reason],
+            usage=_usage(result.usage),
+            cost_nano_usd=result.cost_nano_usd,
+            budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+            **_served(result.decision),
+        )
+
+    async def _stream_route(
+        self,
+        request: router_pb2.StreamRouteRequest,
+        context: StreamContext,
+        observation: RpcObserver,
+    ) -> None:
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
         # A shutdown may cut the stream between writes, never during one.
-        with self._telemetry.observe(_STREAM_ROUTE, context.invocation_metadata) as observation:
-            try:
-                tracked = self._drain.track()
-                self._admission.check()
-                with tracked:
-                    principal = self._auth.authenticate(context)
-                    call = self._to_call(request, principal.name)
-                    authorize(principal, call, self._gateway.catalog)
-                    deadline_s = self._deadline(context)
-                    scope_s = deadline_s
-                    if context.time_remaining() is not None:
-                        # The caller's deadline is gRPC's too: it ends the call
-                        # (and this handler) itself then. This scope is a backstop
-                        # a moment later, so a status of ours never races gRPC's
-                        # end onto a call already gone (gRPC logs that as an error).
-                        scope_s += _CALLER_DEADLINE_GRACE_S
-                    with self._auth.admit(principal):
-                        observation.called(call)
-                        scope = CallScope(deadline_s, observation, tracked.committing)
-                        async with (
-                            asyncio.timeout_at(scope_s),
-                            aclosing(self._gateway.stream(call, scope)) as events,
-                        ):
-                            async for event in events:
-                                tracked.writing()
-                                try:
-                                    await context.write(_stream_event(event))
-                                except grpc.aio.InternalError:
-                                    # The write's batch failed in gRPC's core: the
-                                    # call is over (cancelled, or past its deadline).
-                                    raise _CallEnded from None
-                                tracked.written()
-            except _CallEnded:
-                _observe_ended(context, observation)
-                # Ended the way gRPC ends a handler whose call it cancelled: a
-                # return would make it send a status on the dead call and log
-                # that failure, with a traceback, as an unexpected error.
-                raise asyncio.CancelledError from None
-            except asyncio.CancelledError:
-                # gRPC ended the call: cancelled, or its deadline.
-                _observe_ended(context, observation)
-                raise
-            except Exception as error:
-                # Not `abort`: that waits until the caller has read every message
-                # still queued, which a slow reader may take minutes to do.
-                code, message, trailers = _status(error, request.model, observation)
-                context.set_code(code)
-                context.set_details(message)
-                context.set_trailing_metadata(trailers)
+        try:
+            tracked = self._drain.track()
+            self._admission.check()
+            with tracked:
+                principal = self._auth.authenticate(context)
+                call = self._to_call(request, principal.name)
+                authorize(principal, call, self._gateway.catalog)
+                deadline_s = self._deadline(context)
+                scope_s = deadline_s
+                if context.time_remaining() is not None:
+                    # The caller's deadline is gRPC's too: it ends the call
+                    # (and this handler) itself then. This scope is a backstop
+                    # a moment later, so a status of ours never races gRPC's
+                    # end onto a call already gone (gRPC logs that as an error).
+                    scope_s += _CALLER_DEADLINE_GRACE_S
+                with self._auth.admit(principal):
+                    observation.called(call)
+                    scope = CallScope(deadline_s, observation, tracked.committing)
+                    async with (
+                        asyncio.timeout_at(scope_s),
+                        aclosing(self._gateway.stream(call, scope)) as events,
+                    ):
+                        async for event in events:
+                            tracked.writing()
+                            try:
+                                await context.write(_stream_event(event))
+                            except grpc.aio.InternalError:
+                                # The write's batch failed in gRPC's core: the
+                                # call is over (cancelled, or past its deadline).
+                                raise _CallEnded from None
+                            tracked.written()
+        except _CallEnded:
+            _observe_ended(context, observation)
+            # Ended the way gRPC ends a handler whose call it cancelled: a
+            # return would make it send a status on the dead call and log
+            # that failure, with a traceback, as an unexpected error.
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            _observe_ended(context, observation)  # gRPC ended the call: cancelled, or its deadline
+            raise
+        except Exception as error:
+            # Not `abort`: that waits until the caller has read every message
+            # still queued, which a slow reader may take minutes to do.
+            code, message, trailers = _status(error, request.model, observation)
+            context.set_code(code)
+            context.set_details(message)
+            context.set_trailing_metadata(trailers)
 
     async def refuse_undecodable(
         self, method: str, message_name: str, context: grpc.aio.ServicerContext[Any, Any]
