@@ -35,6 +35,8 @@ from faregate_server.domain import ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.errors import FaregateError
 from faregate_server.routing.gateway import Gateway
 from faregate_server.routing.planner import Planner
+from faregate_server.routing.selection import Selector
+from faregate_server.routing.settlement import Settlement
 from faregate_server.state.ledger import MemoryLedger
 from faregate_server.state.store import LocalState
 from faregate_server.upstream.catalog import Catalog
@@ -92,8 +94,8 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
     async with aiohttp.ClientSession() as session:
         catalog = Catalog(config, session, clock)
         state = LocalState(config, clock, MemoryLedger())
-        planner = Planner(state, clock, rng)
-        gateway = Gateway(catalog, planner, state, clock, rng)
+        planner = Planner(Selector(state.limits, clock, rng))
+        gateway = Gateway(catalog, planner, Settlement(state, clock), state, clock, rng)
 
         async def serve(request: SimRequest, call: RouteCall) -> Outcome:
             try:
@@ -102,8 +104,8 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
                 return Outcome(request.task, None, "", 0, 0, 0, error.reason)
             return Outcome(
                 task=request.task,
-                classified=result.task,
-                model=result.model_used,
+                classified=result.decision.task,
+                model=result.decision.model,
                 cost_nano_usd=result.cost_nano_usd,
                 input_tokens=result.usage.input_tokens,
                 output_tokens=result.usage.output_tokens,

@@ -5,8 +5,8 @@ by this process so the API key it calls with matches), each
 `python -m bench.telemetry serve MODE CONFIG`, pinned to the server
 core, the fake upstream and this load generator sharing the other:
 
-- off: no metrics, no request log, no tracing, no HTTP port; the gRPC
-  interceptor is not even installed;
+- off: no metrics, no request log, no tracing, no HTTP port; each RPC's
+  observation is a shared no-op;
 - metrics: OpenTelemetry metrics with the Prometheus reader (never scraped
   here: collection costs only on scrape);
 - default: what faregate ships with: metrics plus one JSON request log line
@@ -52,6 +52,7 @@ from faregate_server.config.load import parse_config
 from faregate_server.domain import Usage
 from faregate_server.telemetry.observation import NO_TELEMETRY
 from faregate_server.telemetry.request_log import LOGGER_NAME
+from faregate_server.telemetry.request_observation import NOT_OBSERVED
 from faregate_server.upstream.catalog import Deployment
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -195,6 +196,7 @@ def measure() -> list[ModeResult]:
 def hooks_off_ns(repetitions: int = 200_000) -> float:
     """Nanoseconds per Route spent in telemetry hooks with everything off."""
     telemetry = NO_TELEMETRY
+    observation = NOT_OBSERVED
     usage = Usage(10, 5)
     started_ns = time.perf_counter_ns()
     for _ in range(repetitions):
@@ -206,8 +208,8 @@ def hooks_off_ns(repetitions: int = 200_000) -> float:
         active = attempt.activate()
         attempt.deactivate(active)
         attempt.succeeded(usage)
-        telemetry.observe_first_output()
-        telemetry.observe_settlement(usage, 100)
+        observation.first_output()
+        observation.settled(usage, 100)
     return (time.perf_counter_ns() - started_ns) / repetitions
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ from faregate_server.config.schema import Config
 from faregate_server.reload import Reloader
 from faregate_server.routing.gateway import Gateway
 from faregate_server.routing.planner import Planner
+from faregate_server.routing.selection import Selector
+from faregate_server.routing.settlement import Settlement
 from faregate_server.rpc.admin import AdminServicer
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain
@@ -43,7 +45,6 @@ from faregate_server.security.tls import add_port
 from faregate_server.state.opening import open_state
 from faregate_server.state.store import StateStore
 from faregate_server.telemetry.http_admin import HttpAdmin
-from faregate_server.telemetry.interceptor import TelemetryInterceptor
 from faregate_server.telemetry.metrics import open_metrics
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.catalog import Catalog
@@ -151,7 +152,12 @@ async def serve(
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)
-        telemetry = Telemetry(config.telemetry, tracer_provider=tracer_provider, metrics=metrics)
+        telemetry = Telemetry(
+            config.telemetry,
+            tracer_provider=tracer_provider,
+            metrics=metrics,
+            now_s=clock.now_s,
+        )
         stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())
         session = aiohttp.ClientSession(
@@ -168,8 +174,9 @@ async def serve(
         state = await open_state(config, clock)
         stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
-        planner = Planner(state, clock, rng, telemetry)
-        gateway = Gateway(catalog, planner, state, clock, rng, telemetry)
+        planner = Planner(Selector(state.limits, clock, rng), telemetry)
+        settlement = Settlement(state, clock, telemetry)
+        gateway = Gateway(catalog, planner, settlement, state, clock, rng, telemetry)
         authenticator = Authenticator(config.auth, clock)
         reloader = Reloader(config_path, gateway, state, authenticator, session, clock)
         if config_path is not None and config.server.reload_poll_s > 0:
@@ -180,13 +187,10 @@ async def serve(
             )
             stack.push_async_callback(_cancel_and_wait, watcher)
 
-        interceptors = []
-        if telemetry.observing:
-            interceptors.append(TelemetryInterceptor(telemetry, ROUTER_SERVICE))
-        router_server = _grpc_server(config, reuse_port, interceptors)
+        router_server = _grpc_server(config, reuse_port)
         register_router_service(
             router_server,
-            RouterServicer(gateway, config.server, authenticator, drain, admission),
+            RouterServicer(gateway, config.server, authenticator, drain, admission, telemetry),
         )
         # Measures from before the first call to after the drain: owned by
         # the server's lifetime like the config watcher.
@@ -270,18 +274,13 @@ async def serve(
         )
 
 
-def _grpc_server(
-    config: Config,
-    reuse_port: bool,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> grpc.aio.Server:
+def _grpc_server(config: Config, reuse_port: bool) -> grpc.aio.Server:
     # No maximum_concurrent_rpcs and no HTTP/2 max_concurrent_streams:
     # admission.py caps calls itself. gRPC's cap answers RESOURCE_EXHAUSTED
     # (the caller's quota, by our catalogue) with no reason or pushback and
     # counts health checks too; a stream limit makes clients queue calls
     # silently on their side until a stream frees.
     return grpc.aio.server(
-        interceptors=interceptors,
         options=[
             # gRPC sets SO_REUSEPORT unless told not to, which lets a second
             # faregate bind a port this one serves and take half its calls.

@@ -6,6 +6,7 @@ between (planning, budgets, pools, providers) speaks only these.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -244,37 +245,43 @@ class StreamEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Who served a request and how it was chosen, as its caller is told.
+
+    Made once, when the first result is in (after any retries, fallbacks and
+    hedges): the first event of a stream, and part of a whole answer.
+    """
+
+    request_id: str
+    model: str
+    """The configured name of the model serving the request."""
+    provider: str
+    model_version: str
+    reserved_nano_usd: int
+    """The worst case held for the serving attempt."""
+    task: TaskKind | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+    """Every attempt, the serving one last."""
+    candidates: tuple[CandidateScore, ...] = ()
+    """Every candidate judged, when the caller asked for an explanation."""
+
+    def charged(self, cost_nano_usd: int) -> RoutingDecision:
+        """The decision with its serving attempt's cost filled in (the others cost nothing)."""
+        serving = self.attempts[-1]
+        attempts = (*self.attempts[:-1], dataclasses.replace(serving, cost_nano_usd=cost_nano_usd))
+        return dataclasses.replace(self, attempts=attempts)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteResult:
     """A served request with its accounting."""
 
+    decision: RoutingDecision
     output: str
     finish_reason: FinishReason
     usage: Usage
     cost_nano_usd: int
-    reserved_nano_usd: int
     budget_remaining_nano_usd: int
-    model_used: str
-    provider: str
-    request_id: str
-    model_version: str = ""
-    task: TaskKind | None = None
-    attempts: tuple[AttemptRecord, ...] = ()
-    candidates: tuple[CandidateScore, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStarted:
-    """First event of a streamed request: who serves it, what was reserved, how
-    it was chosen. Sent when the first chunk is ready, after any fallbacks."""
-
-    model_used: str
-    provider: str
-    request_id: str
-    reserved_nano_usd: int
-    model_version: str = ""
-    task: TaskKind | None = None
-    attempts: tuple[AttemptRecord, ...] = ()
-    candidates: tuple[CandidateScore, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

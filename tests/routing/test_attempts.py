@@ -1,8 +1,8 @@
 """Attempts' bookkeeping of retry budgets: a retry or hedge is paid for only
 when it is made, and a hedge counts as a first attempt where it goes.
 
-The upstream call is the test's own `start`; planner, state, budgets and
-health are the real ones, on a fake clock."""
+The upstream call is the test's own `start`; the planner, the settlement
+that leases, the state, budgets and health are the real ones, on a fake clock."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from faregate_server.config.load import parse_config
 from faregate_server.config.schema import Config
 from faregate_server.domain import AttemptRecord, ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.routing.attempts import Attempts, AttemptsFailed
-from faregate_server.routing.planner import Lease, Planner
+from faregate_server.routing.planner import Plan, Planner
+from faregate_server.routing.selection import Selector
+from faregate_server.routing.settlement import Lease, Settlement
 from faregate_server.state.ledger import MemoryLedger
 from faregate_server.state.store import LocalState
 from faregate_server.upstream.catalog import Catalog
@@ -49,13 +51,26 @@ def _call(model: str = "") -> RouteCall:
     )  # fmt: skip
 
 
-async def _setup(config: Config) -> tuple[Catalog, LocalState, Planner, Attempts]:
+class _Setup:
+    """A catalog of twins, real state, and attempts leasing through a real Settlement."""
+
+    def __init__(self, config: Config, catalog: Catalog, clock: FakeClock) -> None:
+        self.catalog = catalog
+        self.state = LocalState(config, clock, MemoryLedger())
+        self.planner = Planner(Selector(self.state.limits, clock, random.Random(0)))
+        self.settlement = Settlement(self.state, clock)
+        self.attempts = Attempts(self.settlement, config.retries, clock, random.Random(0))
+
+    async def plan(self, call: RouteCall) -> tuple[Plan, Lease]:
+        plan = await self.planner.plan(call, self.catalog)
+        return plan, await self.settlement.first_lease(plan)
+
+
+async def _setup(config: Config) -> _Setup:
     clock = FakeClock()
     async with aiohttp.ClientSession() as session:
         catalog = Catalog(config, session, clock)
-    state = LocalState(config, clock, MemoryLedger())
-    planner = Planner(state, clock, random.Random(0))
-    return catalog, state, planner, Attempts(planner, config.retries, clock, random.Random(0))
+    return _Setup(config, catalog, clock)
 
 
 async def _discard(_: str) -> None:
@@ -67,8 +82,9 @@ def _deadline_s() -> float:
 
 
 async def test_a_retry_with_no_lease_to_be_had_does_not_spend_the_budget() -> None:
-    catalog, state, planner, attempts = await _setup(_config(["a", "b"]))
-    plan, lease = await planner.plan(_call("a"), catalog)  # a model, not a route: no fallback
+    setup = await _setup(_config(["a", "b"]))
+    plan, lease = await setup.plan(_call("a"))  # a model, not a route: no fallback
+    state, catalog, attempts = setup.state, setup.catalog, setup.attempts
 
     async def fail_as_the_budget_is_cut(_: Lease) -> str:
         await state.update_budget("b", set_limit_nano_usd=0)  # an operator, meanwhile
@@ -86,8 +102,9 @@ async def test_a_retry_with_no_lease_to_be_had_does_not_spend_the_budget() -> No
 
 async def test_a_hedge_with_no_lease_to_be_had_does_not_spend_the_budget() -> None:
     route = {"candidates": ["a", "b"], "hedge_after_s": 0.01}
-    catalog, state, planner, attempts = await _setup(_config(route))
-    plan, lease = await planner.plan(_call(), catalog)
+    setup = await _setup(_config(route))
+    plan, lease = await setup.plan(_call())
+    state, attempts = setup.state, setup.attempts
     primary = lease.option.deployment
 
     async def answer_as_the_budget_is_cut(_: Lease) -> str:
@@ -103,13 +120,14 @@ async def test_a_hedge_with_no_lease_to_be_had_does_not_spend_the_budget() -> No
 
     assert (result, won) == ("answer", lease)
     assert primary.retry_budget.statistics().retries_in_window == 0
-    planner.release(won)
+    setup.settlement.release(won)
 
 
 async def test_a_hedge_counts_as_a_first_attempt_on_the_model_it_goes_to() -> None:
     route = {"candidates": ["a", "b"], "hedge_after_s": 0.01}
-    catalog, _, planner, attempts = await _setup(_config(route))
-    plan, lease = await planner.plan(_call(), catalog)
+    setup = await _setup(_config(route))
+    plan, lease = await setup.plan(_call())
+    attempts = setup.attempts
     primary = lease.option.deployment
     never = asyncio.Event()
 
@@ -130,4 +148,4 @@ async def test_a_hedge_counts_as_a_first_attempt_on_the_model_it_goes_to() -> No
     assert primary.retry_budget.statistics().retries_in_window == 1  # the hedge's retry
     # As a fallback would be: a request of the model it went to.
     assert hedged_to.retry_budget.statistics().requests_in_window == 1
-    planner.release(won)
+    setup.settlement.release(won)

@@ -23,7 +23,8 @@ from faregate_server.domain import (
 )
 from faregate_server.errors import BudgetExhausted
 from faregate_server.routing.planner import Planner
-from faregate_server.routing.selection import Selector
+from faregate_server.routing.selection import Selection, Selector
+from faregate_server.routing.settlement import Lease, Settlement
 from faregate_server.state.ledger import MemoryLedger
 from faregate_server.state.limits import LimitPools
 from faregate_server.state.store import LocalState
@@ -116,8 +117,10 @@ def test_selector_never_offers_an_infeasible_candidate(
             metadata={},
             hints=hints,
         )
-        selector = Selector(limits, config.routing, clock, random.Random(0))
-        selection = selector.select(call, catalog.resolve(""), catalog.deployments, task)
+        selector = Selector(limits, clock, random.Random(0))
+        selection = selector.select(
+            call, catalog.resolve(""), config.routing, catalog.deployments, task
+        )
 
         for option in selection.options:
             model = option.deployment.config
@@ -161,7 +164,13 @@ async def _twins(clock: FakeClock) -> tuple[Catalog, Selector]:
     async with aiohttp.ClientSession() as session:
         catalog = Catalog(config, session, clock)
     limits = LimitPools(config.limit_pools, clock)
-    return catalog, Selector(limits, config.routing, clock, random.Random(0))
+    return catalog, Selector(limits, clock, random.Random(0))
+
+
+def _select(selector: Selector, catalog: Catalog, call: RouteCall) -> Selection:
+    return selector.select(
+        call, catalog.resolve(""), catalog.config.routing, catalog.deployments, None
+    )
 
 
 def _call(prefer: Preference = Preference.BALANCED) -> RouteCall:
@@ -178,11 +187,7 @@ async def test_an_unmeasured_idle_model_is_tried_first_then_judged_by_its_measur
     a.latency.observe(0.1, 0.1)
 
     def first(prefer: Preference) -> str:
-        return (
-            selector.select(_call(prefer), catalog.resolve(""), catalog.deployments, None)
-            .options[0]
-            .deployment.name
-        )
+        return _select(selector, catalog, _call(prefer)).options[0].deployment.name
 
     # Unmeasured and idle: expected to take no time, so b goes first.
     assert first(Preference.LATENCY) == first(Preference.BALANCED) == "b"
@@ -203,7 +208,7 @@ async def test_nothing_available_says_when_the_soonest_candidate_serves_again() 
     a.breaker.on_failure(a.breaker.on_attempt_start())  # open for its cooldown_s of 3
 
     def soonest_s() -> float:
-        selection = selector.select(_call(), catalog.resolve(""), catalog.deployments, None)
+        selection = _select(selector, catalog, _call())
         assert selection.options == ()
         return selection.available_in_s
 
@@ -213,48 +218,53 @@ async def test_nothing_available_says_when_the_soonest_candidate_serves_again() 
     b.cooldown_until_s = clock.monotonic_s() + 0.5
     assert soonest_s() == 0.5
     clock.advance(2)  # both can serve again
-    assert (
-        len(selector.select(_call(), catalog.resolve(""), catalog.deployments, None).options) == 2
-    )
+    assert len(_select(selector, catalog, _call()).options) == 2
 
 
-async def _twins_planner(clock: FakeClock, budget_usd: float = 100) -> tuple[Catalog, Planner]:
+async def _twins_planner(
+    clock: FakeClock, budget_usd: float = 100
+) -> tuple[Catalog, Planner, Settlement]:
     config = _twins_config(budget_usd)
     async with aiohttp.ClientSession() as session:
         catalog = Catalog(config, session, clock)
-    return catalog, Planner(LocalState(config, clock, MemoryLedger()), clock, random.Random(0))
+    state = LocalState(config, clock, MemoryLedger())
+    planner = Planner(Selector(state.limits, clock, random.Random(0)))
+    return catalog, planner, Settlement(state, clock)
+
+
+async def _lease(planner: Planner, settlement: Settlement, catalog: Catalog) -> Lease:
+    return await settlement.first_lease(await planner.plan(_call(), catalog))
 
 
 async def test_a_burst_sends_an_unmeasured_model_one_probe_until_its_lease_ends() -> None:
     clock = FakeClock()
-    catalog, planner = await _twins_planner(clock)
+    catalog, planner, settlement = await _twins_planner(clock)
     a, b = catalog.deployments["a"], catalog.deployments["b"]
     a.latency.observe(0.1, 0.1)
 
     # Twenty requests planned at once, before any of their calls starts.
-    planned = await asyncio.gather(*(planner.plan(_call(), catalog) for _ in range(20)))
-    leases = [lease for _, lease in planned]
+    leases = await asyncio.gather(*(_lease(planner, settlement, catalog) for _ in range(20)))
     assert sum(lease.option.deployment is b for lease in leases) == 1
     assert b.latency.probing
 
     # The probe's lease ends without a measurement (released unused): the
     # claim is given back, and the next request probes b again.
-    planner.release(next(lease for lease in leases if lease.option.deployment is b))
+    settlement.release(next(lease for lease in leases if lease.option.deployment is b))
     assert not b.latency.probing
-    _, lease = await planner.plan(_call(), catalog)
+    lease = await _lease(planner, settlement, catalog)
     assert lease.option.deployment is b
     for held in leases:
         if held.option.deployment is a:
-            planner.release(held)
-    planner.release(lease)
+            settlement.release(held)
+    settlement.release(lease)
     assert not b.latency.probing
 
 
 async def test_a_probe_refused_its_lease_does_not_keep_the_claim() -> None:
     clock = FakeClock()
     # A budget of about nothing: every reservation is refused.
-    catalog, planner = await _twins_planner(clock, budget_usd=0)
+    catalog, planner, settlement = await _twins_planner(clock, budget_usd=0)
     catalog.deployments["a"].latency.observe(0.1, 0.1)
     with pytest.raises(BudgetExhausted):
-        await planner.plan(_call(), catalog)
+        await _lease(planner, settlement, catalog)
     assert not catalog.deployments["b"].latency.probing

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from faregate_server.errors import ShuttingDown
-from faregate_server.rpc.drain import Drain, TrackedCall, commit_point
+from faregate_server.rpc.drain import Drain, TrackedCall
 
 
 async def _started(drain: Drain, body: asyncio.Event, writing: bool = False) -> asyncio.Task[None]:
@@ -85,8 +85,8 @@ async def test_a_call_past_its_commit_point_is_not_cut() -> None:
     entered = asyncio.Event()
 
     async def handler() -> str:
-        with drain.track():
-            commit_point()  # as the planner does when it settles
+        with drain.track() as call:
+            call.committing()  # the hook the settlement calls, from the call's scope
             entered.set()
             await commit_done.wait()  # the durable write
             return "answer"
@@ -103,10 +103,24 @@ async def test_a_call_past_its_commit_point_is_not_cut() -> None:
 
 async def test_the_commit_point_belongs_to_its_own_call() -> None:
     drain = Drain()
-    other = await _started(drain, asyncio.Event())
-    commit_point()  # outside any tracked call: nothing happens
+    body = asyncio.Event()
+    other = await _started(drain, body)
+    committed = asyncio.Event()
 
-    _calls(drain)[0].cut()
+    async def committing_handler() -> None:
+        with drain.track() as call:
+            call.committing()
+            committed.set()
+            await body.wait()
+
+    committing = asyncio.create_task(committing_handler())
+    await committed.wait()
+
+    for call in _calls(drain):
+        call.cut()
+    body.set()
 
     with pytest.raises(ShuttingDown):
-        await other
+        await other  # its neighbour's commit point did not spare it
+    await committing
+    assert drain.in_flight == 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from faregate_server.clock import SystemClock
-from faregate_server.domain import FinishReason, RouteResult, Usage
+from faregate_server.domain import FinishReason, RouteResult, RoutingDecision, Usage
 from faregate_server.errors import BudgetExhausted, StateUnavailable
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.opening import open_state
@@ -196,15 +196,14 @@ async def test_a_commit_whose_hold_vanished_still_charges_and_records(
     await flusher.aclose()
 
     result = RouteResult(
+        decision=RoutingDecision(
+            request_id="id-1", model="m", provider="sim", model_version="", reserved_nano_usd=500
+        ),
         output="hello",
         finish_reason=FinishReason.STOP,
         usage=Usage(1, 1),
         cost_nano_usd=300,
-        reserved_nano_usd=500,
         budget_remaining_nano_usd=0,
-        model_used="m",
-        provider="sim",
-        request_id="id-1",
     )
     await store.commit(holding, 300, 2, _record("id-1", 300), result)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from faregate_server.config.schema import LimitDraw
-from faregate_server.domain import FinishReason, RouteResult, Usage, claim_key
+from faregate_server.domain import FinishReason, RouteResult, RoutingDecision, Usage, claim_key
 from faregate_server.errors import BudgetExhausted, BudgetNotFound, RequestInFlight
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.opening import open_state
@@ -196,15 +196,14 @@ async def test_a_request_id_is_claimed_once_and_its_result_kept(store: StateStor
     holding = await store.reserve(("team",), 100, (), ())
     assert holding is not None
     result = RouteResult(
+        decision=RoutingDecision(
+            request_id="id-1", model="m", provider="sim", model_version="", reserved_nano_usd=100
+        ),
         output="hello",
         finish_reason=FinishReason.STOP,
         usage=Usage(10, 20),
         cost_nano_usd=60,
-        reserved_nano_usd=100,
         budget_remaining_nano_usd=0,
-        model_used="m",
-        provider="sim",
-        request_id="id-1",
     )
     remaining = await store.commit(holding, 60, 30, _record("id-1", 60, "team"), result)
     await store.unclaim(key)  # too late to matter: the result is kept

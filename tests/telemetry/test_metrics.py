@@ -8,7 +8,7 @@ from typing import cast
 
 from faregate_server.domain import AttemptOutcome, AttemptRecord
 from faregate_server.telemetry.metrics import GatewayMetrics
-from faregate_server.telemetry.observation import RequestObservation
+from faregate_server.telemetry.request_observation import RequestObservation
 from faregate_server.upstream.catalog import Catalog
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
@@ -42,7 +42,7 @@ def test_attempts_are_counted_as_first_retry_fallback_and_hedge() -> None:
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     no_models = cast(Catalog, SimpleNamespace(deployments={}))  # no pools or breakers to observe
     metrics = GatewayMetrics(provider, lambda: no_models, budget_labels=False)
-    observation = RequestObservation("Route", None)
+    observation = RequestObservation("Route", None, started_s=0.0)
     observation.records = [
         AttemptRecord("a", FAILED, 0.1, 0),
         AttemptRecord("a", FAILED, 0.1, 0),  # the same model again: a retry

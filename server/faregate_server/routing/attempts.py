@@ -30,7 +30,13 @@ upstream connection), and its lease is released. A hedge needs its own lease
 budget (given back when no lease can be had), and as a first attempt on the
 model it goes to, as a fallback does.
 
-Every lease handed in is released here unless it comes back with the result.
+Leases come from, and go back to, the settlement seam (`Leases`): every
+lease handed in is released here unless it comes back with the result.
+
+Two clocks, one per purpose: latencies, and backoffs weighed against the
+deadline, run on the event loop's clock (the deadline's own, which asyncio's
+timeouts read); cool-downs run on the injected `Clock`'s monotonic time, as
+the breakers and the selector read them.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RetryConfig
@@ -55,9 +62,10 @@ from faregate_server.domain import (
     UpstreamRequest,
     UsageFlaw,
 )
-from faregate_server.routing.planner import Lease, Plan, Planner
-from faregate_server.routing.selection import Option
-from faregate_server.telemetry.observation import Telemetry
+from faregate_server.routing.hooks import Hooks
+from faregate_server.routing.planner import Plan
+from faregate_server.routing.selection import Availability, Option, availability
+from faregate_server.routing.settlement import Lease
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.providers import UpstreamError, UpstreamErrorKind
@@ -86,6 +94,18 @@ _LATENCY_LOWER_BOUND = frozenset(UpstreamErrorKind) - {
 }
 
 
+class Leases(Protocol):
+    """Where attempts get their leases and give them back (routing/settlement.py)."""
+
+    async def lease(self, plan: Plan, options: tuple[Option, ...]) -> Lease | None:
+        """A lease on the first of `options` with room, or None."""
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """Frees a lease whole; never suspends."""
+        ...
+
+
 class AttemptsFailed(Exception):
     """Every attempt allowed failed; carries the last upstream error."""
 
@@ -108,19 +128,19 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
 async def complete_once(
     deployment: Deployment,
     request: UpstreamRequest,
-    telemetry: Telemetry,
+    hooks: Hooks,
     reserved_nano_usd: int,
 ) -> Completion:
     """One whole-answer call through the model's pool, feeding its health;
     its usage is judged against what the request made possible, and the
     reservation (`reserved_nano_usd`) its cost may not exceed."""
-    async with telemetry.pool_slot(deployment):
+    async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
         loop = asyncio.get_running_loop()
         started_s = loop.time()
-        attempt = telemetry.attempt(deployment)
+        attempt = hooks.attempt(deployment)
         active = attempt.activate()
         try:
             completion = await deployment.provider.complete(request)
@@ -135,7 +155,7 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, telemetry)
+        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks)
         attempt.succeeded(usage)
         elapsed_s = loop.time() - started_s
         _record_answer(deployment, ticket, usage)
@@ -148,7 +168,7 @@ async def complete_once(
 async def stream_once(
     deployment: Deployment,
     request: UpstreamRequest,
-    telemetry: Telemetry,
+    hooks: Hooks,
     reserved_nano_usd: int,
 ) -> AsyncGenerator[str | StreamEnd, None]:
     """One streamed call through the model's pool, feeding its health; the
@@ -157,7 +177,7 @@ async def stream_once(
     Closing it early (a lost hedge, a caller gone) abandons the attempt
     without a verdict and closes the upstream connection.
     """
-    async with telemetry.pool_slot(deployment):
+    async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
@@ -165,7 +185,7 @@ async def stream_once(
         started_s = loop.time()
         first_s: float | None = None
         verdict_given = False
-        attempt = telemetry.attempt(deployment)
+        attempt = hooks.attempt(deployment)
         # The attempt's span is current only until the first item: the request
         # is sent by then, and later items are pulled from other contexts.
         active = attempt.activate()
@@ -181,9 +201,7 @@ async def stream_once(
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
-                        usage = _judged(
-                            deployment, request, item.usage, reserved_nano_usd, telemetry
-                        )
+                        usage = _judged(deployment, request, item.usage, reserved_nano_usd, hooks)
                         attempt.succeeded(usage)
                         _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
@@ -203,6 +221,37 @@ async def stream_once(
                 _record_abandoned(deployment, ticket, loop.time() - started_s)
 
 
+def _slot(deployment: Deployment, hooks: Hooks) -> AbstractAsyncContextManager[None]:
+    """One of the deployment's worker slots, its wait traced when hooks trace it."""
+    wait = hooks.pool_wait(deployment)
+    slot = deployment.pool.slot()
+    return slot if wait is None else _WaitedSlot(slot, wait)
+
+
+class _WaitedSlot:
+    """A worker slot whose wait runs inside a span; the slot itself is the pool's."""
+
+    __slots__ = ("_slot", "_wait")
+
+    def __init__(
+        self, slot: AbstractAsyncContextManager[None], wait: AbstractContextManager[object]
+    ) -> None:
+        self._slot = slot
+        self._wait = wait
+
+    async def __aenter__(self) -> None:
+        with self._wait:
+            await self._slot.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._slot.__aexit__(exc_type, exc, traceback)
+
+
 def _check_breaker(deployment: Deployment) -> None:
     # Checked again after the wait for a worker, with no await before the
     # attempt registers: the breaker may have opened meanwhile, or its
@@ -216,7 +265,7 @@ def _judged(
     request: UpstreamRequest,
     usage: ReportedUsage,
     reserved_nano_usd: int,
-    telemetry: Telemetry,
+    hooks: Hooks,
 ) -> ReportedUsage:
     """The answer's usage as judged; an implausible one is counted and logged here, once."""
     model = deployment.config
@@ -228,7 +277,7 @@ def _judged(
         reserved_nano_usd,
     )
     if isinstance(judged, ImplausibleUsage):
-        telemetry.observe_implausible_usage(deployment, judged)
+        hooks.implausible_usage(deployment, judged)
         # Over the reservation alone is a count of faregate's falling short
         # (a tokenizer's gap, a provider's own framing), not a lie: worth a
         # note, not an alarm.
@@ -294,9 +343,9 @@ class Attempts:
     """Runs a plan's attempts up to the first result."""
 
     def __init__(
-        self, planner: Planner, retries: RetryConfig, clock: Clock, rng: random.Random
+        self, leases: Leases, retries: RetryConfig, clock: Clock, rng: random.Random
     ) -> None:
-        self._planner = planner
+        self._leases = leases
         self._retries = retries
         self._clock = clock
         self._rng = rng
@@ -341,12 +390,12 @@ class Attempts:
         try:
             result = await start(lease)
         except UpstreamError as error:
-            self._planner.release(lease)
+            self._leases.release(lease)
             self._feedback(lease.option.deployment, error)
             records.append(self._record(lease, started_s, False, AttemptOutcome.FAILED, error))
             raise AttemptsFailed(error, lease.option.deployment) from None
         except BaseException:
-            self._planner.release(lease)
+            self._leases.release(lease)
             raise
         return result, lease, self._record(lease, started_s, False, AttemptOutcome.SUCCEEDED)
 
@@ -396,7 +445,7 @@ class Attempts:
                 if error is None:
                     return runner
                 runner.settled = True
-                self._planner.release(runner.lease)
+                self._leases.release(runner.lease)
                 if isinstance(error, UpstreamError):
                     self._feedback(runner.lease.option.deployment, error)
                     records.append(runner.record(AttemptOutcome.FAILED, error))
@@ -426,7 +475,7 @@ class Attempts:
         for runner in losers:
             runner.settled = True
             runner.task.cancel()
-            self._planner.release(runner.lease)
+            self._leases.release(runner.lease)
             records.append(runner.record(AttemptOutcome.CANCELLED, None))
         cancelled = False
         while unfinished := {runner.task for runner in losers if not runner.task.done()}:
@@ -440,7 +489,7 @@ class Attempts:
                 await discard(task.result())  # finished in a tie: the later one loses
         if cancelled:
             if winner is not None:
-                self._planner.release(winner.lease)
+                self._leases.release(winner.lease)
                 await discard(winner.task.result())
             raise asyncio.CancelledError
 
@@ -465,7 +514,7 @@ class Attempts:
         others = self._untried(plan, tried)
         if not others or not primary.retry_budget.try_spend():
             return None
-        hedge = await self._planner.lease(plan, others)
+        hedge = await self._leases.lease(plan, others)
         if hedge is None:
             primary.retry_budget.refund()
             return None
@@ -486,7 +535,7 @@ class Attempts:
         """
         deployment = failed.deployment
         others = self._untried(plan, tried)
-        lease = await self._planner.lease(plan, others) if others else None
+        lease = await self._leases.lease(plan, others) if others else None
         if lease is not None:
             lease.option.deployment.retry_budget.on_request()
             return lease
@@ -503,14 +552,14 @@ class Attempts:
             return None
         if not deployment.retry_budget.try_spend():
             return None
-        lease = await self._planner.lease(plan, same)
+        lease = await self._leases.lease(plan, same)
         if lease is None:
             deployment.retry_budget.refund()  # no retry was made
             return None
         try:
             await asyncio.sleep(delay_s)
         except BaseException:
-            self._planner.release(lease)
+            self._leases.release(lease)
             raise
         return lease
 
@@ -548,11 +597,7 @@ class Attempts:
 
 
 def _available(deployment: Deployment, clock: Clock) -> bool:
-    return (
-        deployment.cooldown_until_s <= clock.monotonic_s()
-        and deployment.breaker.allows()
-        and not deployment.pool.saturated
-    )
+    return availability(deployment, clock.monotonic_s()) is Availability.AVAILABLE
 
 
 def _retryable(failed: AttemptsFailed) -> bool:

@@ -1,15 +1,13 @@
-"""The core path: plan, attempt (with retries, fallbacks and hedges), settle.
+"""The core path, one lifecycle for a whole answer and a stream alike.
 
-Settlement rules, for every way a request can end:
-- success: commit the provider-reported cost (or, without reported usage, the
-  cost of the counted input and the counted delivered output, never more
-  than was reserved);
-- success with implausible reported usage (upstream/usage.py): commit the reservation,
-  never the reported figure, and record the report with a flag;
-- failure or cancellation before any output reached the caller: release the
-  reservation whole, nothing is charged;
-- failure or cancellation after output reached the caller: commit the counted
-  input and delivered output, never more than was reserved.
+Every request goes plan → attempts → routing decision → output → usage →
+cost → settle: the planner picks the options, the settlement (settlement.py)
+leases the first, attempts (with retries, fallbacks and hedges) get to a
+first result, and the decision of who serves is made once from it. Route
+and StreamRoute differ only in how the output reaches the caller: whole, or
+chunk by chunk after the decision; the cost rules and the settling are the
+settlement's.
+
 A chunk counts as delivered once it is handed to the consumer: the servicer
 writes each one before it asks for the next, and its writes complete only
 as gRPC's flow control lets them out to the caller, so the upstream is read
@@ -40,21 +38,21 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from faregate_server.clock import Clock
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
-    ImplausibleUsage,
-    ReportedUsage,
+    FinishReason,
     RouteCall,
     RouteResult,
+    RoutingDecision,
     StreamEnd,
     StreamFinished,
-    StreamStarted,
-    Usage,
 )
 from faregate_server.errors import (
     RequestAlreadyServed,
@@ -68,16 +66,39 @@ from faregate_server.routing.attempts import (
     stream_once,
     upstream_request,
 )
-from faregate_server.routing.planner import Lease, Plan, Planner
+from faregate_server.routing.hooks import NO_HOOKS, Hooks
+from faregate_server.routing.planner import Plan, Planner
+from faregate_server.routing.scope import CallScope
+from faregate_server.routing.settlement import (
+    Charge,
+    Lease,
+    Settlement,
+    charge,
+    counted_usage,
+)
 from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
-from faregate_server.telemetry.observation import NO_TELEMETRY, Telemetry
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
 from faregate_server.upstream.providers.base import upstream_failure
-from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount, count_text
+from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
 
+T = TypeVar("T")
 Stream = AsyncGenerator[str | StreamEnd, None]
+StreamOpening = tuple[Stream, str | StreamEnd]
+"""An upstream stream and its first item."""
+StreamEvent = RoutingDecision | str | StreamFinished
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving(Generic[T]):
+    """A request at its first result: what it was planned as, the lease that
+    got the result, the result, and the decision of who serves."""
+
+    plan: Plan
+    lease: Lease
+    first: T
+    decision: RoutingDecision
 
 
 class Gateway:
@@ -87,21 +108,24 @@ class Gateway:
         self,
         catalog: Catalog,
         planner: Planner,
+        settlement: Settlement,
         state: StateStore,
         clock: Clock,
         rng: random.Random,
-        telemetry: Telemetry = NO_TELEMETRY,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.catalog = catalog
         """The current catalog; replaced whole by a config reload."""
         self._planner = planner
+        self._settlement = settlement
         self._state = state
         self._clock = clock
         self._rng = rng
-        self._telemetry = telemetry
+        self._hooks = hooks
 
-    async def route(self, call: RouteCall, deadline_s: float) -> RouteResult:
-        """Serves one request whole; deadline_s is on the event loop's clock.
+    async def route(self, call: RouteCall, scope: CallScope | float) -> RouteResult:
+        """Serves one request whole, within its call's `scope` (or just by a
+        deadline on the event loop's clock: a call nothing observes or drains).
 
         A request whose client request id was served before gets that
         result again, neither served nor charged a second time.
@@ -109,16 +133,36 @@ class Gateway:
         Raises:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
-        self._telemetry.observe_call(call)
+        if not isinstance(scope, CallScope):
+            scope = CallScope(scope)
         if not call.request_id:
-            return await self._route(call, deadline_s)
+            return await self._route(call, scope)
         served = await self._claim(call)
         if served is not None:
             return served
         try:
-            return await self._route(call, deadline_s)
+            return await self._route(call, scope)
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
+
+    def stream(
+        self, call: RouteCall, scope: CallScope | float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Serves one request as its RoutingDecision, text chunks, then a
+        StreamFinished, within its call's `scope` (or, as for `route`, a deadline).
+
+        Consume inside `contextlib.aclosing`: closing early settles the delivered part.
+
+        Raises:
+            RequestAlreadyServed: the request id was served before; a stream
+                can't be replayed, so this carries the first one's accounting.
+            RequestInFlight, RequestIdReused: see `_claim`.
+        """
+        if not isinstance(scope, CallScope):
+            scope = CallScope(scope)
+        if call.request_id:
+            return self._stream_once(call, scope)
+        return self._stream(call, scope)  # no extra hop per chunk
 
     async def _claim(self, call: RouteCall) -> RouteResult | None:
         """Claims the call's request id, or finds the result of its first serving.
@@ -134,150 +178,56 @@ class Gateway:
             raise RequestIdReused(call.request_id)
         return decode_result(stored)
 
-    async def _route(self, call: RouteCall, deadline_s: float) -> RouteResult:
-        catalog = self.catalog
-        plan, lease = await self._planner.plan(call, catalog)
-        records: list[AttemptRecord] = []
-        telemetry = self._telemetry
-        telemetry.observe_plan(plan, records)
-
-        async def start(held: Lease) -> Completion:
-            return await complete_once(
-                held.option.deployment,
-                upstream_request(plan, held),
-                telemetry,
-                held.holding.amount_nano_usd,
-            )
-
-        async def discard(_: Completion) -> None:
-            return None
-
-        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
-        try:
-            completion, lease, record = await attempts.first_result(
-                plan, lease, start, discard, records, deadline_s
-            )
-        except AttemptsFailed as failed:
-            raise upstream_failure(failed.error, failed.deployment.name) from None
-        deployment = lease.option.deployment
-        telemetry.observe_served(deployment)
-        counted = None
-        if completion.usage is None:
-            counted = await self._count_answer(plan, lease, completion.text, len(records) + 1)
-        usage, cost, implausible = _charge(lease, completion.usage, counted)
-        records.append(
-            AttemptRecord(record.model, record.outcome, record.latency_s, cost, record.hedge)
-        )
-        result = RouteResult(
-            output=completion.text,
-            finish_reason=completion.finish_reason,
-            usage=usage,
-            cost_nano_usd=cost,
-            reserved_nano_usd=lease.holding.amount_nano_usd,
-            budget_remaining_nano_usd=0,  # known once committed
-            model_used=deployment.name,
-            provider=deployment.config.provider.value,
-            request_id=plan.request_id,
-            model_version=deployment.config.version,
-            task=plan.task,
-            attempts=tuple(records),
-            candidates=plan.scores,
-        )
-        remaining = await self._planner.settle(
-            plan,
-            lease,
-            usage,
-            cost,
-            "succeeded",
-            len(records),
-            result if call.request_id else None,
-            implausible,
-        )
-        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
-
-    def stream(
-        self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
-        """Serves one request as a StreamStarted, text chunks, then a StreamFinished.
-
-        Consume inside `contextlib.aclosing`: closing early settles the delivered part.
-
-        Raises:
-            RequestAlreadyServed: the request id was served before; a stream
-                can't be replayed, so this carries the first one's accounting.
-            RequestInFlight, RequestIdReused: see `_claim`.
-        """
-        self._telemetry.observe_call(call)
-        if call.request_id:
-            return self._stream_once(call, deadline_s)
-        return self._stream(call, deadline_s)  # no extra hop per chunk
-
     async def _stream_once(
-        self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
+        self, call: RouteCall, scope: CallScope
+    ) -> AsyncGenerator[StreamEvent, None]:
         """A stream with a client request id: served at most once."""
         served = await self._claim(call)
         if served is not None:
             raise RequestAlreadyServed(
-                served.request_id,
-                served.model_used,
+                served.decision.request_id,
+                served.decision.model,
                 served.usage.input_tokens,
                 served.usage.output_tokens,
                 served.cost_nano_usd,
                 served.budget_remaining_nano_usd,
             )
         try:
-            async with aclosing(self._stream(call, deadline_s)) as events:
+            async with aclosing(self._stream(call, scope)) as events:
                 async for event in events:
                     yield event
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
-    async def _stream(
-        self, call: RouteCall, deadline_s: float
-    ) -> AsyncGenerator[StreamStarted | str | StreamFinished, None]:
-        catalog = self.catalog
-        plan, lease = await self._planner.plan(call, catalog)
-        records: list[AttemptRecord] = []
-        telemetry = self._telemetry
-        telemetry.observe_plan(plan, records)
+    # -- the lifecycle: the two ways output is relayed -----------------------
 
-        async def start(held: Lease) -> tuple[Stream, str | StreamEnd]:
-            items = stream_once(
-                held.option.deployment,
-                upstream_request(plan, held),
-                telemetry,
-                held.holding.amount_nano_usd,
+    async def _route(self, call: RouteCall, scope: CallScope) -> RouteResult:
+        """A whole answer: relayed in one piece once it is in hand."""
+        serving = await self._serve(call, scope, self._complete, _keep)
+        plan, lease, completion = serving.plan, serving.lease, serving.first
+        counted = None
+        if completion.usage is None:
+            attempts = len(serving.decision.attempts)
+            counted = await self._settlement.count_answer(
+                plan, lease, completion.text, attempts, scope
             )
-            return items, await anext(items)
+        charged = charge(lease, completion.usage, counted)
+        return await self._settle(
+            serving, charged, completion.text, completion.finish_reason, call.request_id, scope
+        )
 
-        async def discard(opened: tuple[Stream, str | StreamEnd]) -> None:
-            await opened[0].aclose()
-
-        attempts = Attempts(self._planner, catalog.config.retries, self._clock, self._rng)
-        try:
-            (items, item), lease, record = await attempts.first_result(
-                plan, lease, start, discard, records, deadline_s
-            )
-        except AttemptsFailed as failed:
-            raise upstream_failure(failed.error, failed.deployment.name) from None
+    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamEvent, None]:
+        """A stream: the decision, then each chunk as the caller takes it."""
+        serving = await self._serve(call, scope, self._open_stream, _close_stream)
+        plan, lease, decision = serving.plan, serving.lease, serving.decision
+        items, item = serving.first
         deployment = lease.option.deployment
-        telemetry.observe_served(deployment, (*records, record))
         delivered = RunningCount(deployment.counter)
         settled = False
         try:
             async with aclosing(items):
-                telemetry.observe_first_output()
-                yield StreamStarted(
-                    model_used=deployment.name,
-                    provider=deployment.config.provider.value,
-                    request_id=plan.request_id,
-                    reserved_nano_usd=lease.holding.amount_nano_usd,
-                    model_version=deployment.config.version,
-                    task=plan.task,
-                    attempts=(*records, record),
-                    candidates=plan.scores,
-                )
+                scope.observer.first_output()
+                yield decision
                 while isinstance(item, str):
                     # Counted as it is handed over: once gRPC takes the write
                     # it may deliver it, even if a cut or the deadline ends
@@ -289,32 +239,18 @@ class Gateway:
                     yield item
                     item = await anext(items)
             end = item
-            counted = None if end.usage is not None else _counted_usage(lease, delivered.tokens())
-            usage, cost, implausible = _charge(lease, end.usage, counted)
+            counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
+            charged = charge(lease, end.usage, counted)
             settled = True
-            result = None
-            if call.request_id:
-                result = RouteResult(
-                    output="",  # a stream is not replayed, only its accounting
-                    finish_reason=end.finish_reason,
-                    usage=usage,
-                    cost_nano_usd=cost,
-                    reserved_nano_usd=lease.holding.amount_nano_usd,
-                    budget_remaining_nano_usd=0,
-                    model_used=deployment.name,
-                    provider=deployment.config.provider.value,
-                    request_id=plan.request_id,
-                    model_version=deployment.config.version,
-                    task=plan.task,
-                )
-            remaining = await self._planner.settle(
-                plan, lease, usage, cost, "succeeded", len(records) + 1, result, implausible
+            # A stream is not replayed, only its accounting: its output isn't kept.
+            result = await self._settle(
+                serving, charged, "", end.finish_reason, call.request_id, scope
             )
             yield StreamFinished(
-                usage=usage,
-                cost_nano_usd=cost,
-                budget_remaining_nano_usd=remaining,
-                finish_reason=end.finish_reason,
+                usage=result.usage,
+                cost_nano_usd=result.cost_nano_usd,
+                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+                finish_reason=result.finish_reason,
             )
         except UpstreamError as error:
             if delivered.chunks:
@@ -325,61 +261,111 @@ class Gateway:
             raise upstream_failure(error, deployment.name) from None
         finally:
             if not settled:
-                await self._settle_interrupted(plan, lease, delivered, len(records) + 1)
+                await self._settlement.settle_interrupted(
+                    plan, lease, delivered, len(decision.attempts), scope
+                )
 
-    async def _settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int
-    ) -> None:
-        if not delivered.chunks:
-            self._planner.release(lease)
-            return
-        usage, cost, _ = _charge(lease, None, _counted_usage(lease, delivered.tokens()))
-        await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
+    # -- the lifecycle: the steps both share ---------------------------------
 
-    async def _count_answer(self, plan: Plan, lease: Lease, text: str, attempts: int) -> Usage:
-        """The counted usage of a whole answer that reported none.
+    async def _serve(
+        self,
+        call: RouteCall,
+        scope: CallScope,
+        start: Callable[[Plan, Lease], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]],
+    ) -> _Serving[T]:
+        """Plans the request, leases its first option, runs its attempts up
+        to a first result (`start` makes one attempt's, `discard` gives up a
+        loser's), and decides who serves.
 
-        A long answer is counted in a worker thread. A request interrupted
-        meanwhile (its deadline, its caller gone) is charged all the same, as
-        its answer is in hand and the provider did the work: at its output
-        cap, the most the count could come to.
+        Raises:
+            FaregateError: planning or the first lease failed, or every attempt
+                allowed did (mapped from the last upstream error).
         """
+        catalog = self.catalog
+        plan = await self._planner.plan(call, catalog)
+        lease = await self._settlement.first_lease(plan)
+        records: list[AttemptRecord] = []
+        scope.observer.planned(
+            plan.request_id, plan.route.name, plan.options[0].deployment, records
+        )
+
+        async def attempt(held: Lease) -> T:
+            return await start(plan, held)
+
+        attempts = Attempts(self._settlement, catalog.config.retries, self._clock, self._rng)
         try:
-            output_tokens = await count_text(lease.option.deployment.counter, text)
-        except BaseException:
-            worst = _counted_usage(lease, lease.option.max_output_tokens)
-            usage, cost, _ = _charge(lease, None, worst)
-            await self._planner.settle(plan, lease, usage, cost, "interrupted", attempts)
-            raise
-        return _counted_usage(lease, output_tokens)
+            first, lease, record = await attempts.first_result(
+                plan, lease, attempt, discard, records, scope.deadline_s
+            )
+        except AttemptsFailed as failed:
+            raise upstream_failure(failed.error, failed.deployment.name) from None
+        deployment = lease.option.deployment
+        decision = RoutingDecision(
+            request_id=plan.request_id,
+            model=deployment.name,
+            provider=deployment.config.provider.value,
+            model_version=deployment.config.version,
+            reserved_nano_usd=lease.holding.amount_nano_usd,
+            task=plan.task,
+            attempts=(*records, record),
+            candidates=plan.scores,
+        )
+        scope.observer.served(decision)
+        return _Serving(plan, lease, first, decision)
+
+    async def _settle(
+        self,
+        serving: _Serving[T],
+        charged: Charge,
+        output: str,
+        finish_reason: FinishReason,
+        request_id: str,
+        scope: CallScope,
+    ) -> RouteResult:
+        """Settles a request that got its answer, keeping its result for the
+        retries of a client `request_id`. The caller counts the lease settled
+        before this is awaited."""
+        result = RouteResult(
+            decision=serving.decision.charged(charged.cost_nano_usd),
+            output=output,
+            finish_reason=finish_reason,
+            usage=charged.usage,
+            cost_nano_usd=charged.cost_nano_usd,
+            budget_remaining_nano_usd=0,  # known once committed
+        )
+        remaining = await self._settlement.settle(
+            serving.plan,
+            serving.lease,
+            charged,
+            "succeeded",
+            len(serving.decision.attempts),
+            scope,
+            result if request_id else None,
+        )
+        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
+
+    async def _complete(self, plan: Plan, lease: Lease) -> Completion:
+        return await complete_once(
+            lease.option.deployment,
+            upstream_request(plan, lease),
+            self._hooks,
+            lease.holding.amount_nano_usd,
+        )
+
+    async def _open_stream(self, plan: Plan, lease: Lease) -> StreamOpening:
+        items = stream_once(
+            lease.option.deployment,
+            upstream_request(plan, lease),
+            self._hooks,
+            lease.holding.amount_nano_usd,
+        )
+        return items, await anext(items)
 
 
-def _counted_usage(lease: Lease, output_tokens: int) -> Usage:
-    """The usage faregate counted itself: the counted input and output, the
-    output no more than its cap (an upstream that ignored the cap is charged
-    the cap), so the record, the charge and the limit pools' draw agree."""
-    option = lease.option
-    return Usage(option.input_tokens, min(output_tokens, option.max_output_tokens))
+async def _keep(_: Completion) -> None:
+    """A whole answer that lost a race holds nothing open."""
 
 
-def _charge(
-    lease: Lease, reported: ReportedUsage, counted: Usage | None
-) -> tuple[Usage, int, ImplausibleUsage | None]:
-    """What a successful request is charged: the usage charged for, its cost,
-    and the implausible report it replaced, if any.
-
-    The reported usage arrives judged (attempts.py). An implausible report is
-    charged the reservation, as the worst case it was reserved for: the
-    counted input and the output cap. Without a report the counted usage
-    (which the caller passes exactly then) is charged, never more than was
-    reserved (a count is an estimate).
-    """
-    option = lease.option
-    reserved_nano_usd = lease.holding.amount_nano_usd
-    if isinstance(reported, ImplausibleUsage):
-        return Usage(option.input_tokens, option.max_output_tokens), reserved_nano_usd, reported
-    usage = reported if reported is not None else counted
-    assert usage is not None, "a request without reported usage is charged its count"
-    price = option.deployment.config.price
-    cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
-    return usage, min(cost, reserved_nano_usd), None
+async def _close_stream(opened: StreamOpening) -> None:
+    await opened[0].aclose()

@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
@@ -49,6 +50,31 @@ _PROBING_LATENCY_S = NEUTRAL_LATENCY_S
 # The least expected latency prefer LATENCY divides by: keeps an unmeasured
 # model's score finite while ranking it above any measured one.
 _LATENCY_FLOOR_S = 1e-4
+
+
+class Availability(StrEnum):
+    """Whether a model that could serve a request can serve it now; each
+    value but AVAILABLE is the reason a caller is shown."""
+
+    AVAILABLE = ""
+    COOLING_DOWN = "cooling down after an upstream 429"
+    BREAKER_OPEN = "circuit breaker open"
+    POOL_FULL = "workers and queue full"
+    LIMITS_EXHAUSTED = "a limit pool cannot cover the draw"
+
+
+def availability(deployment: Deployment, now_s: float, scarcity: float = 1.0) -> Availability:
+    """Whether `deployment` can serve now (`now_s` on the health clock), its
+    limit pools' `scarcity` for the request considered (1: no limit pools)."""
+    if deployment.cooldown_until_s > now_s:
+        return Availability.COOLING_DOWN
+    if not deployment.breaker.allows():
+        return Availability.BREAKER_OPEN
+    if deployment.pool.saturated:
+        return Availability.POOL_FULL
+    if math.isinf(scarcity):
+        return Availability.LIMITS_EXHAUSTED
+    return Availability.AVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +97,8 @@ class Selection:
     """Every candidate judged, in route order."""
     unfit: tuple[str, str] | None
     """(field, problem) of the first candidate that can never serve this request."""
-    unavailable: str
-    """Why the first candidate that cannot serve now can't ("" if none)."""
+    unavailable: Availability
+    """Why the first candidate that cannot serve now can't (AVAILABLE if none)."""
     limits_retry_after_s: float
     """When the limit pools that ruled candidates out reset (inf if none did)."""
     available_in_s: float
@@ -81,11 +107,8 @@ class Selection:
 
 
 class Selector:
-    def __init__(
-        self, limits: LimitPools, routing: RoutingConfig, clock: Clock, rng: random.Random
-    ) -> None:
+    def __init__(self, limits: LimitPools, clock: Clock, rng: random.Random) -> None:
         self._limits = limits
-        self._routing = routing
         self._clock = clock
         self._rng = rng
 
@@ -93,25 +116,27 @@ class Selector:
         self,
         call: RouteCall,
         route: RouteConfig,
+        routing: RoutingConfig,
         deployments: Mapping[str, Deployment],
         task: TaskKind | None,
         input_tokens_by_counter: dict[str, int] | None = None,
     ) -> Selection:
-        """Judges every candidate of `route` for `call`.
+        """Judges every candidate of `route` for `call`, by the catalog's
+        `routing` settings and its `deployments`.
 
         `input_tokens_by_counter` holds prompt counts already made (by counter
         name); the rest are counted here, on the loop (see `tokens.count_messages`).
         """
         hints = call.hints
         difficulty = 0.0 if task is None else TASK_DIFFICULTY[task]
-        exponent = 1 + self._routing.task_weight * difficulty
+        exponent = 1 + routing.task_weight * difficulty
         now_s = self._clock.monotonic_s()
         if input_tokens_by_counter is None:
             input_tokens_by_counter = {}
         options: list[Option] = []
         scores: list[CandidateScore] = []
         unfit: tuple[str, str] | None = None
-        unavailable = ""
+        unavailable = Availability.AVAILABLE
         limits_retry_after_s = math.inf
         available_in_s = math.inf
         for slot in route.slots:
@@ -146,10 +171,12 @@ class Selector:
                         input_tokens + max_output_tokens,
                         worst_case,
                     )
-                    scarcity = self._limits.scarcity(draw, self._routing)
-                reason = _unavailable(deployment, now_s, scarcity)
-                if reason:
-                    unavailable = unavailable or reason
+                    scarcity = self._limits.scarcity(draw, routing)
+                now = availability(deployment, now_s, scarcity)
+                if now is not Availability.AVAILABLE:
+                    reason = now.value
+                    if unavailable is Availability.AVAILABLE:
+                        unavailable = now
                     limits_wait_s = 0.0
                     if math.isinf(scarcity):
                         limits_wait_s = self._limits.retry_after_s(draw)
@@ -175,7 +202,7 @@ class Selector:
                     )
                 )
         return Selection(
-            tuple(self._rank(options)),
+            tuple(self._rank(options, routing.score_margin)),
             tuple(scores),
             unfit,
             unavailable,
@@ -183,12 +210,12 @@ class Selector:
             available_in_s,
         )
 
-    def _rank(self, options: list[Option]) -> list[Option]:
+    def _rank(self, options: list[Option], score_margin: float) -> list[Option]:
         if len(options) < 2:
             return options
         # Stable: equal scores keep route order.
         options.sort(key=lambda option: -option.score)
-        floor = options[0].score * (1 - self._routing.score_margin)
+        floor = options[0].score * (1 - score_margin)
         equals = [option for option in options if option.score >= floor]
         if len(equals) >= 2:
             first, second = self._rng.sample(equals, 2)
@@ -236,18 +263,6 @@ def _unfit(
     if hints.max_cost_nano_usd is not None and worst_case > hints.max_cost_nano_usd:
         return ("max_cost_nano_usd", f"the worst case costs {worst_case} nano-USD")
     return None
-
-
-def _unavailable(deployment: Deployment, now_s: float, scarcity: float) -> str:
-    if deployment.cooldown_until_s > now_s:
-        return "cooling down after an upstream 429"
-    if not deployment.breaker.allows():
-        return "circuit breaker open"
-    if deployment.pool.saturated:
-        return "workers and queue full"
-    if math.isinf(scarcity):
-        return "a limit pool cannot cover the draw"
-    return ""
 
 
 def _available_in_s(deployment: Deployment, now_s: float) -> float:

@@ -17,7 +17,8 @@ A call is cut only while it waits on the gateway, never in the middle of
 writing a chunk to its caller, so every chunk the gateway counts as delivered
 was handed to gRPC, and the charge matches what the caller received. A cut
 that comes during a write takes effect right after it. Nor is a call cut
-once it reaches its commit point (`commit_point()`, as its spend is made
+once it reaches its commit point (`TrackedCall.committing`, the hook its
+handler hands the core in the call's scope, called as its spend is made
 durable): it was charged in full, so it ends with its answer.
 
 `hurry()` (a second SIGTERM or Ctrl-C) skips what is left of the delay and
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextvars import ContextVar, Token
 from types import TracebackType
 
 import grpc
@@ -43,18 +43,6 @@ _CUT_SETTLE_S = 5.0
 # What the gRPC server itself still grants calls this module does not track
 # (health, reflection, admin) once the gate has drained.
 _UNTRACKED_GRACE_S = 1.0
-
-
-_TRACKED: ContextVar[TrackedCall | None] = ContextVar("faregate_tracked_call", default=None)
-
-
-def commit_point() -> None:
-    """Marks the running call as past its commit point: its spend is being
-    made durable, so a shutdown no longer cuts it and its caller gets the
-    answer it was charged for. A no-op outside a tracked call."""
-    call = _TRACKED.get()
-    if call is not None:
-        call.committing()
 
 
 class Drain:
@@ -176,14 +164,12 @@ class TrackedCall:
         "_cut",
         "_drain",
         "_task",
-        "_token",
         "_writing",
     )
 
     def __init__(self, drain: Drain) -> None:
         self._drain = drain
         self._task: asyncio.Task[object] | None = None
-        self._token: Token[TrackedCall | None] | None = None
         self._cancelling = 0
         self._cut = False
         self._cancelled = False
@@ -194,7 +180,6 @@ class TrackedCall:
         self._task = asyncio.current_task()
         assert self._task is not None, "a call is tracked from inside its handler task"
         self._cancelling = self._task.cancelling()
-        self._token = _TRACKED.set(self)
         self._drain._add(self)
         return self
 
@@ -205,8 +190,6 @@ class TrackedCall:
         traceback: TracebackType | None,
     ) -> None:
         self._drain._discard(self)
-        if self._token is not None:
-            _TRACKED.reset(self._token)
         if not self._cancelled:
             return
         assert self._task is not None
@@ -230,7 +213,9 @@ class TrackedCall:
             raise _cut_error()
 
     def committing(self) -> None:
-        """The call is past its commit point: from now on it is never cut."""
+        """The call is past its commit point (its spend is being made
+        durable): from now on it is never cut, so its caller gets the answer
+        it was charged for. Never suspends or fails."""
         self._committed = True
 
     def cut(self) -> None:

@@ -15,9 +15,7 @@ import grpc
 from faregate.v1 import router_pb2
 from google.protobuf.message import DecodeError, Message
 
-from faregate_server.errors import InvalidRequest
 from faregate_server.rpc.router import RouterServicer
-from faregate_server.rpc.status import abort
 
 M = TypeVar("M", bound=Message)
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -38,12 +36,12 @@ def register_router_service(server: grpc.aio.Server, servicer: RouterServicer) -
     stream = router_pb2.StreamRouteRequest
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Route": grpc.unary_unary_rpc_method_handler(
-            _refusing_undecodable(servicer.Route),
+            _refusing_undecodable(servicer, "Route"),
             request_deserializer=_decoder(route),
             response_serializer=router_pb2.RouteResponse.SerializeToString,
         ),
         "StreamRoute": grpc.unary_stream_rpc_method_handler(
-            _refusing_undecodable(servicer.StreamRoute),
+            _refusing_undecodable(servicer, "StreamRoute"),
             request_deserializer=_decoder(stream),
             response_serializer=router_pb2.StreamRouteResponse.SerializeToString,
         ),
@@ -63,11 +61,12 @@ def _decoder(message_type: type[M]) -> Callable[[bytes], M | _Undecodable]:
     return decode
 
 
-def _refusing_undecodable(behavior: Behavior) -> Behavior:
+def _refusing_undecodable(servicer: RouterServicer, method: str) -> Behavior:
+    behavior: Behavior = getattr(servicer, method)
+
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Undecodable):
-            error = InvalidRequest({"request": f"is not a valid {request.message_name}"})
-            await abort(context, error, "")
+            await servicer.refuse_undecodable(method, request.message_name, context)
         return await behavior(request, context)
 
     return handle

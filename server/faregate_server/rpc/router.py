@@ -8,6 +8,10 @@ principal's own limits. Whatever a call fails with becomes its status in
 rpc/status.py: a `FaregateError` with its rich details, anything else
 INTERNAL with a trace id, the traceback going to the log only.
 
+Each call is observed here, from its first step to its status
+(`Telemetry.observe`), and runs in a `CallScope` handed to the gateway: its
+deadline, its observation, and its drain tracking's commit hook.
+
 A stream writes one event at a time: `context.write` completes once gRPC's
 HTTP/2 flow control has let the message out to the caller (into the
 caller's receive window), and only then is the next event pulled from the
@@ -27,6 +31,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
+from typing import Any, NoReturn
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
@@ -38,18 +43,21 @@ from faregate_server.domain import (
     CandidateScore,
     FinishReason,
     RouteCall,
+    RoutingDecision,
     StreamFinished,
-    StreamStarted,
     TaskKind,
     Usage,
 )
+from faregate_server.errors import InvalidRequest
 from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain, TrackedCall
 from faregate_server.rpc.status import abort, status_for
 from faregate_server.rpc.translate import TASKS, AnyRouteRequest, route_call
 from faregate_server.security.auth import Authenticator, authorize
 from faregate_server.telemetry.observation import Telemetry
+from faregate_server.telemetry.request_observation import RpcObserver
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,9 @@ _OUTCOMES = {
     AttemptOutcome.CANCELLED: router_pb2.ATTEMPT_OUTCOME_CANCELLED,
 }
 _CALLER_DEADLINE_GRACE_S = 0.05
+_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_ROUTE = f"{_SERVICE}/Route"
+_STREAM_ROUTE = f"{_SERVICE}/StreamRoute"
 
 StreamEvent = router_pb2.StreamRouteResponse
 RouteContext = grpc.aio.ServicerContext[router_pb2.RouteRequest, router_pb2.RouteResponse]
@@ -85,40 +96,52 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         authenticator: Authenticator,
         drain: Drain,
         admission: AdmissionControl,
+        telemetry: Telemetry,
     ) -> None:
         self._gateway = gateway
         self._settings = settings
         self._auth = authenticator
         self._drain = drain
         self._admission = admission
+        self._telemetry = telemetry
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: RouteContext
     ) -> router_pb2.RouteResponse:
+        with self._telemetry.observe(_ROUTE, context.invocation_metadata) as observation:
+            return await self._route(request, context, observation)
+
+    async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
+        self, request: router_pb2.StreamRouteRequest, context: StreamContext
+    ) -> None:
+        with self._telemetry.observe(_STREAM_ROUTE, context.invocation_metadata) as observation:
+            await self._stream_route(request, context, observation)
+
+    async def _route(
+        self, request: router_pb2.RouteRequest, context: RouteContext, observation: RpcObserver
+    ) -> router_pb2.RouteResponse:
         try:
-            with self._admitted(request, context) as (_, call, deadline_s):
+            with self._admitted(request, context) as (tracked, call, deadline_s):
                 async with asyncio.timeout_at(deadline_s):
-                    result = await self._gateway.route(call, deadline_s)
+                    observation.called(call)
+                    scope = CallScope(deadline_s, observation, tracked.committing)
+                    result = await self._gateway.route(call, scope)
         except Exception as error:
-            await abort(context, error, request.model)
+            await abort(context, error, request.model, observation)
         return router_pb2.RouteResponse(
             output=result.output,
             finish_reason=_FINISH_REASONS[result.finish_reason],
             usage=_usage(result.usage),
             cost_nano_usd=result.cost_nano_usd,
-            reserved_nano_usd=result.reserved_nano_usd,
             budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-            model_used=result.model_used,
-            provider=result.provider,
-            request_id=result.request_id,
-            model_version=result.model_version,
-            task=_TASK_NUMBERS[result.task],
-            attempts=_attempts(result.attempts),
-            candidates=_candidates(result.candidates),
+            **_served(result.decision),
         )
 
-    async def StreamRoute(  # type: ignore[override]  # grpc.aio also takes a coroutine
-        self, request: router_pb2.StreamRouteRequest, context: StreamContext
+    async def _stream_route(
+        self,
+        request: router_pb2.StreamRouteRequest,
+        context: StreamContext,
+        observation: RpcObserver,
     ) -> None:
         # Written with context.write rather than as an async generator so the
         # deadline scope covers the writes too and fires inside this frame.
@@ -132,9 +155,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     # a moment later, so a status of ours never races gRPC's
                     # end onto a call already gone (gRPC logs that as an error).
                     scope_s += _CALLER_DEADLINE_GRACE_S
+                observation.called(call)
+                scope = CallScope(deadline_s, observation, tracked.committing)
                 async with (
                     asyncio.timeout_at(scope_s),
-                    aclosing(self._gateway.stream(call, deadline_s)) as events,
+                    aclosing(self._gateway.stream(call, scope)) as events,
                 ):
                     async for event in events:
                         tracked.writing()
@@ -146,18 +171,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                             raise _CallEnded from None
                         tracked.written()
         except _CallEnded:
-            _observe_ended(context)
+            _observe_ended(context, observation)
             # Ended the way gRPC ends a handler whose call it cancelled: a
             # return would make it send a status on the dead call and log
             # that failure, with a traceback, as an unexpected error.
             raise asyncio.CancelledError from None
         except asyncio.CancelledError:
-            _observe_ended(context)  # gRPC ended the call: cancelled, or its deadline
+            _observe_ended(context, observation)  # gRPC ended the call: cancelled, or its deadline
             raise
         except Exception as error:
             # Not `abort`: that waits until the caller has read every message
             # still queued, which a slow reader may take minutes to do.
-            status = status_for(error, request.model)
+            status = status_for(error, request.model, observation)
             context.set_code(status.code)
             context.set_details(status.message)
             context.set_trailing_metadata(status.trailers)
@@ -187,6 +212,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             deadline_s = self._deadline(context)
             with self._auth.admit(principal):
                 yield tracked, call, deadline_s
+
+    async def refuse_undecodable(
+        self, method: str, message_name: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
+        """Ends the RPC `method` ("Route", "StreamRoute") whose request bytes
+        did not parse as a `message_name`: INVALID_ARGUMENT, observed like
+        any other RPC of the service."""
+        observed = self._telemetry.observe(f"{_SERVICE}/{method}", context.invocation_metadata)
+        with observed as observation:
+            error = InvalidRequest({"request": f"is not a valid {message_name}"})
+            await abort(context, error, "", observation)
 
     def _deadline(self, context: AnyContext) -> float:
         remaining_s: float | None = context.time_remaining()
@@ -224,22 +260,26 @@ def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.Candidate
     ]
 
 
-def _stream_event(event: StreamStarted | str | StreamFinished) -> StreamEvent:
+def _served(decision: RoutingDecision) -> dict[str, Any]:
+    """Who served and how it was chosen: the fields RouteResponse and
+    StreamStart share, mapped in this one place."""
+    return {
+        "model_used": decision.model,
+        "provider": decision.provider,
+        "request_id": decision.request_id,
+        "reserved_nano_usd": decision.reserved_nano_usd,
+        "model_version": decision.model_version,
+        "task": _TASK_NUMBERS[decision.task],
+        "attempts": _attempts(decision.attempts),
+        "candidates": _candidates(decision.candidates),
+    }
+
+
+def _stream_event(event: RoutingDecision | str | StreamFinished) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
-    if isinstance(event, StreamStarted):
-        return StreamEvent(
-            start=StreamEvent.StreamStart(
-                model_used=event.model_used,
-                provider=event.provider,
-                request_id=event.request_id,
-                reserved_nano_usd=event.reserved_nano_usd,
-                model_version=event.model_version,
-                task=_TASK_NUMBERS[event.task],
-                attempts=_attempts(event.attempts),
-                candidates=_candidates(event.candidates),
-            )
-        )
+    if isinstance(event, RoutingDecision):
+        return StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
     return StreamEvent(
         finish=StreamEvent.StreamFinish(
             usage=_usage(event.usage),
@@ -258,11 +298,11 @@ class _CallEnded(Exception):
     """A write failed because gRPC had already ended the call."""
 
 
-def _observe_ended(context: StreamContext) -> None:
+def _observe_ended(context: StreamContext, observation: RpcObserver) -> None:
     remaining_s = context.time_remaining()
     if remaining_s is not None and remaining_s <= 0:
         code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
     else:
         code, reason = grpc.StatusCode.CANCELLED, "CANCELLED"
     logger.debug("stream ended by gRPC (%s)", code.name)
-    Telemetry.observe_failure(code, reason)
+    observation.failed(code.name, reason)

@@ -38,7 +38,7 @@ from faregate_server.errors import (
     FaregateError,
     InternalError,
 )
-from faregate_server.telemetry.observation import Telemetry
+from faregate_server.telemetry.request_observation import NOT_OBSERVED, RpcObserver
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +129,14 @@ def _violations(details: ErrorDetails) -> list[Message]:
     return messages
 
 
-def status_for(error: Exception, model: str) -> RpcStatus:
-    """The status a handler that caught error ends with, noted for telemetry;
-    an unexpected error is logged with its traceback.
+def status_for(error: Exception, model: str, observation: RpcObserver = NOT_OBSERVED) -> RpcStatus:
+    """The status a handler that caught error ends with, noted on the RPC's
+    observation; an unexpected error is logged with its traceback.
 
     Args:
         error: What the handler caught.
         model: The model or route the request named, for DEADLINE_EXCEEDED's metadata.
+        observation: The RPC's observation, if it has one (RouterService's do).
     """
     if isinstance(error, TimeoutError):
         error = DeadlineExceeded("the request's deadline passed", model=model)
@@ -152,14 +153,17 @@ def status_for(error: Exception, model: str) -> RpcStatus:
         internal = InternalError(trace_id)
         status = rich_status(internal)
         reason = internal.reason
-    Telemetry.observe_failure(status.code, reason)
+    observation.failed(status.code.name, reason)
     return status
 
 
 async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], error: Exception, model: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: Exception,
+    model: str,
+    observation: RpcObserver = NOT_OBSERVED,
 ) -> NoReturn:
     """Ends the call with the status for error (see `status_for`)."""
-    status = status_for(error, model)
+    status = status_for(error, model, observation)
     await context.abort(status.code, status.message, status.trailers)
     raise AssertionError("abort returned")  # pragma: no cover

@@ -21,6 +21,7 @@ from faregate_server.domain import (
     CandidateScore,
     FinishReason,
     RouteResult,
+    RoutingDecision,
     TaskKind,
     Usage,
 )
@@ -33,7 +34,8 @@ class StoredResult:
     fingerprint: str
     """Which request this was, so a reused id with another request is caught."""
     result: str
-    """The RouteResult as JSON, without the budget's remaining money."""
+    """The RouteResult as JSON, its decision's fields beside the answer's (as
+    results were always kept), without the budget's remaining money."""
     budget_remaining_nano_usd: int
 
 
@@ -43,29 +45,45 @@ def fingerprint(serialized_request: bytes) -> str:
 
 
 def encode_result(result: RouteResult) -> str:
-    fields = dataclasses.asdict(result)
-    del fields["budget_remaining_nano_usd"]
+    decision = result.decision
+    fields = {
+        "output": result.output,
+        "finish_reason": result.finish_reason,
+        "usage": dataclasses.asdict(result.usage),
+        "cost_nano_usd": result.cost_nano_usd,
+        "reserved_nano_usd": decision.reserved_nano_usd,
+        "model_used": decision.model,
+        "provider": decision.provider,
+        "request_id": decision.request_id,
+        "model_version": decision.model_version,
+        "task": decision.task,
+        "attempts": [dataclasses.asdict(attempt) for attempt in decision.attempts],
+        "candidates": [dataclasses.asdict(candidate) for candidate in decision.candidates],
+    }
     return json.dumps(fields, separators=(",", ":"))
 
 
 def decode_result(stored: StoredResult) -> RouteResult:
     fields: dict[str, Any] = json.loads(stored.result)
     task = fields["task"]
-    return RouteResult(
-        output=fields["output"],
-        finish_reason=FinishReason(fields["finish_reason"]),
-        usage=Usage(**fields["usage"]),
-        cost_nano_usd=fields["cost_nano_usd"],
-        reserved_nano_usd=fields["reserved_nano_usd"],
-        budget_remaining_nano_usd=stored.budget_remaining_nano_usd,
-        model_used=fields["model_used"],
-        provider=fields["provider"],
+    decision = RoutingDecision(
         request_id=fields["request_id"],
+        model=fields["model_used"],
+        provider=fields["provider"],
         model_version=fields["model_version"],
+        reserved_nano_usd=fields["reserved_nano_usd"],
         task=None if task is None else TaskKind(task),
         attempts=tuple(
             AttemptRecord(**{**attempt, "outcome": AttemptOutcome(attempt["outcome"])})
             for attempt in fields["attempts"]
         ),
         candidates=tuple(CandidateScore(**candidate) for candidate in fields["candidates"]),
+    )
+    return RouteResult(
+        decision=decision,
+        output=fields["output"],
+        finish_reason=FinishReason(fields["finish_reason"]),
+        usage=Usage(**fields["usage"]),
+        cost_nano_usd=fields["cost_nano_usd"],
+        budget_remaining_nano_usd=stored.budget_remaining_nano_usd,
     )

@@ -57,7 +57,7 @@ from faregate_server.upstream.breakers import BreakerState
 if TYPE_CHECKING:
     from faregate_server.rpc.admission import AdmissionStatistics
     from faregate_server.state.store import StateStore
-    from faregate_server.telemetry.observation import RequestObservation
+    from faregate_server.telemetry.request_observation import RequestObservation
     from faregate_server.upstream.catalog import Catalog
 
 logger = logging.getLogger(__name__)

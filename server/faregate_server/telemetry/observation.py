@@ -1,12 +1,13 @@
-"""Telemetry: one observation per RPC, traces, and the hooks the core path calls.
+"""Telemetry: traces, metrics and the request log, and the hooks the core path calls.
 
 `Telemetry` is built once by the composition root from `telemetry:` config
-(or from a tracer provider handed in, as tests do; metrics come in built). The core path
-calls a few thin hooks on it; everything it learns about a request lands on
-one `RequestObservation`, found through a context variable that the RPC
-interceptor sets, so no signature between the servicer and the providers
-carries it. When the RPC ends, the observation feeds the metrics and the
-request log, and ends the server span.
+(or from a tracer provider handed in, as tests do; metrics come in built). It
+implements the core's server-wide `Hooks` (routing/hooks.py): spans for
+selection, reservations, pool waits and attempts, and the implausible-usage
+count. Each Route and StreamRoute call is observed by the servicer itself:
+`observe()` begins one `RequestObservation` (request_observation.py) that the
+servicer hands to the core in the call's scope, and ends it as the call
+ends, feeding the metrics and the request log and ending the server span.
 
 Traces, when on: a SERVER span per RPC (its parent read from the caller's
 W3C `traceparent`/`tracestate` metadata), with children for selection, each
@@ -16,16 +17,15 @@ context is injected into its upstream HTTP request, so one trace runs from
 the agent through faregate to the provider.
 
 Cost when off: every hook is a method that returns at once, or hands back a
-shared no-op context; no span object is ever made with tracing off, and with
-metrics and request logs off too the interceptor is not installed at all.
+shared no-op; no span object is ever made with tracing off, and with
+metrics and request logs off too an RPC's observation is a shared no-op.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,11 +44,15 @@ from opentelemetry.util.types import AttributeValue
 
 from faregate_server import __version__
 from faregate_server.config.schema import TelemetryConfig
-from faregate_server.domain import AttemptRecord, ImplausibleUsage, ReportedUsage, RouteCall, Usage
+from faregate_server.domain import ImplausibleUsage, ReportedUsage
 from faregate_server.telemetry.request_log import RequestLog
+from faregate_server.telemetry.request_observation import (
+    NOT_OBSERVED,
+    RequestObservation,
+    RpcObserver,
+)
 
 if TYPE_CHECKING:
-    from faregate_server.routing.planner import Plan
     from faregate_server.telemetry.metrics import GatewayMetrics
     from faregate_server.upstream.catalog import Deployment
     from faregate_server.upstream.providers import UpstreamError
@@ -58,55 +62,7 @@ _SCOPE = "faregate_server"
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NO_SPAN: AbstractContextManager[None] = nullcontext()
-_CURRENT: contextvars.ContextVar[RequestObservation | None] = contextvars.ContextVar(
-    "faregate_request", default=None
-)
-
-
-class RequestObservation:
-    """What one RPC did, gathered as it runs; read once when it ends."""
-
-    __slots__ = (
-        "call",
-        "code",
-        "cost_nano_usd",
-        "first_output_s",
-        "input_tokens",
-        "method",
-        "model",
-        "output_tokens",
-        "provider",
-        "reason",
-        "records",
-        "request_id",
-        "route",
-        "span",
-        "started_s",
-    )
-
-    def __init__(self, method: str, span: Span | None) -> None:
-        self.method = method
-        self.span = span
-        self.started_s = time.perf_counter()
-        self.call: RouteCall | None = None
-        self.request_id = ""
-        self.route = ""
-        self.model = ""
-        """A configured model name (never the caller's free text): label-safe."""
-        self.provider = ""
-        self.records: Sequence[AttemptRecord] = ()
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cost_nano_usd = 0
-        self.first_output_s: float | None = None
-        self.code = "OK"
-        self.reason = ""
-
-    @property
-    def trace_id(self) -> str:
-        if self.span is None:
-            return ""
-        return trace.format_trace_id(self.span.get_span_context().trace_id)
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 class Telemetry:
@@ -118,16 +74,19 @@ class Telemetry:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         metrics: GatewayMetrics | None = None,
+        now_s: Callable[[], float] = time.time,
     ) -> None:
+        """`now_s` is the wall clock that dates request log lines (the
+        server's `Clock.now_s`, as for spend records)."""
         self.config = config
         self._owned_tracer_provider: TracerProvider | None = None
         if tracer_provider is None and config.otlp_endpoint:
             tracer_provider = self._owned_tracer_provider = _otlp_tracer_provider(config)
         self._tracer = tracer_provider.get_tracer(_SCOPE, __version__) if tracer_provider else None
         self.metrics = metrics
-        self._log = RequestLog(config.log_prompts) if config.request_log else None
+        self._log = RequestLog(config.log_prompts, now_s) if config.request_log else None
         self.observing = bool(self._tracer or self.metrics or self._log)
-        """Whether RPCs are observed at all; if not, the interceptor stays out."""
+        """Whether RPCs are observed at all; if not, `observe` costs next to nothing."""
 
     @property
     def tracing(self) -> bool:
@@ -138,20 +97,27 @@ class Telemetry:
         if self._owned_tracer_provider is not None:
             self._owned_tracer_provider.shutdown()
 
-    # -- the RPC's edges (called by the interceptor) -------------------------
+    # -- an RPC's edges (the servicer's) -------------------------------------
 
-    def begin(
-        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
-    ) -> tuple[RequestObservation, contextvars.Token[RequestObservation | None], object]:
-        """Starts observing the RPC `method` ("package.Service/Method") in the
-        running task; end it with `end`."""
+    def observe(
+        self, method: str, metadata: Callable[[], Metadata | None]
+    ) -> AbstractContextManager[RpcObserver]:
+        """Observes the RPC `method` ("package.Service/Method") for the block,
+        which must run in the RPC's task; `metadata` gives the caller's
+        metadata (read only when tracing, for the caller's trace context).
+
+        The block's exception, if any, ends the observation too: one faregate
+        did not map (see `RpcObserver.failed`) ends it CANCELLED or UNKNOWN.
+        """
+        if not self.observing:
+            return _NOT_OBSERVING
         service, _, name = method.rpartition("/")
         span = None
         span_token: object = None
         if self._tracer is not None:
             carrier = {
                 key: value
-                for key, value in metadata or ()
+                for key, value in metadata() or ()
                 if key in _TRACE_HEADERS and isinstance(value, str)
             }
             parent = _PROPAGATOR.extract(carrier) if carrier else None
@@ -162,23 +128,18 @@ class Telemetry:
                 attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
             )
             span_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        observation = RequestObservation(name, span)
-        return observation, _CURRENT.set(observation), span_token
+        started_s = asyncio.get_running_loop().time()
+        return _Observing(self, RequestObservation(name, span, started_s), span_token)
 
-    def end(
-        self,
-        observation: RequestObservation,
-        token: contextvars.Token[RequestObservation | None],
-        span_token: object,
-        error: BaseException | None,
+    def _end(
+        self, observation: RequestObservation, span_token: object, error: BaseException | None
     ) -> None:
         """Ends an RPC's observation: its span, its metrics and its log line."""
-        _CURRENT.reset(token)
         if error is not None and observation.code == "OK":
-            # Not an error faregate mapped (abort notes those): the caller left,
-            # or a bug that grpc turns into UNKNOWN.
+            # Not an error faregate mapped (the servicer notes those): the
+            # caller left, or a bug that grpc turns into UNKNOWN.
             observation.code = "CANCELLED" if _is_cancellation(error) else "UNKNOWN"
-        latency_s = time.perf_counter() - observation.started_s
+        latency_s = observation.elapsed_s()
         span = observation.span
         if span is not None:
             _end_server_span(span, observation)
@@ -188,70 +149,12 @@ class Telemetry:
         if self._log is not None:
             self._log.write(observation, latency_s)
 
-    # -- hooks on the core path ----------------------------------------------
+    # -- the core's hooks (routing/hooks.py) ---------------------------------
 
-    @staticmethod
-    def observe_call(call: RouteCall) -> None:
-        observation = _CURRENT.get()
-        if observation is not None:
-            observation.call = call
-            observation.request_id = call.request_id
-
-    def observe_plan(self, plan: Plan, records: Sequence[AttemptRecord]) -> None:
-        """The plan made for the request, and the attempt records as they accrue."""
-        observation = _CURRENT.get()
-        if observation is None:
-            return
-        observation.request_id = plan.request_id
-        observation.route = plan.route.name
-        deployment = plan.options[0].deployment
-        observation.model = deployment.name
-        observation.provider = deployment.config.provider.value
-        observation.records = records
-        span = observation.span
-        if span is not None:
-            span.set_attribute("faregate.request_id", plan.request_id)
-            span.set_attribute("faregate.route", plan.route.name)
-
-    @staticmethod
-    def observe_served(
-        deployment: Deployment, records: Sequence[AttemptRecord] | None = None
-    ) -> None:
-        """The model serving the request (after any fallback), and every attempt
-        record when they are no longer gathered in the list `observe_plan` saw."""
-        observation = _CURRENT.get()
-        if observation is not None:
-            observation.model = deployment.name
-            observation.provider = deployment.config.provider.value
-            if records is not None:
-                observation.records = records
-
-    @staticmethod
-    def observe_first_output() -> None:
-        observation = _CURRENT.get()
-        if observation is not None and observation.first_output_s is None:
-            observation.first_output_s = time.perf_counter() - observation.started_s
-
-    @staticmethod
-    def observe_settlement(usage: Usage, cost_nano_usd: int) -> None:
-        observation = _CURRENT.get()
-        if observation is not None:
-            observation.input_tokens = usage.input_tokens
-            observation.output_tokens = usage.output_tokens
-            observation.cost_nano_usd = cost_nano_usd
-
-    def observe_implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
+    def implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
         """An upstream answer whose reported usage was not believed."""
         if self.metrics is not None:
             self.metrics.count_implausible_usage(deployment.name, usage.flaw.value)
-
-    @staticmethod
-    def observe_failure(code: grpc.StatusCode, reason: str) -> None:
-        """The status an RPC ends with, and faregate's ErrorInfo reason."""
-        observation = _CURRENT.get()
-        if observation is not None:
-            observation.code = code.name
-            observation.reason = reason
 
     def span(self, name: str, model: str = "") -> AbstractContextManager[Any]:
         """A leaf span (a child of the current span, never current itself) for
@@ -261,11 +164,21 @@ class Telemetry:
         attributes = {"faregate.model": model} if model else None
         return _LeafSpan(self._tracer.start_span(name, attributes=attributes))
 
-    def pool_slot(self, deployment: Deployment) -> Any:
-        """`deployment.pool.slot()`, traced as a `faregate.pool.wait` span when on."""
+    def pool_wait(self, deployment: Deployment) -> AbstractContextManager[Any] | None:
+        """A `faregate.pool.wait` span for the wait for a worker slot, with the
+        pool's load as it begins; None when tracing is off."""
         if self._tracer is None:
-            return deployment.pool.slot()
-        return _TracedSlot(self._tracer, deployment)
+            return None
+        statistics = deployment.pool.statistics()
+        span = self._tracer.start_span(
+            "faregate.pool.wait",
+            attributes={
+                "faregate.model": deployment.name,
+                "faregate.pool.in_use": statistics.in_use,
+                "faregate.pool.waiting": statistics.waiting,
+            },
+        )
+        return _LeafSpan(span)
 
     def attempt(self, deployment: Deployment) -> UpstreamAttempt:
         """A CLIENT span for one upstream attempt, or a shared no-op when off."""
@@ -289,6 +202,33 @@ class Telemetry:
         config = aiohttp.TraceConfig()
         config.on_request_start.append(_inject_trace_context)
         return [config]
+
+
+class _Observing:
+    """One RPC's observation, for a `with` block; see `Telemetry.observe`."""
+
+    __slots__ = ("_observation", "_span_token", "_telemetry")
+
+    def __init__(
+        self, telemetry: Telemetry, observation: RequestObservation, span_token: object
+    ) -> None:
+        self._telemetry = telemetry
+        self._observation = observation
+        self._span_token = span_token
+
+    def __enter__(self) -> RpcObserver:
+        return self._observation
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._telemetry._end(self._observation, self._span_token, exc)
+
+
+_NOT_OBSERVING: AbstractContextManager[RpcObserver] = nullcontext(NOT_OBSERVED)
 
 
 NO_TELEMETRY = Telemetry(TelemetryConfig(http_listen="", metrics=False, request_log=False))
@@ -380,38 +320,6 @@ class _LeafSpan:
         if exc is not None:
             self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         self._span.end()
-
-
-class _TracedSlot:
-    """A worker slot whose wait is a span; the slot itself is the pool's."""
-
-    __slots__ = ("_deployment", "_slot", "_tracer")
-
-    def __init__(self, tracer: trace.Tracer, deployment: Deployment) -> None:
-        self._tracer = tracer
-        self._deployment = deployment
-        self._slot = deployment.pool.slot()
-
-    async def __aenter__(self) -> None:
-        statistics = self._deployment.pool.statistics()
-        span = self._tracer.start_span(
-            "faregate.pool.wait",
-            attributes={
-                "faregate.model": self._deployment.name,
-                "faregate.pool.in_use": statistics.in_use,
-                "faregate.pool.waiting": statistics.waiting,
-            },
-        )
-        with _LeafSpan(span):
-            await self._slot.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._slot.__aexit__(exc_type, exc, traceback)
 
 
 async def _inject_trace_context(

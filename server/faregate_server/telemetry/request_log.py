@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from faregate_server.telemetry.observation import RequestObservation
+    from faregate_server.telemetry.request_observation import RequestObservation
 
 LOGGER_NAME = "faregate.requests"
 logger = logging.getLogger(LOGGER_NAME)
@@ -28,15 +29,17 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
 class RequestLog:
-    def __init__(self, log_prompts: bool) -> None:
+    def __init__(self, log_prompts: bool, now_s: Callable[[], float] = time.time) -> None:
+        """`now_s`: the wall clock that dates each line (`ts`)."""
         self._log_prompts = log_prompts
+        self._now_s = now_s
 
     def write(self, observation: RequestObservation, latency_s: float) -> None:
         if not logger.isEnabledFor(logging.INFO):
             return
         call = observation.call
         line: dict[str, Any] = {
-            "ts": time.time(),
+            "ts": self._now_s(),
             "rpc": observation.method,
             "request_id": observation.request_id,
             "trace_id": observation.trace_id,

@@ -11,7 +11,6 @@ asyncio's semaphore removes cancelled waiters and hands their turn on.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -103,7 +102,8 @@ class _Slot:
 
     async def __aenter__(self) -> None:
         await self._pool._acquire()
-        self._started_s = time.monotonic()
+        # Service time on the event loop's clock, as attempt latencies are.
+        self._started_s = asyncio.get_running_loop().time()
 
     async def __aexit__(
         self,
@@ -111,4 +111,4 @@ class _Slot:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._pool._release(time.monotonic() - self._started_s)
+        self._pool._release(asyncio.get_running_loop().time() - self._started_s)
