@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import atexit
 import logging
-import logging.handlers
-import queue
 import signal
 import sys
 from collections.abc import Coroutine
@@ -28,7 +26,7 @@ from faregate_server.config.load import address_problem, load_config
 from faregate_server.config.schema import Config, ConfigError, StateBackend
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 from faregate_server.state.export import export_spend
-from faregate_server.telemetry.request_log import LOGGER_NAME as REQUEST_LOGGER
+from faregate_server.telemetry.request_log import write_lines_to as write_request_lines_to
 from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
@@ -133,15 +131,8 @@ def _log_requests_as_json_lines() -> None:
     A thread writes them: a slow reader of stderr must hold up the log, not
     the event loop serving every request.
     """
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.StreamHandler()
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    listener = logging.handlers.QueueListener(lines, writer)
-    listener.start()
-    atexit.register(listener.stop)  # writes what is queued before the process ends
-    request_logger = logging.getLogger(REQUEST_LOGGER)
-    request_logger.addHandler(logging.handlers.QueueHandler(lines))
-    request_logger.propagate = False
+    writer = write_request_lines_to(sys.stderr.fileno())
+    atexit.register(writer.close)  # writes what is buffered before the process ends
 
 
 def _check_config(path: str) -> int:

@@ -7,8 +7,15 @@ cost_nano_usd, latency_ms, outcome (the gRPC status code name) and reason
 added only when the operator set `telemetry.log_prompts`; API keys never
 appear, since no field is built from headers or provider settings.
 
-The line is built only when the logger would emit it, with one `json.dumps`
-of a flat dict: the cost of a request log is a few microseconds.
+Where the lines go: by default to the logger, as records, so an embedding
+application (or a test) routes them as it routes any log. `faregate serve`
+instead calls `write_lines_to` once at start: each line is then handed to a
+`LineWriter` as bytes, without logging's record machinery, and written to
+stderr by the writer's thread, so a slow reader of stderr holds up the log,
+never the event loop (and, past the writer's bound, loses lines, counted).
+
+The line is built only when it goes somewhere, with one encoding of a flat
+dict: the cost of a request log is a few microseconds.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from faregate_server.telemetry.line_writer import LineWriter
+
 if TYPE_CHECKING:
     from faregate_server.telemetry.observation import RequestObservation
 
@@ -25,6 +34,15 @@ LOGGER_NAME = "faregate.requests"
 logger = logging.getLogger(LOGGER_NAME)
 # One encoder, built once: json.dumps with options builds a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+_writer: LineWriter | None = None
+
+
+def write_lines_to(fd: int) -> LineWriter:
+    """Sends every request line to `fd` (one per line, bare JSON) through a
+    `LineWriter`, instead of the logger; close the writer before exiting."""
+    global _writer
+    _writer = LineWriter(fd, "request log")
+    return _writer
 
 
 class RequestLog:
@@ -32,7 +50,8 @@ class RequestLog:
         self._log_prompts = log_prompts
 
     def write(self, observation: RequestObservation, latency_s: float) -> None:
-        if not logger.isEnabledFor(logging.INFO):
+        writer = _writer
+        if writer is None and not logger.isEnabledFor(logging.INFO):
             return
         call = observation.call
         line: dict[str, Any] = {
@@ -59,8 +78,11 @@ class RequestLog:
                 {"role": message.role.value, "content": message.content}
                 for message in call.messages
             ]
+        text = _encode(line)
+        if writer is not None:
+            # As stderr would: a lone surrogate (from a config's escape) is escaped.
+            writer.write(f"{text}\n".encode(errors="backslashreplace"))
+            return
         # makeRecord and handle, as logger.info would, minus its stack walk
         # for a caller's file and line that this line does not show.
-        logger.handle(
-            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _encode(line), (), None)
-        )
+        logger.handle(logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, text, (), None))
