@@ -51,7 +51,7 @@ from faregate_server.app import serve
 from faregate_server.config.load import parse_config
 from faregate_server.domain import Usage
 from faregate_server.telemetry.observation import NO_TELEMETRY
-from faregate_server.telemetry.request_log import LOGGER_NAME
+from faregate_server.telemetry.request_log import write_lines_to
 from faregate_server.telemetry.request_observation import NOT_OBSERVED
 from faregate_server.upstream.catalog import Deployment
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -104,11 +104,7 @@ async def _serve_child(mode: str, data: dict[str, Any]) -> None:
         tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
     # As `faregate serve` does: request lines are bare JSON on stderr (the log file).
     logging.basicConfig(level=logging.INFO)
-    request_logger = logging.getLogger(LOGGER_NAME)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    request_logger.addHandler(handler)
-    request_logger.propagate = False
+    writer = write_lines_to(sys.stderr.fileno())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -118,6 +114,7 @@ async def _serve_child(mode: str, data: dict[str, Any]) -> None:
         await stop.wait()
     if tracer_provider is not None:
         tracer_provider.shutdown()
+    writer.close()
 
 
 async def _cpu_per_call_us(pid: int, call: Call, *, concurrency: int, calls: int) -> float:

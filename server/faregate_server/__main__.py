@@ -14,11 +14,9 @@ import argparse
 import asyncio
 import atexit
 import logging
-import logging.handlers
-import queue
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,21 @@ from faregate_server.config.load import address_problem, load_config
 from faregate_server.config.schema import Config, ConfigError, StateBackend
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 from faregate_server.state.export import export_spend
-from faregate_server.telemetry.request_log import LOGGER_NAME as REQUEST_LOGGER
+from faregate_server.telemetry.request_log import write_lines_to as write_request_lines_to
 from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
+
+# uvloop's event loop where it is installed, else asyncio's own. grpc.aio polls
+# gRPC's sockets on a thread of its own and hands completions to the loop, so
+# the gain is on the rest (upstream HTTP, timers, tasks): about 8% less CPU per
+# Route and per streamed token on the bench. Its clock ticks in milliseconds,
+# which no timeout here comes near.
+_new_event_loop: Callable[[], asyncio.AbstractEventLoop]
+try:
+    from uvloop import new_event_loop as _new_event_loop
+except ImportError:  # not built for this platform
+    _new_event_loop = asyncio.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,15 +142,8 @@ def _log_requests_as_json_lines() -> None:
     A thread writes them: a slow reader of stderr must hold up the log, not
     the event loop serving every request.
     """
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.StreamHandler()
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    listener = logging.handlers.QueueListener(lines, writer)
-    listener.start()
-    atexit.register(listener.stop)  # writes what is queued before the process ends
-    request_logger = logging.getLogger(REQUEST_LOGGER)
-    request_logger.addHandler(logging.handlers.QueueHandler(lines))
-    request_logger.propagate = False
+    writer = write_request_lines_to(sys.stderr.fileno())
+    atexit.register(writer.close)  # writes what is buffered before the process ends
 
 
 def _check_config(path: str) -> int:
@@ -162,7 +164,8 @@ def _check_config(path: str) -> int:
 
 def _run(main: Coroutine[Any, Any, None]) -> int:
     try:
-        asyncio.run(main)
+        with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+            runner.run(main)
     except ConfigError as error:  # e.g. a ledger file that is corrupt or locked
         print(f"faregate: cannot start: {error}", file=sys.stderr)
         return 2

@@ -7,8 +7,16 @@ cost_nano_usd, latency_ms, outcome (the gRPC status code name) and reason
 added only when the operator set `telemetry.log_prompts`; API keys never
 appear, since no field is built from headers or provider settings.
 
-The line is built only when the logger would emit it, with one `json.dumps`
-of a flat dict: the cost of a request log is a few microseconds.
+Where the lines go: by default to the logger, as records, so an embedding
+application (or a test) routes them as it routes any log. `faregate serve`
+instead calls `write_lines_to` once at start: each line is then handed to a
+`LineWriter` as bytes, without logging's record machinery, and written to
+stderr by the writer's thread, so a slow reader of stderr holds up the log,
+never the event loop (and, past the writer's bound, loses lines, counted).
+
+The line is built only when it goes somewhere, with one orjson encoding of
+a flat dict: the cost of a request log is a few microseconds. It is compact
+JSON (`{"ts":1795000000.1,"rpc":"Route",...}`), non-ASCII text as UTF-8.
 """
 
 from __future__ import annotations
@@ -19,13 +27,27 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from faregate_server.telemetry.line_writer import LineWriter
+
 if TYPE_CHECKING:
     from faregate_server.telemetry.request_observation import RequestObservation
 
 LOGGER_NAME = "faregate.requests"
 logger = logging.getLogger(LOGGER_NAME)
-# One encoder, built once: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+# For what orjson refuses (a lone surrogate, say from a config's escape); in
+# the same compact form. Built once: json.dumps with options builds one per call.
+_encode_slowly = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_writer: LineWriter | None = None
+
+
+def write_lines_to(fd: int) -> LineWriter:
+    """Sends every request line to `fd` (one per line, bare JSON) through a
+    `LineWriter`, instead of the logger; close the writer before exiting."""
+    global _writer
+    _writer = LineWriter(fd, "request log")
+    return _writer
 
 
 class RequestLog:
@@ -35,7 +57,8 @@ class RequestLog:
         self._now_s = now_s
 
     def write(self, observation: RequestObservation, latency_s: float) -> None:
-        if not logger.isEnabledFor(logging.INFO):
+        writer = _writer
+        if writer is None and not logger.isEnabledFor(logging.INFO):
             return
         call = observation.call
         line: dict[str, Any] = {
@@ -62,8 +85,26 @@ class RequestLog:
                 {"role": message.role.value, "content": message.content}
                 for message in call.messages
             ]
+        if writer is not None:
+            writer.write(_line_bytes(line))
+            return
         # makeRecord and handle, as logger.info would, minus its stack walk
         # for a caller's file and line that this line does not show.
         logger.handle(
-            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _encode(line), (), None)
+            logger.makeRecord(LOGGER_NAME, logging.INFO, __file__, 0, _line_text(line), (), None)
         )
+
+
+def _line_bytes(line: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError
+        # As stderr would write it: the lone surrogate escaped.
+        return f"{_encode_slowly(line)}\n".encode(errors="backslashreplace")
+
+
+def _line_text(line: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(line).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return _encode_slowly(line)

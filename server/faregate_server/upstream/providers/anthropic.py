@@ -9,7 +9,6 @@ named events: `message_start` (input usage), `content_block_delta` (text),
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -31,6 +30,7 @@ from faregate_server.upstream.providers.base import (
     error_excerpt,
     translate_transport_errors,
 )
+from faregate_server.upstream.providers.json_codec import decode_json
 from faregate_server.upstream.redaction import Redactor
 from faregate_server.upstream.usage import MISSING, reported_usage, reported_usage_block
 
@@ -87,16 +87,16 @@ class AnthropicProvider:
                 async for event in events:
                     kind = event.event
                     if kind == "content_block_delta":
-                        delta = json.loads(event.data)["delta"]
+                        delta = decode_json(event.data)["delta"]
                         if delta.get("type") == "text_delta" and delta.get("text"):
                             yield delta["text"]
                     elif kind == "message_start":
-                        usage = json.loads(event.data)["message"].get("usage") or {}
+                        usage = decode_json(event.data)["message"].get("usage") or {}
                         if isinstance(usage, dict):
                             input_tokens = usage.get("input_tokens", input_tokens)
                             output_tokens = usage.get("output_tokens", output_tokens)
                     elif kind == "message_delta":
-                        payload = json.loads(event.data)
+                        payload = decode_json(event.data)
                         reason = (payload.get("delta") or {}).get("stop_reason")
                         if reason:
                             finish_reason = _STOP_REASONS.get(reason, FinishReason.UNSPECIFIED)
@@ -107,7 +107,7 @@ class AnthropicProvider:
                         stopped = True
                         break
                     elif kind == "error":
-                        error = json.loads(event.data).get("error") or {}
+                        error = decode_json(event.data).get("error") or {}
                         raise _stream_error(error, self._redactor)
         if not stopped:
             raise UpstreamError(

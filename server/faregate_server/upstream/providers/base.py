@@ -8,7 +8,6 @@ are translated here, once, by `translate_transport_errors`.
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from faregate_server.errors import (
     UpstreamStalled,
     UpstreamUnavailable,
 )
+from faregate_server.upstream.providers.json_codec import decode_json, encode_json
 from faregate_server.upstream.providers.reading import (
     IdleWatch,
     NoDataTimeout,
@@ -170,12 +170,15 @@ class JsonEndpoint:
         """POSTs body and returns the decoded JSON answer."""
         try:
             async with self._session.post(
-                self._url, data=json.dumps(body), headers=self._headers, timeout=self._whole_timeout
+                self._url,
+                data=encode_json(body),
+                headers=self._headers,
+                timeout=self._whole_timeout,
             ) as response:
                 if response.status != 200:
                     raise await self._error(response)
                 self._refuse_declared_oversize(response)
-                return json.loads(await read_capped(response.content, self._max_response_bytes))
+                return decode_json(await read_capped(response.content, self._max_response_bytes))
         except aiohttp.SocketTimeoutError:
             raise NoDataTimeout(
                 f"upstream sent nothing for first_byte_timeout_s ({self._first_byte_timeout_s:g} s)"
@@ -190,7 +193,7 @@ class JsonEndpoint:
         Leaving the block early, cancellation included, closes the connection.
         """
         async with self._session.post(
-            self._url, data=json.dumps(body), headers=self._headers, timeout=self._stream_timeout
+            self._url, data=encode_json(body), headers=self._headers, timeout=self._stream_timeout
         ) as response:
             if response.status != 200:
                 raise await self._error(response)

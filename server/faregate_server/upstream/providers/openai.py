@@ -7,7 +7,6 @@ end is `data: [DONE]`. An error object inside the stream is an upstream failure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -28,6 +27,7 @@ from faregate_server.upstream.providers.base import (
     error_excerpt,
     translate_transport_errors,
 )
+from faregate_server.upstream.providers.json_codec import decode_json
 from faregate_server.upstream.redaction import Redactor
 from faregate_server.upstream.usage import reported_usage_block
 
@@ -74,7 +74,7 @@ class OpenAIProvider:
                     if event.data == "[DONE]":
                         finished = True
                         break
-                    chunk = json.loads(event.data)
+                    chunk = decode_json(event.data)
                     if "error" in chunk:
                         raise UpstreamError(
                             UpstreamErrorKind.UNAVAILABLE,
