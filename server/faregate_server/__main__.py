@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -31,16 +33,17 @@ from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
 
-# uvloop's event loop where it is installed, else asyncio's own. grpc.aio polls
-# gRPC's sockets on a thread of its own and hands completions to the loop, so
-# the gain is on the rest (upstream HTTP, timers, tasks): about 8% less CPU per
-# Route and per streamed token on the bench. Its clock ticks in milliseconds,
-# which no timeout here comes near.
-_new_event_loop: Callable[[], asyncio.AbstractEventLoop]
-try:
-    from uvloop import new_event_loop as _new_event_loop
-except ImportError:  # not built for this platform
-    _new_event_loop = asyncio.new_event_loop
+# uvloop's event loop where it is installed, else asyncio's own;
+# FAREGATE_EVENT_LOOP=asyncio picks asyncio's anyway. grpc.aio polls gRPC's
+# sockets on a thread of its own and hands completions to the loop, so the
+# gain is on the rest (upstream HTTP, timers, tasks): about 8% less CPU per
+# Route and per streamed token on the bench. Its clock ticks in whole
+# milliseconds: deadlines, which live on it, never come near that, and
+# durations are timed on `Clock.perf_s`, not on it.
+_new_event_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+if os.environ.get("FAREGATE_EVENT_LOOP", "uvloop") != "asyncio":
+    with contextlib.suppress(ImportError):  # not built for this platform
+        from uvloop import new_event_loop as _new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:

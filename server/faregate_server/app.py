@@ -157,6 +157,7 @@ async def serve(
             tracer_provider=tracer_provider,
             metrics=metrics,
             now_s=clock.now_s,
+            perf_s=clock.perf_s,
         )
         stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())

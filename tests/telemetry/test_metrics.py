@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
 from faregate_server.domain import AttemptOutcome, AttemptRecord
 from faregate_server.telemetry.metrics import GatewayMetrics
 from faregate_server.telemetry.request_observation import RequestObservation
@@ -42,7 +43,7 @@ def test_attempts_are_counted_as_first_retry_fallback_and_hedge() -> None:
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     no_models = cast(Catalog, SimpleNamespace(deployments={}))  # no pools or breakers to observe
     metrics = GatewayMetrics(provider, lambda: no_models, budget_labels=False)
-    observation = RequestObservation("Route", None, started_s=0.0)
+    observation = RequestObservation("Route", None, perf_s=lambda: 0.0)
     observation.records = [
         AttemptRecord("a", FAILED, 0.1, 0),
         AttemptRecord("a", FAILED, 0.1, 0),  # the same model again: a retry
@@ -61,3 +62,10 @@ def test_attempts_are_counted_as_first_retry_fallback_and_hedge() -> None:
     }
     assert _counts(reader, "faregate.requests") == {("Route", "", "", "", "OK"): 2}
     provider.shutdown()
+
+
+def test_an_rpc_is_timed_on_the_injected_stopwatch() -> None:
+    readings = iter([5.0, 5.000_3])
+    observation = RequestObservation("Route", None, perf_s=lambda: next(readings))
+
+    assert observation.elapsed_s() == pytest.approx(0.000_3)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from faregate_server.errors import PoolSaturated
-from faregate_server.upstream.pools import ModelPool
+from faregate_server.upstream.pools import _SERVICE_TIME_SMOOTHING, ModelPool
 
 
 async def test_pool_admits_workers_then_queues_then_rejects() -> None:
@@ -74,3 +74,17 @@ async def test_waiters_are_served_first_come_first_served() -> None:
     await asyncio.gather(*tasks)
 
     assert order == [0, 1, 2, 3, 4]
+
+
+async def test_service_time_is_timed_on_the_injected_stopwatch() -> None:
+    # Not the event loop's clock: uvloop's ticks in whole milliseconds, so a
+    # fast upstream's service time would read 0.
+    readings = iter([10.0, 10.000_25])
+    pool = ModelPool("m", workers=1, queue=0, perf_s=lambda: next(readings))
+
+    async with pool.slot():
+        pass
+
+    assert pool.statistics().mean_service_time_s == pytest.approx(
+        _SERVICE_TIME_SMOOTHING * 0.000_25
+    )

@@ -33,10 +33,11 @@ model it goes to, as a fallback does.
 Leases come from, and go back to, the settlement seam (`Leases`): every
 lease handed in is released here unless it comes back with the result.
 
-Two clocks, one per purpose: latencies, and backoffs weighed against the
-deadline, run on the event loop's clock (the deadline's own, which asyncio's
-timeouts read); cool-downs run on the injected `Clock`'s monotonic time, as
-the breakers and the selector read them.
+Three clocks, one per purpose (see clock.py): backoffs weighed against the
+deadline run on the event loop's clock (the deadline's own, which asyncio's
+timeouts read); latencies are timed on the injected `Clock`'s stopwatch
+(`perf_s`); cool-downs run on its monotonic time, as the breakers and the
+selector read them.
 """
 
 from __future__ import annotations
@@ -130,34 +131,35 @@ async def complete_once(
     request: UpstreamRequest,
     hooks: Hooks,
     reserved_nano_usd: int,
+    clock: Clock,
 ) -> Completion:
-    """One whole-answer call through the model's pool, feeding its health;
-    its usage is judged against what the request made possible, and the
-    reservation (`reserved_nano_usd`) its cost may not exceed."""
+    """One whole-answer call through the model's pool, feeding its health
+    (its latency timed on `clock.perf_s`); its usage is judged against what
+    the request made possible, and the reservation (`reserved_nano_usd`) its
+    cost may not exceed."""
     async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
-        loop = asyncio.get_running_loop()
-        started_s = loop.time()
+        started_s = clock.perf_s()
         attempt = hooks.attempt(deployment)
         active = attempt.activate()
         try:
             completion = await deployment.provider.complete(request)
         except UpstreamError as error:
             attempt.failed(error)
-            _record_failure(deployment, ticket, error, loop.time() - started_s)
+            _record_failure(deployment, ticket, error, clock.perf_s() - started_s)
             raise
         except BaseException:
             attempt.abandoned()
-            _record_abandoned(deployment, ticket, loop.time() - started_s)
+            _record_abandoned(deployment, ticket, clock.perf_s() - started_s)
             raise
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
         usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks)
         attempt.succeeded(usage)
-        elapsed_s = loop.time() - started_s
+        elapsed_s = clock.perf_s() - started_s
         _record_answer(deployment, ticket, usage)
         deployment.latency.observe(elapsed_s, elapsed_s)
         if usage is not completion.usage:
@@ -170,6 +172,7 @@ async def stream_once(
     request: UpstreamRequest,
     hooks: Hooks,
     reserved_nano_usd: int,
+    clock: Clock,
 ) -> AsyncGenerator[str | StreamEnd, None]:
     """One streamed call through the model's pool, feeding its health; the
     usage its end reports is judged as `complete_once` judges it.
@@ -181,8 +184,7 @@ async def stream_once(
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
         deployment.latency.started()
-        loop = asyncio.get_running_loop()
-        started_s = loop.time()
+        started_s = clock.perf_s()
         first_s: float | None = None
         verdict_given = False
         attempt = hooks.attempt(deployment)
@@ -192,7 +194,7 @@ async def stream_once(
         try:
             async with aclosing(deployment.provider.stream(request)) as items:
                 async for item in items:
-                    now_s = loop.time()
+                    now_s = clock.perf_s()
                     if first_s is None:
                         first_s = now_s
                         attempt.deactivate(active)
@@ -211,14 +213,14 @@ async def stream_once(
         except UpstreamError as error:
             verdict_given = True
             attempt.failed(error)
-            _record_failure(deployment, ticket, error, loop.time() - started_s)
+            _record_failure(deployment, ticket, error, clock.perf_s() - started_s)
             raise
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
             if not verdict_given:
                 attempt.abandoned()
-                _record_abandoned(deployment, ticket, loop.time() - started_s)
+                _record_abandoned(deployment, ticket, clock.perf_s() - started_s)
 
 
 def _slot(deployment: Deployment, hooks: Hooks) -> AbstractAsyncContextManager[None]:
@@ -335,8 +337,11 @@ class _Runner(Generic[T]):
     settled: bool = False
     """Its lease was released and its end recorded."""
 
-    def record(self, outcome: AttemptOutcome, error: UpstreamError | None) -> AttemptRecord:
-        return Attempts._record(self.lease, self.started_s, self.hedge, outcome, error)
+    def record(
+        self, outcome: AttemptOutcome, error: UpstreamError | None, now_s: float
+    ) -> AttemptRecord:
+        """Its record, as it ends at `now_s` (the stopwatch, `Clock.perf_s`)."""
+        return Attempts._record(self.lease, now_s - self.started_s, self.hedge, outcome, error)
 
 
 class Attempts:
@@ -386,18 +391,20 @@ class Attempts:
         self, lease: Lease, start: Callable[[Lease], Awaitable[T]], records: list[AttemptRecord]
     ) -> tuple[T, Lease, AttemptRecord]:
         """One attempt, no hedge: the common case, kept free of tasks."""
-        started_s = asyncio.get_running_loop().time()
+        started_s = self._clock.perf_s()
         try:
             result = await start(lease)
         except UpstreamError as error:
             self._leases.release(lease)
             self._feedback(lease.option.deployment, error)
-            records.append(self._record(lease, started_s, False, AttemptOutcome.FAILED, error))
+            latency_s = self._clock.perf_s() - started_s
+            records.append(self._record(lease, latency_s, False, AttemptOutcome.FAILED, error))
             raise AttemptsFailed(error, lease.option.deployment) from None
         except BaseException:
             self._leases.release(lease)
             raise
-        return result, lease, self._record(lease, started_s, False, AttemptOutcome.SUCCEEDED)
+        latency_s = self._clock.perf_s() - started_s
+        return result, lease, self._record(lease, latency_s, False, AttemptOutcome.SUCCEEDED)
 
     async def _race(
         self,
@@ -414,8 +421,8 @@ class Attempts:
         Whatever ends the race, cancellation included, every runner but the
         one handed back is cancelled and its lease released before this returns.
         """
-        loop = asyncio.get_running_loop()
-        runners = [_Runner(lease, asyncio.ensure_future(start(lease)), loop.time(), False)]
+        perf_s = self._clock.perf_s
+        runners = [_Runner(lease, asyncio.ensure_future(start(lease)), perf_s(), False)]
         winner: _Runner[T] | None = None
         try:
             await asyncio.wait({runners[0].task}, timeout=delay_s)
@@ -424,11 +431,15 @@ class Attempts:
                 if hedge is not None:
                     tried.append(hedge.option.deployment)
                     task = asyncio.ensure_future(start(hedge))
-                    runners.append(_Runner(hedge, task, loop.time(), True))
+                    runners.append(_Runner(hedge, task, perf_s(), True))
             winner = await self._first_success(runners, records)
         finally:
             await self._end_race(runners, winner, discard, records)
-        return winner.task.result(), winner.lease, winner.record(AttemptOutcome.SUCCEEDED, None)
+        return (
+            winner.task.result(),
+            winner.lease,
+            winner.record(AttemptOutcome.SUCCEEDED, None, perf_s()),
+        )
 
     async def _first_success(
         self, runners: list[_Runner[T]], records: list[AttemptRecord]
@@ -448,12 +459,14 @@ class Attempts:
                 self._leases.release(runner.lease)
                 if isinstance(error, UpstreamError):
                     self._feedback(runner.lease.option.deployment, error)
-                    records.append(runner.record(AttemptOutcome.FAILED, error))
+                    records.append(
+                        runner.record(AttemptOutcome.FAILED, error, self._clock.perf_s())
+                    )
                     failure = AttemptsFailed(error, runner.lease.option.deployment)
                 else:
                     # Not an upstream failure (a full pool, say): it ends this
                     # attempt, not the race.
-                    records.append(runner.record(AttemptOutcome.FAILED, None))
+                    records.append(runner.record(AttemptOutcome.FAILED, None, self._clock.perf_s()))
                     failure = failure or error
         assert failure is not None
         raise failure
@@ -476,7 +489,7 @@ class Attempts:
             runner.settled = True
             runner.task.cancel()
             self._leases.release(runner.lease)
-            records.append(runner.record(AttemptOutcome.CANCELLED, None))
+            records.append(runner.record(AttemptOutcome.CANCELLED, None, self._clock.perf_s()))
         cancelled = False
         while unfinished := {runner.task for runner in losers if not runner.task.done()}:
             try:
@@ -581,7 +594,7 @@ class Attempts:
     @staticmethod
     def _record(
         lease: Lease,
-        started_s: float,
+        latency_s: float,
         hedge: bool,
         outcome: AttemptOutcome,
         error: UpstreamError | None = None,
@@ -589,7 +602,7 @@ class Attempts:
         return AttemptRecord(
             model=lease.option.deployment.name,
             outcome=outcome,
-            latency_s=asyncio.get_running_loop().time() - started_s,
+            latency_s=latency_s,
             cost_nano_usd=0,
             hedge=hedge,
             reason="" if error is None else failure_reason(error),

@@ -351,6 +351,7 @@ class Gateway:
             upstream_request(plan, lease),
             self._hooks,
             lease.holding.amount_nano_usd,
+            self._clock,
         )
 
     async def _open_stream(self, plan: Plan, lease: Lease) -> StreamOpening:
@@ -359,6 +360,7 @@ class Gateway:
             upstream_request(plan, lease),
             self._hooks,
             lease.holding.amount_nano_usd,
+            self._clock,
         )
         return items, await anext(items)
 

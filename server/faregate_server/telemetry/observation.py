@@ -75,9 +75,12 @@ class Telemetry:
         tracer_provider: trace.TracerProvider | None = None,
         metrics: GatewayMetrics | None = None,
         now_s: Callable[[], float] = time.time,
+        perf_s: Callable[[], float] = time.perf_counter,
     ) -> None:
         """`now_s` is the wall clock that dates request log lines (the
-        server's `Clock.now_s`, as for spend records)."""
+        server's `Clock.now_s`, as for spend records); `perf_s` the stopwatch
+        that times each RPC (its `Clock.perf_s`)."""
+        self._perf_s = perf_s
         self.config = config
         self._owned_tracer_provider: TracerProvider | None = None
         if tracer_provider is None and config.otlp_endpoint:
@@ -128,8 +131,8 @@ class Telemetry:
                 attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
             )
             span_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        started_s = asyncio.get_running_loop().time()
-        return _Observing(self, RequestObservation(name, span, started_s), span_token)
+        observation = RequestObservation(name, span, self._perf_s)
+        return _Observing(self, observation, span_token)
 
     def _end(
         self, observation: RequestObservation, span_token: object, error: BaseException | None

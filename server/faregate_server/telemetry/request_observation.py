@@ -12,8 +12,7 @@ deadlines are.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import trace
@@ -43,6 +42,7 @@ class RequestObservation:
     """What one RPC did; see the module docstring."""
 
     __slots__ = (
+        "_perf_s",
         "call",
         "code",
         "cost_nano_usd",
@@ -60,11 +60,12 @@ class RequestObservation:
         "started_s",
     )
 
-    def __init__(self, method: str, span: Span | None, started_s: float) -> None:
-        """`started_s`: when the RPC began, on the event loop's clock."""
+    def __init__(self, method: str, span: Span | None, perf_s: Callable[[], float]) -> None:
+        """Starts now on the stopwatch `perf_s` (`Clock.perf_s`)."""
         self.method = method
         self.span = span
-        self.started_s = started_s
+        self._perf_s = perf_s
+        self.started_s = perf_s()
         self.call: RouteCall | None = None
         self.request_id = ""
         self.route = ""
@@ -87,7 +88,7 @@ class RequestObservation:
 
     def elapsed_s(self) -> float:
         """Seconds since the RPC began."""
-        return asyncio.get_running_loop().time() - self.started_s
+        return self._perf_s() - self.started_s
 
     def called(self, call: RouteCall) -> None:
         self.call = call

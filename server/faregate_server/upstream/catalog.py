@@ -57,7 +57,7 @@ class Deployment:
         self.config = config
         self.provider = provider
         self.counter = counter
-        self.pool = ModelPool(config.name, config.workers, config.queue)
+        self.pool = ModelPool(config.name, config.workers, config.queue, clock.perf_s)
         self.breaker = CircuitBreaker(config.name, config.breaker, clock)
         self.latency = LatencyTracker()
         self.retry_budget = RetryBudget(

@@ -11,6 +11,8 @@ asyncio's semaphore removes cancelled waiters and hands their turn on.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -34,8 +36,12 @@ class PoolStatistics:
 class ModelPool:
     """Bounds one model's concurrent upstream calls; use `async with pool.slot():`."""
 
-    def __init__(self, model: str, workers: int, queue: int) -> None:
+    def __init__(
+        self, model: str, workers: int, queue: int, perf_s: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """`perf_s`: the stopwatch that times each slot's service (`Clock.perf_s`)."""
         self._model = model
+        self._perf_s = perf_s
         self._workers = workers
         self._queue_capacity = queue
         self._slots = asyncio.Semaphore(workers)
@@ -102,8 +108,7 @@ class _Slot:
 
     async def __aenter__(self) -> None:
         await self._pool._acquire()
-        # Service time on the event loop's clock, as attempt latencies are.
-        self._started_s = asyncio.get_running_loop().time()
+        self._started_s = self._pool._perf_s()
 
     async def __aexit__(
         self,
@@ -111,4 +116,4 @@ class _Slot:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._pool._release(asyncio.get_running_loop().time() - self._started_s)
+        self._pool._release(self._pool._perf_s() - self._started_s)
