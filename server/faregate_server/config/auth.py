@@ -28,7 +28,7 @@ from faregate_server.config.fields import (
     keyed,
     no_default_shown,
 )
-from faregate_server.config.problems import Loc, problem, reject
+from faregate_server.config.problems import Loc, problem
 from faregate_server.security.api_keys import ApiKeyHash, KeyFormatError, parse_key_hash
 from faregate_server.security.distinguished_names import parse_subject
 
@@ -137,28 +137,25 @@ class AuthConfig:
     )
     """Who may call, by name."""
 
-    @model_validator(mode="after")
-    def _credentials(self) -> AuthConfig:
-        key_ids = [key.key_id for p in self.principals.values() for key in p.api_keys]
-        subjects = [subject for p in self.principals.values() for subject in p.certificate_subjects]
-        problems: list[tuple[Loc, str]] = []
-        if len(key_ids) != len(set(key_ids)):
-            problems.append((("principals",), "two API keys share a key id"))
-        if len(subjects) != len({parse_subject(subject) for subject in subjects}):
-            problems.append(
-                (
-                    ("principals",),
-                    "two principals claim one certificate subject (in any spelling)",
-                )
+
+def credential_problems(auth: AuthConfig) -> list[tuple[Loc, str]]:
+    """What breaks the rules between the principals' credentials (places below `auth`)."""
+    key_ids = [key.key_id for p in auth.principals.values() for key in p.api_keys]
+    subjects = [subject for p in auth.principals.values() for subject in p.certificate_subjects]
+    problems: list[tuple[Loc, str]] = []
+    if len(key_ids) != len(set(key_ids)):
+        problems.append((("principals",), "two API keys share a key id"))
+    if len(subjects) != len({parse_subject(subject) for subject in subjects}):
+        problems.append(
+            (("principals",), "two principals claim one certificate subject (in any spelling)")
+        )
+    if auth.enabled and not key_ids and not subjects:
+        problems.append(
+            (
+                ("enabled",),
+                "auth is on but no principal has an API key or a certificate subject; add"
+                " one (`faregate new-api-key`) or set auth.enabled: false for local"
+                " development",
             )
-        if self.enabled and not key_ids and not subjects:
-            problems.append(
-                (
-                    ("enabled",),
-                    "auth is on but no principal has an API key or a certificate subject; add"
-                    " one (`faregate new-api-key`) or set auth.enabled: false for local"
-                    " development",
-                )
-            )
-        reject(problems)
-        return self
+        )
+    return problems

@@ -96,10 +96,12 @@ class LimitPoolConfig:
 
     name: FromKey
     unit: Annotated[LimitUnit, Choice()]
+    """What the pool counts: requests, tokens, usd (money) or custom units."""
     capacity: Annotated[int, Integer(1), Field(default=0), no_default_shown]
     """Units per window (nano-USD for a USD pool, written `capacity_usd`); required
     for the other units."""
     window: Annotated[Window, Choice(), Field(default=Window.MINUTE)]
+    """When the pool's use returns to zero."""
     scarcity_k: Annotated[float, Number(0)] = 1.0
     """Exponent of the scarcity multiplier 1/f^k as the remaining fraction f falls."""
     capacity_usd: InitVar[Annotated[int | None, Usd(), Field(default=None), no_default_shown]] = (

@@ -20,7 +20,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from faregate_server.config.fields import address_problem
-from faregate_server.config.problems import ConfigError, Loc, problems_of
+from faregate_server.config.problems import ConfigError, Loc, lines, notes_context
 from faregate_server.config.schema import Config, TlsConfig, config_adapter, tls_adapter
 
 __all__ = ["address_problem", "load_config", "load_tls", "parse_config"]
@@ -51,18 +51,23 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"not valid YAML: {error}") from None
     if data is None:  # an empty file
         data = {}
-    return _validate(config_adapter(), data, (), {"env": env or os.environ})
+    return _validate(config_adapter(), data, (), env=env or os.environ)
 
 
 def load_tls(section: Mapping[str, Any], path: str = "server.tls") -> TlsConfig:
     """Reads and checks the TLS files a `server.tls`-shaped section names; the
     server calls it again when the files change (see `faregate_server.security.tls`)."""
-    return _validate(tls_adapter(), section, tuple(path.split(".")), None)
+    return _validate(tls_adapter(), section, tuple(path.split(".")))
 
 
-def _validate(adapter: TypeAdapter[_T], data: Any, at: Loc, context: Any) -> _T:
+def _validate(adapter: TypeAdapter[_T], data: Any, at: Loc, **context: Any) -> _T:
+    validation, notes = notes_context(**context)
+    failure: ValidationError | None = None
     try:
-        return adapter.validate_python(data, context=context)
+        valid = adapter.validate_python(data, context=validation)
     except ValidationError as error:
-        sections = [str(key) for key in data] if isinstance(data, Mapping) else []
-        raise ConfigError.of(problems_of(error, at, sections)) from None
+        failure = error
+    if failure is None and not notes:
+        return valid
+    sections = [str(key) for key in data] if isinstance(data, Mapping) else []
+    raise ConfigError.of(lines(failure, notes, at, sections))

@@ -2,21 +2,21 @@
 
 Prices are integer nano-USD per million tokens, read exactly from the file's USD.
 A model's API key is read, at load, from the environment variable its config
-names, and kept out of every repr. A model's draws on limit pools name pools
-the config has; the rules between sections (`faregate_server.config.schema`)
-check that and give an unrated draw its pool's natural rate.
+names, and kept out of every repr (`settle_model`, which also checks the rules
+between a model's fields). A model's draws on limit pools name pools the config
+has; the rules between sections (`faregate_server.config.schema`) check that and
+give an unrated draw its pool's natural rate.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from enum import StrEnum
 from typing import Annotated
 
 import pydantic.dataclasses
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from faregate_server.config.fields import (
@@ -34,7 +34,7 @@ from faregate_server.config.fields import (
     set_derived,
 )
 from faregate_server.config.limits import LimitDraw
-from faregate_server.config.problems import Loc, reject
+from faregate_server.config.problems import Loc
 from faregate_server.domain import Capability
 from faregate_server.money import Price
 
@@ -164,6 +164,7 @@ class ModelConfig:
     draws: SkipJsonSchema[tuple[LimitDraw, ...]] = field(init=False, default=())
     """The limit pools each request draws on."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """When the model's circuit breaker opens and how it recovers."""
     first_byte_timeout_s: Annotated[
         float, Number(), Field(default_factory=lambda data: data.get("idle_timeout_s"))
     ]
@@ -181,22 +182,22 @@ class ModelConfig:
         object.__setattr__(self, "price", Price(input_usd_per_mtok, output_usd_per_mtok))
         object.__setattr__(self, "draws", tuple(limits.values()))
 
-    @model_validator(mode="after")
-    def _rules(self, info: ValidationInfo) -> ModelConfig:
-        env: Mapping[str, str] = (info.context or {}).get("env", os.environ)
-        problems: list[tuple[Loc, str]] = []
-        if not self.api_base:
-            problems.append((("api_base",), "is required for openai models"))
-        if self.api_key_env:
-            api_key = env.get(self.api_key_env)
-            if not api_key:
-                problems.append(
-                    (("api_key_env",), f"environment variable {self.api_key_env} is not set")
-                )
-            set_derived(self, "api_key", api_key or None)
-        elif self.provider is ProviderKind.ANTHROPIC:
-            problems.append((("api_key_env",), "is required for anthropic models"))
-        if self.max_output_tokens >= self.context_window_tokens:
-            problems.append((("max_output_tokens",), "must be smaller than context_window_tokens"))
-        reject(problems)
-        return self
+
+def settle_model(model: ModelConfig, env: Mapping[str, str]) -> list[tuple[Loc, str]]:
+    """Reads a validated model's API key from `env` into it; returns what breaks the
+    rules between its fields (places below the model)."""
+    problems: list[tuple[Loc, str]] = []
+    if not model.api_base:
+        problems.append((("api_base",), "is required for openai models"))
+    if model.api_key_env:
+        api_key = env.get(model.api_key_env)
+        if not api_key:
+            problems.append(
+                (("api_key_env",), f"environment variable {model.api_key_env} is not set")
+            )
+        set_derived(model, "api_key", api_key or None)
+    elif model.provider is ProviderKind.ANTHROPIC:
+        problems.append((("api_key_env",), "is required for anthropic models"))
+    if model.max_output_tokens >= model.context_window_tokens:
+        problems.append((("max_output_tokens",), "must be smaller than context_window_tokens"))
+    return problems

@@ -8,14 +8,16 @@ Invariants:
   order the schema checks its fields.
 - A name that is not a valid key (`models: {1: ...}`) is reported once, at the
   mapping; nothing is said about the value filed under it.
-- A validator that judges several fields at once (a section's rules, the rules
-  between sections) reports through `reject`, naming each problem's place below its
-  own, so those problems have paths like every other.
+- A validator that judges several fields of a section at once reports through
+  `reject`, naming each problem's place below its own; a rule between sections
+  reports through `note`, naming places from the root, and fails no section, so a
+  broken rule never hides the problems of the rules after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
@@ -25,6 +27,8 @@ Loc = tuple[str | int, ...]
 
 _PROBLEM = "config_problem"
 _PROBLEMS = "config_problems"
+_NOTES = "faregate_notes"
+"""Where a loader's validation context holds the problems rules noted."""
 _KEY = "[key]"
 """How pydantic marks the key, rather than the value, of a mapping entry."""
 SHORTHAND = "<list>"
@@ -70,15 +74,38 @@ def problem(message: str) -> PydanticCustomError:
     return PydanticCustomError(_PROBLEM, "{problem}", {"problem": message})
 
 
-def reject(problems: Iterable[tuple[Loc, str]]) -> None:
-    """Raises every problem at once, each at its place below the validated value; none: returns.
+def reject(problems: Iterable[tuple[Loc, str]], *, from_root: bool = False) -> None:
+    """Raises every problem at once, each at its place below the validated value (or,
+    `from_root`, below the file's root); none: returns.
 
     Raises:
         PydanticCustomError: at least one problem.
     """
     found = tuple(problems)
     if found:
-        raise PydanticCustomError(_PROBLEMS, "{count} problems", {"problems": found})
+        raise PydanticCustomError(
+            _PROBLEMS, "{count} problems", {"problems": found, "from_root": from_root}
+        )
+
+
+def note(context: Any, problems: Iterable[tuple[Loc, str]]) -> None:
+    """Files the problems of a rule between sections (places below the file's root).
+
+    They do not fail the section the rule is attached to, so the rules after it still
+    read that section; the loader (`Notes`) reports them with the rest. Validated
+    without a loader's notes, the section fails.
+    """
+    notes = context.get(_NOTES) if isinstance(context, Mapping) else None
+    if notes is None:
+        reject(problems, from_root=True)
+    else:
+        notes.extend(problems)
+
+
+def notes_context(**context: Any) -> tuple[dict[str, Any], list[tuple[Loc, str]]]:
+    """A validation context whose rules file their problems in the list returned with it."""
+    notes: list[tuple[Loc, str]] = []
+    return {**context, _NOTES: notes}, notes
 
 
 def path(loc: Loc) -> str:
@@ -94,13 +121,17 @@ def path(loc: Loc) -> str:
     return text or "config"
 
 
-def problems_of(
-    error: ValidationError, prefix: Loc = (), sections: Sequence[str] = ()
+def lines(
+    error: ValidationError | None,
+    notes: Sequence[tuple[Loc, str]] = (),
+    prefix: Loc = (),
+    sections: Sequence[str] = (),
 ) -> list[str]:
-    """The lines of a failed validation, under `prefix`, sorted by the file's `sections`."""
-    found: list[tuple[Loc, str]] = []
+    """The lines of a validation's problems (those pydantic raised, and those rules noted),
+    under `prefix`, sorted by the file's `sections`."""
+    found: list[tuple[Loc, str]] = [(prefix + loc, text) for loc, text in notes]
     bad_keys: list[Loc] = []
-    for details in error.errors(include_url=False):
+    for details in error.errors(include_url=False) if error is not None else ():
         loc = prefix + tuple(details["loc"])
         if any(loc[: len(bad)] == bad for bad in bad_keys):
             continue  # the value of a name already refused
@@ -114,7 +145,8 @@ def problems_of(
         elif kind == _PROBLEM:
             found.append((loc, str(context["problem"])))
         elif kind == _PROBLEMS:
-            found.extend((loc + below, text) for below, text in context["problems"])
+            at = prefix if context["from_root"] else loc
+            found.extend((at + below, text) for below, text in context["problems"])
         elif kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key") and loc:
             # An unknown key is named as written, even when YAML read it as a number.
             found.append(((*loc[:-1], str(loc[-1])), _GENERIC[kind]))

@@ -10,9 +10,10 @@ editors. `faregate_server.config.load` reads a file into it.
 Invariants:
 - Values are frozen stdlib dataclasses: reading one on the hot path is a plain
   attribute access. Pydantic validates a file against them once, at load.
-- A rule between sections runs as soon as the sections it reads are valid, so a
-  bad model does not hide a bad budget; every problem of a file is reported at
-  once, with its path.
+- A rule between sections runs whenever the sections it reads are valid, and a
+  broken rule fails no section: a bad model does not hide a bad budget, nor a
+  route naming an unknown model a grant naming an unknown route. Every problem
+  of a file is reported at once, with its path.
 - The JSON Schema is generated from the same classes; the defaults it shows are
   the defaults a load applies.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -35,7 +37,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from faregate_server.config.auth import AuthConfig, Grant, PrincipalConfig
+from faregate_server.config.auth import AuthConfig, Grant, PrincipalConfig, credential_problems
 from faregate_server.config.fields import SECTION, Name, NonEmpty, keyed, set_derived
 from faregate_server.config.limits import (
     BudgetConfig,
@@ -52,8 +54,9 @@ from faregate_server.config.models import (
     ModelConfig,
     ProviderKind,
     SimSettings,
+    settle_model,
 )
-from faregate_server.config.problems import SHORTHAND, ConfigError, Loc, reject
+from faregate_server.config.problems import SHORTHAND, ConfigError, Loc, note
 from faregate_server.config.routes import (
     RetryConfig,
     RouteConfig,
@@ -112,16 +115,20 @@ __all__ = [
 _Key = Annotated[str, Name()]
 
 
-# Fields are declared in the order their rules need them (a rule reads the sections
-# validated before it); problems are reported in the file's order all the same.
+# A rule between sections is attached to the last of the sections it reads, in the
+# order fields are declared (and validated); it runs whenever those sections are valid,
+# and notes its problems instead of failing, so no rule hides another's problems.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole faregate config."""
 
     __pydantic_config__ = SECTION
 
-    limit_pools: Annotated[Mapping[_Key, LimitPoolConfig], keyed()] = field(default_factory=dict)
-    """Provider accounts' limits (requests, tokens or money per window), by name."""
+    # The rules of a section left out apply all the same (its default is validated).
+    server: Annotated[ServerConfig, Field(validate_default=True)] = field(
+        default_factory=ServerConfig
+    )
+    """The gRPC port: where it listens, what it accepts, TLS, how it stops."""
     models: Annotated[
         Mapping[_Key, ModelConfig],
         keyed(),
@@ -129,59 +136,64 @@ class Config:
         Field(validate_default=True),
     ] = field(default_factory=dict)
     """The upstream models faregate can call, by the name agents use."""
-    routes: Annotated[Mapping[_Key, RouteConfig], keyed(spelled=Mapping[_Key, RouteSpelling])] = (
-        field(default_factory=dict)
-    )
+    routes: Annotated[
+        Mapping[_Key, RouteConfig],
+        keyed(spelled=Mapping[_Key, RouteSpelling]),
+        Field(validate_default=True),
+    ] = field(default_factory=dict)
     """Named lists of candidate models; agents name a route in `model`."""
     budgets: Annotated[Mapping[_Key, BudgetConfig], keyed()] = field(default_factory=dict)
     """Money agents may spend, by `budget_key`."""
-    # The rules of a section left out apply all the same (its default is validated).
-    server: Annotated[ServerConfig, Field(validate_default=True)] = field(
-        default_factory=ServerConfig
-    )
+    limit_pools: Annotated[
+        Mapping[_Key, LimitPoolConfig], keyed(), Field(validate_default=True)
+    ] = field(default_factory=dict)
+    """Provider accounts' limits (requests, tokens or money per window), by name."""
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    """How the router scores candidates."""
     retries: RetryConfig = field(default_factory=RetryConfig)
+    """How often a request is tried again, and how retries are rationed."""
     state: StateConfig = field(default_factory=StateConfig)
+    """Where budgets, limit pools, the ledger and request ids live."""
     admin: Annotated[AdminConfig, Field(validate_default=True)] = field(default_factory=AdminConfig)
+    """The operators' AdminService."""
     auth: Annotated[AuthConfig, Field(validate_default=True)] = field(default_factory=AuthConfig)
+    """Who may call faregate, and what they may use."""
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    """Traces, metrics and request logs (read at startup only)."""
 
     @field_validator("models", mode="after")
     @classmethod
-    def _draws_name_pools(
+    def _settle_models(
         cls, models: Mapping[str, ModelConfig], info: ValidationInfo
     ) -> Mapping[str, ModelConfig]:
-        pools: Mapping[str, LimitPoolConfig] | None = info.data.get("limit_pools")
-        if pools is None:
-            return models  # the pools' own problems are reported
-        problems: list[tuple[Loc, str]] = []
-        for name, model in models.items():
-            unknown = [draw.pool for draw in model.draws if draw.pool not in pools]
-            problems.extend(
-                ((name, "limits", pool), f"{pool!r} is not a configured limit pool")
-                for pool in unknown
-            )
-            if not unknown:  # an unrated draw takes its pool unit's natural rate
-                draws = tuple(draw.natural(pools[draw.pool].unit) for draw in model.draws)
-                set_derived(model, "draws", draws)
-        reject(problems)
+        env: Mapping[str, str] = (info.context or {}).get("env", os.environ)
+        note(
+            info.context,
+            [
+                (("models", name, *at), problem)
+                for name, model in models.items()
+                for at, problem in settle_model(model, env)
+            ],
+        )
         return models
 
     @field_validator("routes", mode="wrap")
     @classmethod
-    def _candidates_name_models(
+    def _routes_name_models(
         cls, written: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Mapping[str, RouteConfig]:
         routes: Mapping[str, RouteConfig] = handler(written)
+        server: ServerConfig | None = info.data.get("server")
         models: Mapping[str, ModelConfig] | None = info.data.get("models")
         if models is None:
             return routes
         problems: list[tuple[Loc, str]] = []
         for name, route in routes.items():
             if name in models:
-                problems.append(((name,), "a model has the same name"))
+                problems.append((("routes", name), "a model has the same name"))
             # Paths name the candidates where the file has them.
-            listed: Loc = (name, SHORTHAND if isinstance(written[name], list) else "candidates")
+            short = isinstance(written, Mapping) and isinstance(written.get(name), list)
+            listed: Loc = ("routes", name, SHORTHAND if short else "candidates")
             seen: set[str] = set()
             for index, slot in enumerate(route.slots):
                 for model in slot.models:
@@ -190,19 +202,32 @@ class Config:
                     elif model in seen:
                         problems.append(((*listed, index), f"lists {model!r} twice"))
                     seen.add(model)
-        reject(problems)
+        default = None if server is None else server.default_route
+        if default is not None and default not in routes and default not in models:
+            problems.append(
+                (("server", "default_route"), f"{default!r} is neither a route nor a model")
+            )
+        note(info.context, problems)
         return routes
 
-    @field_validator("server", mode="after")
+    @field_validator("limit_pools", mode="after")
     @classmethod
-    def _default_route_exists(cls, server: ServerConfig, info: ValidationInfo) -> ServerConfig:
-        routes, models = info.data.get("routes"), info.data.get("models")
-        if routes is None or models is None:
-            return server
-        if server.default_route not in routes and server.default_route not in models:
-            trouble = f"{server.default_route!r} is neither a route nor a model"
-            reject([(("default_route",), trouble)])
-        return server
+    def _draws_name_pools(
+        cls, pools: Mapping[str, LimitPoolConfig], info: ValidationInfo
+    ) -> Mapping[str, LimitPoolConfig]:
+        models: Mapping[str, ModelConfig] | None = info.data.get("models")
+        problems: list[tuple[Loc, str]] = []
+        for name, model in (models or {}).items():
+            unknown = [draw.pool for draw in model.draws if draw.pool not in pools]
+            problems.extend(
+                (("models", name, "limits", pool), f"{pool!r} is not a configured limit pool")
+                for pool in unknown
+            )
+            if not unknown:  # an unrated draw takes its pool unit's natural rate
+                draws = tuple(draw.natural(pools[draw.pool].unit) for draw in model.draws)
+                set_derived(model, "draws", draws)
+        note(info.context, problems)
+        return pools
 
     @field_validator("admin", mode="after")
     @classmethod
@@ -212,13 +237,16 @@ class Config:
         # split its connections between them.
         ephemeral = server is None or server.listen.endswith(":0")
         if server is not None and admin.listen == server.listen and not ephemeral:
-            reject([(("listen",), "must differ from server.listen (or be empty)")])
+            note(
+                info.context,
+                [(("admin", "listen"), "must differ from server.listen (or be empty)")],
+            )
         return admin
 
     @field_validator("auth", mode="after")
     @classmethod
-    def _grants_name_what_exists(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
-        problems: list[tuple[Loc, str]] = []
+    def _principals_name_what_exists(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
+        problems = [(("auth", *at), problem) for at, problem in credential_problems(auth)]
         for section in ("budgets", "routes", "models"):
             known: Mapping[str, object] | None = info.data.get(section)
             if known is None:
@@ -226,7 +254,7 @@ class Config:
             for name, principal in auth.principals.items():
                 grant: Grant = getattr(principal, section)
                 problems.extend(
-                    (("principals", name, section), f"{unknown!r} is not configured")
+                    (("auth", "principals", name, section), f"{unknown!r} is not configured")
                     for unknown in sorted(grant.names - known.keys())
                 )
         server: ServerConfig | None = info.data.get("server")
@@ -234,12 +262,12 @@ class Config:
         if subjects and server is not None and (server.tls is None or not server.tls.mutual):
             problems.append(
                 (
-                    ("principals",),
+                    ("auth", "principals"),
                     "certificate_subjects need mutual TLS (server.tls.client_ca_file):"
                     " without it no client presents a certificate",
                 )
             )
-        reject(problems)
+        note(info.context, problems)
         return auth
 
 
