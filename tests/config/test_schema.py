@@ -287,6 +287,8 @@ def test_api_keys_come_from_the_process_environment_unless_one_is_given(
         ("models: {'': {}}\n", "models: names must be non-empty strings, got ''"),
         ("models: {null: {}}\n", "models: names must be non-empty strings, got None"),
         ("models: [unclosed\n", "not valid YAML"),
+        ("models: {m: {capabilities: !!set {tools: null}}}\n", "models.m.capabilities: must be a"),
+        ("routes: {r: {candidates: !!set {a: null}}}\n", "routes.r.candidates: must be a list"),
     ],
 )
 def test_a_hostile_file_is_refused_naming_the_field(text: str, problem: str) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, ModelWrapValidatorHandler, model_validator
 
 from faregate_server.config.fields import (
+    A_LIST,
     SECTION,
     Boolean,
     FromKey,
@@ -90,9 +91,9 @@ class PrincipalConfig:
     __pydantic_config__ = SECTION
 
     name: FromKey
-    api_keys: tuple[StoredKey, ...] = ()
+    api_keys: Annotated[tuple[StoredKey, ...], A_LIST] = ()
     """Stored hashes of its API keys (`faregate new-api-key`)."""
-    certificate_subjects: tuple[Subject, ...] = ()
+    certificate_subjects: Annotated[tuple[Subject, ...], A_LIST] = ()
     """Verified client-certificate subjects (mutual TLS) that stand for it when
     a call carries no API key, as grpc reports them: "O=Acme,CN=agent-1"."""
     budgets: GrantField = Grant()

@@ -310,6 +310,17 @@ def keyed(spelled: Any = None) -> BeforeValidator:
     return BeforeValidator(named, json_schema_input_type=spelled)
 
 
+def _a_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        raise problem("must be a list")
+    return value
+
+
+A_LIST = BeforeValidator(_a_list)
+"""For a tuple or frozenset field: written as a YAML list, and only so (pydantic would
+also take a set, in no particular order)."""
+
+
 def _refuse(value: Any) -> Any:
     raise problem("unknown field")
 

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from faregate_server.config.fields import (
+    A_LIST,
     SECTION,
     Choice,
     Fraction,
@@ -155,7 +156,7 @@ class ModelConfig:
     """The deployment's version, reported with each answer (canaries split by it)."""
     quality: Annotated[float, Fraction()] = 0.5
     """How good the model is, 0 to 1; the router weighs it against cost."""
-    capabilities: frozenset[Annotated[Capability, Choice()]] = frozenset()
+    capabilities: Annotated[frozenset[Annotated[Capability, Choice()]], A_LIST] = frozenset()
     """What the model can do beyond plain chat."""
     limits: InitVar[
         Annotated[Mapping[Annotated[str, Name()], LimitDraw], keyed(), Field(default_factory=dict)]

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from faregate_server.config.fields import (
+    A_LIST,
     SECTION,
     Boolean,
     CodeOnly,
@@ -85,6 +86,7 @@ class RouteConfig:
     name: FromKey
     slots: Annotated[
         tuple[Candidate, ...],
+        A_LIST,
         NonEmpty("must be a non-empty list of models or splits"),
         Field(validation_alias=AliasChoices("candidates", SHORTHAND)),
     ]
