@@ -2,9 +2,10 @@
 
 Stored API keys are salted digests (`faregate new-api-key` prints one); certificate
 subjects are distinguished names as RFC 4514 writes them, compared in any spelling.
-That a principal's grants name configured budgets, routes and models, and that
-certificate subjects come with mutual TLS, are rules between sections
-(`faregate_server.config.schema`).
+No two principals share a key id or a subject, and auth that is on has at least one
+credential (`credential_problems`). That a principal's grants name configured
+budgets, routes and models, and that certificate subjects come with mutual TLS,
+are rules between sections (`faregate_server.config.schema`).
 """
 
 from __future__ import annotations
