@@ -4,6 +4,7 @@ faregate serve [--config FILE] [--listen HOST:PORT] [--http-listen HOST:PORT] [-
                [--reuse-port]
 faregate export-spend [--config FILE] [--budget-key KEY] [--agent NAME]
 faregate check-config FILE
+faregate config-schema
 faregate new-api-key
 faregate version
 """
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -25,7 +27,7 @@ from typing import Any
 from faregate_server import __version__
 from faregate_server.app import serve
 from faregate_server.config.load import address_problem, load_config
-from faregate_server.config.schema import Config, ConfigError, StateBackend
+from faregate_server.config.schema import Config, ConfigError, StateBackend, json_schema
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 from faregate_server.state.export import export_spend
 from faregate_server.telemetry.request_log import write_lines_to as write_request_lines_to
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     check_parser.add_argument("file", help="the YAML config to validate")
     commands.add_parser(
+        "config-schema", help="print the config file's JSON Schema (for editors) and exit"
+    )
+    commands.add_parser(
         "new-api-key", help="print a new API key and the hash to store for it in the config"
     )
     commands.add_parser("version", help="print the version")
@@ -90,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "config-schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     if args.command == "new-api-key":
         key, stored = new_api_key()
         print(f"key:  {key}")
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"faregate: bad config: {error}", file=sys.stderr)
+        _report_bad_config(error)
         return 2
     if args.command == "export-spend":
         return _run(export_spend(config, args.budget_key, args.agent, sys.stdout))
@@ -154,7 +162,7 @@ def _check_config(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as error:
-        print(f"faregate: bad config: {error}", file=sys.stderr)
+        _report_bad_config(error)
         return 2
     auth = "on" if config.auth.enabled else "OFF"
     print(
@@ -163,6 +171,12 @@ def _check_config(path: str) -> int:
         f" auth {auth})"
     )
     return 0
+
+
+def _report_bad_config(error: ConfigError) -> None:
+    """Every problem on a line of its own, each line whole (for grep and log shippers)."""
+    for problem in error.problems:
+        print(f"faregate: bad config: {problem}", file=sys.stderr)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> int:

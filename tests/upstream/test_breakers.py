@@ -7,9 +7,9 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from faregate_server.config.schema import BreakerSettings
 from faregate_server.upstream.breakers import (
     NEUTRAL_LATENCY_S,
-    BreakerSettings,
     BreakerState,
     CircuitBreaker,
     LatencyTracker,

@@ -1,3 +1,3 @@
-"""The configuration: one schema of every field, its default and its rule, and the loader that
-reads YAML into it.
+"""The configuration: one schema of every field, its default and its rule (`schema`, assembled
+from a module per section), and the loader that reads YAML into it (`load`).
 """

@@ -16,14 +16,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-
-from faregate_server.config.schema import ApiKeyHash
+from dataclasses import dataclass, field
 
 _PREFIX = "fg"
 _SCHEME = "hmac-sha256"
 _KEY_ID_BYTES = 6
 _SECRET_BYTES = 32
 _SALT_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyHash:
+    """A stored API key: its public id and a salted digest of its secret part."""
+
+    key_id: str
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
 # Compared against when a key id is unknown, so that path costs the same.
 _DECOY = ApiKeyHash("", b"\0" * _SALT_BYTES, b"\0" * hashlib.sha256().digest_size)
 

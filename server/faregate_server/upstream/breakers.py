@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from faregate_server.clock import Clock
+from faregate_server.config.schema import BreakerSettings
 
 _log = logging.getLogger(__name__)
 
@@ -113,38 +114,6 @@ class _SlidingCount:
         """Forgets every event."""
         self._counts = [0] * _WINDOW_BUCKETS
         self._total = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """When a deployment's circuit breaker opens and how it recovers."""
-
-    consecutive_failures: int = 5
-    """Open after this many failures in a row."""
-    error_rate: float = 0.5
-    """Also open when failures are at least this share (0 to 1) of the window's outcomes..."""
-    min_requests: int = 10
-    """...provided the window holds at least this many outcomes."""
-    window_s: float = 30.0
-    """The span the error rate is measured over (in ten buckets of window_s / 10)."""
-    cooldown_s: float = 10.0
-    """How long the breaker stays open before it lets trial requests through."""
-    half_open_trials: int = 1
-    """Trial requests allowed in flight at once while half-open."""
-
-    def __post_init__(self) -> None:
-        if self.consecutive_failures < 1:
-            raise ValueError(f"consecutive_failures must be >= 1, not {self.consecutive_failures}")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be between 0 and 1, not {self.error_rate}")
-        if self.min_requests < 1:
-            raise ValueError(f"min_requests must be >= 1, not {self.min_requests}")
-        if not self.window_s > 0.0:
-            raise ValueError(f"window_s must be > 0, not {self.window_s}")
-        if not self.cooldown_s >= 0.0:
-            raise ValueError(f"cooldown_s must be >= 0, not {self.cooldown_s}")
-        if self.half_open_trials < 1:
-            raise ValueError(f"half_open_trials must be >= 1, not {self.half_open_trials}")
 
 
 class BreakerState(StrEnum):
