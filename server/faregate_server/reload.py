@@ -83,7 +83,9 @@ class Reloader:
         try:
             config = load_config(self._path)
         except ConfigError as error:
-            logger.error("config reload refused, the old config keeps serving: %s", error)
+            # One log line however many problems: "; " joins them.
+            problems = "; ".join(error.problems)
+            logger.error("config reload refused, the old config keeps serving: %s", problems)
             raise
         self.apply(config)
         return True
