@@ -212,9 +212,10 @@ class Gateway:
                 plan, lease, completion.text, attempts, scope
             )
         charged = charge(lease, completion.usage, counted)
-        return await self._settle(
-            serving, charged, completion.text, completion.finish_reason, call.request_id, scope
-        )
+        decision = serving.decision.charged(charged.cost_nano_usd)
+        result = _result(decision, charged, completion.text, completion.finish_reason)
+        remaining = await self._settle(serving, charged, result if call.request_id else None, scope)
+        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
     async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamEvent, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
@@ -242,15 +243,19 @@ class Gateway:
             counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
             charged = charge(lease, end.usage, counted)
             settled = True
-            # A stream is not replayed, only its accounting: its output isn't kept.
-            result = await self._settle(
-                serving, charged, "", end.finish_reason, call.request_id, scope
-            )
+            kept = None
+            if call.request_id:
+                # A stream is not replayed, only its accounting: kept is who
+                # served it and what it was charged, not its output, its
+                # attempts or its candidates.
+                accounted = dataclasses.replace(decision, attempts=(), candidates=())
+                kept = _result(accounted, charged, "", end.finish_reason)
+            remaining = await self._settle(serving, charged, kept, scope)
             yield StreamFinished(
-                usage=result.usage,
-                cost_nano_usd=result.cost_nano_usd,
-                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-                finish_reason=result.finish_reason,
+                usage=charged.usage,
+                cost_nano_usd=charged.cost_nano_usd,
+                budget_remaining_nano_usd=remaining,
+                finish_reason=end.finish_reason,
             )
         except UpstreamError as error:
             if delivered.chunks:
@@ -318,32 +323,21 @@ class Gateway:
         self,
         serving: _Serving[T],
         charged: Charge,
-        output: str,
-        finish_reason: FinishReason,
-        request_id: str,
+        kept: RouteResult | None,
         scope: CallScope,
-    ) -> RouteResult:
-        """Settles a request that got its answer, keeping its result for the
-        retries of a client `request_id`. The caller counts the lease settled
-        before this is awaited."""
-        result = RouteResult(
-            decision=serving.decision.charged(charged.cost_nano_usd),
-            output=output,
-            finish_reason=finish_reason,
-            usage=charged.usage,
-            cost_nano_usd=charged.cost_nano_usd,
-            budget_remaining_nano_usd=0,  # known once committed
-        )
-        remaining = await self._settlement.settle(
+    ) -> int:
+        """Settles a request that got its answer, keeping `kept` (for a client
+        `request_id`) for its retries; returns the least money left in its
+        budgets. The caller counts the lease settled before this is awaited."""
+        return await self._settlement.settle(
             serving.plan,
             serving.lease,
             charged,
             "succeeded",
             len(serving.decision.attempts),
             scope,
-            result if request_id else None,
+            kept,
         )
-        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
     async def _complete(self, plan: Plan, lease: Lease) -> Completion:
         return await complete_once(
@@ -361,6 +355,21 @@ class Gateway:
             lease.holding.amount_nano_usd,
         )
         return items, await anext(items)
+
+
+def _result(
+    decision: RoutingDecision, charged: Charge, output: str, finish_reason: FinishReason
+) -> RouteResult:
+    """The result of a request charged `charged`, its budget's remaining money
+    not yet known."""
+    return RouteResult(
+        decision=decision,
+        output=output,
+        finish_reason=finish_reason,
+        usage=charged.usage,
+        cost_nano_usd=charged.cost_nano_usd,
+        budget_remaining_nano_usd=0,  # known once committed
+    )
 
 
 async def _keep(_: Completion) -> None:
