@@ -289,6 +289,12 @@ class Gateway:
         """
         catalog = self.catalog
         plan = await self._planner.plan(call, catalog)
+        # Nothing may suspend between the selection and the first lease: the
+        # selection saw an unprobed model as optimistic, and the settlement
+        # claims its probe before its own first await, so no other request
+        # selects in between and sees the model unprobed too (a burst would
+        # pile onto it). Awaiting a coroutine that returns gives the event
+        # loop no turn, and the planner's selection is its last step.
         lease = await self._settlement.first_lease(plan)
         records: list[AttemptRecord] = []
         scope.observer.planned(
