@@ -70,7 +70,8 @@ def counted_usage(lease: Lease, output_tokens: int) -> Usage:
 
 
 def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Charge:
-    """What a request that got its answer is charged.
+    """What a lease is charged for a usage: an answer's, reported or counted,
+    or the counted part of a stream or a count that was cut short.
 
     The reported usage arrives judged (attempts.py). An implausible report is
     charged the reservation, as the worst case it was reserved for: the
