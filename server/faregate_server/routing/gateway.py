@@ -208,7 +208,7 @@ class Gateway:
         counted = None
         if completion.usage is None:
             attempts = len(serving.decision.attempts)
-            counted = await self._settlement.count_answer(
+            counted = await self._settlement.count_answer_or_settle(
                 plan, lease, completion.text, attempts, scope
             )
         charged = charge(lease, completion.usage, counted)

@@ -219,15 +219,18 @@ class Settlement:
         charged = charge(lease, None, counted_usage(lease, delivered.tokens()))
         await self.settle(plan, lease, charged, "interrupted", attempts, scope)
 
-    async def count_answer(
+    async def count_answer_or_settle(
         self, plan: Plan, lease: Lease, text: str, attempts: int, scope: CallScope
     ) -> Usage:
-        """The counted usage of a whole answer that reported none.
+        """The counted usage of a whole answer that reported none, or, if
+        the count is interrupted, the lease settled and the interruption
+        re-raised.
 
         A long answer is counted in a worker thread. A request interrupted
         meanwhile (its deadline, its caller gone) is charged all the same, as
         its answer is in hand and the provider did the work: at its output
-        cap, the most the count could come to.
+        cap, the most the count could come to. Its caller must then not
+        settle or release the lease again.
         """
         try:
             output_tokens = await count_text(lease.option.deployment.counter, text)
