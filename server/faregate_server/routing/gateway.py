@@ -87,7 +87,8 @@ T = TypeVar("T")
 Stream = AsyncGenerator[str | StreamEnd, None]
 StreamOpening = tuple[Stream, str | StreamEnd]
 """An upstream stream and its first item."""
-StreamEvent = RoutingDecision | str | StreamFinished
+StreamItem = RoutingDecision | str | StreamFinished
+"""What a stream yields: its decision, each text chunk, then its StreamFinished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +146,7 @@ class Gateway:
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
-    def stream(
-        self, call: RouteCall, scope: CallScope | float
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, call: RouteCall, scope: CallScope | float) -> AsyncGenerator[StreamItem, None]:
         """Serves one request as its RoutingDecision, text chunks, then a
         StreamFinished, within its call's `scope` (or, as for `route`, a deadline).
 
@@ -180,7 +179,7 @@ class Gateway:
 
     async def _stream_once(
         self, call: RouteCall, scope: CallScope
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """A stream with a client request id: served at most once."""
         served = await self._claim(call)
         if served is not None:
@@ -217,7 +216,7 @@ class Gateway:
         remaining = await self._settle(serving, charged, result if call.request_id else None, scope)
         return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
-    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamEvent, None]:
+    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamItem, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
         serving = await self._serve(call, scope, self._open_stream, _close_stream)
         plan, lease, decision = serving.plan, serving.lease, serving.decision

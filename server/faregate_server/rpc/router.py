@@ -44,12 +44,11 @@ from faregate_server.domain import (
     FinishReason,
     RouteCall,
     RoutingDecision,
-    StreamFinished,
     TaskKind,
     Usage,
 )
 from faregate_server.errors import InvalidRequest
-from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.gateway import Gateway, StreamItem
 from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain, TrackedCall
@@ -275,7 +274,7 @@ def _served(decision: RoutingDecision) -> dict[str, Any]:
     }
 
 
-def _stream_event(event: RoutingDecision | str | StreamFinished) -> StreamEvent:
+def _stream_event(event: StreamItem) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, RoutingDecision):
