@@ -95,7 +95,7 @@ async def test_a_whole_answer_is_kept_with_its_attempts_and_candidates(
     served: _Served,
 ) -> None:
     call = _call("whole")
-    result = await served.gateway.route(call, CallScope(math.inf))
+    result = await served.gateway.route(call, CallScope.unobserved(math.inf))
 
     kept = await served.kept(call)
     assert kept.output == result.output
@@ -109,7 +109,7 @@ async def test_a_stream_is_kept_as_its_accounting_without_attempts_or_candidates
     served: _Served,
 ) -> None:
     call = _call("stream")
-    events = served.gateway.stream(call, CallScope(math.inf))
+    events = served.gateway.stream(call, CallScope.unobserved(math.inf))
     async with aclosing(events):
         items = [item async for item in events]
     decision, *_, finished = items

@@ -125,8 +125,12 @@ class Gateway:
         self._hooks = hooks
 
     async def route(self, call: RouteCall, scope: CallScope | float) -> RouteResult:
-        """Serves one request whole, within its call's `scope` (or just by a
-        deadline on the event loop's clock: a call nothing observes or drains).
+        """Serves one request whole, within its call's `scope`.
+
+        A bare deadline (the event loop's clock) stands for
+        `CallScope.unobserved(deadline_s)`: the end-to-end tests of
+        tests/e2e/test_resilience.py call the gateway directly that way, and
+        that suite stays unchanged.
 
         A request whose client request id was served before gets that
         result again, neither served nor charged a second time.
@@ -135,7 +139,7 @@ class Gateway:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
         if not isinstance(scope, CallScope):
-            scope = CallScope(scope)
+            scope = CallScope.unobserved(scope)
         if not call.request_id:
             return await self._route(call, scope)
         served = await self._claim(call)
@@ -148,7 +152,8 @@ class Gateway:
 
     def stream(self, call: RouteCall, scope: CallScope | float) -> AsyncGenerator[StreamItem, None]:
         """Serves one request as its RoutingDecision, text chunks, then a
-        StreamFinished, within its call's `scope` (or, as for `route`, a deadline).
+        StreamFinished, within its call's `scope` (or, as for `route`, a bare
+        deadline, for tests/e2e/test_resilience.py).
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
 
@@ -158,7 +163,7 @@ class Gateway:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
         if not isinstance(scope, CallScope):
-            scope = CallScope(scope)
+            scope = CallScope.unobserved(scope)
         if call.request_id:
             return self._stream_once(call, scope)
         return self._stream(call, scope)  # no extra hop per chunk

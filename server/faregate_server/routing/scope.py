@@ -80,3 +80,9 @@ class CallScope:
     observer: RequestObserver = NO_OBSERVER
     on_commit: Callable[[], None] = _no_commit_hook
     """Called once the call is past its commit point; it must not suspend or fail."""
+
+    @classmethod
+    def unobserved(cls, deadline_s: float) -> CallScope:
+        """A scope of only a deadline: nothing observes the call and no drain
+        tracks it (a caller of the gateway with no door, such as a benchmark)."""
+        return cls(deadline_s)
