@@ -175,8 +175,9 @@ class Settlement:
         retries. Returns the least money left in the request's budgets. The
         caller must count the lease as settled before awaiting this: the
         store completes the commit even if the caller is cancelled meanwhile.
-        From here on (`scope.on_commit`) a shutdown lets the call finish: it
-        is charged, so its caller gets its answer.
+        This is the call's commit point (`scope.on_commit`, called before the
+        spend is written): from here on a shutdown lets the call finish, as
+        it is charged, so its caller gets its answer.
         """
         deployment = lease.option.deployment
         if lease.probe:
