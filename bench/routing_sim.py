@@ -35,6 +35,7 @@ from faregate_server.domain import ChatMessage, Role, RouteCall, RoutingHints
 from faregate_server.errors import FaregateError
 from faregate_server.routing.gateway import Gateway
 from faregate_server.routing.planner import Planner
+from faregate_server.routing.scope import CallScope
 from faregate_server.routing.selection import Selector
 from faregate_server.routing.settlement import Settlement
 from faregate_server.state.ledger import MemoryLedger
@@ -99,7 +100,7 @@ async def run_policy(policy: Policy, workload: Sequence[SimRequest]) -> PolicyRe
 
         async def serve(request: SimRequest, call: RouteCall) -> Outcome:
             try:
-                result = await gateway.route(call, loop.time() + _DEADLINE_S)
+                result = await gateway.route(call, CallScope.unobserved(loop.time() + _DEADLINE_S))
             except FaregateError as error:
                 return Outcome(request.task, None, "", 0, 0, 0, error.reason)
             return Outcome(

@@ -69,8 +69,10 @@ class _Books:
     async def settle_interrupted(self, delivered: RunningCount) -> None:
         await self.settlement.settle_interrupted(self.plan, self.lease, delivered, 1, self.scope)
 
-    async def count_answer(self, text: str) -> Usage:
-        return await self.settlement.count_answer(self.plan, self.lease, text, 1, self.scope)
+    async def count_answer_or_settle(self, text: str) -> Usage:
+        return await self.settlement.count_answer_or_settle(
+            self.plan, self.lease, text, 1, self.scope
+        )
 
     @property
     def input_tokens(self) -> int:
@@ -218,7 +220,7 @@ async def test_a_released_lease_charges_nothing(books: _Books) -> None:
 
 async def test_an_answer_interrupted_while_counted_is_charged_at_its_cap(books: _Books) -> None:
     long_answer = "word " * (INLINE_COUNT_CHARS // 4)  # counted in a worker thread
-    counting = asyncio.ensure_future(books.count_answer(long_answer))
+    counting = asyncio.ensure_future(books.count_answer_or_settle(long_answer))
     await asyncio.sleep(0)  # now awaiting the count
 
     counting.cancel()
@@ -233,7 +235,7 @@ async def test_an_answer_interrupted_while_counted_is_charged_at_its_cap(books: 
 async def test_a_whole_answer_is_counted_when_it_reports_no_usage(books: _Books) -> None:
     counter = books.lease.option.deployment.counter
 
-    usage = await books.count_answer("Hello, world")
+    usage = await books.count_answer_or_settle("Hello, world")
 
     assert usage == Usage(books.input_tokens, counter.count_text("Hello, world"))
     assert await books.records() == []  # counted, not yet settled

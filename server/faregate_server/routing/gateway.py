@@ -87,7 +87,8 @@ T = TypeVar("T")
 Stream = AsyncGenerator[str | StreamEnd, None]
 StreamOpening = tuple[Stream, str | StreamEnd]
 """An upstream stream and its first item."""
-StreamEvent = RoutingDecision | str | StreamFinished
+StreamItem = RoutingDecision | str | StreamFinished
+"""What a stream yields: its decision, each text chunk, then its StreamFinished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +125,12 @@ class Gateway:
         self._hooks = hooks
 
     async def route(self, call: RouteCall, scope: CallScope | float) -> RouteResult:
-        """Serves one request whole, within its call's `scope` (or just by a
-        deadline on the event loop's clock: a call nothing observes or drains).
+        """Serves one request whole, within its call's `scope`.
+
+        A bare deadline (the event loop's clock) stands for
+        `CallScope.unobserved(deadline_s)`: the end-to-end tests of
+        tests/e2e/test_resilience.py call the gateway directly that way, and
+        that suite stays unchanged.
 
         A request whose client request id was served before gets that
         result again, neither served nor charged a second time.
@@ -134,7 +139,7 @@ class Gateway:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
         if not isinstance(scope, CallScope):
-            scope = CallScope(scope)
+            scope = CallScope.unobserved(scope)
         if not call.request_id:
             return await self._route(call, scope)
         served = await self._claim(call)
@@ -145,11 +150,10 @@ class Gateway:
         finally:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
-    def stream(
-        self, call: RouteCall, scope: CallScope | float
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, call: RouteCall, scope: CallScope | float) -> AsyncGenerator[StreamItem, None]:
         """Serves one request as its RoutingDecision, text chunks, then a
-        StreamFinished, within its call's `scope` (or, as for `route`, a deadline).
+        StreamFinished, within its call's `scope` (or, as for `route`, a bare
+        deadline, for tests/e2e/test_resilience.py).
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
 
@@ -159,7 +163,7 @@ class Gateway:
             RequestInFlight, RequestIdReused: see `_claim`.
         """
         if not isinstance(scope, CallScope):
-            scope = CallScope(scope)
+            scope = CallScope.unobserved(scope)
         if call.request_id:
             return self._stream_once(call, scope)
         return self._stream(call, scope)  # no extra hop per chunk
@@ -180,7 +184,7 @@ class Gateway:
 
     async def _stream_once(
         self, call: RouteCall, scope: CallScope
-    ) -> AsyncGenerator[StreamEvent, None]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """A stream with a client request id: served at most once."""
         served = await self._claim(call)
         if served is not None:
@@ -208,15 +212,16 @@ class Gateway:
         counted = None
         if completion.usage is None:
             attempts = len(serving.decision.attempts)
-            counted = await self._settlement.count_answer(
+            counted = await self._settlement.count_answer_or_settle(
                 plan, lease, completion.text, attempts, scope
             )
         charged = charge(lease, completion.usage, counted)
-        return await self._settle(
-            serving, charged, completion.text, completion.finish_reason, call.request_id, scope
-        )
+        decision = serving.decision.charged(charged.cost_nano_usd)
+        result = _result(decision, charged, completion.text, completion.finish_reason)
+        remaining = await self._settle(serving, charged, result if call.request_id else None, scope)
+        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
-    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamEvent, None]:
+    async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamItem, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
         serving = await self._serve(call, scope, self._open_stream, _close_stream)
         plan, lease, decision = serving.plan, serving.lease, serving.decision
@@ -242,15 +247,19 @@ class Gateway:
             counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
             charged = charge(lease, end.usage, counted)
             settled = True
-            # A stream is not replayed, only its accounting: its output isn't kept.
-            result = await self._settle(
-                serving, charged, "", end.finish_reason, call.request_id, scope
-            )
+            kept = None
+            if call.request_id:
+                # A stream is not replayed, only its accounting: kept is who
+                # served it and what it was charged, not its output, its
+                # attempts or its candidates.
+                accounted = dataclasses.replace(decision, attempts=(), candidates=())
+                kept = _result(accounted, charged, "", end.finish_reason)
+            remaining = await self._settle(serving, charged, kept, scope)
             yield StreamFinished(
-                usage=result.usage,
-                cost_nano_usd=result.cost_nano_usd,
-                budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-                finish_reason=result.finish_reason,
+                usage=charged.usage,
+                cost_nano_usd=charged.cost_nano_usd,
+                budget_remaining_nano_usd=remaining,
+                finish_reason=end.finish_reason,
             )
         except UpstreamError as error:
             if delivered.chunks:
@@ -284,6 +293,12 @@ class Gateway:
         """
         catalog = self.catalog
         plan = await self._planner.plan(call, catalog)
+        # Nothing may suspend between the selection and the first lease: the
+        # selection saw an unprobed model as optimistic, and the settlement
+        # claims its probe before its own first await, so no other request
+        # selects in between and sees the model unprobed too (a burst would
+        # pile onto it). Awaiting a coroutine that returns gives the event
+        # loop no turn, and the planner's selection is its last step.
         lease = await self._settlement.first_lease(plan)
         records: list[AttemptRecord] = []
         scope.observer.planned(
@@ -318,32 +333,21 @@ class Gateway:
         self,
         serving: _Serving[T],
         charged: Charge,
-        output: str,
-        finish_reason: FinishReason,
-        request_id: str,
+        kept: RouteResult | None,
         scope: CallScope,
-    ) -> RouteResult:
-        """Settles a request that got its answer, keeping its result for the
-        retries of a client `request_id`. The caller counts the lease settled
-        before this is awaited."""
-        result = RouteResult(
-            decision=serving.decision.charged(charged.cost_nano_usd),
-            output=output,
-            finish_reason=finish_reason,
-            usage=charged.usage,
-            cost_nano_usd=charged.cost_nano_usd,
-            budget_remaining_nano_usd=0,  # known once committed
-        )
-        remaining = await self._settlement.settle(
+    ) -> int:
+        """Settles a request that got its answer, keeping `kept` (for a client
+        `request_id`) for its retries; returns the least money left in its
+        budgets. The caller counts the lease settled before this is awaited."""
+        return await self._settlement.settle(
             serving.plan,
             serving.lease,
             charged,
             "succeeded",
             len(serving.decision.attempts),
             scope,
-            result if request_id else None,
+            kept,
         )
-        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
 
     async def _complete(self, plan: Plan, lease: Lease) -> Completion:
         return await complete_once(
@@ -363,6 +367,21 @@ class Gateway:
             self._clock,
         )
         return items, await anext(items)
+
+
+def _result(
+    decision: RoutingDecision, charged: Charge, output: str, finish_reason: FinishReason
+) -> RouteResult:
+    """The result of a request charged `charged`, its budget's remaining money
+    not yet known."""
+    return RouteResult(
+        decision=decision,
+        output=output,
+        finish_reason=finish_reason,
+        usage=charged.usage,
+        cost_nano_usd=charged.cost_nano_usd,
+        budget_remaining_nano_usd=0,  # known once committed
+    )
 
 
 async def _keep(_: Completion) -> None:

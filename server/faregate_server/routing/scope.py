@@ -8,8 +8,8 @@ variable:
   retry backoffs by it;
 - `observer`: the call's record for telemetry, told what was planned, who
   served, when the first output went out and what was charged;
-- `on_commit`: called as the call reaches its commit point (its spend is
-  being made durable), so a graceful shutdown lets it finish (rpc/drain.py).
+- `on_commit`: called at the call's commit point, before its spend is
+  written, so a graceful shutdown lets it finish (rpc/drain.py).
 """
 
 from __future__ import annotations
@@ -79,4 +79,11 @@ class CallScope:
     """When the call must be done, on the event loop's clock."""
     observer: RequestObserver = NO_OBSERVER
     on_commit: Callable[[], None] = _no_commit_hook
-    """Called once the call is past its commit point; it must not suspend or fail."""
+    """Called at the commit point, before the spend is written; it must not
+    suspend or fail."""
+
+    @classmethod
+    def unobserved(cls, deadline_s: float) -> CallScope:
+        """A scope of only a deadline: nothing observes the call and no drain
+        tracks it (a caller of the gateway with no door, such as a benchmark)."""
+        return cls(deadline_s)

@@ -17,11 +17,11 @@ latency. Candidates within `score_margin` of the best are equals; between
 them, power of two choices on expected latency x load picks the one to try
 first. A model with no latency measurement is expected to take no time (an
 optimistic prior) while nobody probes it, so it is tried and then measured:
-the planner claims the probe, synchronously, with the lease it takes for
-the model, and until that lease ends the model is neutral (1 s), so a burst
-selecting meanwhile sends it one request, not all of them.
+the settlement (settlement.py) claims the probe, synchronously, with the
+lease it takes for the model, and until that lease ends the model is neutral
+(1 s), so a burst selecting meanwhile sends it one request, not all of them.
 When no candidate can serve now, the selection says when the soonest of them
-may serve again. The budget is not read here: the planner reserves in this
+may serve again. The budget is not read here: the settlement reserves in this
 order, and a candidate the budget cannot cover is skipped there, atomically.
 """
 

@@ -70,7 +70,8 @@ def counted_usage(lease: Lease, output_tokens: int) -> Usage:
 
 
 def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Charge:
-    """What a request that got its answer is charged.
+    """What a lease is charged for a usage: an answer's, reported or counted,
+    or the counted part of a stream or a count that was cut short.
 
     The reported usage arrives judged (attempts.py). An implausible report is
     charged the reservation, as the worst case it was reserved for: the
@@ -174,8 +175,9 @@ class Settlement:
         retries. Returns the least money left in the request's budgets. The
         caller must count the lease as settled before awaiting this: the
         store completes the commit even if the caller is cancelled meanwhile.
-        From here on (`scope.on_commit`) a shutdown lets the call finish: it
-        is charged, so its caller gets its answer.
+        This is the call's commit point (`scope.on_commit`, called before the
+        spend is written): from here on a shutdown lets the call finish, as
+        it is charged, so its caller gets its answer.
         """
         deployment = lease.option.deployment
         if lease.probe:
@@ -218,15 +220,18 @@ class Settlement:
         charged = charge(lease, None, counted_usage(lease, delivered.tokens()))
         await self.settle(plan, lease, charged, "interrupted", attempts, scope)
 
-    async def count_answer(
+    async def count_answer_or_settle(
         self, plan: Plan, lease: Lease, text: str, attempts: int, scope: CallScope
     ) -> Usage:
-        """The counted usage of a whole answer that reported none.
+        """The counted usage of a whole answer that reported none, or, if
+        the count is interrupted, the lease settled and the interruption
+        re-raised.
 
         A long answer is counted in a worker thread. A request interrupted
         meanwhile (its deadline, its caller gone) is charged all the same, as
         its answer is in hand and the provider did the work: at its output
-        cap, the most the count could come to.
+        cap, the most the count could come to. Its caller must then not
+        settle or release the lease again.
         """
         try:
             output_tokens = await count_text(lease.option.deployment.counter, text)

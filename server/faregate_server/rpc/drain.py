@@ -18,8 +18,8 @@ writing a chunk to its caller, so every chunk the gateway counts as delivered
 was handed to gRPC, and the charge matches what the caller received. A cut
 that comes during a write takes effect right after it. Nor is a call cut
 once it reaches its commit point (`TrackedCall.committing`, the hook its
-handler hands the core in the call's scope, called as its spend is made
-durable): it was charged in full, so it ends with its answer.
+handler hands the core in the call's scope, called at the commit point,
+before the spend is written): it is charged in full, so it ends with its answer.
 
 `hurry()` (a second SIGTERM or Ctrl-C) skips what is left of the delay and
 the grace: the requests still running are cut at once.
@@ -213,14 +213,14 @@ class TrackedCall:
             raise _cut_error()
 
     def committing(self) -> None:
-        """The call is past its commit point (its spend is being made
-        durable): from now on it is never cut, so its caller gets the answer
-        it was charged for. Never suspends or fails."""
+        """The call is at its commit point, before its spend is written:
+        from now on it is never cut, so its caller gets the answer it is
+        charged for. Never suspends or fails."""
         self._committed = True
 
     def cut(self) -> None:
         """Ends the call now, or right after the write in progress; a call
-        past its commit point runs to its end."""
+        that reached its commit point runs to its end."""
         if self._cut or self._committed:
             return
         self._cut = True

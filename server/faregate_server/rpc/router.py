@@ -31,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
@@ -44,12 +44,11 @@ from faregate_server.domain import (
     FinishReason,
     RouteCall,
     RoutingDecision,
-    StreamFinished,
     TaskKind,
     Usage,
 )
 from faregate_server.errors import InvalidRequest
-from faregate_server.routing.gateway import Gateway
+from faregate_server.routing.gateway import Gateway, StreamItem
 from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain, TrackedCall
@@ -260,9 +259,23 @@ def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.Candidate
     ]
 
 
-def _served(decision: RoutingDecision) -> dict[str, Any]:
+class _Served(TypedDict):
     """Who served and how it was chosen: the fields RouteResponse and
-    StreamStart share, mapped in this one place."""
+    StreamStart share, mapped in this one place (`_served`). Spread as
+    keyword arguments into both, so mypy checks every name and type against
+    each message: a field renamed in the proto fails the type check."""
+
+    model_used: str
+    provider: str
+    request_id: str
+    reserved_nano_usd: int
+    model_version: str
+    task: router_pb2.Task.ValueType
+    attempts: list[router_pb2.Attempt]
+    candidates: list[router_pb2.CandidateScore]
+
+
+def _served(decision: RoutingDecision) -> _Served:
     return {
         "model_used": decision.model,
         "provider": decision.provider,
@@ -275,7 +288,7 @@ def _served(decision: RoutingDecision) -> dict[str, Any]:
     }
 
 
-def _stream_event(event: RoutingDecision | str | StreamFinished) -> StreamEvent:
+def _stream_event(event: StreamItem) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, RoutingDecision):
