@@ -98,7 +98,7 @@ class RequestLog:
 def _line_bytes(line: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # orjson.JSONEncodeError
+    except orjson.JSONEncodeError:
         # As stderr would write it: the lone surrogate escaped.
         return f"{_encode_slowly(line)}\n".encode(errors="backslashreplace")
 
@@ -106,5 +106,5 @@ def _line_bytes(line: dict[str, Any]) -> bytes:
 def _line_text(line: dict[str, Any]) -> str:
     try:
         return orjson.dumps(line).decode()
-    except TypeError:  # orjson.JSONEncodeError
+    except orjson.JSONEncodeError:
         return _encode_slowly(line)
