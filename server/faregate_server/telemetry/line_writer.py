@@ -11,9 +11,13 @@ Invariants:
 - Bounded: lines buffered or in the thread's hands hold at most
   `max_buffered_bytes`. A line that would pass it is dropped and counted,
   and once the sink takes writes again one warning says how many were lost.
-- Whole lines: each write(2) is at most `select.PIPE_BUF` bytes of whole
-  lines (a longer line is written alone), so lines from other writers of the
-  same pipe (`--workers` processes, the log) never land inside one.
+- Whole lines, atomic up to PIPE_BUF: each write(2) is at most
+  `select.PIPE_BUF` (4 KiB) of whole lines, which a pipe takes in one piece,
+  so a line of up to 4 KiB never has bytes of another writer of the same
+  pipe (another `--workers` process, the log) inside it. A longer line (a
+  prompt, with `log_prompts` on) is written alone, and a pipe may take it in
+  pieces: another process's line can land inside it, as it could when
+  logging's StreamHandler wrote the request log.
 - In order, and nothing buffered is lost at a clean exit: `close` writes
   what is buffered, then ends the thread.
 """
