@@ -1,5 +1,6 @@
 """LineWriter on a real pipe: lines arrive whole and in order, a full buffer
-drops (and counts) lines instead of blocking, and closing writes the rest."""
+drops (and counts) lines instead of blocking, a full non-blocking pipe is
+waited for, and closing writes the rest."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from faregate_server.telemetry.line_writer import LineWriter
+
+from tests.support.eventually import eventually
 
 
 @pytest.fixture
@@ -84,6 +87,47 @@ def test_a_reader_too_slow_loses_lines_counted_never_blocks_the_writer(
         if "test lines dropped" in record.getMessage()
     ]
     assert sum(reported) == statistics.dropped_lines
+
+
+def _fill(fd: int) -> bytes:
+    """Writes to the non-blocking `fd` until its pipe is full; returns what it wrote."""
+    filler = b""
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler += b"f" * os.write(fd, b"f" * 4096)
+    return filler
+
+
+async def test_a_full_non_blocking_pipe_is_waited_for_and_no_line_is_cut_or_lost(
+    pipe: tuple[int, int],
+) -> None:
+    read_fd, write_fd = pipe
+    capacity = fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_fd, False)  # as a stderr inherited non-blocking is
+    filler = _fill(write_fd)
+    writer = LineWriter(write_fd, "test")
+    # A line longer than the pipe holds is taken in pieces, between which the
+    # pipe is full again; the short lines go in chunks the pipe refuses whole.
+    lines = [
+        b"first\n",
+        b"L" * (3 * capacity) + b"\n",
+        *(f"line {i}\n".encode() for i in range(2000)),
+    ]
+    for line in lines:
+        writer.write(line)
+    await eventually(lambda: writer.statistics().sink_waits >= 1)
+
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(_read_all(read_fd)))
+    reader.start()
+    writer.close()
+    os.close(write_fd)
+    reader.join()
+
+    assert received[0] == filler + b"".join(lines)
+    statistics = writer.statistics()
+    assert (statistics.written_lines, statistics.dropped_lines) == (len(lines), 0)
+    assert statistics.buffered_bytes == 0
 
 
 def test_a_broken_sink_counts_its_lines_as_dropped(pipe: tuple[int, int]) -> None:
