@@ -159,7 +159,11 @@ async def serve(
         drain = Drain()
         admission = AdmissionControl(config.server, drain)
         metrics, registry, owned_meter_provider = open_metrics(
-            config.telemetry, meter_provider, current_catalog, admission.statistics
+            config.telemetry,
+            meter_provider,
+            current_catalog,
+            admission.statistics,
+            request_lines.statistics if request_lines is not None else None,
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)

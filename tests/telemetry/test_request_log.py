@@ -13,6 +13,7 @@ import sys
 import tempfile
 from typing import Any
 
+import aiohttp
 import pytest
 from faregate_client import FaregateClient
 from faregate_server.domain import ChatMessage, Role, RouteCall
@@ -20,6 +21,7 @@ from faregate_server.telemetry.request_log import LOGGER_NAME, RequestLog
 from faregate_server.telemetry.request_observation import RequestObservation
 
 from tests.conftest import StartFaregate, to_config
+from tests.support.eventually import eventually
 
 _ROUTES = 5
 
@@ -100,6 +102,33 @@ async def test_each_server_in_one_process_writes_its_own_lines_and_leaves_none_b
     assert [json.loads(line)["request_id"] for line in written.splitlines()] == ["fd-0", "fd-1"]
     logged = [record for record in caplog.records if record.name == LOGGER_NAME]
     assert [json.loads(record.getMessage())["request_id"] for record in logged] == ["logger"]
+
+
+async def test_lines_lost_to_a_broken_stderr_are_counted_on_the_metrics_endpoint(
+    start_faregate: StartFaregate, config_data: dict[str, Any]
+) -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # every write fails with EPIPE (Python ignores SIGPIPE)
+    try:
+        async with start_faregate(to_config(config_data), request_log_fd=write_fd) as faregate:
+            for _ in range(2):
+                await faregate.client.route("hi", budget_key="team")
+            port = faregate.running.http_port
+            assert port is not None
+
+            async def scrape() -> list[str]:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{port}/metrics") as response,
+                ):
+                    lines = (await response.text()).splitlines()
+                assert 'faregate_request_log_dropped_lines_total{cause="failed"} 2.0' in lines
+                return lines
+
+            lines = await eventually(scrape)
+    finally:
+        os.close(write_fd)
+    assert 'faregate_request_log_dropped_lines_total{cause="refused"} 0.0' in lines
 
 
 async def test_faregate_serve_writes_one_json_line_per_request_to_stderr() -> None:

@@ -9,8 +9,13 @@ wakes (and takes the GIL) some hundred times a second, not once per line.
 
 Invariants:
 - Bounded: lines buffered or in the thread's hands hold at most
-  `max_buffered_bytes`. A line that would pass it is dropped and counted,
-  and once the sink takes writes again one warning says how many were lost.
+  `max_buffered_bytes`. A line that would pass it is refused, and counted.
+- Every lost line is counted, by cause, in `statistics()` (which the
+  request log's counter on /metrics reports): refused (the buffer was full,
+  or the writer closed) or failed (the sink failed the write). A warning
+  says what was lost, at most once every `WARNING_INTERVAL_S`, counting all
+  that was lost since the last one: under overload the warning, which goes
+  to the same congested stderr in `faregate serve`, must not add to it.
 - Whole lines, atomic up to PIPE_BUF: each write(2) is at most
   `select.PIPE_BUF` (4 KiB) of whole lines, which a pipe takes in one piece,
   so a line of up to 4 KiB never has bytes of another writer of the same
@@ -33,10 +38,14 @@ import logging
 import os
 import select
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_BUFFERED_BYTES = 8 << 20
 """About 20,000 request lines: seconds of a busy gateway's log."""
+WARNING_INTERVAL_S = 10.0
+"""At most one warning of lost lines this often."""
 _GATHER_S = 0.01
 _CHUNK_BYTES = select.PIPE_BUF
 # How long one wait for a full non-blocking sink lasts before the thread
@@ -49,41 +58,65 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class LineWriterStatistics:
     written_lines: int
-    dropped_lines: int
-    """Lines refused because the buffer was full, or lost to a failed write."""
+    refused_lines: int
+    """Lines `write` refused: the buffer was full (its reader slower than
+    the lines came), or the writer had closed."""
+    failed_lines: int
+    """Lines lost to a write the sink failed (a closed pipe, a full disk)."""
     buffered_bytes: int
     """Bytes accepted and not yet written."""
     sink_waits: int
     """Times a non-blocking sink was full and the thread waited for it to
     take bytes again (a reader slower than the log, for a moment)."""
 
+    @property
+    def dropped_lines(self) -> int:
+        """Every line lost, whatever the cause."""
+        return self.refused_lines + self.failed_lines
+
 
 class LineWriter:
     """Writes lines to `fd` from a thread; `write` never blocks on the sink."""
 
-    def __init__(self, fd: int, name: str, *, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
-        """`name` says whose lines these are, in the warning about dropped ones."""
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        *,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+        monotonic_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`name` says whose lines these are, in the warning about lost ones;
+        `monotonic_s` is the clock that spaces those warnings."""
         self._fd = fd
         self._name = name
         self._max_buffered_bytes = max_buffered_bytes
+        self._monotonic_s = monotonic_s
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._lines: list[bytes] = []
         self._buffered_bytes = 0
         self._written = 0
-        self._dropped = 0
-        self._dropped_unreported = 0
+        self._refused = 0
+        self._refused_closed = 0  # of those, after `close`: no overload to warn of
+        self._failed = 0
+        self._last_error: OSError | None = None
         self._sink_waits = 0
+        # What the last warning counted (lines refused for a full buffer,
+        # lines failed), and when it came (None: never).
+        self._warned = (0, 0)
+        self._warned_s: float | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="faregate-line-writer", daemon=True)
         self._thread.start()
 
     def write(self, line: bytes) -> None:
-        """Queues one line, its newline included; drops it if the buffer is full."""
+        """Queues one line, its newline included; refuses it if the buffer is full."""
         with self._lock:
             if self._buffered_bytes + len(line) > self._max_buffered_bytes or self._closing:
-                self._dropped += 1
-                self._dropped_unreported += 1
+                self._refused += 1
+                if self._closing:
+                    self._refused_closed += 1
                 return
             woken = bool(self._lines)
             self._lines.append(line)
@@ -94,11 +127,15 @@ class LineWriter:
     def statistics(self) -> LineWriterStatistics:
         with self._lock:
             return LineWriterStatistics(
-                self._written, self._dropped, self._buffered_bytes, self._sink_waits
+                written_lines=self._written,
+                refused_lines=self._refused,
+                failed_lines=self._failed,
+                buffered_bytes=self._buffered_bytes,
+                sink_waits=self._sink_waits,
             )
 
     def close(self) -> None:
-        """Writes what is buffered and ends the thread; later lines are dropped."""
+        """Writes what is buffered and ends the thread; later lines are refused."""
         with self._lock:
             self._closing = True
         self._wake.set()
@@ -115,45 +152,72 @@ class LineWriter:
                 lines, self._lines = self._lines, []
                 closing = self._closing
                 self._wake.clear()
-            written = self._write_lines(lines)
-            report = 0
-            with self._lock:
-                if written:  # the sink takes writes again: say what it missed
-                    report, self._dropped_unreported = self._dropped_unreported, 0
-            if report:
-                logger.warning(
-                    "%d %s lines dropped: their reader took them slower than they came",
-                    report,
-                    self._name,
-                )
+            self._write_lines(lines)
+            # Closing: the last word on what was lost, however soon after the last.
+            self._warn_of_losses(final=closing)
             if closing:
                 return
 
-    def _write_lines(self, lines: list[bytes]) -> int:
+    def _warn_of_losses(self, *, final: bool) -> None:
+        """Warns of the lines lost since the last warning, if that was at
+        least `WARNING_INTERVAL_S` ago (or `final`)."""
+        now_s = self._monotonic_s()
+        with self._lock:
+            refused_full = self._refused - self._refused_closed
+            refused = refused_full - self._warned[0]
+            failed = self._failed - self._warned[1]
+            if not (refused or failed):
+                return
+            if (
+                not final
+                and self._warned_s is not None
+                and now_s - self._warned_s < WARNING_INTERVAL_S
+            ):
+                return
+            self._warned = (refused_full, self._failed)
+            self._warned_s = now_s
+            error = self._last_error
+        causes = []
+        if refused:
+            causes.append(
+                f"{refused} refused, the buffer being full: its reader took lines"
+                " slower than they came"
+            )
+        if failed:
+            causes.append(f"{failed} lost to failed writes: {error}")
+        lost = refused + failed
+        logger.warning(
+            "%s: %d %s lost (%s); this warning comes at most every %g s,"
+            " counting the lines lost since the one before",
+            self._name,
+            lost,
+            "line" if lost == 1 else "lines",
+            "; ".join(causes),
+            WARNING_INTERVAL_S,
+        )
+
+    def _write_lines(self, lines: list[bytes]) -> None:
         """Writes the lines in chunks of whole lines, counting each chunk's as
-        it goes; returns how many were written."""
-        written = 0
+        it goes."""
         chunk: list[bytes] = []
         chunk_bytes = 0
         for index, line in enumerate(lines):
             if chunk and chunk_bytes + len(line) > _CHUNK_BYTES:
-                chunk_written = self._write_chunk(chunk, chunk_bytes)
-                written += chunk_written
-                if chunk_written < len(chunk):  # the sink failed: the rest is lost too
-                    self._count_lost(lines[index:])
-                    return written
+                if not self._write_chunk(chunk, chunk_bytes):
+                    self._count_failed(lines[index:])  # the rest would fail as well
+                    return
                 chunk, chunk_bytes = [], 0
             chunk.append(line)
             chunk_bytes += len(line)
         if chunk:
-            written += self._write_chunk(chunk, chunk_bytes)
-        return written
+            self._write_chunk(chunk, chunk_bytes)
 
-    def _write_chunk(self, chunk: list[bytes], size: int) -> int:
+    def _write_chunk(self, chunk: list[bytes], size: int) -> bool:
         """Writes the chunk, in one write(2) where the sink takes it whole,
-        and counts its lines; returns how many were written whole."""
+        and counts its lines; returns False if the sink failed."""
         data = chunk[0] if len(chunk) == 1 else b"".join(chunk)
         view = memoryview(data)
+        error = None
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
@@ -161,22 +225,23 @@ class LineWriter:
                 # A non-blocking sink, full: wait, then go on from where the
                 # write stopped, so no line is cut in two.
                 self._wait_writable()
-            except OSError:
+            except OSError as failure:
                 # A closed or broken sink: what it did not take is lost.
+                error = failure
                 break
         written = _whole_lines(chunk, size - len(view))
         with self._lock:
             self._buffered_bytes -= size
             self._written += written
-            self._dropped += len(chunk) - written
-            self._dropped_unreported += len(chunk) - written
-        return written
+            self._failed += len(chunk) - written
+            if error is not None:
+                self._last_error = error
+        return error is None
 
-    def _count_lost(self, lines: list[bytes]) -> None:
+    def _count_failed(self, lines: list[bytes]) -> None:
         with self._lock:
             self._buffered_bytes -= sum(len(line) for line in lines)
-            self._dropped += len(lines)
-            self._dropped_unreported += len(lines)
+            self._failed += len(lines)
 
     def _wait_writable(self) -> None:
         with self._lock:
