@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import threading
 from collections.abc import Iterator
 
@@ -25,6 +26,12 @@ def pipe() -> Iterator[tuple[int, int]]:
     for fd in (read_fd, write_fd):
         with contextlib.suppress(OSError):  # closed by the test
             os.close(fd)
+
+
+def _read_all_written(read_fd: int, write_fd: int) -> bytes:
+    """Closes the write end and reads what the pipe holds."""
+    os.close(write_fd)
+    return _read_all(read_fd)
 
 
 def _read_all(fd: int) -> bytes:
@@ -95,23 +102,51 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        data += os.read(fd, size - len(data))
-    return data
+def _fill_full(write_fd: int) -> bytes:
+    """Fills the pipe of `write_fd` (left blocking) through a second,
+    non-blocking description of it; returns what it wrote."""
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    filler_fd = os.open(f"/proc/self/fd/{write_fd}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        return _fill(filler_fd)
+    finally:
+        os.close(filler_fd)
 
 
-class _SteppedClock:
-    """A monotonic clock the test sets, counting how often it was read."""
+def _read_available(fd: int) -> bytes:
+    """What the pipe holds now, without waiting for more."""
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError):
+        return os.read(fd, 1 << 16)
+    return b""
+
+
+class _GatedClock:
+    """The writer's monotonic clock, which its thread reads after each batch
+    it writes, to decide on a warning. Each read waits for the test to
+    `answer` it, so the test knows where the thread is and what it counted:
+    the lines lost while it waits are in the decision."""
 
     def __init__(self) -> None:
-        self.now_s = 0.0
-        self.reads = 0
+        self._reads = threading.Semaphore(0)
+        self._answers: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self._open_s: float | None = None
 
     def __call__(self) -> float:
-        self.reads += 1
-        return self.now_s
+        if self._open_s is not None:
+            return self._open_s
+        self._reads.release()
+        return self._answers.get()
+
+    def wait_for_read(self) -> None:
+        assert self._reads.acquire(timeout=10), "the writer's thread never read its clock"
+
+    def answer(self, now_s: float) -> None:
+        self._answers.put(now_s)
+
+    def open(self, now_s: float) -> None:
+        """Later reads return `now_s` at once (a read waiting now still waits)."""
+        self._open_s = now_s
 
 
 def _fill(fd: int) -> bytes:
@@ -155,33 +190,26 @@ async def test_a_full_non_blocking_pipe_is_waited_for_and_no_line_is_cut_or_lost
     assert statistics.buffered_bytes == 0
 
 
-async def test_lost_lines_are_warned_of_at_most_once_per_interval_counting_all(
+def test_lost_lines_are_warned_of_at_most_once_per_interval_counting_all(
     pipe: tuple[int, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     read_fd, write_fd = pipe
-    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
     line = b"x" * 99 + b"\n"
-    clock = _SteppedClock()
+    clock = _GatedClock()
     writer = LineWriter(write_fd, "test", max_buffered_bytes=len(line), monotonic_s=clock)
-    # The pipe opened again, non-blocking, to fill it; the writer's own
-    # descriptor stays blocking.
-    filler_fd = os.open(f"/proc/self/fd/{write_fd}", os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        # Each round: a full pipe holds the one line the buffer takes in the
-        # thread's write(2), so the lines after it are refused; then the
-        # test reads, the write ends, and the thread counts the batch and
-        # looks at the clock to decide on a warning.
-        for batch, (now_s, refused) in enumerate([(100.0, 5), (105.0, 3), (110.0, 2)]):
-            clock.now_s = now_s
-            filler = _fill(filler_fd)
+    writer.write(line)
+    # Each round: while the thread waits for the clock after a batch, the
+    # buffer takes one line (the next batch) and refuses the rest; then the
+    # clock says when the thread decides.
+    for now_s, refused in [(100.0, 5), (105.0, 3), (110.0, 2)]:
+        clock.wait_for_read()
+        for _ in range(1 + refused):
             writer.write(line)
-            for _ in range(refused):
-                writer.write(line)
-            assert _read_exactly(read_fd, len(filler) + len(line)) == filler + line
-            await eventually(lambda: clock.reads == batch + 1)  # noqa: B023
-    finally:
-        os.close(filler_fd)
+        clock.answer(now_s)
+    clock.wait_for_read()
+    clock.open(111.0)
+    clock.answer(111.0)
     writer.close()
 
     # The first at once; the second held back until 10 s after it, then
@@ -191,7 +219,58 @@ async def test_lost_lines_are_warned_of_at_most_once_per_interval_counting_all(
     assert "5 refused, the buffer being full: its reader took lines slower" in warnings[1]
     assert "at most every 10 s" in warnings[1]
     statistics = writer.statistics()
-    assert (statistics.written_lines, statistics.refused_lines) == (3, 10)
+    assert (statistics.written_lines, statistics.refused_lines) == (4, 10)
+    assert _read_all_written(read_fd, write_fd) == line * 4
+
+
+def test_close_gives_up_on_a_stalled_reader_and_counts_what_is_left(
+    pipe: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    read_fd, write_fd = pipe
+    filler = _fill_full(write_fd)
+    writer = LineWriter(write_fd, "test")
+    for index in range(100):
+        writer.write(f"{index:099}\n".encode())
+    # Nobody reads: the thread is stuck in a write(2) until the fixture
+    # closes the pipe, and close returns anyway.
+    writer.close(wait_s=0.05)
+
+    statistics = writer.statistics()
+    assert (statistics.written_lines, statistics.unwritten_lines) == (0, 100)
+    assert (statistics.dropped_lines, statistics.buffered_bytes) == (100, 0)
+    assert writer.statistics() == statistics  # the thread counts nothing more
+    # The warning would wait for the reader as the lines do: there is none.
+    assert _warnings(caplog) == []
+    assert _read_available(read_fd) == filler
+
+
+def test_close_warns_of_the_lines_it_left_when_the_sink_would_take_the_warning(
+    pipe: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    read_fd, write_fd = pipe
+    clock = _GatedClock()
+    writer = LineWriter(write_fd, "test", monotonic_s=clock)
+    writer.write(b"first\n")
+    clock.wait_for_read()  # the thread, held after its first batch
+    writer.write(b"second\n")
+    writer.write(b"third\n")
+    clock.open(0.0)  # for close's read; the thread's still waits
+    writer.close(wait_s=0.05)
+
+    statistics = writer.statistics()
+    assert (statistics.written_lines, statistics.unwritten_lines) == (1, 2)
+    (warning,) = _warnings(caplog)
+    assert warning.startswith(
+        "test: 2 lines lost (2 left unwritten at close: its reader took no more"
+        " in the 0.05 s close waited)"
+    )
+    clock.answer(0.0)  # the thread goes on, finds itself given up on, and ends
+    writer.close()
+    assert writer.statistics() == statistics
+    assert len(_warnings(caplog)) == 1
+    assert _read_all_written(read_fd, write_fd) == b"first\n"
 
 
 def test_a_broken_sink_counts_its_lines_as_failed_and_says_why(

@@ -129,6 +129,7 @@ async def test_lines_lost_to_a_broken_stderr_are_counted_on_the_metrics_endpoint
     finally:
         os.close(write_fd)
     assert 'faregate_request_log_dropped_lines_total{cause="refused"} 0.0' in lines
+    assert 'faregate_request_log_dropped_lines_total{cause="unwritten"} 0.0' in lines
 
 
 async def test_faregate_serve_writes_one_json_line_per_request_to_stderr() -> None:

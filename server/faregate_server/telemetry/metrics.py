@@ -35,7 +35,8 @@ Instruments (Prometheus names in brackets):
 - faregate.request_log.dropped_lines
   [faregate_request_log_dropped_lines_total]: request log lines lost by the
   line writer (`faregate serve`'s, on stderr), by cause (refused: its buffer
-  was full; failed: the write failed), read from its statistics.
+  was full; failed: the write failed; unwritten: left when closing stopped
+  waiting for a stalled reader), read from its statistics.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class GatewayMetrics:
                 "faregate.request_log.dropped_lines",
                 callbacks=[self._observe_request_log_drops],
                 unit="{line}",
-                description="Request log lines lost, by cause (refused, failed)",
+                description="Request log lines lost, by cause (refused, failed, unwritten)",
             )
         if budget_labels:
             meter.create_observable_gauge(
@@ -305,6 +306,7 @@ class GatewayMetrics:
         statistics = self._request_log()
         yield Observation(statistics.refused_lines, {"cause": "refused"})
         yield Observation(statistics.failed_lines, {"cause": "failed"})
+        yield Observation(statistics.unwritten_lines, {"cause": "unwritten"})
 
     def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
         for key, remaining_nano_usd in self._remaining.items():
