@@ -51,7 +51,6 @@ from faregate_server.app import serve
 from faregate_server.config.load import parse_config
 from faregate_server.domain import Usage
 from faregate_server.telemetry.observation import NO_TELEMETRY
-from faregate_server.telemetry.request_log import write_lines_to
 from faregate_server.telemetry.request_observation import NOT_OBSERVED
 from faregate_server.upstream.catalog import Deployment
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -104,17 +103,17 @@ async def _serve_child(mode: str, data: dict[str, Any]) -> None:
         tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
     # As `faregate serve` does: request lines are bare JSON on stderr (the log file).
     logging.basicConfig(level=logging.INFO)
-    writer = write_lines_to(sys.stderr.fileno())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, tracer_provider=tracer_provider) as running:
+    async with serve(
+        config, tracer_provider=tracer_provider, request_log_fd=sys.stderr.fileno()
+    ) as running:
         print(f"faregate-{mode} listening on 127.0.0.1:{running.port}", flush=True)
         await stop.wait()
     if tracer_provider is not None:
         tracer_provider.shutdown()
-    writer.close()
 
 
 async def _cpu_per_call_us(pid: int, call: Call, *, concurrency: int, calls: int) -> float:

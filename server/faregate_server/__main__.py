@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
 import logging
@@ -30,7 +29,6 @@ from faregate_server.config.load import address_problem, load_config
 from faregate_server.config.schema import Config, ConfigError, StateBackend, json_schema
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 from faregate_server.state.export import export_spend
-from faregate_server.telemetry.request_log import write_lines_to as write_request_lines_to
 from faregate_server.workers import serve_workers
 
 logger = logging.getLogger("faregate")
@@ -111,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _log_requests_as_json_lines()
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -145,16 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     return _run(
         _serve_until_signalled(config, args.listen, path, args.http_listen, args.reuse_port)
     )
-
-
-def _log_requests_as_json_lines() -> None:
-    """Request log lines go to stderr as bare JSON, one per line, for log shippers.
-
-    A thread writes them: a slow reader of stderr must hold up the log, not
-    the event loop serving every request.
-    """
-    writer = write_request_lines_to(sys.stderr.fileno())
-    atexit.register(writer.close)  # writes what is buffered before the process ends
 
 
 def _check_config(path: str) -> int:
@@ -203,8 +190,16 @@ async def _serve_until_signalled(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Request log lines go to stderr as bare JSON, one per line, for log
+    # shippers, written by a thread: a slow reader of stderr must hold up the
+    # log, not the event loop serving every request.
     async with serve(
-        config, listen=listen, config_path=path, http_listen=http_listen, reuse_port=reuse_port
+        config,
+        listen=listen,
+        config_path=path,
+        http_listen=http_listen,
+        reuse_port=reuse_port,
+        request_log_fd=sys.stderr.fileno(),
     ) as running:
         loop.add_signal_handler(signal.SIGHUP, running.reloader.reload)
         host = (listen or config.server.listen).rsplit(":", 1)[0]

@@ -45,6 +45,7 @@ from faregate_server.security.tls import add_port
 from faregate_server.state.opening import open_state
 from faregate_server.state.store import StateStore
 from faregate_server.telemetry.http_admin import HttpAdmin
+from faregate_server.telemetry.line_writer import LineWriter
 from faregate_server.telemetry.metrics import open_metrics
 from faregate_server.telemetry.observation import Telemetry
 from faregate_server.upstream.catalog import Catalog
@@ -117,6 +118,7 @@ async def serve(
     meter_provider: MeterProvider | None = None,
     http_listen: str | None = None,
     reuse_port: bool = False,
+    request_log_fd: int | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serves `config` until the context exits.
 
@@ -135,10 +137,19 @@ async def serve(
         reuse_port: Let other processes bind the same gRPC ports
             (SO_REUSEPORT), as `--workers` does; otherwise a port that
             another process holds fails startup.
+        request_log_fd: Where request log lines go as bare JSON (`faregate
+            serve`: stderr), written by a `LineWriter` of this server's own;
+            None: to the `faregate.requests` logger, as records.
     """
     clock = clock or SystemClock()
     rng = rng or random.Random()
     async with AsyncExitStack() as stack:
+        request_lines = None
+        if request_log_fd is not None and config.telemetry.request_log:
+            request_lines = LineWriter(request_log_fd, "request log")
+            # First in, last out: it writes the lines of the calls the drain
+            # lets finish. In a thread: it waits for a slow reader of the fd.
+            stack.push_async_callback(asyncio.to_thread, request_lines.close)
         gateway: Gateway | None = None
 
         def current_catalog() -> Catalog:
@@ -148,7 +159,11 @@ async def serve(
         drain = Drain()
         admission = AdmissionControl(config.server, drain)
         metrics, registry, owned_meter_provider = open_metrics(
-            config.telemetry, meter_provider, current_catalog, admission.statistics
+            config.telemetry,
+            meter_provider,
+            current_catalog,
+            admission.statistics,
+            request_lines.statistics if request_lines is not None else None,
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)
@@ -158,6 +173,7 @@ async def serve(
             metrics=metrics,
             now_s=clock.now_s,
             perf_s=clock.perf_s,
+            request_lines=request_lines,
         )
         stack.callback(telemetry.shutdown)
         upstream_slots = sum(model.workers for model in config.models.values())

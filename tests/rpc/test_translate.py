@@ -168,6 +168,14 @@ def test_a_request_whose_every_message_is_empty_is_refused() -> None:
     }
 
 
+def test_too_many_messages_all_empty_reports_both_violations() -> None:
+    empty = [router_pb2.Message(role=router_pb2.ROLE_USER, content="")] * 3
+    assert _violations(_request(messages=empty), ServerConfig(max_messages=2)) == {
+        "messages": "has 3 messages; exceeds server.max_messages (2);"
+        " every message is empty; at least one needs content"
+    }
+
+
 @pytest.mark.parametrize(
     ("additional", "valid"),
     [

@@ -122,7 +122,10 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     if request.metadata:
         _check_metadata(request.metadata, settings, violations)
     if request.messages and not any(message.content for message in request.messages):
-        violations["messages"] = "every message is empty; at least one needs content"
+        # Beside a count over the limit, if there is one: every violation at once.
+        empty = "every message is empty; at least one needs content"
+        too_many = violations.get("messages")
+        violations["messages"] = f"{too_many}; {empty}" if too_many else empty
     if not request.budget_key:
         violations["budget_key"] = "is required"
     _check_names(request, violations)

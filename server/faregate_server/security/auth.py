@@ -115,7 +115,7 @@ class Authenticator:
         if verified is not None:
             return verified
         stored, principal = self._keys.get(key_id_of(key) or "", (None, None))
-        # The digest is computed first, on every path: an unknown key id (or a
+        # On a miss, the HMAC is paid on every path: an unknown key id (or a
         # key of no shape at all) costs the same HMAC as a wrong secret, so
         # timing tells a caller nothing about which key ids exist.
         if not matches(key, stored) or principal is None:

@@ -31,7 +31,12 @@ Instruments (Prometheus names in brackets):
 - faregate.loop.lag [faregate_loop_lag_seconds]: how late the event loop
   woke the admission probe last;
 - faregate.admission.refusals [faregate_admission_refusals_total]: calls
-  refused SERVER_OVERLOADED, by guard (concurrency, loop_lag).
+  refused SERVER_OVERLOADED, by guard (concurrency, loop_lag);
+- faregate.request_log.dropped_lines
+  [faregate_request_log_dropped_lines_total]: request log lines lost by the
+  line writer (`faregate serve`'s, on stderr), by cause (refused: its buffer
+  was full; failed: the write failed; unwritten: left when closing stopped
+  waiting for a stalled reader), read from its statistics.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from faregate_server.upstream.breakers import BreakerState
 if TYPE_CHECKING:
     from faregate_server.rpc.admission import AdmissionStatistics
     from faregate_server.state.store import StateStore
+    from faregate_server.telemetry.line_writer import LineWriterStatistics
     from faregate_server.telemetry.request_observation import RequestObservation
     from faregate_server.upstream.catalog import Catalog
 
@@ -103,9 +109,11 @@ class GatewayMetrics:
         *,
         budget_labels: bool,
         admission: Callable[[], AdmissionStatistics] | None = None,
+        request_log: Callable[[], LineWriterStatistics] | None = None,
     ) -> None:
         """`catalog` returns the current catalog (a reload replaces it);
-        `admission` the admission guards' statistics, when there are any."""
+        `admission` the admission guards' statistics, when there are any;
+        `request_log` the request log's line writer's, when it has one."""
         meter = meter_provider.get_meter("faregate_server", __version__)
         self._catalog = catalog
         self._budget_labels = budget_labels
@@ -186,6 +194,14 @@ class GatewayMetrics:
                 callbacks=[self._observe_refusals],
                 unit="{call}",
                 description="Calls refused SERVER_OVERLOADED, by guard",
+            )
+        if request_log is not None:
+            self._request_log = request_log
+            meter.create_observable_counter(
+                "faregate.request_log.dropped_lines",
+                callbacks=[self._observe_request_log_drops],
+                unit="{line}",
+                description="Request log lines lost, by cause (refused, failed, unwritten)",
             )
         if budget_labels:
             meter.create_observable_gauge(
@@ -286,6 +302,12 @@ class GatewayMetrics:
         yield Observation(statistics.refused_concurrency, {"guard": "concurrency"})
         yield Observation(statistics.refused_loop_lag, {"guard": "loop_lag"})
 
+    def _observe_request_log_drops(self, options: CallbackOptions) -> Iterable[Observation]:
+        statistics = self._request_log()
+        yield Observation(statistics.refused_lines, {"cause": "refused"})
+        yield Observation(statistics.failed_lines, {"cause": "failed"})
+        yield Observation(statistics.unwritten_lines, {"cause": "unwritten"})
+
     def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
         for key, remaining_nano_usd in self._remaining.items():
             yield Observation(remaining_nano_usd, {"budget": key})
@@ -296,10 +318,12 @@ def open_metrics(
     meter_provider: MeterProvider | None,
     catalog: Callable[[], Catalog],
     admission: Callable[[], AdmissionStatistics] | None = None,
+    request_log: Callable[[], LineWriterStatistics] | None = None,
 ) -> tuple[GatewayMetrics | None, CollectorRegistry | None, SdkMeterProvider | None]:
     """The metrics for a server, the Prometheus registry that /metrics renders
     (None when the meter provider was handed in), and the provider to shut
-    down (None when it was handed in)."""
+    down (None when it was handed in); `admission` and `request_log` as for
+    `GatewayMetrics`."""
     if not config.metrics:
         return None, None, None
     registry = None
@@ -315,6 +339,10 @@ def open_metrics(
             shutdown_on_exit=False,
         )
     metrics = GatewayMetrics(
-        meter_provider, catalog, budget_labels=config.budget_labels, admission=admission
+        meter_provider,
+        catalog,
+        budget_labels=config.budget_labels,
+        admission=admission,
+        request_log=request_log,
     )
     return metrics, registry, owned

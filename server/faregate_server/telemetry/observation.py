@@ -1,7 +1,8 @@
 """Telemetry: traces, metrics and the request log, and the hooks the core path calls.
 
 `Telemetry` is built once by the composition root from `telemetry:` config
-(or from a tracer provider handed in, as tests do; metrics come in built). It
+(or from a tracer provider handed in, as tests do; metrics, and the sink of
+request lines if they go to one, come in built). It
 implements the core's server-wide `Hooks` (routing/hooks.py): spans for
 selection, reservations, pool waits and attempts, and the implausible-usage
 count. Each Route and StreamRoute call is observed by the servicer itself:
@@ -45,7 +46,7 @@ from opentelemetry.util.types import AttributeValue
 from faregate_server import __version__
 from faregate_server.config.schema import TelemetryConfig
 from faregate_server.domain import ImplausibleUsage, ReportedUsage
-from faregate_server.telemetry.request_log import RequestLog
+from faregate_server.telemetry.request_log import LineSink, RequestLog
 from faregate_server.telemetry.request_observation import (
     NOT_OBSERVED,
     RequestObservation,
@@ -76,10 +77,12 @@ class Telemetry:
         metrics: GatewayMetrics | None = None,
         now_s: Callable[[], float] = time.time,
         perf_s: Callable[[], float] = time.perf_counter,
+        request_lines: LineSink | None = None,
     ) -> None:
         """`now_s` is the wall clock that dates request log lines (the
         server's `Clock.now_s`, as for spend records); `perf_s` the stopwatch
-        that times each RPC (its `Clock.perf_s`)."""
+        that times each RPC (its `Clock.perf_s`); `request_lines` takes the
+        lines as bytes (None: the `faregate.requests` logger)."""
         self._perf_s = perf_s
         self.config = config
         self._owned_tracer_provider: TracerProvider | None = None
@@ -87,7 +90,9 @@ class Telemetry:
             tracer_provider = self._owned_tracer_provider = _otlp_tracer_provider(config)
         self._tracer = tracer_provider.get_tracer(_SCOPE, __version__) if tracer_provider else None
         self.metrics = metrics
-        self._log = RequestLog(config.log_prompts, now_s) if config.request_log else None
+        self._log = (
+            RequestLog(config.log_prompts, now_s, request_lines) if config.request_log else None
+        )
         self.observing = bool(self._tracer or self.metrics or self._log)
         """Whether RPCs are observed at all; if not, `observe` costs next to nothing."""
 

@@ -8,11 +8,13 @@ added only when the operator set `telemetry.log_prompts`; API keys never
 appear, since no field is built from headers or provider settings.
 
 Where the lines go: by default to the logger, as records, so an embedding
-application (or a test) routes them as it routes any log. `faregate serve`
-instead calls `write_lines_to` once at start: each line is then handed to a
-`LineWriter` as bytes, without logging's record machinery, and written to
-stderr by the writer's thread, so a slow reader of stderr holds up the log,
-never the event loop (and, past the writer's bound, loses lines, counted).
+application (or a test) routes them as it routes any log. Given a
+`LineSink`, as `faregate serve` gives each server a `LineWriter` on stderr
+(built by the composition root, app.py, and closed with the server), each
+line is instead handed to it as bytes, without logging's record machinery,
+and written by the writer's thread, so a slow reader of stderr holds up the
+log, never the event loop (and, past the writer's bound, loses lines,
+counted).
 
 The line is built only when it goes somewhere, with one orjson encoding of
 a flat dict: the cost of a request log is a few microseconds. It is compact
@@ -25,11 +27,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-
-from faregate_server.telemetry.line_writer import LineWriter
 
 if TYPE_CHECKING:
     from faregate_server.telemetry.request_observation import RequestObservation
@@ -39,25 +39,31 @@ logger = logging.getLogger(LOGGER_NAME)
 # For what orjson refuses (a lone surrogate, say from a config's escape); in
 # the same compact form. Built once: json.dumps with options builds one per call.
 _encode_slowly = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_writer: LineWriter | None = None
 
 
-def write_lines_to(fd: int) -> LineWriter:
-    """Sends every request line to `fd` (one per line, bare JSON) through a
-    `LineWriter`, instead of the logger; close the writer before exiting."""
-    global _writer
-    _writer = LineWriter(fd, "request log")
-    return _writer
+class LineSink(Protocol):
+    """Takes request lines as bytes (a `LineWriter`, under `faregate serve`)."""
+
+    def write(self, line: bytes) -> None:
+        """One line, its newline included; must not wait for a slow reader."""
+        ...
 
 
 class RequestLog:
-    def __init__(self, log_prompts: bool, now_s: Callable[[], float] = time.time) -> None:
-        """`now_s`: the wall clock that dates each line (`ts`)."""
+    def __init__(
+        self,
+        log_prompts: bool,
+        now_s: Callable[[], float] = time.time,
+        lines: LineSink | None = None,
+    ) -> None:
+        """`now_s`: the wall clock that dates each line (`ts`); `lines`: where
+        the lines go as bytes, or None for the `faregate.requests` logger."""
         self._log_prompts = log_prompts
         self._now_s = now_s
+        self._lines = lines
 
     def write(self, observation: RequestObservation, latency_s: float) -> None:
-        writer = _writer
+        writer = self._lines
         if writer is None and not logger.isEnabledFor(logging.INFO):
             return
         call = observation.call
@@ -98,7 +104,7 @@ class RequestLog:
 def _line_bytes(line: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # orjson.JSONEncodeError
+    except orjson.JSONEncodeError:
         # As stderr would write it: the lone surrogate escaped.
         return f"{_encode_slowly(line)}\n".encode(errors="backslashreplace")
 
@@ -106,5 +112,5 @@ def _line_bytes(line: dict[str, Any]) -> bytes:
 def _line_text(line: dict[str, Any]) -> str:
     try:
         return orjson.dumps(line).decode()
-    except TypeError:  # orjson.JSONEncodeError
+    except orjson.JSONEncodeError:
         return _encode_slowly(line)

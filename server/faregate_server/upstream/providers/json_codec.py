@@ -53,5 +53,5 @@ def encode_json(value: Any) -> bytes:
     """`value`, which holds no NaN or infinity, as a JSON document in UTF-8."""
     try:
         return orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
+    except orjson.JSONEncodeError:
         return json.dumps(value).encode()
