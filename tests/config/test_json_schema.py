@@ -17,7 +17,7 @@ import pytest
 import yaml
 from faregate_server.__main__ import main
 from faregate_server.config.load import load_config, load_tls, parse_config
-from faregate_server.config.schema import Config, TlsConfig, json_schema
+from faregate_server.config.schema import Config, ConfigError, TlsConfig, json_schema
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 
 from tests.conftest import TEST_ENV, base_config
@@ -145,6 +145,26 @@ def test_the_default_config_and_the_test_configs_satisfy_the_schema(
     assert _schema_problems(schema, tested) == []
     assert _schema_problems(schema, {**tested, "colour": "blue"}) != []
     assert _schema_problems(schema, {**tested, "server": {"max_messages": 0}}) != []
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("routes.default", [{"split": None}]),
+    ],
+)
+def test_what_the_loader_refuses_the_schema_refuses_too(where: str, value: Any) -> None:
+    data = base_config("http://127.0.0.1:1")
+    data["auth"] = {"enabled": False}
+    *parents, leaf = where.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+    with pytest.raises(ConfigError):
+        parse_config(yaml.safe_dump(data), env=TEST_ENV)
+    assert _schema_problems(json_schema(), data) != []
 
 
 def _json(value: Any) -> Any:

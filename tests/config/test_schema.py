@@ -281,6 +281,8 @@ def test_api_keys_come_from_the_process_environment_unless_one_is_given(
         ("routes: {r: []}\n", "routes.r: must be a non-empty list of models or splits"),
         ("routes: {r: {candidates: {a: 1}}}\n", "routes.r.candidates: must be a list"),
         ("routes: {r: [{split: {}}]}\n", "routes.r[0].split: a split needs at least one model"),
+        ("routes: {r: [{split: null}]}\n", "routes.r[0].split: must be a mapping of models to"),
+        ("routes: {r: [{split: [a]}]}\n", "routes.r[0].split: must be a mapping"),
         ("models: {m: {provider: sim, version: [1]}}\n", "models.m.version: must be a string"),
         ("models: {m: {provider: {a: [1, {b: 2}]}}}\n", "models.m.provider: must be one of"),
         ("models: {m: {sim: {x: {y: z}}}}\n", "models.m.sim.x: unknown field"),
