@@ -299,6 +299,43 @@ def test_a_hostile_file_is_refused_naming_the_field(text: str, problem: str) -> 
     assert any(line.startswith(problem) for line in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("amount", "problem"),
+    [
+        ("1e999990", "must be at most 9223372036.854775807 USD"),
+        ("1e999999999", "must be at most 9223372036.854775807 USD"),
+        ("1e-999999999", "'1e-999999999' USD is finer than one nano-USD"),
+        ("-1e999999999", "expected a non-negative amount of USD, got '-1e999999999'"),
+    ],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "budgets.b.limit_usd",
+        "limit_pools.spend.capacity_usd",
+        "state.redis.emergency_cap_usd",
+        "models.m.input_usd_per_mtok",
+    ],
+)
+def test_an_amount_with_a_huge_exponent_is_refused_at_once_with_its_path(
+    path: str, amount: str, problem: str
+) -> None:
+    data: dict[str, Any] = {
+        "models": {"m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}},
+        "routes": {"default": ["m"]},
+        "budgets": {"b": {"limit_usd": 1}},
+        "limit_pools": {"spend": {"unit": "usd", "capacity_usd": 1}},
+        "auth": {"enabled": False},
+    }
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = amount
+
+    assert _problems(data) == [f"{path}: {problem}"]
+
+
 def _alias_bomb(levels: int) -> str:
     """A YAML document of a few hundred bytes holding 9**levels strings through aliases."""
     lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
