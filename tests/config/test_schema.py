@@ -119,6 +119,36 @@ def test_a_rule_between_sections_still_runs_while_another_section_or_rule_is_bro
     ]
 
 
+def test_a_bad_entry_hides_no_rule_between_sections_from_the_others() -> None:
+    data = _config()
+    data["server"]["default_route"] = "nope"
+    data["routes"] = {"s": [5], "default": ["gpt-fake", "gpt-9"], "broken": ["claude-fake"]}
+    data["models"]["claude-fake"]["workers"] = 0  # a bad model is still a model
+    data["models"]["gpt-fake"]["limits"] = {"rpm": {}, "tpm": {}}
+    data["models"]["bad"] = {"provider": "bard", "limits": {"nowhere": {}}}
+    data["limit_pools"] = {"rpm": {"unit": "requests", "capacity": 0}}
+    data["budgets"]["bad"] = {"limit_usd": "lots"}
+    data["auth"] = {
+        "enabled": False,
+        "principals": {"bot": {"budgets": ["bad", "team", "tem"], "routes": ["s", "nowhere"]}},
+    }
+
+    assert _problems(data) == [
+        "server.default_route: 'nope' is neither a route nor a model",
+        "models.gpt-fake.limits.tpm: 'tpm' is not a configured limit pool",
+        "models.claude-fake.workers: must be an integer >= 1",
+        "models.bad.provider: must be one of openai, anthropic, sim",
+        "models.bad.input_usd_per_mtok: is required",
+        "models.bad.output_usd_per_mtok: is required",
+        "routes.default[1]: 'gpt-9' is not a configured model",
+        "routes.s[0]: must be a model name or a split",
+        "budgets.bad.limit_usd: expected a number of USD, got 'lots'",
+        "auth.principals.bot.budgets: 'tem' is not configured",
+        "auth.principals.bot.routes: 'nowhere' is not configured",
+        "limit_pools.rpm.capacity: must be an integer >= 1",
+    ]
+
+
 def test_a_section_left_out_is_held_to_its_rules_all_the_same() -> None:
     data = _config()
     del data["server"]  # its default route, "default", exists
