@@ -318,6 +318,14 @@ def test_api_keys_come_from_the_process_environment_unless_one_is_given(
         ("models: {m: {sim: {x: {y: z}}}}\n", "models.m.sim.x: unknown field"),
         ("models: {'': {}}\n", "models: names must be non-empty strings, got ''"),
         ("models: {null: {}}\n", "models: names must be non-empty strings, got None"),
+        (
+            "limit_pools: {p: {unit: requests, capacity: 1, scarcity_k: 2000}}\n",
+            "limit_pools.p.scarcity_k: must be at most 16",
+        ),
+        (
+            "auth: {principals: {p: {requests_per_s: 1.0e+300}}}\n",
+            "auth.principals.p.requests_per_s: must be at most 1e+09",
+        ),
         ("models: [unclosed\n", "not valid YAML"),
         (f"server: {{max_messages: {'9' * 5000}}}\n", "not valid YAML: Exceeds the limit"),
         ("models: " + "[" * 900 + "\n", "not valid YAML: nested too deeply"),

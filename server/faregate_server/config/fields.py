@@ -96,9 +96,10 @@ class Integer(_Rule):
 
 @dataclass(frozen=True, slots=True)
 class Number(_Rule):
-    """A finite number (an integer is read as a float)."""
+    """A finite number from `minimum` to `maximum` (an integer is read as a float)."""
 
     minimum: float = 0.001
+    maximum: float = math.inf
 
     def check(self, value: Any) -> float:
         number = math.nan
@@ -107,10 +108,15 @@ class Number(_Rule):
                 number = float(value)
         if not math.isfinite(number) or number < self.minimum:
             raise problem(f"must be a finite number >= {self.minimum}")
+        if number > self.maximum:
+            raise problem(f"must be at most {self.maximum:g}")
         return number
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "number", "minimum": self.minimum}
+        schema: JsonSchemaValue = {"type": "number", "minimum": self.minimum}
+        if math.isfinite(self.maximum):
+            schema["maximum"] = self.maximum
+        return schema
 
 
 @dataclass(frozen=True, slots=True)
