@@ -203,6 +203,27 @@ def test_an_unknown_key_is_refused_with_its_path(path: str) -> None:
     assert _problems(data) == [f"{path}: unknown field"]
 
 
+@pytest.mark.parametrize(
+    ("section", "entry"),
+    [
+        ("models", "gpt-fake"),
+        ("budgets", "team"),
+        ("routes", "default"),
+        ("limit_pools", "rpm"),
+    ],
+)
+@pytest.mark.parametrize("reserved", ["<key>", "<list>"])
+def test_the_keys_the_schema_carries_names_in_are_unknown_fields(
+    section: str, entry: str, reserved: str
+) -> None:
+    data = _config()
+    data["routes"]["default"] = {"candidates": data["routes"]["default"]}
+    data["limit_pools"] = {"rpm": {"unit": "requests", "capacity": 60}}
+    data[section][entry][reserved] = ["gpt-fake"]
+
+    assert _problems(data) == [f"{section}.{entry}: unknown field {reserved}"]
+
+
 def test_a_split_cannot_spell_its_slot_as_code_does() -> None:
     data = _config()
     data["routes"]["default"] = [{"models": ["gpt-fake"], "weights": [1]}]

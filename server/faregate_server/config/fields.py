@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
-from faregate_server.config.problems import SHORTHAND, problem
+from faregate_server.config.problems import SHORTHAND, problem, reject
 from faregate_server.money import MoneyFormatError, usd_to_nano_usd
 
 SECTION = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -46,8 +46,8 @@ INT64_MAX = 2**63 - 1
 MAX_PORT = 65535
 _T = TypeVar("_T")
 _KEY = "<key>"
-"""Where a named entry's name travels into its section during validation; the
-file cannot usefully write it (`keyed` overwrites it)."""
+"""Where a named entry's name travels into its section during validation; written
+in a file, it is an unknown field (`keyed` refuses it)."""
 
 
 class _Rule:
@@ -296,6 +296,16 @@ def keyed(spelled: Any = None) -> BeforeValidator:
     def named(value: Any) -> Any:
         if not isinstance(value, Mapping):
             return value  # the mapping's own check says what is wrong
+        # The keys that carry a name or a short form in are the schema's own: written
+        # in a file, they are unknown fields (refused first, alone; named at their
+        # entry, since paths leave the short form's key out).
+        reject(
+            ((key,), f"unknown field {reserved}")
+            for key, entry in value.items()
+            if isinstance(entry, Mapping)
+            for reserved in (_KEY, SHORTHAND)
+            if reserved in entry
+        )
         entries: dict[Any, Any] = {}
         for key, entry in value.items():
             if spelled is not None and isinstance(entry, list):
