@@ -353,6 +353,7 @@ def test_api_keys_come_from_the_process_environment_unless_one_is_given(
         ("models: " + "{a: " * 900 + "\n", "not valid YAML: nested too deeply"),
         ("models: {m: {version: 2024-13-01}}\n", "not valid YAML: month must be in 1..12"),
         ("models: {m: {capabilities: !!set {tools: null}}}\n", "models.m.capabilities: must be a"),
+        ("models: {m: {capabilities: [tools, tools]}}\n", "models.m.capabilities[1]: lists"),
         ("routes: {r: {candidates: !!set {a: null}}}\n", "routes.r.candidates: must be a list"),
     ],
 )

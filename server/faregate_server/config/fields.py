@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -35,7 +36,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
-from faregate_server.config.problems import SHORTHAND, problem, reject
+from faregate_server.config.problems import SHORTHAND, Loc, problem, reject
 from faregate_server.money import MoneyFormatError, usd_to_nano_usd
 
 SECTION = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -160,7 +161,10 @@ class Text(_Rule):
         return value
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string"}
+        if not self.starts:
+            return {"type": "string"}
+        pattern = "^(" + "|".join(re.escape(start) for start in self.starts) + ")"
+        return {"type": "string", "pattern": f"^$|{pattern}" if self.empty_ok else pattern}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,10 @@ class Name(_Rule):
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "minLength": 1}
+
+
+_PORT = "([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+"""A port from 0 to 65535, as a regular expression (after any leading zeros)."""
 
 
 def address_problem(address: str) -> str | None:
@@ -200,8 +208,8 @@ class Address(_Rule):
         return text
 
     def json_schema(self) -> JsonSchemaValue:
-        pattern = r"^(.+:[0-9]{1,5})?$" if self.optional else r"^.+:[0-9]{1,5}$"
-        return {"type": "string", "pattern": pattern}
+        address = f"^.+:0*{_PORT}$"
+        return {"type": "string", "pattern": f"^$|{address}" if self.optional else address}
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +339,23 @@ def _a_list(value: Any) -> Any:
 A_LIST = BeforeValidator(_a_list)
 """For a tuple or frozenset field: written as a YAML list, and only so (pydantic would
 also take a set, in no particular order)."""
+
+
+def _a_set(value: Any) -> Any:
+    seen: set[str] = set()
+    twice: list[tuple[Loc, str]] = []
+    for index, item in enumerate(_a_list(value)):
+        if isinstance(item, str):  # what is no string, the item's own check refuses
+            if item in seen:
+                twice.append(((index,), f"lists {item!r} twice"))
+            seen.add(item)
+    reject(twice)
+    return value
+
+
+A_SET = BeforeValidator(_a_set)
+"""For a frozenset field: written as a YAML list that names each item once (as its
+JSON Schema's `uniqueItems` says)."""
 
 
 def _refuse(value: Any) -> Any:

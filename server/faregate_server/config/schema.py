@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
@@ -128,7 +129,8 @@ _Key = Annotated[str, Name()]
 class Config:
     """A whole faregate config."""
 
-    __pydantic_config__ = SECTION
+    # A file without models is refused (`models` is validated even when left out).
+    __pydantic_config__ = ConfigDict(**SECTION, json_schema_extra={"required": ["models"]})
 
     # The rules of a section left out apply all the same (its default is validated).
     server: Annotated[ServerConfig, Field(validate_default=True)] = field(
