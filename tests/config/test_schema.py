@@ -224,6 +224,22 @@ def test_the_keys_the_schema_carries_names_in_are_unknown_fields(
     assert _problems(data) == [f"{section}.{entry}: unknown field {reserved}"]
 
 
+def test_a_key_yaml_reads_as_a_date_is_named_as_written() -> None:
+    text = (
+        "models: {m: {provider: sim, input_usd_per_mtok: 1, output_usd_per_mtok: 1,"
+        " 2024-01-01: x, true: y}}\n"
+        "routes: {default: [m]}\n"
+        "auth: {enabled: false}\n"
+        "2024-01-02: 1\n"
+    )
+
+    assert _problems(text) == [
+        "models.m.2024-01-01: unknown field",
+        "models.m.True: unknown field",
+        "2024-01-02: unknown field",
+    ]
+
+
 def test_a_split_cannot_spell_its_slot_as_code_does() -> None:
     data = _config()
     data["routes"]["default"] = [{"models": ["gpt-fake"], "weights": [1]}]

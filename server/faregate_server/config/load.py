@@ -74,4 +74,4 @@ def _validate(adapter: TypeAdapter[_T], data: Any, at: Loc, **context: Any) -> _
     if failure is None and not notes:
         return valid
     sections = [str(key) for key in data] if isinstance(data, Mapping) else []
-    raise ConfigError.of(lines(failure, notes, at, sections))
+    raise ConfigError.of(lines(failure, notes, at, sections, data))
