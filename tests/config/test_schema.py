@@ -4,12 +4,17 @@ and derived keys refused; hostile files refused in one readable error."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from typing import Any
 
 import pytest
 import yaml
+from faregate_server.config.fields import Integer, Number, Usd
 from faregate_server.config.load import parse_config
-from faregate_server.config.schema import ConfigError, LimitUnit, SqliteSynchronous
+from faregate_server.config.schema import Config, ConfigError, LimitUnit, SqliteSynchronous
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from tests.conftest import TEST_ENV, base_config
 
@@ -238,6 +243,39 @@ def test_a_key_yaml_reads_as_a_date_is_named_as_written() -> None:
         "models.m.True: unknown field",
         "2024-01-02: unknown field",
     ]
+
+
+def _sections() -> list[type]:
+    """Every section of the schema: the dataclasses a file's values are validated into."""
+    found: list[type] = [Config]
+    for section in found:
+        for hint in typing.get_type_hints(section, include_extras=True).values():
+            for part in _parts(hint):
+                is_section = isinstance(part, type) and hasattr(part, "__pydantic_config__")
+                if is_section and part not in found:
+                    found.append(part)
+    return found
+
+
+def _parts(hint: Any) -> list[Any]:
+    """A field's annotation and every type inside it (InitVars opened)."""
+    if isinstance(hint, dataclasses.InitVar):
+        hint = hint.type
+    return [hint, *(part for arg in typing.get_args(hint) for part in _parts(arg))]
+
+
+@pytest.mark.parametrize("section", _sections(), ids=lambda section: section.__name__)
+def test_every_default_keeps_its_own_rule(section: type) -> None:
+    fields = section.__dataclass_fields__  # type: ignore[attr-defined]  # InitVars too
+    for name, hint in typing.get_type_hints(section, include_extras=True).items():
+        metadata = [meta for part in _parts(hint) for meta in getattr(part, "__metadata__", ())]
+        rules = [meta for meta in metadata if isinstance(meta, Integer | Number | Usd)]
+        defaults = [meta.default for meta in metadata if isinstance(meta, FieldInfo)]
+        defaults.append(fields[name].default if name in fields else None)
+        for rule in rules:
+            for default in defaults:
+                if default not in (None, dataclasses.MISSING, PydanticUndefined):
+                    rule.check(default)
 
 
 def test_a_split_cannot_spell_its_slot_as_code_does() -> None:

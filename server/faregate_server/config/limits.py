@@ -101,7 +101,9 @@ class LimitPoolConfig:
     name: FromKey
     unit: Annotated[LimitUnit, Choice()]
     """What the pool counts: requests, tokens, usd (money) or custom units."""
-    capacity: Annotated[int, Integer(1), Field(default=0), no_default_shown]
+    # The default stands for "not written" (`_one_capacity` says what is required),
+    # and keeps the rule all the same.
+    capacity: Annotated[int, Integer(1), Field(default=1), no_default_shown]
     """Units per window (nano-USD for a USD pool, written `capacity_usd`); required
     for the other units."""
     window: Annotated[Window, Choice(), Field(default=Window.MINUTE)]
