@@ -4,15 +4,23 @@ Config prices are written in USD per million tokens; they are converted once,
 at load, into integer nano-USD per million tokens. A cost is computed from
 integer token counts and rounded up to the next nano-dollar, so faregate never
 under-counts. No float ever touches money.
+
+An amount read from a config fits in int64 (SQLite, Redis and protobuf all store
+int64): its size is checked on the decimal, before any integer is built, so a
+written exponent (`1e999999`) is refused at once, never expanded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 NANO_USD_PER_USD = 1_000_000_000
 TOKENS_PER_MTOK = 1_000_000
+MAX_NANO_USD = 2**63 - 1
+"""The largest amount: the int64 maximum."""
+_MAX_USD = Decimal(MAX_NANO_USD).scaleb(-9)
+_NANO = Decimal(1).scaleb(-9)
 
 
 class MoneyFormatError(ValueError):
@@ -25,19 +33,25 @@ def usd_to_nano_usd(value: object) -> int:
     YAML floats are read through their shortest decimal repr, so `0.15` is 0.15.
 
     Raises:
-        MoneyFormatError: negative, not a number, or finer than one nano-USD.
+        MoneyFormatError: negative, not a number, more than `MAX_NANO_USD`, or
+            finer than one nano-USD.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise MoneyFormatError(f"expected a number of USD, got {value!r}")
     try:
-        amount = Decimal(str(value)) * NANO_USD_PER_USD
-    except InvalidOperation:
+        usd = Decimal(str(value))
+        if not usd.is_finite() or usd < 0:
+            raise MoneyFormatError(f"expected a non-negative amount of USD, got {value!r}")
+        if usd > _MAX_USD:
+            raise MoneyFormatError(f"must be at most {_MAX_USD} USD")
+        # Bounded above, the quantized amount has at most 19 digits; an exponent
+        # far below a nano-USD quantizes to zero, so it is refused, never rounded.
+        nanos = usd.quantize(_NANO)
+        if nanos != usd:
+            raise MoneyFormatError(f"{value!r} USD is finer than one nano-USD")
+        return int(nanos.scaleb(9))
+    except DecimalException:
         raise MoneyFormatError(f"expected a number of USD, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise MoneyFormatError(f"expected a non-negative amount of USD, got {value!r}")
-    if amount != amount.to_integral_value():
-        raise MoneyFormatError(f"{value!r} USD is finer than one nano-USD")
-    return int(amount)
 
 
 def format_nano_usd(amount_nano_usd: int) -> str:

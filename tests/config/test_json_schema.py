@@ -17,7 +17,7 @@ import pytest
 import yaml
 from faregate_server.__main__ import main
 from faregate_server.config.load import load_config, load_tls, parse_config
-from faregate_server.config.schema import Config, TlsConfig, json_schema
+from faregate_server.config.schema import Config, ConfigError, TlsConfig, json_schema
 from faregate_server.security.api_keys import format_key_hash, new_api_key
 
 from tests.conftest import TEST_ENV, base_config
@@ -111,6 +111,12 @@ def _problems(schema: dict[str, Any], node: dict[str, Any], value: Any, at: str)
                 found.append(f"{at}.{key}: not allowed")
             elif isinstance(extra, dict):
                 found += _problems(schema, extra, item, f"{at}.{key}")
+    if (
+        isinstance(value, list)
+        and node.get("uniqueItems")
+        and len(set(map(repr, value))) < len(value)
+    ):
+        found.append(f"{at}: has duplicates")
     if isinstance(value, list) and "items" in node:
         for index, item in enumerate(value):
             found += _problems(schema, node["items"], item, f"{at}[{index}]")
@@ -145,6 +151,41 @@ def test_the_default_config_and_the_test_configs_satisfy_the_schema(
     assert _schema_problems(schema, tested) == []
     assert _schema_problems(schema, {**tested, "colour": "blue"}) != []
     assert _schema_problems(schema, {**tested, "server": {"max_messages": 0}}) != []
+
+
+_LEFT_OUT = object()
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("routes.default", [{"split": None}]),
+        ("models", _LEFT_OUT),
+        ("models.gpt-fake.capabilities", ["tools", "vision", "tools"]),
+        ("state.redis.url", "http://127.0.0.1:6379"),
+        ("telemetry.otlp_endpoint", "collector:4317"),
+        ("server.listen", "127.0.0.1:99999"),
+        ("server.listen", "127.0.0.1:65536"),
+        ("admin.listen", "127.0.0.1:70000"),
+        ("limit_pools.rpm", {"unit": "requests", "capacity": 5, "scarcity_k": 17}),
+        ("auth.principals.p.requests_per_s", 2e9),
+    ],
+)
+def test_what_the_loader_refuses_the_schema_refuses_too(where: str, value: Any) -> None:
+    data = base_config("http://127.0.0.1:1")
+    data["auth"] = {"enabled": False}
+    *parents, leaf = where.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is _LEFT_OUT:
+        del node[leaf]
+    else:
+        node[leaf] = value
+
+    with pytest.raises(ConfigError):
+        parse_config(yaml.safe_dump(data), env=TEST_ENV)
+    assert _schema_problems(json_schema(), data) != []
 
 
 def _json(value: Any) -> Any:

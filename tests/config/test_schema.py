@@ -4,12 +4,17 @@ and derived keys refused; hostile files refused in one readable error."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from typing import Any
 
 import pytest
 import yaml
+from faregate_server.config.fields import Integer, Number, Usd
 from faregate_server.config.load import parse_config
-from faregate_server.config.schema import ConfigError, LimitUnit, SqliteSynchronous
+from faregate_server.config.schema import Config, ConfigError, LimitUnit, SqliteSynchronous
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from tests.conftest import TEST_ENV, base_config
 
@@ -119,6 +124,36 @@ def test_a_rule_between_sections_still_runs_while_another_section_or_rule_is_bro
     ]
 
 
+def test_a_bad_entry_hides_no_rule_between_sections_from_the_others() -> None:
+    data = _config()
+    data["server"]["default_route"] = "nope"
+    data["routes"] = {"s": [5], "default": ["gpt-fake", "gpt-9"], "broken": ["claude-fake"]}
+    data["models"]["claude-fake"]["workers"] = 0  # a bad model is still a model
+    data["models"]["gpt-fake"]["limits"] = {"rpm": {}, "tpm": {}}
+    data["models"]["bad"] = {"provider": "bard", "limits": {"nowhere": {}}}
+    data["limit_pools"] = {"rpm": {"unit": "requests", "capacity": 0}}
+    data["budgets"]["bad"] = {"limit_usd": "lots"}
+    data["auth"] = {
+        "enabled": False,
+        "principals": {"bot": {"budgets": ["bad", "team", "tem"], "routes": ["s", "nowhere"]}},
+    }
+
+    assert _problems(data) == [
+        "server.default_route: 'nope' is neither a route nor a model",
+        "models.gpt-fake.limits.tpm: 'tpm' is not a configured limit pool",
+        "models.claude-fake.workers: must be an integer >= 1",
+        "models.bad.provider: must be one of openai, anthropic, sim",
+        "models.bad.input_usd_per_mtok: is required",
+        "models.bad.output_usd_per_mtok: is required",
+        "routes.default[1]: 'gpt-9' is not a configured model",
+        "routes.s[0]: must be a model name or a split",
+        "budgets.bad.limit_usd: expected a number of USD, got 'lots'",
+        "auth.principals.bot.budgets: 'tem' is not configured",
+        "auth.principals.bot.routes: 'nowhere' is not configured",
+        "limit_pools.rpm.capacity: must be an integer >= 1",
+    ]
+
+
 def test_a_section_left_out_is_held_to_its_rules_all_the_same() -> None:
     data = _config()
     del data["server"]  # its default route, "default", exists
@@ -171,6 +206,76 @@ def test_an_unknown_key_is_refused_with_its_path(path: str) -> None:
     node[leaf] = "x"
 
     assert _problems(data) == [f"{path}: unknown field"]
+
+
+@pytest.mark.parametrize(
+    ("section", "entry"),
+    [
+        ("models", "gpt-fake"),
+        ("budgets", "team"),
+        ("routes", "default"),
+        ("limit_pools", "rpm"),
+    ],
+)
+@pytest.mark.parametrize("reserved", ["<key>", "<list>"])
+def test_the_keys_the_schema_carries_names_in_are_unknown_fields(
+    section: str, entry: str, reserved: str
+) -> None:
+    data = _config()
+    data["routes"]["default"] = {"candidates": data["routes"]["default"]}
+    data["limit_pools"] = {"rpm": {"unit": "requests", "capacity": 60}}
+    data[section][entry][reserved] = ["gpt-fake"]
+
+    assert _problems(data) == [f"{section}.{entry}: unknown field {reserved}"]
+
+
+def test_a_key_yaml_reads_as_a_date_is_named_as_written() -> None:
+    text = (
+        "models: {m: {provider: sim, input_usd_per_mtok: 1, output_usd_per_mtok: 1,"
+        " 2024-01-01: x, true: y}}\n"
+        "routes: {default: [m]}\n"
+        "auth: {enabled: false}\n"
+        "2024-01-02: 1\n"
+    )
+
+    assert _problems(text) == [
+        "models.m.2024-01-01: unknown field",
+        "models.m.True: unknown field",
+        "2024-01-02: unknown field",
+    ]
+
+
+def _sections() -> list[type]:
+    """Every section of the schema: the dataclasses a file's values are validated into."""
+    found: list[type] = [Config]
+    for section in found:
+        for hint in typing.get_type_hints(section, include_extras=True).values():
+            for part in _parts(hint):
+                is_section = isinstance(part, type) and hasattr(part, "__pydantic_config__")
+                if is_section and part not in found:
+                    found.append(part)
+    return found
+
+
+def _parts(hint: Any) -> list[Any]:
+    """A field's annotation and every type inside it (InitVars opened)."""
+    if isinstance(hint, dataclasses.InitVar):
+        hint = hint.type
+    return [hint, *(part for arg in typing.get_args(hint) for part in _parts(arg))]
+
+
+@pytest.mark.parametrize("section", _sections(), ids=lambda section: section.__name__)
+def test_every_default_keeps_its_own_rule(section: type) -> None:
+    fields = section.__dataclass_fields__  # type: ignore[attr-defined]  # InitVars too
+    for name, hint in typing.get_type_hints(section, include_extras=True).items():
+        metadata = [meta for part in _parts(hint) for meta in getattr(part, "__metadata__", ())]
+        rules = [meta for meta in metadata if isinstance(meta, Integer | Number | Usd)]
+        defaults = [meta.default for meta in metadata if isinstance(meta, FieldInfo)]
+        defaults.append(fields[name].default if name in fields else None)
+        for rule in rules:
+            for default in defaults:
+                if default not in (None, dataclasses.MISSING, PydanticUndefined):
+                    rule.check(default)
 
 
 def test_a_split_cannot_spell_its_slot_as_code_does() -> None:
@@ -281,13 +386,28 @@ def test_api_keys_come_from_the_process_environment_unless_one_is_given(
         ("routes: {r: []}\n", "routes.r: must be a non-empty list of models or splits"),
         ("routes: {r: {candidates: {a: 1}}}\n", "routes.r.candidates: must be a list"),
         ("routes: {r: [{split: {}}]}\n", "routes.r[0].split: a split needs at least one model"),
+        ("routes: {r: [{split: null}]}\n", "routes.r[0].split: must be a mapping of models to"),
+        ("routes: {r: [{split: [a]}]}\n", "routes.r[0].split: must be a mapping"),
         ("models: {m: {provider: sim, version: [1]}}\n", "models.m.version: must be a string"),
         ("models: {m: {provider: {a: [1, {b: 2}]}}}\n", "models.m.provider: must be one of"),
         ("models: {m: {sim: {x: {y: z}}}}\n", "models.m.sim.x: unknown field"),
         ("models: {'': {}}\n", "models: names must be non-empty strings, got ''"),
         ("models: {null: {}}\n", "models: names must be non-empty strings, got None"),
+        (
+            "limit_pools: {p: {unit: requests, capacity: 1, scarcity_k: 2000}}\n",
+            "limit_pools.p.scarcity_k: must be at most 16",
+        ),
+        (
+            "auth: {principals: {p: {requests_per_s: 1.0e+300}}}\n",
+            "auth.principals.p.requests_per_s: must be at most 1e+09",
+        ),
         ("models: [unclosed\n", "not valid YAML"),
+        (f"server: {{max_messages: {'9' * 5000}}}\n", "not valid YAML: Exceeds the limit"),
+        ("models: " + "[" * 900 + "\n", "not valid YAML: nested too deeply"),
+        ("models: " + "{a: " * 900 + "\n", "not valid YAML: nested too deeply"),
+        ("models: {m: {version: 2024-13-01}}\n", "not valid YAML: month must be in 1..12"),
         ("models: {m: {capabilities: !!set {tools: null}}}\n", "models.m.capabilities: must be a"),
+        ("models: {m: {capabilities: [tools, tools]}}\n", "models.m.capabilities[1]: lists"),
         ("routes: {r: {candidates: !!set {a: null}}}\n", "routes.r.candidates: must be a list"),
     ],
 )
@@ -295,6 +415,43 @@ def test_a_hostile_file_is_refused_naming_the_field(text: str, problem: str) -> 
     problems = _problems(text)
 
     assert any(line.startswith(problem) for line in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("amount", "problem"),
+    [
+        ("1e999990", "must be at most 9223372036.854775807 USD"),
+        ("1e999999999", "must be at most 9223372036.854775807 USD"),
+        ("1e-999999999", "'1e-999999999' USD is finer than one nano-USD"),
+        ("-1e999999999", "expected a non-negative amount of USD, got '-1e999999999'"),
+    ],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "budgets.b.limit_usd",
+        "limit_pools.spend.capacity_usd",
+        "state.redis.emergency_cap_usd",
+        "models.m.input_usd_per_mtok",
+    ],
+)
+def test_an_amount_with_a_huge_exponent_is_refused_at_once_with_its_path(
+    path: str, amount: str, problem: str
+) -> None:
+    data: dict[str, Any] = {
+        "models": {"m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}},
+        "routes": {"default": ["m"]},
+        "budgets": {"b": {"limit_usd": 1}},
+        "limit_pools": {"spend": {"unit": "usd", "capacity_usd": 1}},
+        "auth": {"enabled": False},
+    }
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = amount
+
+    assert _problems(data) == [f"{path}: {problem}"]
 
 
 def _alias_bomb(levels: int) -> str:

@@ -34,6 +34,10 @@ from faregate_server.config.problems import Loc, problem
 from faregate_server.security.api_keys import ApiKeyHash, KeyFormatError, parse_key_hash
 from faregate_server.security.distinguished_names import parse_subject
 
+MAX_REQUESTS_PER_S = 1e9
+"""The highest rate a principal may be given; its default burst is the rate
+rounded up, an integer token bucket."""
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -103,8 +107,8 @@ class PrincipalConfig:
     """Routes it may name, the default route included when `model` is empty."""
     models: GrantField = Grant()
     """Models it may name directly, bypassing routes."""
-    requests_per_s: Annotated[float, Number(0)] = 0.0
-    """Its sustained request rate on each replica; 0 means no limit."""
+    requests_per_s: Annotated[float, Number(0, MAX_REQUESTS_PER_S)] = 0.0
+    """Its sustained request rate on each replica; 0 means no limit (at most 1e9)."""
     burst: Annotated[int, Integer(1), no_default_shown] = 1
     """Requests it may send at once above the rate; defaults to requests_per_s
     rounded up, and at least 1."""

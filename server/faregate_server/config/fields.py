@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -35,8 +36,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
-from faregate_server.config.problems import SHORTHAND, problem
-from faregate_server.money import NANO_USD_PER_USD, MoneyFormatError, usd_to_nano_usd
+from faregate_server.config.problems import SHORTHAND, Loc, problem, reject
+from faregate_server.money import MoneyFormatError, usd_to_nano_usd
 
 SECTION = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 """Every section's pydantic config: unknown keys are errors; field docstrings document
@@ -46,8 +47,8 @@ INT64_MAX = 2**63 - 1
 MAX_PORT = 65535
 _T = TypeVar("_T")
 _KEY = "<key>"
-"""Where a named entry's name travels into its section during validation; the
-file cannot usefully write it (`keyed` overwrites it)."""
+"""Where a named entry's name travels into its section during validation; written
+in a file, it is an unknown field (`keyed` refuses it)."""
 
 
 class _Rule:
@@ -96,9 +97,10 @@ class Integer(_Rule):
 
 @dataclass(frozen=True, slots=True)
 class Number(_Rule):
-    """A finite number (an integer is read as a float)."""
+    """A finite number from `minimum` to `maximum` (an integer is read as a float)."""
 
     minimum: float = 0.001
+    maximum: float = math.inf
 
     def check(self, value: Any) -> float:
         number = math.nan
@@ -107,10 +109,15 @@ class Number(_Rule):
                 number = float(value)
         if not math.isfinite(number) or number < self.minimum:
             raise problem(f"must be a finite number >= {self.minimum}")
+        if number > self.maximum:
+            raise problem(f"must be at most {self.maximum:g}")
         return number
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "number", "minimum": self.minimum}
+        schema: JsonSchemaValue = {"type": "number", "minimum": self.minimum}
+        if math.isfinite(self.maximum):
+            schema["maximum"] = self.maximum
+        return schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +161,10 @@ class Text(_Rule):
         return value
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string"}
+        if not self.starts:
+            return {"type": "string"}
+        pattern = "^(" + "|".join(re.escape(start) for start in self.starts) + ")"
+        return {"type": "string", "pattern": f"^$|{pattern}" if self.empty_ok else pattern}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +178,10 @@ class Name(_Rule):
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "minLength": 1}
+
+
+_PORT = "([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+"""A port from 0 to 65535, as a regular expression (after any leading zeros)."""
 
 
 def address_problem(address: str) -> str | None:
@@ -194,8 +208,8 @@ class Address(_Rule):
         return text
 
     def json_schema(self) -> JsonSchemaValue:
-        pattern = r"^(.+:[0-9]{1,5})?$" if self.optional else r"^.+:[0-9]{1,5}$"
-        return {"type": "string", "pattern": pattern}
+        address = f"^.+:0*{_PORT}$"
+        return {"type": "string", "pattern": f"^$|{address}" if self.optional else address}
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,13 +243,9 @@ class Usd(_Rule):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise problem(f"expected a number of USD, got {_shown(value)}")
         try:
-            amount = usd_to_nano_usd(value)
+            return usd_to_nano_usd(value)
         except MoneyFormatError as error:
             raise problem(str(error)) from None
-        if amount > INT64_MAX:
-            whole, nanos = divmod(INT64_MAX, NANO_USD_PER_USD)
-            raise problem(f"must be at most {whole}.{nanos:09d} USD")
-        return amount
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": ["number", "string"], "minimum": 0}
@@ -294,6 +304,16 @@ def keyed(spelled: Any = None) -> BeforeValidator:
     def named(value: Any) -> Any:
         if not isinstance(value, Mapping):
             return value  # the mapping's own check says what is wrong
+        # The keys that carry a name or a short form in are the schema's own: written
+        # in a file, they are unknown fields (refused first, alone; named at their
+        # entry, since paths leave the short form's key out).
+        reject(
+            ((key,), f"unknown field {reserved}")
+            for key, entry in value.items()
+            if isinstance(entry, Mapping)
+            for reserved in (_KEY, SHORTHAND)
+            if reserved in entry
+        )
         entries: dict[Any, Any] = {}
         for key, entry in value.items():
             if spelled is not None and isinstance(entry, list):
@@ -319,6 +339,23 @@ def _a_list(value: Any) -> Any:
 A_LIST = BeforeValidator(_a_list)
 """For a tuple or frozenset field: written as a YAML list, and only so (pydantic would
 also take a set, in no particular order)."""
+
+
+def _a_set(value: Any) -> Any:
+    seen: set[str] = set()
+    twice: list[tuple[Loc, str]] = []
+    for index, item in enumerate(_a_list(value)):
+        if isinstance(item, str):  # what is no string, the item's own check refuses
+            if item in seen:
+                twice.append(((index,), f"lists {item!r} twice"))
+            seen.add(item)
+    reject(twice)
+    return value
+
+
+A_SET = BeforeValidator(_a_set)
+"""For a frozenset field: written as a YAML list that names each item once (as its
+JSON Schema's `uniqueItems` says)."""
 
 
 def _refuse(value: Any) -> Any:

@@ -25,6 +25,10 @@ from faregate_server.config.fields import (
 )
 from faregate_server.config.problems import Loc, reject
 
+MAX_SCARCITY_K = 16.0
+"""The largest scarcity exponent: the smallest remaining fraction, one unit of
+an int64 capacity (about 1e-19), raised to -16 is still a float (about 4e302)."""
+
 
 class Window(StrEnum):
     """When a budget's spend or a limit pool's use returns to zero (UTC calendar)."""
@@ -97,13 +101,16 @@ class LimitPoolConfig:
     name: FromKey
     unit: Annotated[LimitUnit, Choice()]
     """What the pool counts: requests, tokens, usd (money) or custom units."""
-    capacity: Annotated[int, Integer(1), Field(default=0), no_default_shown]
+    # The default stands for "not written" (`_one_capacity` says what is required),
+    # and keeps the rule all the same.
+    capacity: Annotated[int, Integer(1), Field(default=1), no_default_shown]
     """Units per window (nano-USD for a USD pool, written `capacity_usd`); required
     for the other units."""
     window: Annotated[Window, Choice(), Field(default=Window.MINUTE)]
     """When the pool's use returns to zero."""
-    scarcity_k: Annotated[float, Number(0)] = 1.0
-    """Exponent of the scarcity multiplier 1/f^k as the remaining fraction f falls."""
+    scarcity_k: Annotated[float, Number(0, MAX_SCARCITY_K)] = 1.0
+    """Exponent of the scarcity multiplier 1/f^k as the remaining fraction f falls
+    (at most 16)."""
     capacity_usd: InitVar[Annotated[int | None, Usd(), Field(default=None), no_default_shown]] = (
         None
     )

@@ -49,6 +49,10 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"not valid YAML: {error}") from None
+    except ValueError as error:  # a scalar the resolver cannot build: 2024-13-01, 5000 digits
+        raise ConfigError(f"not valid YAML: {error}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ConfigError("not valid YAML: nested too deeply") from None
     if data is None:  # an empty file
         data = {}
     return _validate(config_adapter(), data, (), env=env or os.environ)
@@ -70,4 +74,4 @@ def _validate(adapter: TypeAdapter[_T], data: Any, at: Loc, **context: Any) -> _
     if failure is None and not notes:
         return valid
     sections = [str(key) for key in data] if isinstance(data, Mapping) else []
-    raise ConfigError.of(lines(failure, notes, at, sections))
+    raise ConfigError.of(lines(failure, notes, at, sections, data))

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from faregate_server.config.fields import (
-    A_LIST,
+    A_SET,
     SECTION,
     Choice,
     Fraction,
@@ -156,7 +156,7 @@ class ModelConfig:
     """The deployment's version, reported with each answer (canaries split by it)."""
     quality: Annotated[float, Fraction()] = 0.5
     """How good the model is, 0 to 1; the router weighs it against cost."""
-    capabilities: Annotated[frozenset[Annotated[Capability, Choice()]], A_LIST] = frozenset()
+    capabilities: Annotated[frozenset[Annotated[Capability, Choice()]], A_SET] = frozenset()
     """What the model can do beyond plain chat."""
     limits: InitVar[
         Annotated[Mapping[Annotated[str, Name()], LimitDraw], keyed(), Field(default_factory=dict)]

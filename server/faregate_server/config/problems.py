@@ -121,14 +121,34 @@ def path(loc: Loc) -> str:
     return text or "config"
 
 
+def _key_as_written(written: Any, loc: Loc) -> str:
+    """The last key of `loc` as the file writes it: `2024-01-01`, not the repr pydantic
+    makes of the date YAML reads it as (`str` of the key, as YAML read it)."""
+    node = written
+    for part in loc[:-1]:
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    for key in node if isinstance(node, Mapping) else ():
+        # Pydantic keeps a str or an int key (a bool as an int) and quotes any other.
+        if key == loc[-1] or (not isinstance(key, str | int) and repr(key) == loc[-1]):
+            return str(key)
+    return str(loc[-1])
+
+
 def lines(
     error: ValidationError | None,
     notes: Sequence[tuple[Loc, str]] = (),
     prefix: Loc = (),
     sections: Sequence[str] = (),
+    written: Any = None,
 ) -> list[str]:
     """The lines of a validation's problems (those pydantic raised, and those rules noted),
-    under `prefix`, sorted by the file's `sections`."""
+    under `prefix`, sorted by the file's `sections`; `written` is what was validated,
+    for naming unknown keys as the file writes them."""
     found: list[tuple[Loc, str]] = [(prefix + loc, text) for loc, text in notes]
     bad_keys: list[Loc] = []
     for details in error.errors(include_url=False) if error is not None else ():
@@ -148,8 +168,9 @@ def lines(
             at = prefix if context["from_root"] else loc
             found.extend((at + below, text) for below, text in context["problems"])
         elif kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key") and loc:
-            # An unknown key is named as written, even when YAML read it as a number.
-            found.append(((*loc[:-1], str(loc[-1])), _GENERIC[kind]))
+            # An unknown key is named as written, even when YAML read it as a number or a date.
+            key = _key_as_written(written, tuple(details["loc"]))
+            found.append(((*loc[:-1], key), _GENERIC[kind]))
         else:
             found.append((loc, _GENERIC.get(kind) or details["msg"]))
     order = {name: index for index, name in enumerate(sections)}

@@ -39,6 +39,12 @@ Split = Annotated[
 """Models and their weights, e.g. `{gpt-4o@v1: 9, gpt-4o@v2: 1}`."""
 
 
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise problem("must be a mapping of models to weights")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class RouteSlot:
     """One candidate place in a route: a model, or a weighted split between
@@ -51,13 +57,23 @@ class RouteSlot:
     weights: Annotated[CodeOnly[tuple[int, ...]], Field(default=())]
     cumulative_weights: SkipJsonSchema[tuple[int, ...]] = field(init=False)
     """Running totals of `weights`, computed once for the per-request draw."""
-    split: InitVar[Annotated[Split | None, no_default_shown]] = None
+    # Required in a file (`_candidate` sees to it) and never null there: a slot of
+    # no model would fail every request of its route. Code names models instead.
+    split: InitVar[
+        Annotated[
+            Split | None,
+            BeforeValidator(_not_null, json_schema_input_type=Split),
+            no_default_shown,
+        ]
+    ] = None
     """A canary: its models and their weights (a candidate written as a mapping)."""
 
     def __post_init__(self, split: Mapping[str, int] | None) -> None:
         if split is not None:
             object.__setattr__(self, "models", tuple(split))
             object.__setattr__(self, "weights", tuple(split.values()))
+        if not self.models or len(self.models) != len(self.weights):
+            raise ValueError("a route slot needs one weight per model, and at least one model")
         object.__setattr__(self, "cumulative_weights", tuple(itertools.accumulate(self.weights)))
 
 

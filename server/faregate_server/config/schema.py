@@ -10,16 +10,18 @@ editors. `faregate_server.config.load` reads a file into it.
 Invariants:
 - Values are frozen stdlib dataclasses: reading one on the hot path is a plain
   attribute access. Pydantic validates a file against them once, at load.
-- A rule between sections runs whenever the sections it reads are valid, and a
-  broken rule fails no section: a bad model does not hide a bad budget, nor a
-  route naming an unknown model a grant naming an unknown route. Every problem
-  of a file is reported at once, with its path.
+- A rule between sections runs even when a section it reads failed: it looks
+  names up in those the file writes, and reads the entries valid on their own;
+  a broken rule fails no section. So a bad model does not hide a bad budget, nor
+  a bad route a route naming an unknown model, nor a bad budget a grant naming
+  an unknown one. Every problem of a file is reported at once, with its path.
 - The JSON Schema is generated from the same classes; the defaults it shows are
   the defaults a load applies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -28,11 +30,14 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
@@ -116,13 +121,16 @@ _Key = Annotated[str, Name()]
 
 
 # A rule between sections is attached to the last of the sections it reads, in the
-# order fields are declared (and validated); it runs whenever those sections are valid,
-# and notes its problems instead of failing, so no rule hides another's problems.
+# order fields are declared (and validated); it notes its problems instead of failing,
+# so no rule hides another's problems. A section that failed still takes part: a rule
+# reads the names its file writes (`_names`), and the entries that are valid on
+# their own (`_entries`), so one bad entry hides nothing of the others.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole faregate config."""
 
-    __pydantic_config__ = SECTION
+    # A file without models is refused (`models` is validated even when left out).
+    __pydantic_config__ = ConfigDict(**SECTION, json_schema_extra={"required": ["models"]})
 
     # The rules of a section left out apply all the same (its default is validated).
     server: Annotated[ServerConfig, Field(validate_default=True)] = field(
@@ -161,11 +169,25 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     """Traces, metrics and request logs (read at startup only)."""
 
-    @field_validator("models", mode="after")
+    @model_validator(mode="before")
+    @classmethod
+    def _record_names(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping) and isinstance(info.context, dict):
+            written = {section: data.get(section) for section in _NAMED}
+            info.context[_WRITTEN] = {
+                section: frozenset(key for key in entries if isinstance(key, str) and key)
+                if isinstance(entries, Mapping)
+                else frozenset()  # a section that is no mapping names nothing
+                for section, entries in written.items()
+            }
+        return data
+
+    @field_validator("models", mode="wrap")
     @classmethod
     def _settle_models(
-        cls, models: Mapping[str, ModelConfig], info: ValidationInfo
+        cls, written: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Mapping[str, ModelConfig]:
+        models, failure = _entries("models", written, handler, info)
         env: Mapping[str, str] = (info.context or {}).get("env", os.environ)
         note(
             info.context,
@@ -175,6 +197,8 @@ class Config:
                 for at, problem in settle_model(model, env)
             ],
         )
+        if failure is not None:
+            raise failure
         return models
 
     @field_validator("routes", mode="wrap")
@@ -182,11 +206,8 @@ class Config:
     def _routes_name_models(
         cls, written: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Mapping[str, RouteConfig]:
-        routes: Mapping[str, RouteConfig] = handler(written)
-        server: ServerConfig | None = info.data.get("server")
-        models: Mapping[str, ModelConfig] | None = info.data.get("models")
-        if models is None:
-            return routes
+        routes, failure = _entries("routes", written, handler, info)
+        models = _names(info, "models")
         problems: list[tuple[Loc, str]] = []
         for name, route in routes.items():
             if name in models:
@@ -202,31 +223,37 @@ class Config:
                     elif model in seen:
                         problems.append(((*listed, index), f"lists {model!r} twice"))
                     seen.add(model)
+        server: ServerConfig | None = info.data.get("server")
         default = None if server is None else server.default_route
-        if default is not None and default not in routes and default not in models:
+        if default is not None and default not in _names(info, "routes") | models:
             problems.append(
                 (("server", "default_route"), f"{default!r} is neither a route nor a model")
             )
         note(info.context, problems)
+        if failure is not None:
+            raise failure
         return routes
 
-    @field_validator("limit_pools", mode="after")
+    @field_validator("limit_pools", mode="wrap")
     @classmethod
     def _draws_name_pools(
-        cls, pools: Mapping[str, LimitPoolConfig], info: ValidationInfo
+        cls, written: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Mapping[str, LimitPoolConfig]:
-        models: Mapping[str, ModelConfig] | None = info.data.get("models")
+        pools, failure = _entries("limit_pools", written, handler, info)
+        named = _names(info, "limit_pools")
         problems: list[tuple[Loc, str]] = []
-        for name, model in (models or {}).items():
-            unknown = [draw.pool for draw in model.draws if draw.pool not in pools]
+        for name, model in _valid(info, "models").items():
+            unknown = [draw.pool for draw in model.draws if draw.pool not in named]
             problems.extend(
                 (("models", name, "limits", pool), f"{pool!r} is not a configured limit pool")
                 for pool in unknown
             )
-            if not unknown:  # an unrated draw takes its pool unit's natural rate
+            if not unknown and failure is None:  # an unrated draw takes its pool unit's rate
                 draws = tuple(draw.natural(pools[draw.pool].unit) for draw in model.draws)
                 set_derived(model, "draws", draws)
         note(info.context, problems)
+        if failure is not None:
+            raise failure
         return pools
 
     @field_validator("admin", mode="after")
@@ -248,14 +275,12 @@ class Config:
     def _principals_name_what_exists(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
         problems = [(("auth", *at), problem) for at, problem in credential_problems(auth)]
         for section in ("budgets", "routes", "models"):
-            known: Mapping[str, object] | None = info.data.get(section)
-            if known is None:
-                continue
+            known = _names(info, section)
             for name, principal in auth.principals.items():
                 grant: Grant = getattr(principal, section)
                 problems.extend(
                     (("auth", "principals", name, section), f"{unknown!r} is not configured")
-                    for unknown in sorted(grant.names - known.keys())
+                    for unknown in sorted(grant.names - known)
                 )
         server: ServerConfig | None = info.data.get("server")
         subjects = any(p.certificate_subjects for p in auth.principals.values())
@@ -269,6 +294,49 @@ class Config:
             )
         note(info.context, problems)
         return auth
+
+
+_NAMED = ("models", "routes", "budgets", "limit_pools")
+"""The sections of named entries, which rules between sections look names up in."""
+_WRITTEN = "faregate_written"
+"""Where a loader's validation context holds the names each named section writes."""
+_VALID = "faregate_valid"
+"""Where it holds the entries of a failed section that are valid on their own."""
+
+
+def _entries(
+    section: str, written: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> tuple[Mapping[str, Any], ValidationError | None]:
+    """A named section's entries, and its failure if it failed; then the entries are
+    those valid on their own (kept for later rules, see `_valid`)."""
+    try:
+        return handler(written), None
+    except ValidationError as failure:
+        valid: dict[str, Any] = {}
+        if isinstance(written, Mapping):
+            for name, entry in written.items():
+                with contextlib.suppress(ValidationError):
+                    valid.update(handler({name: entry}))
+        if isinstance(info.context, dict):
+            info.context.setdefault(_VALID, {})[section] = valid
+        return valid, failure
+
+
+def _valid(info: ValidationInfo, section: str) -> Mapping[str, Any]:
+    """A named section's valid entries (all of them, or those valid on their own)."""
+    validated: Mapping[str, Any] | None = info.data.get(section)
+    if validated is not None:
+        return validated
+    partial: Mapping[str, Any] = (info.context or {}).get(_VALID, {}).get(section, {})
+    return partial
+
+
+def _names(info: ValidationInfo, section: str) -> frozenset[str]:
+    """The names a named section's entries are filed under, valid or not."""
+    written: Mapping[str, frozenset[str]] | None = (info.context or {}).get(_WRITTEN)
+    if written is not None:
+        return written.get(section, frozenset())
+    return frozenset(_valid(info, section))
 
 
 @functools.cache
