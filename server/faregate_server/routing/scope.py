@@ -47,7 +47,9 @@ class RequestObserver(Protocol):
         ...
 
 
-class _Unobserved:
+class Unobserved:
+    """Records nothing (the observer of a call nobody observes)."""
+
     __slots__ = ()
 
     def planned(
@@ -65,7 +67,7 @@ class _Unobserved:
         pass
 
 
-NO_OBSERVER: RequestObserver = _Unobserved()
+NO_OBSERVER: RequestObserver = Unobserved()
 """Records nothing."""
 
 

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from faregate_server.domain import AttemptRecord, RouteCall, RoutingDecision, Usage
-from faregate_server.routing.scope import RequestObserver
+from faregate_server.routing.scope import RequestObserver, Unobserved
 
 if TYPE_CHECKING:
     from faregate_server.upstream.catalog import Deployment
@@ -126,26 +126,12 @@ class RequestObservation:
         self.reason = reason
 
 
-class _NotObserved:
+class _NotObserved(Unobserved):
     """The observation of an RPC when nothing observes RPCs."""
 
     __slots__ = ()
 
     def called(self, call: RouteCall) -> None:
-        pass
-
-    def planned(
-        self, request_id: str, route: str, first: Deployment, records: Sequence[AttemptRecord]
-    ) -> None:
-        pass
-
-    def served(self, decision: RoutingDecision) -> None:
-        pass
-
-    def first_output(self) -> None:
-        pass
-
-    def settled(self, usage: Usage, cost_nano_usd: int) -> None:
         pass
 
     def failed(self, code: str, reason: str) -> None:
