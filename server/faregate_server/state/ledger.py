@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -87,12 +89,23 @@ _COLUMNS = (
 _INT64 = range(-(2**63), 2**63)
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
-_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMNS.count(','))}, ?)"
+_ROWS_PER_INSERT = 32
+"""Rows of one INSERT statement (17 parameters each: well within SQLite's
+oldest limit of 999); a larger batch takes several in one transaction."""
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"
     " OR EXISTS (SELECT 1 FROM json_each(also_budget_keys) WHERE json_each.value = ?))"
 )
+
+
+@functools.cache
+def _insert_rows(count: int) -> str:
+    """INSERT of `count` spend rows (sqlite3 keeps each count's statement prepared)."""
+    row = f"({', '.join('?' * (_COLUMNS.count(',') + 1))})"
+    return f"INSERT INTO spend ({_COLUMNS}) VALUES {', '.join([row] * count)}"
+
+
 # Expired results are dropped once every this many transactions.
 _PRUNE_EVERY = 1000
 _T = TypeVar("_T")
@@ -405,7 +418,13 @@ class SqliteLedger:
         return ledger
 
     def _connect(self) -> None:
-        connection = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+        connection = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            timeout=1.0,
+            # Room for an INSERT of every batch size besides the other statements.
+            cached_statements=_ROWS_PER_INSERT + 32,
+        )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed transaction survives a power cut, not only a crash.
@@ -525,11 +544,22 @@ class SqliteLedger:
     def _insert(self, rows: list[tuple[object, ...]], results: list[tuple[object, ...]]) -> None:
         connection = self._connection
         assert connection is not None
+        prune = self._transactions % _PRUNE_EVERY == 0
+        if len(rows) <= _ROWS_PER_INSERT and not results and not prune:
+            # One statement in autocommit is a transaction of its own, as
+            # durable as BEGIN ... COMMIT, and it inserts every row in one
+            # step: sqlite3 lets go of the GIL once per step, and on a busy
+            # core each time costs a switch between this thread and the loop's.
+            connection.execute(_insert_rows(len(rows)), list(chain.from_iterable(rows)))
+            return
         with connection:  # one transaction: BEGIN ... COMMIT
             connection.execute("BEGIN")
-            connection.executemany(_INSERT, rows)
-            connection.executemany(_INSERT_RESULT, results)
-            if self._transactions % _PRUNE_EVERY == 0:
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                connection.execute(_insert_rows(len(chunk)), list(chain.from_iterable(chunk)))
+            if results:
+                connection.executemany(_INSERT_RESULT, results)
+            if prune:
                 connection.execute("DELETE FROM results WHERE expires_s < ?", (time.time(),))
 
     async def query(
