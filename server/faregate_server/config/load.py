@@ -41,6 +41,7 @@ from faregate_server.config.schema import (
     RoutingConfig,
     ServerConfig,
     SimSettings,
+    SqliteSynchronous,
     StateBackend,
     StateConfig,
     TelemetryConfig,
@@ -268,6 +269,9 @@ def _state(node: _Node) -> StateConfig:
     return StateConfig(
         backend=node.choice("backend", StateBackend, defaults.backend),
         path=node.string("path", defaults.path),
+        sqlite_synchronous=node.choice(
+            "sqlite_synchronous", SqliteSynchronous, defaults.sqlite_synchronous
+        ),
         request_id_window_s=node.number("request_id_window_s", defaults.request_id_window_s),
         redis=_redis(node.child("redis", {})),
     )

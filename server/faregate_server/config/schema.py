@@ -299,6 +299,16 @@ class StateBackend(StrEnum):
     through one Redis."""
 
 
+class SqliteSynchronous(StrEnum):
+    """How durable an SQLite ledger's commit is before the spend is reported."""
+
+    FULL = "full"
+    """fsync'd at every commit: it survives a power cut or an OS crash."""
+    NORMAL = "normal"
+    """Written to the WAL but fsync'd only at checkpoints: it survives a crash
+    of faregate, but the last commits may be lost to a power cut or an OS crash."""
+
+
 class WhenUnavailable(StrEnum):
     """What a replica does while its shared store is unreachable."""
 
@@ -333,6 +343,8 @@ class StateConfig:
     backend: StateBackend = StateBackend.SQLITE
     path: str = "faregate.db"
     """The SQLite file, for the sqlite backend."""
+    sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
+    """The sqlite backend's durability: full, or normal (cheaper, see SqliteSynchronous)."""
     request_id_window_s: float = 86_400.0
     """How long the result of a request with a client request_id is kept for its retries."""
     redis: RedisConfig = RedisConfig()

@@ -2,13 +2,16 @@
 
 `SqliteLedger` keeps the records in an SQLite file in WAL mode. A record is
 durable before `record()` returns, so before the response that reports the
-spend reaches the caller. The ledger has a thread of its own, so the event
-loop never blocks on disk: the thread alone holds the SQLite connection and
-takes its jobs (records, queries) from one queue in the order they were
-handed in. Concurrent requests share transactions (group commit): the thread
-takes a record and every record queued behind it into one transaction, and
-wakes the loop once to tell all their callers.
-At start the ledger is the source of truth: each budget's spend in its
+spend reaches the caller: fsync'd (synchronous FULL, the default), or with
+`synchronous="normal"` written to the WAL, which survives a crash of the
+process but maybe not a power cut or an OS crash. The ledger has a thread of
+its own, so the event loop never blocks on disk: the thread alone holds the
+SQLite connection and takes its jobs (records, queries) from one queue in
+the order they were handed in. Concurrent requests share transactions
+(group commit): the thread takes a record and every record queued behind it
+into one transaction, and wakes the loop once to tell all their callers;
+while requests commit concurrently, a batch first waits a few milliseconds
+for company. At start the ledger is the source of truth: each budget's spend in its
 current window is summed from it, so a restart, even after SIGKILL, loses no
 committed spend. Reservations are not recorded; a crash voids them. The
 result of a request that carried a client `request_id` is written in the same
@@ -109,6 +112,8 @@ def _insert_rows(count: int) -> str:
 _GROUP_WAIT_S = 0.004
 """How long a batch waits for company while requests commit concurrently
 (SqliteLedger._wait_for_company)."""
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+"""`state.sqlite_synchronous` -> the PRAGMA synchronous it sets."""
 # Expired results are dropped once every this many transactions.
 _PRUNE_EVERY = 1000
 _T = TypeVar("_T")
@@ -391,7 +396,9 @@ class SqliteLedger:
         self._stopping = False
 
     @classmethod
-    async def open(cls, path: Path, *, writer: bool = True) -> SqliteLedger:
+    async def open(
+        cls, path: Path, *, writer: bool = True, synchronous: str = "full"
+    ) -> SqliteLedger:
         """Opens (or creates) the ledger file.
 
         Args:
@@ -399,19 +406,26 @@ class SqliteLedger:
             writer: Take the ledger's writer lock (ledger_lock.py) until
                 `aclose()`; False for a reader beside a serving process
                 (an export), which must not record.
+            synchronous: "full" (each commit is fsync'd: it survives a
+                power cut) or "normal" (WAL with synchronous=NORMAL: a
+                commit survives a crash of this process, but the last ones
+                may be lost to a power cut or an OS crash).
 
         Raises:
             LedgerInUse: another process writes this ledger.
             ConfigError: the file is not a usable SQLite database (corrupt,
                 locked, unreadable); its spend is never silently reset.
         """
+        pragma = _SYNCHRONOUS.get(synchronous)
+        if pragma is None:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         lock = WriterLock(path) if writer else None
         if lock is not None:
             lock.acquire()
         ledger = cls(path, lock, asyncio.get_running_loop())
         ledger._thread.start()
         try:
-            await ledger._call(ledger._connect)
+            await ledger._call(ledger._connect, pragma)
         except BaseException as error:
             ledger._stop()
             if lock is not None:
@@ -422,7 +436,7 @@ class SqliteLedger:
             raise
         return ledger
 
-    def _connect(self) -> None:
+    def _connect(self, synchronous: str) -> None:
         connection = sqlite3.connect(
             self._path,
             isolation_level=None,
@@ -432,8 +446,9 @@ class SqliteLedger:
         )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed transaction survives a power cut, not only a crash.
-            connection.execute("PRAGMA synchronous=FULL")
+            # FULL: a committed transaction survives a power cut, not only a
+            # crash; NORMAL (in WAL mode) only a crash of this process.
+            connection.execute(f"PRAGMA synchronous={synchronous}")
             (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
