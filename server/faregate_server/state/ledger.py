@@ -109,7 +109,7 @@ def _insert_rows(count: int) -> str:
     return f"INSERT INTO spend ({_COLUMNS}) VALUES {', '.join([row] * count)}"
 
 
-_GROUP_WAIT_S = 0.004
+_GROUP_WAIT_S = 0.008
 """How long a batch waits for company while requests commit concurrently
 (SqliteLedger._wait_for_company)."""
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
