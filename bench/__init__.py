@@ -1,10 +1,14 @@
 """`make bench`: faregate measured beside a bare grpc.aio pass-through (not a test).
 
-Method. Four servers on 127.0.0.1, each its own process started by the bench:
+Method. Five servers on 127.0.0.1, each its own process started by the bench:
 
 - a fake OpenAI-compatible upstream (`upstream.py`, aiohttp, no artificial
   delays except for the model "slow");
-- faregate itself (`faregate serve` on the config of `faregate_config.py`);
+- faregate itself (`faregate serve` on the config of `faregate_config.py`,
+  state in memory);
+- faregate on the same config with the shipped default state backend,
+  sqlite, on a ledger file of its own in a temporary directory (so what the
+  durable ledger costs is measured in the same rounds);
 - the baseline (`passthrough.py`): the same `faregate.v1.RouterService` with
   no logic at all, forwarding to the upstream over one shared aiohttp session;
 - faregate on its embedded default config, for the memory goal only.
@@ -29,14 +33,17 @@ and time (`load.py`). The figures (`rounds.py`):
 - Overload (`overload.py`): a burst at a model with a tiny pool; how many are
   rejected with UNAVAILABLE / POOL_SATURATED and how fast.
 
-Measurements are interleaved: each round runs every phase against faregate,
-the pass-through and (for latency) the direct baseline back to back, and the
-server order flips every round (ABBA), so a comparison is between neighbours
-in time. Each figure is the median over rounds, printed with its range; each
-faregate/pass-through comparison is the median of the per-round ratios or
-differences. The report also says how much CPU other processes used
-meanwhile, since that is what makes a run noisy. Goals are marked PASS/FAIL
-but the bench exits 0 either way: it reports, it does not gate.
+Measurements are interleaved: each round runs every phase against both
+faregates, the pass-through and (for latency) the direct baseline back to
+back, so a comparison is between neighbours in time. The server order changes
+every round (`rounds.round_order`: ABC CBA BCA ACB CAB BAC over the six
+rounds), so each server takes each place, and follows each other server,
+equally often. Each figure is the median over rounds, printed with its range;
+each faregate/pass-through comparison (memory state, and sqlite state) is the
+median of the per-round ratios or differences. The report also says how
+much CPU other processes used meanwhile, since that is what makes a run
+noisy. Goals are marked PASS/FAIL but the bench exits 0 either way: it
+reports, it does not gate.
 
 Five more sections follow, each runnable alone (the first three in this process):
 

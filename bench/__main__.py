@@ -27,7 +27,7 @@ import aiohttp
 import grpc
 
 from bench import admission, hedging, routing_report, routing_sim, state, telemetry
-from bench.faregate_config import write_bench_config
+from bench.faregate_config import sqlite_state, write_bench_config
 from bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from bench.memory import exercise_default_config
 from bench.overload import OverloadResult, measure_overload
@@ -41,8 +41,8 @@ from bench.procs import (
     peak_rss_bytes,
     pin,
 )
-from bench.report import FAREGATE, PASSTHROUGH, BenchReport, render
-from bench.rounds import Round, Server, Settings, run_round
+from bench.report import FAREGATE, FAREGATE_SQLITE, PASSTHROUGH, BenchReport, render
+from bench.rounds import Round, Server, Settings, round_order, run_round
 
 OVERLOAD_BURST = 200
 _WARM_UP_CALLS = 400
@@ -54,6 +54,19 @@ _DIRECT_CONNECTIONS = 128
 def _faregate_command() -> list[str]:
     script = Path(sys.executable).with_name("faregate")
     return [str(script)] if script.exists() else [sys.executable, "-m", "faregate_server"]
+
+
+def _serve_command(config: Path) -> list[str]:
+    return [
+        *_faregate_command(),
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
 
 
 def _progress(message: str) -> None:
@@ -106,8 +119,10 @@ class _Measurements:
 
 
 async def _measure(
-    upstream: Child, faregate: Child, passthrough: Child, default: Child, settings: Settings
+    upstream: Child, measured: list[Child], default: Child, settings: Settings
 ) -> _Measurements:
+    """Measures the servers under test (faregate first) in interleaved rounds."""
+    faregate = measured[0]
     api_base = f"http://{upstream.target}/v1"
     async with AsyncExitStack() as stack:
         session = aiohttp.ClientSession(
@@ -117,7 +132,8 @@ async def _measure(
         )
         stack.push_async_callback(session.close)
         servers = []
-        for name, child in ((FAREGATE, faregate), (PASSTHROUGH, passthrough)):
+        for child in measured:
+            name = child.name
             channel = grpc.aio.insecure_channel(child.target)
             stack.push_async_callback(channel.close)
             target = GrpcTarget(channel)
@@ -133,13 +149,12 @@ async def _measure(
         )
         _check_warm_up("the upstream", [direct_warm_up], log_tail(upstream.log_path))
 
-        bench_pids = [child.pid for child in (upstream, faregate, passthrough, default)]
+        bench_pids = [child.pid for child in (upstream, *measured, default)]
         machine_before, bench_before_s = machine_cpu(), _bench_cpu_s(bench_pids)
         rounds_started_s = time.monotonic()
         rounds = []
         for index in range(settings.rounds):
-            # ABBA: flip the order every other round so neither server always goes first.
-            order = servers if index % 2 == 0 else servers[::-1]
+            order = round_order(servers, index)
             prefix = f"round {index + 1}/{settings.rounds} ({', '.join(s.name for s in order)})"
             rounds.append(
                 await run_round(
@@ -212,23 +227,22 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         tempfile.TemporaryDirectory(prefix="faregate-bench-") as scratch,
         Children(Path(scratch)) as children,
     ):
-        _progress("starting the upstream, faregate, the pass-through, default faregate")
+        _progress(
+            "starting the upstream, faregate (memory and sqlite state), the pass-through,"
+            " default faregate"
+        )
         upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
         api_base = f"http://{upstream.target}/v1"
         config = write_bench_config(Path(scratch) / "faregate.yaml", api_base)
-        faregate = children.start(
-            FAREGATE,
-            [
-                *_faregate_command(),
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ],
-            {server_cpu},
+        # The shipped default backend, on a ledger file of its own.
+        sqlite_config = write_bench_config(
+            Path(scratch) / "faregate-sqlite.yaml",
+            api_base,
+            sqlite_state(Path(scratch) / "ledger.db"),
+        )
+        faregate = children.start(FAREGATE, _serve_command(config), {server_cpu})
+        faregate_sqlite = children.start(
+            FAREGATE_SQLITE, _serve_command(sqlite_config), {server_cpu}
         )
         passthrough = children.start(
             PASSTHROUGH,
@@ -247,7 +261,9 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
             ],
             {server_cpu},
         )
-        measured = asyncio.run(_measure(upstream, faregate, passthrough, default, settings))
+        measured = asyncio.run(
+            _measure(upstream, [faregate, faregate_sqlite, passthrough], default, settings)
+        )
     return BenchReport(
         settings=settings,
         server_cpu=server_cpu,

@@ -3,7 +3,7 @@
     git worktree add /tmp/faregate-before <rev>
     cd /tmp/faregate-before
     /path/to/faregate/.venv/bin/python /path/to/faregate/bench/ab.py \\
-        /tmp/faregate-before /path/to/faregate 10
+        /tmp/faregate-before /path/to/faregate 10 [memory|sqlite|sqlite-normal]
 
 It is run from the older checkout, whose bench drives the load and writes the
 config, so both faregates accept it (configs only gain keys). A checkout
@@ -11,7 +11,10 @@ from before the bench moved out of tests/ keeps it in tests/bench: for one,
 run this file as it was then, `git show d1ebe5e:tests/bench/ab.py`. A and B are
 two `faregate serve` processes, each importing its own checkout's code,
 measured with the bare pass-through in the same rounds (`rounds.py`), the
-order reversed every other round. Printed: each round's figures, then the
+order varied as `rounds.round_order` does. The last argument is the state
+both faregates run on: memory (the default, as in the bench config), or
+sqlite on a ledger file of each one's own, with its default synchronous or
+`state.sqlite_synchronous: normal`. Printed: each round's figures, then the
 medians and the median of the per-round B/A ratios. Not a test: it reports.
 """
 
@@ -32,10 +35,10 @@ import aiohttp
 import grpc
 
 from bench.__main__ import _warm_up
-from bench.faregate_config import write_bench_config
+from bench.faregate_config import MEMORY_STATE, sqlite_state, write_bench_config
 from bench.load import DirectTarget, GrpcTarget
 from bench.procs import Child, Children, pin
-from bench.rounds import Round, Server, ServerRound, Settings, run_round
+from bench.rounds import Round, Server, ServerRound, Settings, round_order, run_round
 
 _NAMES = ("A", "B", "passthrough")
 _FIGURES: tuple[tuple[str, Callable[[ServerRound], float]], ...] = (
@@ -79,7 +82,7 @@ async def _rounds(children: dict[str, Child], upstream: Child, settings: Setting
         direct = DirectTarget(session, f"http://{upstream.target}/v1")
         rounds = []
         for index in range(settings.rounds):
-            order = servers if index % 2 == 0 else servers[::-1]
+            order = round_order(servers, index)
             measured = await run_round(order, direct, upstream.pid, settings, progress=_quiet)
             rounds.append(measured)
             print(
@@ -95,16 +98,31 @@ async def _rounds(children: dict[str, Child], upstream: Child, settings: Setting
 
 def main() -> None:
     tree_a, tree_b, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    backend = sys.argv[4] if len(sys.argv) > 4 else "memory"
+    if backend not in ("memory", "sqlite", "sqlite-normal"):
+        raise SystemExit(f"state {backend!r}: memory, sqlite or sqlite-normal")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = cpus[0], cpus[-1]
     pin(os.getpid(), {load_cpu})
     settings = Settings(rounds=rounds)
     with tempfile.TemporaryDirectory() as scratch, Children(Path(scratch)) as children:
         upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
-        config = write_bench_config(Path(scratch) / "faregate.yaml", f"http://{upstream.target}/v1")
+        configs = {
+            name: write_bench_config(
+                Path(scratch) / f"faregate-{name}.yaml",
+                f"http://{upstream.target}/v1",
+                MEMORY_STATE
+                if backend == "memory"
+                else sqlite_state(
+                    Path(scratch) / f"ledger-{name}.db",
+                    "normal" if backend == "sqlite-normal" else None,
+                ),
+            )
+            for name in ("A", "B")
+        }
         started = {
-            "A": children.start("A", _faregate(tree_a, config), {server_cpu}),
-            "B": children.start("B", _faregate(tree_b, config), {server_cpu}),
+            "A": children.start("A", _faregate(tree_a, configs["A"]), {server_cpu}),
+            "B": children.start("B", _faregate(tree_b, configs["B"]), {server_cpu}),
             "passthrough": children.start(
                 "passthrough",
                 [

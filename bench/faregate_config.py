@@ -2,8 +2,10 @@
 
 `bench` is an openai model on the fake upstream with workers and a waiting
 room well above the bench's highest concurrency (64), behind a budget that
-cannot run out, so nothing but faregate's own work is measured; state is in
-memory, the durable backends being measured apart. `slow` has a
+cannot run out, so nothing but faregate's own work is measured. State is in
+memory, like for like with the pass-through; `sqlite_state` gives the same
+config the shipped default backend instead (a ledger file of its own per
+faregate: one process writes a ledger). `slow` has a
 tiny pool (2 workers, 2 waiting) for the overload measurement; the upstream
 delays its answers. The loop-lag guard is off, the rounds saturating the
 core on purpose; admission.py measures it.
@@ -11,6 +13,7 @@ core on purpose; admission.py measures it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,22 @@ def _openai_model(api_base: str, *, workers: int, queue: int) -> dict[str, Any]:
     }
 
 
-def bench_config(api_base: str) -> dict[str, Any]:
+MEMORY_STATE: dict[str, Any] = {"backend": "memory"}
+
+
+def sqlite_state(ledger: Path, synchronous: str | None = None) -> dict[str, Any]:
+    """The `state` section of the default backend on a ledger file of its own.
+
+    `synchronous` ("full", "normal") is written only when given, so the config
+    also suits a faregate from before `state.sqlite_synchronous` (bench/ab.py).
+    """
+    state: dict[str, Any] = {"backend": "sqlite", "path": str(ledger)}
+    if synchronous is not None:
+        state["sqlite_synchronous"] = synchronous
+    return state
+
+
+def bench_config(api_base: str, state: Mapping[str, Any] = MEMORY_STATE) -> dict[str, Any]:
     """The config as a YAML-ready mapping; api_base is the upstream's, ending in /v1."""
     return {
         # The rounds saturate the server core on purpose, on a machine that
@@ -49,9 +67,10 @@ def bench_config(api_base: str) -> dict[str, Any]:
             SLOW_MODEL: _openai_model(api_base, workers=SLOW_WORKERS, queue=SLOW_QUEUE),
         },
         "budgets": {BENCH_BUDGET: {"limit_usd": 1_000_000, "window": "none"}},
-        # Like for like with the pass-through, which keeps nothing: the cost
-        # of a durable or shared ledger is measured on its own (state.py).
-        "state": {"backend": "memory"},
+        # Memory by default: like for like with the pass-through, which keeps
+        # nothing. The sqlite faregate of the rounds, and state.py, measure
+        # what a durable ledger adds.
+        "state": dict(state),
         # Every call carries an API key, as in production; the pass-through
         # receives the same metadata and ignores it.
         "auth": {
@@ -67,6 +86,6 @@ def bench_config(api_base: str) -> dict[str, Any]:
     }
 
 
-def write_bench_config(path: Path, api_base: str) -> Path:
-    path.write_text(yaml.safe_dump(bench_config(api_base), sort_keys=False))
+def write_bench_config(path: Path, api_base: str, state: Mapping[str, Any] = MEMORY_STATE) -> Path:
+    path.write_text(yaml.safe_dump(bench_config(api_base, state), sort_keys=False))
     return path

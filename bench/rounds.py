@@ -2,7 +2,8 @@
 
 A round runs each phase against every server back to back (and, for latency,
 against the upstream directly), so the figures compared in a ratio were taken
-seconds apart. The caller flips the server order every other round (ABBA).
+seconds apart. `round_order` varies the server order from round to round, so
+no server always goes first or always follows the same neighbour.
 
 Phases, in order:
 1. latency at each concurrency in `Settings.latency_batches`; each
@@ -26,7 +27,8 @@ from bench.procs import cpu_time_s, own_cpu_time_s
 class Settings:
     """How much load each phase applies; every loop is bounded in count and time."""
 
-    rounds: int = 5
+    rounds: int = 6
+    """Six: `round_order`'s whole cycle for three servers."""
     latency_batches: tuple[tuple[int, int], ...] = ((1, 1000), (16, 1600))
     """(concurrency, calls) of each latency batch."""
     saturation_concurrency: int = 64
@@ -48,6 +50,19 @@ class Server:
     name: str
     pid: int
     target: GrpcTarget
+
+
+def round_order(servers: Sequence[Server], index: int) -> list[Server]:
+    """The order of round `index` (from 0): each rotation forwards, then backwards.
+
+    With two servers this is ABBA. With three it is ABC CBA BCA ACB CAB BAC:
+    over six rounds each server takes each place twice and comes straight
+    after each other server twice, so neither a place in the round nor a
+    neighbour's leftovers (a warm cache, a busy disk) favours any of them.
+    """
+    start = (index // 2) % len(servers)
+    order = [*servers[start:], *servers[:start]]
+    return order if index % 2 == 0 else order[::-1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""The SQLite ledger: durable before it answers, group commits, and it never
-silently resets spend when its file is unusable."""
+"""The SQLite ledger: durable before it answers (fsync'd, or with synchronous
+normal in the WAL), group commits, and it never silently resets spend when
+its file is unusable."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import dataclasses
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faregate_server.config.schema import ConfigError
-from faregate_server.state.ledger import SpendRecord, SqliteLedger
+from faregate_server.state.ledger import Ledger, SpendRecord, SqliteLedger
 from faregate_server.state.ledger_lock import LedgerInUse
+from faregate_server.state.opening import open_state
+from faregate_server.state.store import LocalState
+
+from tests.conftest import to_config
+from tests.fakes.clock import FakeClock
 
 
 def _record(
@@ -249,3 +256,65 @@ async def test_a_reader_opens_beside_the_writer_and_records_nothing(tmp_path: Pa
     finally:
         await writer.aclose()
     assert [record.request_id for _, record in found] == ["r1"]
+
+
+async def _synchronous(ledger: Ledger) -> int:
+    """PRAGMA synchronous of the ledger's own connection (the setting is per connection)."""
+    assert isinstance(ledger, SqliteLedger)
+    connection = ledger._connection
+    assert connection is not None
+    value: int = await ledger._call(lambda: connection.execute("PRAGMA synchronous").fetchone()[0])
+    return value
+
+
+@pytest.mark.parametrize(("synchronous", "pragma"), [("full", 2), ("normal", 1)])
+async def test_each_synchronous_mode_sets_its_pragma_and_keeps_records_across_a_reopen(
+    tmp_path: Path, synchronous: str, pragma: int
+) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = await SqliteLedger.open(path, synchronous=synchronous)
+    try:
+        assert await _synchronous(ledger) == pragma
+        await asyncio.gather(*(ledger.record(_record(n)) for n in range(20)))
+        await ledger.record(_record(20))
+    finally:
+        await ledger.aclose()
+
+    reopened = await SqliteLedger.open(path, synchronous=synchronous)
+    try:
+        assert await _synchronous(reopened) == pragma
+        assert reopened.spent_since({"team": 0.0}) == {"team": sum(100 + n for n in range(21))}
+        assert len(await reopened.query("", "", 100, None)) == 21
+    finally:
+        await reopened.aclose()
+
+
+async def test_an_unknown_synchronous_mode_is_refused_before_the_file_is_touched(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        await SqliteLedger.open(tmp_path / "ledger.db", synchronous="off")
+    assert not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize(("configured", "pragma"), [(None, 2), ("full", 2), ("normal", 1)])
+async def test_the_configured_synchronous_mode_reaches_the_ledger(
+    tmp_path: Path, configured: str | None, pragma: int
+) -> None:
+    state: dict[str, Any] = {"backend": "sqlite", "path": str(tmp_path / "ledger.db")}
+    if configured is not None:
+        state["sqlite_synchronous"] = configured
+    config = to_config(
+        {
+            "models": {"m": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}},
+            "routes": {"default": ["m"]},
+            "state": state,
+            "auth": {"enabled": False},
+        }
+    )
+    opened = await open_state(config, FakeClock())
+    try:
+        assert isinstance(opened, LocalState)
+        assert await _synchronous(opened.ledger) == pragma
+    finally:
+        await opened.aclose()

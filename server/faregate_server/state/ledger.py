@@ -2,10 +2,16 @@
 
 `SqliteLedger` keeps the records in an SQLite file in WAL mode. A record is
 durable before `record()` returns, so before the response that reports the
-spend reaches the caller. Concurrent requests share transactions (group
-commit): a single writer drains every record queued meanwhile into one
-transaction, on a thread of its own so the event loop never blocks on disk.
-At start the ledger is the source of truth: each budget's spend in its
+spend reaches the caller: fsync'd (synchronous FULL, the default), or with
+`synchronous="normal"` written to the WAL, which survives a crash of the
+process but maybe not a power cut or an OS crash. The ledger has a thread of
+its own, so the event loop never blocks on disk: the thread alone holds the
+SQLite connection and takes its jobs (records, queries) from one queue in
+the order they were handed in. Concurrent requests share transactions
+(group commit): the thread takes a record and every record queued behind it
+into one transaction, and wakes the loop once to tell all their callers;
+while requests commit concurrently, a batch first waits a few milliseconds
+for company. At start the ledger is the source of truth: each budget's spend in its
 current window is summed from it, so a restart, even after SIGKILL, loses no
 committed spend. Reservations are not recorded; a crash voids them. The
 result of a request that carried a client `request_id` is written in the same
@@ -23,17 +29,22 @@ writer is refused by.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import json
 import logging
 import math
+import queue
 import sqlite3
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, astuple, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from faregate_server.config.schema import ConfigError
 from faregate_server.state.ledger_lock import WriterLock
@@ -81,14 +92,31 @@ _COLUMNS = (
 _INT64 = range(-(2**63), 2**63)
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
-_INSERT = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMNS.count(','))}, ?)"
+_ROWS_PER_INSERT = 32
+"""Rows of one INSERT statement (17 parameters each: well within SQLite's
+oldest limit of 999); a larger batch takes several in one transaction."""
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
     "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM spend WHERE time_s >= ? AND (budget_key = ?"
     " OR EXISTS (SELECT 1 FROM json_each(also_budget_keys) WHERE json_each.value = ?))"
 )
+
+
+@functools.cache
+def _insert_rows(count: int) -> str:
+    """INSERT of `count` spend rows (sqlite3 keeps each count's statement prepared)."""
+    row = f"({', '.join('?' * (_COLUMNS.count(',') + 1))})"
+    return f"INSERT INTO spend ({_COLUMNS}) VALUES {', '.join([row] * count)}"
+
+
+_GROUP_WAIT_S = 0.008
+"""How long a batch waits for company while requests commit concurrently
+(SqliteLedger._wait_for_company)."""
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+"""`state.sqlite_synchronous` -> the PRAGMA synchronous it sets."""
 # Expired results are dropped once every this many transactions.
 _PRUNE_EVERY = 1000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +166,7 @@ def _row(record: SpendRecord) -> tuple[object, ...]:
         record.reserved_nano_usd,
         record.cost_nano_usd,
         record.outcome,
-        json.dumps(record.budget_keys[1:]),
+        json.dumps(record.budget_keys[1:]) if len(record.budget_keys) > 1 else "[]",
         record.route,
         record.model_version,
         record.attempts,
@@ -189,10 +217,6 @@ class ResultToKeep:
     request_id: str
     stored: StoredResult
     expires_s: float
-
-
-_Pending = tuple[SpendRecord, ResultToKeep | None, "asyncio.Future[None]"]
-"""A record (and result) waiting for the writer, with the future its caller awaits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,23 +317,88 @@ class MemoryLedger:
         return None
 
 
+class _Call:
+    """A job for the ledger's thread: a function, and the future its outcome goes to."""
+
+    __slots__ = ("args", "function", "future")
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[object, ...],
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    ) -> None:
+        self.function = function
+        self.args = args
+        self.future = future
+        """An asyncio future, or a thread's for a caller that blocks."""
+
+    def run(self) -> None:
+        try:
+            value = self.function(*self.args)
+        except Exception as error:
+            self._deliver(None, error)
+        else:
+            self._deliver(value, None)
+
+    def _deliver(self, value: object, error: Exception | None) -> None:
+        future = self.future
+        if isinstance(future, concurrent.futures.Future):
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            future.get_loop().call_soon_threadsafe(_resolve, (future,), value, error)
+
+
+def _resolve(
+    futures: Sequence[asyncio.Future[Any]], value: object, error: Exception | None
+) -> None:
+    """On the loop: tells each caller the outcome of its job (a batch's callers at once)."""
+    for future in futures:
+        if future.done():  # its caller was cancelled (a record is written all the same)
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+_Record = tuple[tuple[object, ...], "tuple[object, ...] | None", "asyncio.Future[None]", float]
+"""A spend row and its result row (if any) handed to the thread, with the
+future its caller awaits and when it was handed in (time.monotonic())."""
+_STOP = object()
+"""Handed to the thread last: write what came before, close, end."""
+
+
 class SqliteLedger:
     """The ledger in an SQLite file (WAL), written by group commit."""
 
-    def __init__(self, path: Path, lock: WriterLock | None = None) -> None:
-        # One thread owns the connection: sqlite3 objects stay on their thread.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-ledger")
+    def __init__(
+        self, path: Path, lock: WriterLock | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._path = path
+        self._lock = lock
+        self._loop = loop
+        # Only the ledger's thread touches the connection (sqlite3 objects
+        # stay on their thread), and it runs the jobs in the order handed in.
         self._connection: sqlite3.Connection | None = None
-        self._pending: list[_Pending] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._inbox: queue.SimpleQueue[_Record | _Call | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="faregate-ledger", daemon=True)
+        self._stopped: asyncio.Future[None] = loop.create_future()
         self._records = 0
         self._transactions = 0
+        self._last_batch = 0
+        """Records in the last transaction (read and written by the thread)."""
         self._closed = False
-        self._lock = lock
+        self._stopping = False
 
     @classmethod
-    async def open(cls, path: Path, *, writer: bool = True) -> SqliteLedger:
+    async def open(
+        cls, path: Path, *, writer: bool = True, synchronous: str = "full"
+    ) -> SqliteLedger:
         """Opens (or creates) the ledger file.
 
         Args:
@@ -317,20 +406,28 @@ class SqliteLedger:
             writer: Take the ledger's writer lock (ledger_lock.py) until
                 `aclose()`; False for a reader beside a serving process
                 (an export), which must not record.
+            synchronous: "full" (each commit is fsync'd: it survives a
+                power cut) or "normal" (WAL with synchronous=NORMAL: a
+                commit survives a crash of this process, but the last ones
+                may be lost to a power cut or an OS crash).
 
         Raises:
             LedgerInUse: another process writes this ledger.
             ConfigError: the file is not a usable SQLite database (corrupt,
                 locked, unreadable); its spend is never silently reset.
         """
+        pragma = _SYNCHRONOUS.get(synchronous)
+        if pragma is None:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         lock = WriterLock(path) if writer else None
         if lock is not None:
             lock.acquire()
-        ledger = cls(path, lock)
+        ledger = cls(path, lock, asyncio.get_running_loop())
+        ledger._thread.start()
         try:
-            await ledger._run(ledger._connect)
+            await ledger._call(ledger._connect, pragma)
         except BaseException as error:
-            ledger._thread.shutdown(wait=False)
+            ledger._stop()
             if lock is not None:
                 lock.release()
             if isinstance(error, sqlite3.Error):
@@ -339,12 +436,19 @@ class SqliteLedger:
             raise
         return ledger
 
-    def _connect(self) -> None:
-        connection = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+    def _connect(self, synchronous: str) -> None:
+        connection = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            timeout=1.0,
+            # Room for an INSERT of every batch size besides the other statements.
+            cached_statements=_ROWS_PER_INSERT + 32,
+        )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed transaction survives a power cut, not only a crash.
-            connection.execute("PRAGMA synchronous=FULL")
+            # FULL: a committed transaction survives a power cut, not only a
+            # crash; NORMAL (in WAL mode) only a crash of this process.
+            connection.execute(f"PRAGMA synchronous={synchronous}")
             (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
@@ -363,43 +467,90 @@ class SqliteLedger:
             raise RuntimeError("the ledger is closed")
         if self._lock is None:
             raise RuntimeError("the ledger was opened to read only")
-        _check_storable(_row(record))
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((record, result, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending(), name="faregate-ledger")
-        # Shielded: a caller that goes away must not take its record with it.
-        await asyncio.shield(done)
+        row = _row(record)
+        _check_storable(row)
+        kept = None
+        if result is not None:
+            stored = result.stored
+            kept = (
+                result.request_id,
+                stored.fingerprint,
+                stored.result,
+                stored.budget_remaining_nano_usd,
+                result.expires_s,
+            )
+        done = self._loop.create_future()
+        # Once handed in, the record is the thread's: a caller cancelled
+        # meanwhile stops waiting (its future is cancelled), and the record
+        # is written all the same.
+        self._inbox.put((row, kept, done, time.monotonic()))
+        await done
 
-    async def _write_pending(self) -> None:
-        batch: list[_Pending] = []
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._write_batch(batch)
-                batch = []
-        finally:
-            # Only if this task itself was cancelled: nobody may wait forever.
-            for *_, done in (*batch, *self._pending):
-                if not done.done():
-                    done.set_exception(RuntimeError("the ledger writer stopped"))
-                    done.exception()  # retrieved: its caller may be gone
+    def _serve(self) -> None:
+        """The ledger's thread: runs every job in the order handed in, until _STOP."""
+        held: object = None
+        while True:
+            job = held if held is not None else self._inbox.get()
+            held = None
+            if job is _STOP:
+                break
+            if isinstance(job, _Call):
+                job.run()
+                continue
+            # Group commit: the record and every record queued behind it
+            # meanwhile share one transaction.
+            batch: list[_Record] = [job]  # type: ignore[list-item]
+            if self._last_batch > 1:
+                self._wait_for_company(batch[0])
+            held = self._gather(batch)
+            self._last_batch = len(batch)
+            try:
+                self._write(batch)
+            except Exception as error:  # a bug: say so, and let nobody wait forever
+                logger.exception("the ledger could not write a batch")
+                self._settle(batch, error)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(_resolve, (self._stopped,), None, None)
 
-    async def _write_batch(self, batch: list[_Pending]) -> None:
-        rows = [_row(record) for record, _, _ in batch]
-        results = [
-            (kept.request_id, *astuple(kept.stored), kept.expires_s)
-            for _, kept, _ in batch
-            if kept is not None
-        ]
+    @staticmethod
+    def _wait_for_company(first: _Record) -> None:
+        """Holds a batch until `_GROUP_WAIT_S` after its first record was handed in.
+
+        Only when the last batch had company, so requests are committing
+        concurrently (as PostgreSQL's commit_delay waits only with
+        commit_siblings). Then the wait is cheap: the other requests use
+        the core meanwhile, and the commit it leads to, whose fsync is most
+        of a transaction's cost, is shared by several. A request that
+        commits alone never waits.
+        """
+        wait_s = first[3] + _GROUP_WAIT_S - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)  # lets go of the GIL: the loop runs on
+
+    def _gather(self, batch: list[_Record]) -> object:
+        """Takes every record queued now into the batch; returns the job after them, if any."""
+        inbox = self._inbox
+        while not inbox.empty():  # only this thread takes from the inbox
+            job = inbox.get_nowait()
+            if not isinstance(job, tuple):
+                return job
+            batch.append(job)
+        return None
+
+    def _write(self, batch: list[_Record]) -> None:
+        rows = [record[0] for record in batch]
+        results = [record[1] for record in batch if record[1] is not None]
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                await self._run(self._insert, rows, results)
+                self._insert(rows, results)
                 break
             except sqlite3.OperationalError as error:
                 # Locked, busy, out of space: the file's trouble, for the whole batch.
                 if attempt < _WRITE_ATTEMPTS:
-                    await asyncio.sleep(_WRITE_RETRY_S * attempt)
+                    time.sleep(_WRITE_RETRY_S * attempt)  # on the ledger's thread
                     continue
                 self._fail(batch, rows, error)
                 return
@@ -408,45 +559,51 @@ class SqliteLedger:
                 # written in transactions of their own.
                 if len(batch) > 1:
                     for pending in batch:
-                        await self._write_batch([pending])
+                        self._write([pending])
                     return
                 self._fail(batch, rows, error)
                 return
         self._records += len(batch)
         self._transactions += 1
-        for *_, done in batch:
-            if not done.done():
-                done.set_result(None)
+        self._settle(batch, None)
 
-    @staticmethod
-    def _fail(batch: list[_Pending], rows: list[tuple[object, ...]], error: Exception) -> None:
+    def _fail(self, batch: list[_Record], rows: list[tuple[object, ...]], error: Exception) -> None:
         # The spend stands in memory but not on disk: say exactly what is
         # missing so an operator can repair the ledger.
         for row in rows:
             logger.error("spend record not written to the ledger: %r", row)
-        for *_, done in batch:
-            if not done.done():
-                done.set_exception(error)
-                done.exception()
+        self._settle(batch, error)
 
-    def _insert(
-        self, rows: Iterable[tuple[object, ...]], results: Iterable[tuple[object, ...]]
-    ) -> None:
-        assert self._connection is not None
-        with self._connection:  # one transaction: BEGIN ... COMMIT
-            self._connection.execute("BEGIN")
-            self._connection.executemany(_INSERT, rows)
-            self._connection.executemany(_INSERT_RESULT, results)
-            if self._transactions % _PRUNE_EVERY == 0:
-                self._connection.execute("DELETE FROM results WHERE expires_s < ?", (time.time(),))
+    def _settle(self, batch: list[_Record], error: Exception | None) -> None:
+        # One wake-up of the loop per batch, however many callers it tells.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(_resolve, [record[2] for record in batch], None, error)
+
+    def _insert(self, rows: list[tuple[object, ...]], results: list[tuple[object, ...]]) -> None:
+        connection = self._connection
+        assert connection is not None
+        prune = self._transactions % _PRUNE_EVERY == 0
+        if len(rows) <= _ROWS_PER_INSERT and not results and not prune:
+            # One statement in autocommit is a transaction of its own, as
+            # durable as BEGIN ... COMMIT, and it inserts every row in one
+            # step: sqlite3 lets go of the GIL once per step, and on a busy
+            # core each time costs a switch between this thread and the loop's.
+            connection.execute(_insert_rows(len(rows)), list(chain.from_iterable(rows)))
+            return
+        with connection:  # one transaction: BEGIN ... COMMIT
+            connection.execute("BEGIN")
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                connection.execute(_insert_rows(len(chunk)), list(chain.from_iterable(chunk)))
+            if results:
+                connection.executemany(_INSERT_RESULT, results)
+            if prune:
+                connection.execute("DELETE FROM results WHERE expires_s < ?", (time.time(),))
 
     async def query(
         self, budget_key: str, agent: str, limit: int, before: int | None
     ) -> list[tuple[int, SpendRecord]]:
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(
-            self._thread, self._select, budget_key, agent, limit, before
-        )
+        rows = await self._call(self._select, budget_key, agent, limit, before)
         return [(row[0], _from_row(row[1:])) for row in rows]
 
     def _select(
@@ -463,8 +620,7 @@ class SqliteLedger:
         return self._connection.execute(query, arguments).fetchall()
 
     async def result(self, request_id: str, now_s: float) -> StoredResult | None:
-        loop = asyncio.get_running_loop()
-        row = await loop.run_in_executor(self._thread, self._select_result, request_id, now_s)
+        row = await self._call(self._select_result, request_id, now_s)
         return None if row is None else StoredResult(*row)
 
     def _select_result(self, request_id: str, now_s: float) -> tuple[Any, ...] | None:
@@ -480,7 +636,7 @@ class SqliteLedger:
 
     def spent_since(self, since_s: Mapping[str, float]) -> dict[str, int]:
         """Read once at start, before serving, so it may block."""
-        return self._thread.submit(self._sum_since, dict(since_s)).result()
+        return self._call_blocking(self._sum_since, dict(since_s))
 
     def _sum_since(self, since_s: dict[str, float]) -> dict[str, int]:
         assert self._connection is not None
@@ -492,7 +648,7 @@ class SqliteLedger:
 
     def records_since(self, since_s: float) -> list[SpendRecord]:
         """Read once at start, before serving, so it may block."""
-        return self._thread.submit(self._select_since, since_s).result()
+        return self._call_blocking(self._select_since, since_s)
 
     def _select_since(self, since_s: float) -> list[SpendRecord]:
         assert self._connection is not None
@@ -507,14 +663,23 @@ class SqliteLedger:
     async def aclose(self) -> None:
         """Writes every record already handed in, then closes; later records are refused."""
         self._closed = True
-        while self._writer is not None and not self._writer.done():
-            await asyncio.wait({self._writer})
-        if self._connection is not None:
-            await self._run(self._connection.close)
-            self._connection = None
-        await asyncio.to_thread(self._thread.shutdown)
+        self._stop()
+        await asyncio.shield(self._stopped)
         if self._lock is not None:
             self._lock.release()  # last: nothing of ours writes the file any more
+            self._lock = None
 
-    async def _run(self, function: Callable[..., None], *args: object) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+    def _stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._inbox.put(_STOP)
+
+    async def _call(self, function: Callable[..., _T], *args: object) -> _T:
+        future: asyncio.Future[_T] = self._loop.create_future()
+        self._inbox.put(_Call(function, args, future))
+        return await future
+
+    def _call_blocking(self, function: Callable[..., _T], *args: object) -> _T:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._inbox.put(_Call(function, args, future))
+        return future.result()

@@ -32,7 +32,9 @@ async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> St
         return await RedisState.open(config, clock)
     ledger: Ledger
     if state.backend is StateBackend.SQLITE:
-        ledger = await SqliteLedger.open(Path(state.path), writer=writer)
+        ledger = await SqliteLedger.open(
+            Path(state.path), writer=writer, synchronous=state.sqlite_synchronous
+        )
     else:
         ledger = MemoryLedger()
     return LocalState(config, clock, ledger)
