@@ -10,8 +10,10 @@ SQLite connection and takes its jobs (records, queries) from one queue in
 the order they were handed in. Concurrent requests share transactions
 (group commit): the thread takes a record and every record queued behind it
 into one transaction, and wakes the loop once to tell all their callers;
-while requests commit concurrently, a batch first waits a few milliseconds
-for company. At start the ledger is the source of truth: each budget's spend in its
+while requests commit concurrently on a busy loop, a batch first waits a
+few milliseconds for company.
+
+At start the ledger is the source of truth: each budget's spend in its
 current window is summed from it, so a restart, even after SIGKILL, loses no
 committed spend. Reservations are not recorded; a crash voids them. The
 result of a request that carried a client `request_id` is written in the same
@@ -111,7 +113,11 @@ def _insert_rows(count: int) -> str:
 
 _GROUP_WAIT_S = 0.008
 """How long a batch waits for company while requests commit concurrently
-(SqliteLedger._wait_for_company)."""
+on a busy loop (SqliteLedger._wait_for_company)."""
+_BUSY_WINDOW_S = 0.02
+"""The loop's busyness is measured over stretches of at least this long."""
+_BUSY_ENOUGH = 0.5
+"""A loop whose thread was on the CPU this share of the time is busy."""
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 """`state.sqlite_synchronous` -> the PRAGMA synchronous it sets."""
 # Expired results are dropped once every this many transactions.
@@ -392,6 +398,11 @@ class SqliteLedger:
         self._transactions = 0
         self._last_batch = 0
         """Records in the last transaction (read and written by the thread)."""
+        # How busy the loop's thread is, measured at records (see _note_busy).
+        self._busy_since_s = time.monotonic()
+        self._busy_cpu_s = time.thread_time()
+        self._loop_busy = 0.0
+        """Share of the last measured stretch the loop's thread spent on the CPU."""
         self._closed = False
         self._stopping = False
 
@@ -483,8 +494,17 @@ class SqliteLedger:
         # Once handed in, the record is the thread's: a caller cancelled
         # meanwhile stops waiting (its future is cancelled), and the record
         # is written all the same.
-        self._inbox.put((row, kept, done, time.monotonic()))
+        now_s = time.monotonic()
+        if now_s - self._busy_since_s >= _BUSY_WINDOW_S:
+            self._note_busy(now_s)
+        self._inbox.put((row, kept, done, now_s))
         await done
+
+    def _note_busy(self, now_s: float) -> None:
+        # On the loop's thread: its CPU time over the stretch since the last note.
+        cpu_s = time.thread_time()
+        self._loop_busy = (cpu_s - self._busy_cpu_s) / (now_s - self._busy_since_s)
+        self._busy_since_s, self._busy_cpu_s = now_s, cpu_s
 
     def _serve(self) -> None:
         """The ledger's thread: runs every job in the order handed in, until _STOP."""
@@ -500,7 +520,7 @@ class SqliteLedger:
             # Group commit: the record and every record queued behind it
             # meanwhile share one transaction.
             batch: list[_Record] = [job]  # type: ignore[list-item]
-            if self._last_batch > 1:
+            if self._last_batch > 1 and self._loop_busy >= _BUSY_ENOUGH:
                 self._wait_for_company(batch[0])
             held = self._gather(batch)
             self._last_batch = len(batch)
@@ -521,10 +541,12 @@ class SqliteLedger:
 
         Only when the last batch had company, so requests are committing
         concurrently (as PostgreSQL's commit_delay waits only with
-        commit_siblings). Then the wait is cheap: the other requests use
-        the core meanwhile, and the commit it leads to, whose fsync is most
-        of a transaction's cost, is shared by several. A request that
-        commits alone never waits.
+        commit_siblings), and the loop is busy, so more of them are on their
+        way and the core has no time to spare. Then the wait is cheap: those
+        requests use the core meanwhile, and the commit it leads to, whose
+        fsync is most of a transaction's cost, is shared by several. A
+        request that commits alone never waits, nor one on a loop with time
+        to spare (callers that all wait on the ledger together, say).
         """
         wait_s = first[3] + _GROUP_WAIT_S - time.monotonic()
         if wait_s > 0:
