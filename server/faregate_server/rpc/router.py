@@ -1,10 +1,10 @@
 """The RouterService servicer: proto in, domain call, proto out.
 
-Every call takes the same steps before the gateway sees it (`_admitted`):
-the drain's gate, admission control, the credential, the request's
-translation (rpc/translate.py), the principal's grants, the deadline (the
-caller's or the configured default: no call is ever unbounded) and the
-principal's own limits. Whatever a call fails with becomes its status in
+Every call takes the same steps before the gateway sees it (`_admitted`,
+then `_checked`): the drain's gate, admission control, the credential, the
+request's translation (rpc/translate.py), the principal's grants, the
+deadline (the caller's or the configured default: no call is ever
+unbounded) and the principal's own limits. Whatever a call fails with becomes its status in
 rpc/status.py: a `FaregateError` with its rich details, anything else
 INTERNAL with a trace id, the traceback going to the log only.
 
@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing
 from typing import Any, NoReturn, TypedDict
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
-from faregate_server.config.schema import ServerConfig
+from faregate_server.config.schema import PrincipalConfig, ServerConfig
 from faregate_server.domain import (
     AttemptOutcome,
     AttemptRecord,
@@ -120,11 +119,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteRequest, context: RouteContext, observation: RpcObserver
     ) -> router_pb2.RouteResponse:
         try:
-            with self._admitted(request, context) as (tracked, call, deadline_s):
-                async with asyncio.timeout_at(deadline_s):
-                    observation.called(call)
-                    scope = CallScope(deadline_s, observation, tracked.committing)
-                    result = await self._gateway.route(call, scope)
+            tracked = self._admitted()
+            with tracked:
+                principal, call, deadline_s = self._checked(request, context)
+                with self._auth.admit(principal):
+                    async with asyncio.timeout_at(deadline_s):
+                        observation.called(call)
+                        scope = CallScope(deadline_s, observation, tracked.committing)
+                        result = await self._gateway.route(call, scope)
         except Exception as error:
             await abort(context, error, request.model, observation)
         return router_pb2.RouteResponse(
@@ -146,7 +148,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # deadline scope covers the writes too and fires inside this frame.
         # A shutdown may cut the stream between writes, never during one.
         try:
-            with self._admitted(request, context) as (tracked, call, deadline_s):
+            tracked = self._admitted()
+            with tracked:
+                principal, call, deadline_s = self._checked(request, context)
                 scope_s = deadline_s
                 if context.time_remaining() is not None:
                     # The caller's deadline is gRPC's too: it ends the call
@@ -156,19 +160,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     scope_s += _CALLER_DEADLINE_GRACE_S
                 observation.called(call)
                 scope = CallScope(deadline_s, observation, tracked.committing)
-                async with (
-                    asyncio.timeout_at(scope_s),
-                    aclosing(self._gateway.stream(call, scope)) as events,
-                ):
-                    async for event in events:
-                        tracked.writing()
-                        try:
-                            await context.write(_stream_event(event))
-                        except grpc.aio.InternalError:
-                            # The write's batch failed in gRPC's core: the
-                            # call is over (cancelled, or past its deadline).
-                            raise _CallEnded from None
-                        tracked.written()
+                with self._auth.admit(principal):
+                    async with (
+                        asyncio.timeout_at(scope_s),
+                        aclosing(self._gateway.stream(call, scope)) as events,
+                    ):
+                        async for event in events:
+                            tracked.writing()
+                            try:
+                                await context.write(_stream_event(event))
+                            except grpc.aio.InternalError:
+                                # The write's batch failed in gRPC's core: the
+                                # call is over (cancelled, or past its deadline).
+                                raise _CallEnded from None
+                            tracked.written()
         except _CallEnded:
             _observe_ended(context, observation)
             # Ended the way gRPC ends a handler whose call it cancelled: a
@@ -186,31 +191,38 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             context.set_details(status.message)
             context.set_trailing_metadata(status.trailers)
 
-    @contextmanager
-    def _admitted(
-        self, request: AnyRouteRequest, context: AnyContext
-    ) -> Iterator[tuple[TrackedCall, RouteCall, float]]:
-        """Takes a call through the steps before the gateway: the drain's
-        gate, admission, authentication, translation, authorization, the
-        deadline and the principal's limits; yields the call tracked for the
-        drain, the domain call and its deadline (loop time), holding the
-        principal's concurrency slot until the block ends.
+    def _admitted(self) -> TrackedCall:
+        """A call past the drain's gate and admission control, to track for
+        the drain with `with` (in which `_checked` then takes it through the
+        rest of the steps before the gateway, and `Authenticator.admit` holds
+        the principal's concurrency slot). Plain `with` blocks in each
+        handler rather than one @contextmanager: a generator's setup costs
+        several times theirs, on every call.
 
         Raises:
-            FaregateError: the step that refused the call says why.
+            ShuttingDown, ServerOverloaded: the step that refused the call says why.
         """
         tracked = self._drain.track()
         # After the drain's gate (a stopping server says so, however
         # loaded) and before the credential is read: shedding a flood
         # must cost less than anything the call would do.
         self._admission.check()
-        with tracked:
-            principal = self._auth.authenticate(context)
-            call = route_call(request, principal.name, self._settings)
-            authorize(principal, call, self._gateway.catalog)
-            deadline_s = self._deadline(context)
-            with self._auth.admit(principal):
-                yield tracked, call, deadline_s
+        return tracked
+
+    def _checked(
+        self, request: AnyRouteRequest, context: AnyContext
+    ) -> tuple[PrincipalConfig, RouteCall, float]:
+        """Authenticates a call, translates its request, authorizes it and
+        gives it its deadline: its principal, its domain call and its
+        deadline (loop time).
+
+        Raises:
+            FaregateError: the step that refused the call says why.
+        """
+        principal = self._auth.authenticate(context)
+        call = route_call(request, principal.name, self._settings)
+        authorize(principal, call, self._gateway.catalog)
+        return principal, call, self._deadline(context)
 
     async def refuse_undecodable(
         self, method: str, message_name: str, context: grpc.aio.ServicerContext[Any, Any]
