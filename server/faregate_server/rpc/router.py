@@ -38,8 +38,6 @@ from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_server.config.schema import PrincipalConfig, ServerConfig
 from faregate_server.domain import (
     AttemptOutcome,
-    AttemptRecord,
-    CandidateScore,
     FinishReason,
     RouteCall,
     RoutingDecision,
@@ -129,14 +127,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         result = await self._gateway.route(call, scope)
         except Exception as error:
             await abort(context, error, request.model, observation)
-        return router_pb2.RouteResponse(
+        response = router_pb2.RouteResponse(
             output=result.output,
             finish_reason=_FINISH_REASONS[result.finish_reason],
-            usage=_usage(result.usage),
             cost_nano_usd=result.cost_nano_usd,
             budget_remaining_nano_usd=result.budget_remaining_nano_usd,
             **_served(result.decision),
         )
+        _fill_usage(response.usage, result.usage)
+        _fill_served(response, result.decision)
+        return response
 
     async def _stream_route(
         self,
@@ -242,9 +242,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return asyncio.get_running_loop().time() + remaining_s
 
 
-def _attempts(records: tuple[AttemptRecord, ...]) -> list[router_pb2.Attempt]:
-    return [
-        router_pb2.Attempt(
+def _fill_served(
+    message: router_pb2.RouteResponse | StreamEvent.StreamStart, decision: RoutingDecision
+) -> None:
+    """The decision's attempts and candidates, added to the message in place
+    (a nested message built apart and handed in is built twice)."""
+    for record in decision.attempts:
+        message.attempts.add(
             model=record.model,
             outcome=_OUTCOMES[record.outcome],
             latency_us=round(record.latency_s * 1e6),
@@ -252,13 +256,8 @@ def _attempts(records: tuple[AttemptRecord, ...]) -> list[router_pb2.Attempt]:
             hedge=record.hedge,
             reason=record.reason,
         )
-        for record in records
-    ]
-
-
-def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.CandidateScore]:
-    return [
-        router_pb2.CandidateScore(
+    for score in decision.candidates:
+        message.candidates.add(
             model=score.model,
             feasible=score.feasible,
             reason=score.reason,
@@ -267,15 +266,20 @@ def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.Candidate
             quality=score.quality,
             scarcity=score.scarcity,
         )
-        for score in scores
-    ]
+
+
+def _fill_usage(message: router_pb2.Usage, usage: Usage) -> None:
+    message.SetInParent()  # present even at zero tokens, as one built apart would be
+    message.input_tokens = usage.input_tokens
+    message.output_tokens = usage.output_tokens
 
 
 class _Served(TypedDict):
-    """Who served and how it was chosen: the fields RouteResponse and
-    StreamStart share, mapped in this one place (`_served`). Spread as
-    keyword arguments into both, so mypy checks every name and type against
-    each message: a field renamed in the proto fails the type check."""
+    """Who served and how it was chosen: the scalar fields RouteResponse and
+    StreamStart share, mapped in this one place (`_served`; the repeated
+    ones in `_fill_served`). Spread as keyword arguments into both, so mypy
+    checks every name and type against each message: a field renamed in the
+    proto fails the type check."""
 
     model_used: str
     provider: str
@@ -283,8 +287,6 @@ class _Served(TypedDict):
     reserved_nano_usd: int
     model_version: str
     task: router_pb2.Task.ValueType
-    attempts: list[router_pb2.Attempt]
-    candidates: list[router_pb2.CandidateScore]
 
 
 def _served(decision: RoutingDecision) -> _Served:
@@ -295,8 +297,6 @@ def _served(decision: RoutingDecision) -> _Served:
         "reserved_nano_usd": decision.reserved_nano_usd,
         "model_version": decision.model_version,
         "task": _TASK_NUMBERS[decision.task],
-        "attempts": _attempts(decision.attempts),
-        "candidates": _candidates(decision.candidates),
     }
 
 
@@ -304,19 +304,19 @@ def _stream_event(event: StreamItem) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, RoutingDecision):
-        return StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
+        message = StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
+        _fill_served(message.start, event)
+        return message
     return StreamEvent(
         finish=StreamEvent.StreamFinish(
-            usage=_usage(event.usage),
+            usage=router_pb2.Usage(
+                input_tokens=event.usage.input_tokens, output_tokens=event.usage.output_tokens
+            ),
             cost_nano_usd=event.cost_nano_usd,
             budget_remaining_nano_usd=event.budget_remaining_nano_usd,
             finish_reason=_FINISH_REASONS[event.finish_reason],
         )
     )
-
-
-def _usage(usage: Usage) -> router_pb2.Usage:
-    return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
 
 
 class _CallEnded(Exception):
