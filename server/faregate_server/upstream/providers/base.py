@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from faregate_server.config.schema import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
@@ -149,7 +150,7 @@ class JsonEndpoint:
         redactor: Redactor,
     ) -> None:
         self._session = session
-        self._url = url
+        self._url = URL(url)  # parsed once: aiohttp parses a str on every request
         self._headers = {"Content-Type": "application/json", **headers}
         self._model_name = model.name
         self._redactor = redactor
