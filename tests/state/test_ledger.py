@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 from faregate_server.config.schema import ConfigError
-from faregate_server.state.ledger import Ledger, SpendRecord, SqliteLedger
+from faregate_server.state.ledger import Ledger, ResultToKeep, SpendRecord, SqliteLedger
 from faregate_server.state.ledger_lock import LedgerInUse
 from faregate_server.state.opening import open_state
+from faregate_server.state.replay import StoredResult
 from faregate_server.state.store import LocalState
 
 from tests.conftest import to_config
@@ -318,3 +319,26 @@ async def test_the_configured_synchronous_mode_reaches_the_ledger(
         assert await _synchronous(opened.ledger) == pragma
     finally:
         await opened.aclose()
+
+
+async def test_expired_results_are_pruned_by_the_clock_that_dated_the_records(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    stored = StoredResult("fp", "{}", 0)
+    ledger = await SqliteLedger.open(path)
+    try:
+        # The first transaction after an open prunes: dated 1,000 s, it
+        # keeps a result that expires at 2,000 s, whatever the wall clock says.
+        await ledger.record(_record(1, time_s=1_000.0), ResultToKeep("r1", stored, 2_000.0))
+        assert await ledger.result("r1", now_s=1_500.0) == stored
+    finally:
+        await ledger.aclose()
+
+    reopened = await SqliteLedger.open(path)
+    try:
+        await reopened.record(_record(2, time_s=3_000.0))  # prunes as of 3,000 s
+
+        assert await reopened.result("r1", now_s=1_500.0) is None
+    finally:
+        await reopened.aclose()

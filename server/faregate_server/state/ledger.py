@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from faregate_server.config.schema import ConfigError
 from faregate_server.state.ledger_lock import WriterLock
@@ -158,6 +158,10 @@ class SpendRecord:
         fields = asdict(self)
         fields["budget_keys"] = list(self.budget_keys)
         return fields
+
+
+_ROW_TIME_S = 1
+"""Where `_row` puts a record's time_s."""
 
 
 def _row(record: SpendRecord) -> tuple[object, ...]:
@@ -620,7 +624,10 @@ class SqliteLedger:
             if results:
                 connection.executemany(_INSERT_RESULT, results)
             if prune:
-                connection.execute("DELETE FROM results WHERE expires_s < ?", (time.time(),))
+                # Expired by the clock that dated the records (the server's
+                # `Clock.now_s`), as the memory ledger prunes: the newest here.
+                newest_s = max(cast(float, row[_ROW_TIME_S]) for row in rows)
+                connection.execute("DELETE FROM results WHERE expires_s < ?", (newest_s,))
 
     async def query(
         self, budget_key: str, agent: str, limit: int, before: int | None
