@@ -14,8 +14,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+# The client is a distribution of its own (client/pyproject.toml) that the
+# server depends on: both go in one pip run, so pip takes it from ./client.
+$(VENV)/.installed: $(BIN)/python pyproject.toml client/pyproject.toml
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 $(BUF):
@@ -66,4 +68,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info
+	rm -rf $(VENV) .tools build *.egg-info client/build client/*.egg-info
