@@ -86,6 +86,14 @@ def enum_names(enum: EnumDescriptor) -> tuple[str, ...]:
     return tuple(value.name.removeprefix(prefix).lower() for value in enum.values if value.number)
 
 
+def enum_name(enum: EnumDescriptor, number: int) -> str:
+    """A value's name as keywords spell it: "stop" for FINISH_REASON_STOP."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return str(number)  # a value newer than these stubs
+    return value.name.removeprefix(_prefix(enum)).lower()
+
+
 def _prefix(enum: EnumDescriptor) -> str:
     # Every value's name starts as the zero value's does: the enum's name in
     # UPPER_SNAKE (buf STANDARD's ENUM_VALUE_PREFIX), e.g. PREFERENCE_.
