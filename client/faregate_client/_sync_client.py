@@ -33,11 +33,12 @@ class SyncRouteStream:
 
     `start` is set once the first message arrives, `finish` once the stream
     ends successfully (with the finish reason). Failures raise the typed
-    errors of `faregate_client`.
+    errors of `faregate_client`; after `cancel()` the iteration just ends.
     """
 
     def __init__(self, call: _StreamCall) -> None:
         self._call = call
+        self._cancelled = False
         self.start: router_pb2.StreamRouteResponse.StreamStart | None = None
         self.finish: router_pb2.StreamRouteResponse.StreamFinish | None = None
 
@@ -52,10 +53,13 @@ class SyncRouteStream:
                 elif kind == "finish":
                     self.finish = event.finish
         except grpc.RpcError as error:
+            if self._cancelled and error.code() == grpc.StatusCode.CANCELLED:
+                return
             raise _typed(error) from None
 
     def cancel(self) -> None:
-        """Cancels the call; faregate cancels the upstream request at once."""
+        """Cancels the call (from any thread); faregate cancels the upstream request at once."""
+        self._cancelled = True
         self._call.cancel()
 
 
