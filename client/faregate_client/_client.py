@@ -69,8 +69,9 @@ class FaregateClient:
                 (then `tls` must be None).
             tls: Connect over TLS (or mutual TLS) instead of in plaintext.
             generate_request_ids: Give every call that passes no `request_id`
-                a fresh UUID4 one, so that faregate serves and charges it once
-                however often the same request object is resent.
+                a fresh UUID4 one, so that a resend of that request message
+                (gRPC's own retries) is served and charged once. A retry made
+                by calling again is a new call: pass it the first's request_id.
         """
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a channel of your own, not both")
