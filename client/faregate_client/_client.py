@@ -59,7 +59,7 @@ class FaregateClient:
         api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
         tls: ClientTls | None = None,
-        generate_request_ids: bool = False,
+        generate_request_ids: bool = True,
     ) -> None:
         """
         Args:
@@ -69,9 +69,12 @@ class FaregateClient:
                 (then `tls` must be None).
             tls: Connect over TLS (or mutual TLS) instead of in plaintext.
             generate_request_ids: Give every call that passes no `request_id`
-                a fresh UUID4 one, so that a resend of that request message
-                (gRPC's own retries) is served and charged once. A retry made
-                by calling again is a new call: pass it the first's request_id.
+                a fresh UUID4 one (the default), so that a resend of that
+                request message (gRPC's own retries) is served and charged
+                once. Calling again is a new call with a new id: to retry by
+                calling again, pass your own `request_id` to every attempt.
+                False sends no id unless one is passed, and faregate makes
+                its own (not kept for retries).
         """
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a channel of your own, not both")
@@ -118,10 +121,11 @@ class FaregateClient:
                 agent, max_output_tokens, temperature, metadata, the routing
                 hints (prefer, task, explain, min_quality, max_cost_nano_usd,
                 min_context_tokens, required_capabilities, fallback),
-                additional_budget_keys and request_id. Pass a `request_id` (a
-                fresh UUID per logical request, the same on every retry of it)
-                and a retry is answered from the first result, never charged
-                twice.
+                additional_budget_keys and request_id. Omitted, the call gets
+                a fresh request_id of its own; to retry by calling again, pass
+                one (a fresh UUID per logical request, the same on every retry
+                of it) and a retry is answered from the first result, never
+                charged twice.
 
         Raises:
             faregate_client.FaregateError: a subclass per status code.

@@ -67,8 +67,8 @@ class RouteOptions(TypedDict, total=False):
     """Further budgets the request also draws on, each charged the whole cost."""
     request_id: str | None
     """The id that makes a retry safe: pass the same one on every retry of a request.
-    Omitted: a fresh UUID4 per call when the client generates ids, else none; ""
-    sends none."""
+    Omitted: a fresh UUID4 per call (unless the client was made with
+    generate_request_ids=False, then none); "" sends none."""
 
 
 _OPTIONS = frozenset(RouteOptions.__optional_keys__)

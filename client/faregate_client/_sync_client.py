@@ -76,7 +76,7 @@ class SyncFaregateClient:
         api_key: str | None = None,
         channel: grpc.Channel | None = None,
         tls: ClientTls | None = None,
-        generate_request_ids: bool = False,
+        generate_request_ids: bool = True,
     ) -> None:
         """
         Args:
@@ -86,7 +86,7 @@ class SyncFaregateClient:
                 `target` (then `tls` must be None).
             tls: Connect over TLS (or mutual TLS) instead of in plaintext.
             generate_request_ids: Give every call that passes no `request_id`
-                a fresh UUID4 one (see FaregateClient).
+                a fresh UUID4 one (the default; see FaregateClient).
         """
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a channel of your own, not both")

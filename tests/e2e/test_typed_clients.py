@@ -255,18 +255,18 @@ async def test_cancelling_the_blocking_stream_ends_it_and_the_upstream_request(
 
 
 @pytest.mark.parametrize("blocking", [False, True])
-async def test_generated_request_ids_are_fresh_per_call_so_twins_are_both_served(
+async def test_request_ids_are_generated_fresh_per_call_by_default_so_twins_are_both_served(
     faregate: Faregate, upstream: FakeUpstream, blocking: bool
 ) -> None:
     if blocking:
-        with SyncFaregateClient(faregate.target, generate_request_ids=True) as client:
+        with SyncFaregateClient(faregate.target) as client:
             replies = [await asyncio.to_thread(client.route, "hi", budget_key="team")]
             replies.append(await asyncio.to_thread(client.route, "hi", budget_key="team"))
             blocking_stream = client.stream_route("hi", budget_key="team")
             await asyncio.to_thread(list, blocking_stream)
             start = blocking_stream.start
     else:
-        async with FaregateClient(faregate.target, generate_request_ids=True) as aio_client:
+        async with FaregateClient(faregate.target) as aio_client:
             replies = [await aio_client.route("hi", budget_key="team") for _ in range(2)]
             stream = aio_client.stream_route("hi", budget_key="team")
             await read_stream(stream)
