@@ -23,7 +23,9 @@ class RouteStream:
 
     `start` is set once the first message arrives, `finish` once the stream
     ends successfully (with the finish reason). Failures raise the typed
-    errors of `faregate_client`.
+    errors of `faregate_client`. Leaving the loop early (a break, an
+    exception) cancels the call, so the upstream stops and nothing more is
+    charged.
     """
 
     def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
@@ -43,6 +45,11 @@ class RouteStream:
                     self.finish = event.finish
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
+        finally:
+            # A loop left early would leave the call open for as long as this
+            # object lives, the upstream generating and the caller charged for
+            # it. Cancelling a call that has ended does nothing.
+            self._call.cancel()
 
     def cancel(self) -> None:
         """Cancels the call; faregate cancels the upstream request at once."""

@@ -34,6 +34,8 @@ class SyncRouteStream:
     `start` is set once the first message arrives, `finish` once the stream
     ends successfully (with the finish reason). Failures raise the typed
     errors of `faregate_client`; after `cancel()` the iteration just ends.
+    Leaving the loop early (a break, an exception) cancels the call, so the
+    upstream stops and nothing more is charged.
     """
 
     def __init__(self, call: _StreamCall) -> None:
@@ -56,6 +58,11 @@ class SyncRouteStream:
             if self._cancelled and error.code() == grpc.StatusCode.CANCELLED:
                 return
             raise _typed(error) from None
+        finally:
+            # A loop left early would leave the call open for as long as this
+            # object lives, the upstream generating and the caller charged for
+            # it. Cancelling a call that has ended does nothing.
+            self._call.cancel()
 
     def cancel(self) -> None:
         """Cancels the call (from any thread); faregate cancels the upstream request at once."""

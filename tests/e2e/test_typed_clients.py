@@ -29,10 +29,13 @@ from faregate_client import (
     SyncFaregateClient,
     Unavailable,
 )
+from faregate_server.domain import ChatMessage, Role
+from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
 from tests.support.certs import write_pki
+from tests.support.eventually import eventually
 
 Route = Callable[..., Awaitable[router_pb2.RouteResponse]]
 
@@ -252,6 +255,56 @@ async def test_cancelling_the_blocking_stream_ends_it_and_the_upstream_request(
 
     assert (first, rest) == ("a", [])
     await upstream.wait_for_disconnects(1)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_a_stream_left_after_its_first_text_is_cancelled_and_charged_for_that_text(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    blocking: bool,
+) -> None:
+    # The upstream sends "a", then waits, and faregate's stall cut is far off:
+    # only the caller can end the call.
+    upstream.default = Script(chunks=["a", "b", "c"], pause_after=1, resume=asyncio.Event())
+    config_data["models"]["gpt-fake"]["idle_timeout_s"] = 600
+    texts: list[str] = []
+    async with start_faregate(to_config(config_data)) as faregate:
+        if blocking:
+            with SyncFaregateClient(faregate.target) as client:
+                blocking_stream = client.stream_route("hi", budget_key="team", model="gpt-fake")
+
+                def read_one() -> None:
+                    for text in blocking_stream:
+                        texts.append(text)
+                        break
+
+                await asyncio.to_thread(read_one)
+                # The stream object is still alive here, and its call must not be.
+                await upstream.wait_for_disconnects(1)
+        else:
+            stream = faregate.client.stream_route("hi", budget_key="team", model="gpt-fake")
+            async for text in stream:
+                texts.append(text)
+                break
+            # Here too: `stream` holds its call.
+            await upstream.wait_for_disconnects(1)
+
+        async def settled() -> bool:
+            # Polled: the server's budget store offers no event to wait on.
+            return await faregate.reserved_nano_usd() == 0
+
+        await eventually(settled, interval_s=0.001)
+        [(_, record)] = await faregate.running.state.spend("team", "", 10, None)
+        spent = await faregate.spent_nano_usd()
+
+    counter = TiktokenCounter()
+    input_tokens = counter.count_messages([ChatMessage(Role.USER, "hi")])
+    assert texts == ["a"]
+    assert (record.outcome, record.input_tokens) == ("interrupted", input_tokens)
+    assert record.output_tokens == counter.count_text("a")
+    assert record.cost_nano_usd == input_tokens * 2_500 + record.output_tokens * 10_000
+    assert spent == record.cost_nano_usd
 
 
 @pytest.mark.parametrize("blocking", [False, True])
