@@ -4,9 +4,10 @@ Every call takes the same steps before the gateway sees it (`_admitted`,
 then `_checked`): the drain's gate, admission control, the credential, the
 request's translation (rpc/translate.py), the principal's grants, the
 deadline (the caller's or the configured default: no call is ever
-unbounded) and the principal's own limits. Whatever a call fails with becomes its status in
-rpc/status.py: a `FaregateError` with its rich details, anything else
-INTERNAL with a trace id, the traceback going to the log only.
+unbounded) and the principal's own limits. Whatever a call fails with
+becomes its status in rpc/status.py: a `FaregateError` with its rich
+details, anything else INTERNAL with a trace id, the traceback going to the
+log only.
 
 Each call is observed here, from its first step to its status
 (`Telemetry.observe`), and runs in a `CallScope` handed to the gateway: its
