@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a further budget the request draws on (repeatable)",
     )
     request.add_argument(
-        "--request-id", help="makes a retry safe: the same id is served and charged once"
+        "--request-id",
+        help="makes a retry safe: the same id is served and charged once (default: a fresh one)",
     )
 
     hints = parser.add_argument_group("routing hints (docs/routing.md)")
