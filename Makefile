@@ -14,8 +14,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+# The client is a distribution of its own (client/pyproject.toml) that the
+# server depends on: both go in one pip run, so pip takes it from ./client.
+# An installed faregate is removed first: in a .venv made before the client
+# had a distribution of its own, faregate owns the faregate-client script, and
+# pip would delete it with that faregate after installing the client's own.
+$(VENV)/.installed: $(BIN)/python pyproject.toml client/pyproject.toml
+	if $(BIN)/pip show --quiet faregate >/dev/null 2>&1; then \
+	  $(BIN)/pip uninstall --quiet --yes faregate; fi
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 $(BUF):
@@ -66,4 +73,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info
+	rm -rf $(VENV) .tools build *.egg-info client/build client/*.egg-info

@@ -221,7 +221,11 @@ async def _warm_up(client: FaregateClient, calls: int) -> None:
 async def run_mode(mode: Mode) -> Run:
     """Serves the load through a fresh faregate configured for `mode`."""
     config = parse_config(yaml.safe_dump(hedge_config(mode), sort_keys=False), env={})
-    async with serve(config) as running, FaregateClient(f"127.0.0.1:{running.port}") as client:
+    # No client request ids: the load is measured as before, with no results kept for retries.
+    async with (
+        serve(config) as running,
+        FaregateClient(f"127.0.0.1:{running.port}", generate_request_ids=False) as client,
+    ):
         primary = running.catalog.deployments[PRIMARY]
         # A seeded tail, so every mode meets much the same slow calls.
         primary.provider = SimProvider(config.models[PRIMARY], random.Random(SEED))

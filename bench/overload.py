@@ -67,7 +67,8 @@ class OverloadResult:
 
 async def measure_overload(target: str, server_pid: int, burst: int) -> OverloadResult:
     """Fires `burst` concurrent Route calls at the slow model and sorts the outcomes."""
-    async with FaregateClient(target, api_key=BENCH_API_KEY) as client:
+    # No client request ids: the load is measured as before, with no results kept for retries.
+    async with FaregateClient(target, api_key=BENCH_API_KEY, generate_request_ids=False) as client:
         # Connect and warm up first, so the burst measures faregate, not the handshake.
         await client.route(
             PROMPT, budget_key=BENCH_BUDGET, model=BENCH_MODEL, timeout_s=CALL_TIMEOUT_S
@@ -266,7 +267,7 @@ async def measure_concurrency_overload(
     upstream holds each one for seconds, at a faregate admitting `cap`."""
     async with (
         aiohttp.ClientSession() as session,
-        FaregateClient(server.target, api_key=BENCH_API_KEY) as client,
+        FaregateClient(server.target, api_key=BENCH_API_KEY, generate_request_ids=False) as client,
     ):
         await client.route(
             PROMPT, budget_key=BENCH_BUDGET, model=BENCH_MODEL, timeout_s=CALL_TIMEOUT_S
@@ -312,7 +313,9 @@ async def measure_saturation(
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         pool = [
-            await stack.enter_async_context(FaregateClient(server.target, api_key=BENCH_API_KEY))
+            await stack.enter_async_context(
+                FaregateClient(server.target, api_key=BENCH_API_KEY, generate_request_ids=False)
+            )
             for _ in range(clients)
         ]
         for client in pool:

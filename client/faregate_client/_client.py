@@ -1,98 +1,31 @@
-"""A small typed async client for faregate's RouterService."""
+"""The async client: FaregateClient over one grpc.aio channel, and RouteStream.
+
+Every failed call raises the typed exception of its status (`_errors.py`),
+never a bare grpc error; a stream raises it from its iteration.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Unpack
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
+from faregate_client._channel import STREAM_CHANNEL_OPTIONS, ClientTls
 from faregate_client._errors import error_from_rpc
-
-Messages = str | Sequence[tuple[str, str]]
-"""A lone user message, or (role, content) pairs with role system, user or assistant."""
-
-STREAM_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    # faregate charges a stream for the messages the caller's HTTP/2 receive
-    # window accepted (see docs/routing.md, "What a stream is charged for"), so
-    # the window is kept small: BDP probing would grow it to megabytes for a
-    # reader that reads slowly, and every byte of it is text the caller pays
-    # for before reading. 16 KiB still carries about a thousand small deltas
-    # per round trip, far beyond any model's token rate.
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 16 * 1024),
-)
-"""Channel options that keep a stream's receive window small; FaregateClient uses them."""
-
-_ROLES = {
-    "system": router_pb2.ROLE_SYSTEM,
-    "user": router_pb2.ROLE_USER,
-    "assistant": router_pb2.ROLE_ASSISTANT,
-}
-
-
-def to_messages(messages: Messages) -> list[router_pb2.Message]:
-    if isinstance(messages, str):
-        return [router_pb2.Message(role=router_pb2.ROLE_USER, content=messages)]
-    return [
-        router_pb2.Message(role=_ROLES.get(role, router_pb2.ROLE_UNSPECIFIED), content=content)
-        for role, content in messages
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTls:
-    """How the client speaks TLS to faregate.
-
-    With no `ca_pem` the system's trusted roots verify the server. A client
-    certificate (`cert_pem` with its `key_pem`) is for mutual TLS.
-    """
-
-    ca_pem: bytes | None = None
-    """CA certificates (PEM) trusted to sign faregate's certificate."""
-    cert_pem: bytes | None = None
-    """This client's certificate chain (PEM), for mutual TLS."""
-    key_pem: bytes | None = field(default=None, repr=False)
-    """The private key (PEM) of `cert_pem`."""
-    server_name: str | None = None
-    """The name to expect in faregate's certificate instead of the target's host."""
-
-    def __post_init__(self) -> None:
-        if (self.cert_pem is None) != (self.key_pem is None):
-            raise ValueError("a client certificate needs its key, and a key its certificate")
-
-    @classmethod
-    def from_files(
-        cls,
-        ca_file: str | Path | None = None,
-        cert_file: str | Path | None = None,
-        key_file: str | Path | None = None,
-        server_name: str | None = None,
-    ) -> ClientTls:
-        """Reads the PEM files given (raises OSError if one cannot be read)."""
-
-        def read(path: str | Path | None) -> bytes | None:
-            return None if path is None else Path(path).read_bytes()
-
-        return cls(read(ca_file), read(cert_file), read(key_file), server_name)
-
-    def secure_channel(self, target: str) -> grpc.aio.Channel:
-        """A TLS channel to `target` (FaregateClient makes one; admin tools may too)."""
-        credentials = grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
-        options: list[tuple[str, str | int]] = list(STREAM_CHANNEL_OPTIONS)
-        if self.server_name is not None:
-            options.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(target, credentials, options=options)
+from faregate_client._request import Messages, RouteOptions, build_request
 
 
 class RouteStream:
     """A streamed completion: iterate it for text; `start` and `finish` hold the accounting.
 
     `start` is set once the first message arrives, `finish` once the stream
-    ends successfully. Failures raise the typed errors of `faregate_client`.
+    ends successfully (with the finish reason). Failures raise the typed
+    errors of `faregate_client`. Leaving the loop early (a break, an
+    exception) cancels the call, so the upstream stops and nothing more is
+    charged.
     """
 
     def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
@@ -112,6 +45,11 @@ class RouteStream:
                     self.finish = event.finish
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
+        finally:
+            # A loop left early would leave the call open for as long as this
+            # object lives, the upstream generating and the caller charged for
+            # it. Cancelling a call that has ended does nothing.
+            self._call.cancel()
 
     def cancel(self) -> None:
         """Cancels the call; faregate cancels the upstream request at once."""
@@ -119,7 +57,7 @@ class RouteStream:
 
 
 class FaregateClient:
-    """Calls faregate over one channel; use `async with FaregateClient(target):`."""
+    """Calls faregate over one grpc.aio channel; use `async with FaregateClient(target):`."""
 
     def __init__(
         self,
@@ -128,6 +66,7 @@ class FaregateClient:
         api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
         tls: ClientTls | None = None,
+        generate_request_ids: bool = True,
     ) -> None:
         """
         Args:
@@ -136,6 +75,13 @@ class FaregateClient:
             channel: A channel of the caller's own, instead of one to `target`
                 (then `tls` must be None).
             tls: Connect over TLS (or mutual TLS) instead of in plaintext.
+            generate_request_ids: Give every call that passes no `request_id`
+                a fresh UUID4 one (the default), so that a resend of that
+                request message (gRPC's own retries) is served and charged
+                once. Calling again is a new call with a new id: to retry by
+                calling again, pass your own `request_id` to every attempt.
+                False sends no id unless one is passed, and faregate makes
+                its own (not kept for retries).
         """
         if channel is not None and tls is not None:
             raise ValueError("pass tls or a channel of your own, not both")
@@ -148,6 +94,7 @@ class FaregateClient:
         self._channel = channel
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self._generate_request_ids = generate_request_ids
 
     async def __aenter__(self) -> FaregateClient:
         return self
@@ -168,35 +115,32 @@ class FaregateClient:
         messages: Messages,
         *,
         budget_key: str,
-        model: str = "",
-        agent: str = "",
-        max_output_tokens: int | None = None,
-        temperature: float | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
-        additional_budget_keys: Sequence[str] = (),
-        request_id: str = "",
+        **options: Unpack[RouteOptions],
     ) -> router_pb2.RouteResponse:
         """One whole completion with its accounting.
 
-        Pass a `request_id` (a fresh UUID per logical request, the same on
-        every retry of it) and a retry is answered from the first result,
-        never charged twice.
+        Args:
+            messages: A user message, or the conversation oldest first.
+            budget_key: The budget to spend from.
+            timeout_s: The call's deadline, in seconds from now.
+            **options: The request's other fields (`RouteOptions`): model,
+                agent, max_output_tokens, temperature, metadata, the routing
+                hints (prefer, task, explain, min_quality, max_cost_nano_usd,
+                min_context_tokens, required_capabilities, fallback),
+                additional_budget_keys and request_id. Omitted, the call gets
+                a fresh request_id of its own; to retry by calling again, pass
+                one (a fresh UUID per logical request, the same on every retry
+                of it) and a retry is answered from the first result, never
+                charged twice.
 
         Raises:
             faregate_client.FaregateError: a subclass per status code.
         """
-        request = router_pb2.RouteRequest(
-            model=model,
-            messages=to_messages(messages),
-            agent=agent,
-            budget_key=budget_key,
-            max_output_tokens=max_output_tokens,
-            temperature=temperature,
-            metadata=metadata,
-            additional_budget_keys=additional_budget_keys,
-            request_id=request_id,
-        )
+        request = build_request(
+            router_pb2.RouteRequest, messages, budget_key, options,
+            generate_request_id=self._generate_request_ids,
+        )  # fmt: skip
         try:
             return await self._stub.Route(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
@@ -207,27 +151,17 @@ class FaregateClient:
         messages: Messages,
         *,
         budget_key: str,
-        model: str = "",
-        agent: str = "",
-        max_output_tokens: int | None = None,
-        temperature: float | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
-        additional_budget_keys: Sequence[str] = (),
-        request_id: str = "",
+        **options: Unpack[RouteOptions],
     ) -> RouteStream:
-        """A streamed completion: `async for text in client.stream_route(...)`."""
-        request = router_pb2.StreamRouteRequest(
-            model=model,
-            messages=to_messages(messages),
-            agent=agent,
-            budget_key=budget_key,
-            max_output_tokens=max_output_tokens,
-            temperature=temperature,
-            metadata=metadata,
-            additional_budget_keys=additional_budget_keys,
-            request_id=request_id,
-        )
+        """A streamed completion: `async for text in client.stream_route(...)`.
+
+        Takes what `route` takes.
+        """
+        request = build_request(
+            router_pb2.StreamRouteRequest, messages, budget_key, options,
+            generate_request_id=self._generate_request_ids,
+        )  # fmt: skip
         return RouteStream(
             self._stub.StreamRoute(request, timeout=timeout_s, metadata=self._metadata)
         )

@@ -16,11 +16,16 @@ FaregateError
 ├── Unauthenticated      UNAUTHENTICATED: no API key, or one not recognised
 ├── PermissionDenied     PERMISSION_DENIED: a budget, route or model not granted
 └── Internal             INTERNAL and anything else
+
+The details come from the grpc-status-details-bin trailer, a google.rpc.Status
+decoded with googleapis-common-protos alone (grpcio-status is not needed), and
+the same for a grpc.aio call and a blocking one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -137,7 +142,18 @@ _BY_REASON: dict[str, type[FaregateError]] = {
 }
 
 
-def error_from_rpc(error: grpc.aio.AioRpcError) -> FaregateError:
+class FailedCall(Protocol):
+    """A failed call as both grpc APIs raise it: grpc.aio.AioRpcError, and the
+    grpc.RpcError of a blocking call (which is a grpc.Call too)."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def details(self) -> str | None: ...
+
+    def trailing_metadata(self) -> Iterable[tuple[str, str | bytes]] | None: ...
+
+
+def error_from_rpc(error: FailedCall) -> FaregateError:
     """The typed exception for a failed call, with its rich details unpacked."""
     reason = ""
     metadata: dict[str, str] = {}

@@ -27,6 +27,7 @@ async def test_route_returns_the_completion_with_exact_accounting(
         model="gpt-fake",
         max_output_tokens=50,
         temperature=0.2,
+        request_id="",  # no client id: the check below is on the id faregate makes
     )
 
     assert reply.output == "Hi there"

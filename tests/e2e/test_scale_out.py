@@ -81,8 +81,9 @@ async def test_two_processes_never_overspend_one_budget_together(
     async with (
         faregate_process("--config", str(path)) as (_, one),
         faregate_process("--config", str(path)) as (_, two),
-        FaregateClient(one) as first,
-        FaregateClient(two) as second,
+        # No client ids: the replicas are told apart by the prefix of the ids they make.
+        FaregateClient(one, generate_request_ids=False) as first,
+        FaregateClient(two, generate_request_ids=False) as second,
     ):
         calls = [
             asyncio.create_task(
@@ -137,8 +138,12 @@ async def test_workers_share_one_port_and_one_budget(
     async with faregate_process("--config", str(path), "--workers", "2") as (_, target):
         # A connection each: gRPC would otherwise share one between channels.
         options = [("grpc.use_local_subchannel_pool", 1)]
+        # No client ids: the workers are told apart by the prefix of the ids they make.
         clients = [
-            FaregateClient(channel=grpc.aio.insecure_channel(target, options=options))
+            FaregateClient(
+                channel=grpc.aio.insecure_channel(target, options=options),
+                generate_request_ids=False,
+            )
             for _ in range(16)
         ]
         try:
