@@ -174,7 +174,9 @@ async def sigkill_under_load(config_path: Path, budget_key: str) -> list[RouteRe
     answered: list[RouteResponse] = []
     async with (
         faregate_process("--config", str(config_path)) as (process, target),
-        FaregateClient(target) as client,
+        # No request ids: a claim round trip before each reservation would
+        # shorten the time callers hold reservations, which the kill must catch.
+        FaregateClient(target, generate_request_ids=False) as client,
     ):
 
         async def keep_calling() -> None:
