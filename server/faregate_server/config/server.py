@@ -143,6 +143,11 @@ class ServerConfig:
     """Longest key in a request's `metadata` map."""
     max_metadata_value_chars: Annotated[int, Integer(0)] = 2048
     """Longest value in a request's `metadata` map."""
+    max_images: Annotated[int, Integer(0)] = 20
+    """Most images one request may show the model, over all its messages."""
+    max_image_bytes: Annotated[int, Integer(1)] = 5 << 20
+    """Largest image a request may send inline (`Image.data`), in bytes:
+    Anthropic's limit. Inline images count toward `max_request_bytes` too."""
     max_header_bytes: Annotated[int, Integer(MIN_HEADER_BYTES)] = 16384
     """Largest gRPC header block (call metadata) the transport accepts."""
     shutdown_grace_s: Annotated[float, Number(0)] = 5.0

@@ -9,7 +9,10 @@ setting (`exceeds server.max_messages (1024)`), so the caller knows what
 to shrink and the operator what to raise. The limits no config sets are
 the constants below, each with why it is what it is.
 
-A request that sets no routing hint costs a few field reads for them.
+A request that sets no routing hint costs a few field reads for them, and
+one that sets none of the fields beyond plain chat (parts, tools, tool
+calls and results, response format, stop, top_p, seed, reasoning) a few
+more: those are read and checked in rpc/translate_extras.py only when set.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from faregate.v1 import router_pb2
 
 from faregate_server.config.schema import ServerConfig
+from faregate_server.content import Feature, GenerationOptions
 from faregate_server.domain import (
     Capability,
     ChatMessage,
@@ -28,8 +32,16 @@ from faregate_server.domain import (
     RouteCall,
     RoutingHints,
     TaskKind,
+    call_features,
 )
 from faregate_server.errors import InvalidRequest
+from faregate_server.rpc.translate_extras import AnyRouteRequest as AnyRouteRequest
+from faregate_server.rpc.translate_extras import (
+    Conversation,
+    exceeds,
+    generation_options,
+    uses_options,
+)
 from faregate_server.state.replay import fingerprint
 
 # The hard limits, beside the configured ones (server.max_* in the config).
@@ -48,12 +60,11 @@ SHOWN_KEY_CHARS = 32
 """How much of an over-long metadata key its violation names: the key itself
 may be the thing that is too long."""
 
-AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
-
 _ROLES = {
     router_pb2.ROLE_SYSTEM: Role.SYSTEM,
     router_pb2.ROLE_USER: Role.USER,
     router_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+    router_pb2.ROLE_TOOL: Role.TOOL,
 }
 _PREFERENCES = {
     router_pb2.PREFERENCE_UNSPECIFIED: Preference.BALANCED,
@@ -81,6 +92,7 @@ TASKS = {
 """The wire's task numbers and the domain's kinds (TASK_UNSPECIFIED aside)."""
 _FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _NO_HINTS = RoutingHints()
+_NO_FEATURES: frozenset[Feature] = frozenset()
 
 
 def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig) -> RouteCall:
@@ -98,30 +110,46 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     size = request.ByteSize()
     if size > settings.max_request_bytes:
         violations["request"] = (
-            f"is {size} bytes; {_exceeds('max_request_bytes', settings.max_request_bytes)}"
+            f"is {size} bytes; {exceeds('max_request_bytes', settings.max_request_bytes)}"
         )
     if not request.messages:
         violations["messages"] = "at least one message is required"
     elif len(request.messages) > settings.max_messages:
         violations["messages"] = (
             f"has {len(request.messages)} messages;"
-            f" {_exceeds('max_messages', settings.max_messages)}"
+            f" {exceeds('max_messages', settings.max_messages)}"
         )
     messages = []
+    conversation: Conversation | None = None
     for index, message in enumerate(request.messages):
         role = _ROLES.get(message.role)
+        extras = None
+        if (
+            role is Role.TOOL
+            or message.tool_call_id
+            or message.parts
+            or message.tool_calls
+            or message.reasoning
+        ):
+            if conversation is None:
+                conversation = Conversation(settings)
+            extras = conversation.extras(index, message, role, violations)
         if role is None:
-            violations[f"messages[{index}].role"] = "must be SYSTEM, USER or ASSISTANT"
+            violations[f"messages[{index}].role"] = "must be SYSTEM, USER, ASSISTANT or TOOL"
         else:
-            messages.append(ChatMessage(role, message.content))
+            messages.append(ChatMessage(role, message.content, extras))
         if len(message.content) > settings.max_message_chars:
             violations[f"messages[{index}].content"] = (
                 f"is {len(message.content)} characters;"
-                f" {_exceeds('max_message_chars', settings.max_message_chars)}"
+                f" {exceeds('max_message_chars', settings.max_message_chars)}"
             )
     if request.metadata:
         _check_metadata(request.metadata, settings, violations)
-    if request.messages and not any(message.content for message in request.messages):
+    if (
+        request.messages
+        and not (conversation is not None and conversation.holds_content)
+        and not any(message.content for message in request.messages)
+    ):
         # Beside a count over the limit, if there is one: every violation at once.
         empty = "every message is empty; at least one needs content"
         too_many = violations.get("messages")
@@ -148,7 +176,7 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
             violations["max_output_tokens"] = "must be positive when set"
         elif max_output_tokens > limit:
             violations["max_output_tokens"] = (
-                f"is {max_output_tokens}; {_exceeds('max_output_tokens_limit', limit)}"
+                f"is {max_output_tokens}; {exceeds('max_output_tokens_limit', limit)}"
             )
     temperature = None
     if request.HasField("temperature"):
@@ -156,11 +184,18 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
             violations["temperature"] = f"must be between 0 and {MAX_TEMPERATURE}"
     hints = _hints(request, violations)
+    options: GenerationOptions | None = None
+    if uses_options(request):
+        options = generation_options(request, settings, max_output_tokens, violations)
     if violations:
         raise InvalidRequest(violations)
+    chat = tuple(messages)
+    features = _NO_FEATURES
+    if conversation is not None or options is not None:
+        features = frozenset(call_features(chat, options))
     return RouteCall(
         model=request.model,
-        messages=tuple(messages),
+        messages=chat,
         agent=request.agent,
         budget_key=request.budget_key,
         max_output_tokens=max_output_tokens,
@@ -171,12 +206,9 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         request_id=request.request_id,
         fingerprint=request_fingerprint,
         principal=principal,
+        options=options,
+        features=features,
     )
-
-
-def _exceeds(setting: str, limit: int) -> str:
-    """Names the server setting a request broke, so the caller knows what to shrink."""
-    return f"exceeds server.{setting} ({limit})"
 
 
 def _check_metadata(
@@ -185,19 +217,19 @@ def _check_metadata(
     if len(metadata) > settings.max_metadata_entries:
         violations["metadata"] = (
             f"has {len(metadata)} entries;"
-            f" {_exceeds('max_metadata_entries', settings.max_metadata_entries)}"
+            f" {exceeds('max_metadata_entries', settings.max_metadata_entries)}"
         )
         return
     for key, value in metadata.items():
         if len(key) > settings.max_metadata_key_chars:
             violations[f"metadata[{key[:SHOWN_KEY_CHARS]!r}]"] = (
                 f"key is {len(key)} characters;"
-                f" {_exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
+                f" {exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
             )
         elif len(value) > settings.max_metadata_value_chars:
             violations[f"metadata[{key!r}]"] = (
                 f"value is {len(value)} characters;"
-                f" {_exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
+                f" {exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
             )
 
 
