@@ -9,7 +9,6 @@ none of it, so it costs nothing on the plain path.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -346,9 +345,27 @@ class RoutingDecision:
 
     def charged(self, cost_nano_usd: int) -> RoutingDecision:
         """The decision with its serving attempt's cost filled in (the others cost nothing)."""
+        # Field by field: dataclasses.replace costs several constructors, on
+        # every request (tests/test_domain.py holds this to every field).
         serving = self.attempts[-1]
-        attempts = (*self.attempts[:-1], dataclasses.replace(serving, cost_nano_usd=cost_nano_usd))
-        return dataclasses.replace(self, attempts=attempts)
+        paid = AttemptRecord(
+            serving.model,
+            serving.outcome,
+            serving.latency_s,
+            cost_nano_usd,
+            serving.hedge,
+            serving.reason,
+        )
+        return RoutingDecision(
+            self.request_id,
+            self.model,
+            self.provider,
+            self.model_version,
+            self.reserved_nano_usd,
+            self.task,
+            (*self.attempts[:-1], paid),
+            self.candidates,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,14 +185,17 @@ async def test_metrics_count_requests_tokens_cost_and_rejections(
         with pytest.raises(FaregateError):
             await faregate.client.route("hi", budget_key="nobody", model="gpt-fake")
 
-        # The refusal is recorded as its handler unwinds, after its status was sent.
-        def both_requests_recorded() -> MetricsData | None:
-            data = reader.get_metrics_data()
-            durations = _points(data, "faregate.request.duration")
-            assert sum(point.count for point in durations) == 2  # type: ignore[attr-defined]
-            return data
+        port = faregate.running.http_port
+        assert port is not None
 
-        data = await eventually(both_requests_recorded)
+        # The refusal is recorded as its handler unwinds, after its status was sent.
+        async def both_requests_timed() -> dict[str, float]:
+            counts = _histogram_counts((await _get(port, "/metrics"))[1])
+            assert sum(counts.values()) == 2
+            return counts
+
+        durations = await eventually(both_requests_timed)
+        data = reader.get_metrics_data()
     meter_provider.shutdown()
 
     requests = {
@@ -222,8 +225,11 @@ async def test_metrics_count_requests_tokens_cost_and_rejections(
         "kind": "first",
         "outcome": "succeeded",
     }
-    durations = _points(data, "faregate.request.duration")
-    assert sum(point.count for point in durations) == 2  # type: ignore[attr-defined]
+    # The latency histogram is faregate's own, on /metrics beside the SDK's instruments.
+    assert durations == {
+        'model="gpt-fake",outcome="OK",route="gpt-fake",rpc="Route"': 1,
+        'model="",outcome="FAILED_PRECONDITION",route="",rpc="Route"': 1,
+    }
     in_flight = {
         (p.attributes or {})["model"]: p.value for p in _points(data, "faregate.pool.in_flight")
     }
@@ -243,10 +249,13 @@ async def test_a_stream_records_time_to_first_token_and_a_fallback(
         async for _ in faregate.client.stream_route("hi", budget_key="team"):
             pass
         data = reader.get_metrics_data()
+        port = faregate.running.http_port
+        assert port is not None
+        text = (await _get(port, "/metrics"))[1]
     meter_provider.shutdown()
 
-    (ttft,) = _points(data, "faregate.time_to_first_token")
-    assert dict(ttft.attributes or {}) == {"route": "default", "model": "cheap-fake"}
+    ttft = _histogram_counts(text, "faregate_time_to_first_token_seconds")
+    assert ttft == {'model="cheap-fake",route="default"': 1}
     attempts = {
         (p.attributes or {})["kind"]: dict(p.attributes or {})
         for p in _points(data, "faregate.attempts")
@@ -254,6 +263,18 @@ async def test_a_stream_records_time_to_first_token_and_a_fallback(
     assert attempts["first"]["model"] == "gpt-fake"
     assert attempts["first"]["outcome"] == "failed"
     assert attempts["fallback"]["model"] == "cheap-fake"
+
+
+def _histogram_counts(
+    text: str, name: str = "faregate_request_duration_seconds"
+) -> dict[str, float]:
+    """A histogram's observation count per series in /metrics text, by its labels."""
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_count{{"):
+            labels, _, count = line[len(name) + len("_count{") :].rpartition("} ")
+            counts[labels] = float(count)
+    return counts
 
 
 async def _get(port: int, path: str) -> tuple[int, str]:

@@ -217,9 +217,10 @@ class Gateway:
             )
         charged = charge(lease, completion.usage, counted)
         decision = serving.decision.charged(charged.cost_nano_usd)
-        result = _result(decision, charged, completion.text, completion.finish_reason)
-        remaining = await self._settle(serving, charged, result if call.request_id else None, scope)
-        return dataclasses.replace(result, budget_remaining_nano_usd=remaining)
+        text, finish_reason = completion.text, completion.finish_reason
+        kept = _result(decision, charged, text, finish_reason) if call.request_id else None
+        remaining = await self._settle(serving, charged, kept, scope)
+        return _result(decision, charged, text, finish_reason, remaining)
 
     async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamItem, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
@@ -370,17 +371,21 @@ class Gateway:
 
 
 def _result(
-    decision: RoutingDecision, charged: Charge, output: str, finish_reason: FinishReason
+    decision: RoutingDecision,
+    charged: Charge,
+    output: str,
+    finish_reason: FinishReason,
+    budget_remaining_nano_usd: int = 0,
 ) -> RouteResult:
-    """The result of a request charged `charged`, its budget's remaining money
-    not yet known."""
+    """The result of a request charged `charged`; the money its budgets have
+    left is known once it is committed (0 until then, as it is kept)."""
     return RouteResult(
         decision=decision,
         output=output,
         finish_reason=finish_reason,
         usage=charged.usage,
         cost_nano_usd=charged.cost_nano_usd,
-        budget_remaining_nano_usd=0,  # known once committed
+        budget_remaining_nano_usd=budget_remaining_nano_usd,
     )
 
 

@@ -18,7 +18,7 @@ more: those are read and checked in rpc/translate_extras.py only when set.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from faregate.v1 import router_pb2
 
@@ -112,16 +112,23 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         violations["request"] = (
             f"is {size} bytes; {exceeds('max_request_bytes', settings.max_request_bytes)}"
         )
-    if not request.messages:
+    # Each read of a repeated or string field builds a Python object anew:
+    # each is read once.
+    request_messages = request.messages
+    if not request_messages:
         violations["messages"] = "at least one message is required"
-    elif len(request.messages) > settings.max_messages:
+    elif len(request_messages) > settings.max_messages:
         violations["messages"] = (
-            f"has {len(request.messages)} messages;"
+            f"has {len(request_messages)} messages;"
             f" {exceeds('max_messages', settings.max_messages)}"
         )
     messages = []
+    any_content = False
+    max_message_chars = settings.max_message_chars
     conversation: Conversation | None = None
-    for index, message in enumerate(request.messages):
+    for index, message in enumerate(request_messages):
+        content = message.content
+        any_content = any_content or bool(content)
         role = _ROLES.get(message.role)
         extras = None
         if (
@@ -137,28 +144,29 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         if role is None:
             violations[f"messages[{index}].role"] = "must be SYSTEM, USER, ASSISTANT or TOOL"
         else:
-            messages.append(ChatMessage(role, message.content, extras))
-        if len(message.content) > settings.max_message_chars:
+            messages.append(ChatMessage(role, content, extras))
+        if len(content) > max_message_chars:
             violations[f"messages[{index}].content"] = (
-                f"is {len(message.content)} characters;"
-                f" {exceeds('max_message_chars', settings.max_message_chars)}"
+                f"is {len(content)} characters; {exceeds('max_message_chars', max_message_chars)}"
             )
-    if request.metadata:
-        _check_metadata(request.metadata, settings, violations)
+    metadata = request.metadata
+    if metadata:
+        _check_metadata(metadata, settings, violations)
     if (
-        request.messages
+        request_messages
+        and not any_content
         and not (conversation is not None and conversation.holds_content)
-        and not any(message.content for message in request.messages)
     ):
         # Beside a count over the limit, if there is one: every violation at once.
         empty = "every message is empty; at least one needs content"
         too_many = violations.get("messages")
         violations["messages"] = f"{too_many}; {empty}" if too_many else empty
-    if not request.budget_key:
+    model, agent, budget_key = request.model, request.agent, request.budget_key
+    if not budget_key:
         violations["budget_key"] = "is required"
-    _check_names(request, violations)
     additional = tuple(request.additional_budget_keys)
-    if additional and not _distinct_budgets(request.budget_key, additional):
+    _check_names(model, agent, budget_key, additional, violations)
+    if additional and not _distinct_budgets(budget_key, additional):
         violations["additional_budget_keys"] = (
             f"must be at most {MAX_ADDITIONAL_BUDGETS} non-empty keys,"
             " none repeated or equal to budget_key"
@@ -194,13 +202,13 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     if conversation is not None or options is not None:
         features = frozenset(call_features(chat, options))
     return RouteCall(
-        model=request.model,
+        model=model,
         messages=chat,
-        agent=request.agent,
-        budget_key=request.budget_key,
+        agent=agent,
+        budget_key=budget_key,
         max_output_tokens=max_output_tokens,
         temperature=temperature,
-        metadata=dict(request.metadata),
+        metadata=dict(metadata) if metadata else {},
         hints=hints,
         additional_budget_keys=additional,
         request_id=request.request_id,
@@ -233,19 +241,21 @@ def _check_metadata(
             )
 
 
-def _check_names(request: AnyRouteRequest, violations: dict[str, str]) -> None:
-    names = [
-        ("model", request.model),
-        ("agent", request.agent),
-        ("budget_key", request.budget_key),
-        *(
-            (f"additional_budget_keys[{index}]", key)
-            for index, key in enumerate(request.additional_budget_keys)
-        ),
-    ]
-    for field, name in names:
+def _check_names(
+    model: str,
+    agent: str,
+    budget_key: str,
+    additional: Sequence[str],
+    violations: dict[str, str],
+) -> None:
+    for field, name in (("model", model), ("agent", agent), ("budget_key", budget_key)):
         if len(name) > MAX_NAME_CHARS:
             violations[field] = f"must be at most {MAX_NAME_CHARS} characters"
+    for index, key in enumerate(additional):
+        if len(key) > MAX_NAME_CHARS:
+            violations[f"additional_budget_keys[{index}]"] = (
+                f"must be at most {MAX_NAME_CHARS} characters"
+            )
 
 
 def _distinct_budgets(budget_key: str, additional: tuple[str, ...]) -> bool:

@@ -1,9 +1,9 @@
 """The plain-HTTP admin port: Prometheus `/metrics`, `/healthz` and `/readyz`.
 
-- /metrics: the OpenTelemetry metrics in Prometheus text format, collected
-  at scrape time (opentelemetry-exporter-prometheus's reader on a registry
-  of this server's own, rendered by prometheus_client). 404 when metrics
-  are off or exported some other way.
+- /metrics: the metrics in Prometheus text format, collected at scrape
+  time from a registry of this server's own, rendered by prometheus_client:
+  the OpenTelemetry instruments (through opentelemetry-exporter-prometheus's
+  reader) and faregate's latency histograms. 404 when metrics are off.
 - /healthz: 200 while the process serves HTTP at all.
 - /readyz: 200 only while the gRPC health service reports the server
   SERVING (a drain flips it to NOT_SERVING, and this follows) and the state
@@ -70,7 +70,7 @@ class HttpAdmin:
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         if self._registry is None:
-            return web.Response(status=404, text="metrics are off, or exported elsewhere\n")
+            return web.Response(status=404, text="metrics are off\n")
         if self._metrics is not None:
             await self._metrics.refresh_budgets(self._state)
         return web.Response(

@@ -1,4 +1,4 @@
-"""faregate's OpenTelemetry metrics: what they are, and how one request feeds them.
+"""faregate's metrics: what they are, and how one request feeds them.
 
 Every label has a bounded set of values: configured route and model names
 (never the caller's free text), provider kinds, gRPC status code names and
@@ -10,9 +10,10 @@ per user. Money is counted in integer nano-USD.
 Instruments (Prometheus names in brackets):
 - faregate.requests [faregate_requests_total]: RPCs by rpc, route, model,
   provider, outcome (the gRPC status code name);
-- faregate.request.duration [faregate_request_duration_seconds]: RPC latency;
-- faregate.time_to_first_token [faregate_time_to_first_token_seconds]: for
-  StreamRoute, from the call to its first output;
+- faregate_request_duration_seconds: RPC latency, by rpc, route, model and
+  outcome; a histogram of faregate's own, on /metrics only (histograms.py);
+- faregate_time_to_first_token_seconds: for StreamRoute, from the call to
+  its first output, by route and model; likewise;
 - faregate.tokens [faregate_tokens_total]: charged tokens, by direction;
 - faregate.cost.nano_usd [faregate_cost_nano_usd_total]: charged money;
 - faregate.rejections [faregate_rejections_total]: failed RPCs by reason;
@@ -57,6 +58,7 @@ from faregate_server import __version__
 from faregate_server.config.schema import TelemetryConfig
 from faregate_server.domain import AttemptRecord
 from faregate_server.errors import FaregateError
+from faregate_server.telemetry.histograms import Histograms, LatencyHistogram
 from faregate_server.upstream.breakers import BreakerState
 
 if TYPE_CHECKING:
@@ -146,18 +148,20 @@ class GatewayMetrics:
             meter.create_observable_counter(
                 name, callbacks=[tally.observe], unit=unit, description=description
             )
-        self._duration = meter.create_histogram(
-            "faregate.request.duration",
-            unit="s",
-            description="RPC latency, from the call to its last message",
-            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        self._duration = LatencyHistogram(
+            "faregate_request_duration_seconds",
+            "RPC latency, from the call to its last message",
+            ("rpc", "route", "model", "outcome"),
+            _SECONDS_BUCKETS,
         )
-        self._ttft = meter.create_histogram(
-            "faregate.time_to_first_token",
-            unit="s",
-            description="StreamRoute: from the call to the first output",
-            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        self._ttft = LatencyHistogram(
+            "faregate_time_to_first_token_seconds",
+            "StreamRoute: from the call to the first output",
+            ("route", "model"),
+            _SECONDS_BUCKETS,
         )
+        self.histograms = Histograms((self._duration, self._ttft))
+        """The latency histograms, for the Prometheus registry (histograms.py)."""
         meter.create_observable_gauge(
             "faregate.pool.in_flight",
             callbacks=[self._observe_in_flight],
@@ -219,17 +223,9 @@ class GatewayMetrics:
             known = call is not None and call.budget_key in self._catalog().config.budgets
             budget = (call.budget_key if call is not None and known else "",)
         self._requests.add((observation.method, route, model, provider, observation.code, *budget))
-        self._duration.record(
-            latency_s,
-            {
-                "rpc": observation.method,
-                "route": route,
-                "model": model,
-                "outcome": observation.code,
-            },
-        )
+        self._duration.observe((observation.method, route, model, observation.code), latency_s)
         if observation.first_output_s is not None:
-            self._ttft.record(observation.first_output_s, {"route": route, "model": model})
+            self._ttft.observe((route, model), observation.first_output_s)
         if observation.code != "OK":
             self._rejections.add((observation.method, observation.reason or observation.code))
         if observation.input_tokens or observation.output_tokens:
@@ -320,16 +316,19 @@ def open_metrics(
     admission: Callable[[], AdmissionStatistics] | None = None,
     request_log: Callable[[], LineWriterStatistics] | None = None,
 ) -> tuple[GatewayMetrics | None, CollectorRegistry | None, SdkMeterProvider | None]:
-    """The metrics for a server, the Prometheus registry that /metrics renders
-    (None when the meter provider was handed in), and the provider to shut
-    down (None when it was handed in); `admission` and `request_log` as for
-    `GatewayMetrics`."""
+    """The metrics for a server, the Prometheus registry that /metrics renders,
+    and the meter provider to shut down (None when it was handed in);
+    `admission` and `request_log` as for `GatewayMetrics`.
+
+    The registry always holds the latency histograms (histograms.py); the
+    OpenTelemetry instruments join them there through a Prometheus reader
+    when the meter provider is this server's own. One handed in (as tests
+    do, with an in-memory reader) exports those instruments its own way."""
     if not config.metrics:
         return None, None, None
-    registry = None
+    registry = CollectorRegistry()
     owned = None
     if meter_provider is None:
-        registry = CollectorRegistry()
         reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
         meter_provider = owned = SdkMeterProvider(
             metric_readers=[reader],
@@ -345,4 +344,5 @@ def open_metrics(
         admission=admission,
         request_log=request_log,
     )
+    registry.register(metrics.histograms)
     return metrics, registry, owned
