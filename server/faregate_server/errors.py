@@ -171,7 +171,9 @@ class InvalidRequest(FaregateError):
 
 
 class ModelCannotServe(FaregateError):
-    """The request can never fit the named model (context window or output cap)."""
+    """No candidate can ever serve the request: it can never fit (context window,
+    output cap, capabilities, hints), or uses a field no candidate's provider is
+    sent yet."""
 
     code = ErrorCode.INVALID_ARGUMENT
     reason = "MODEL_CANNOT_SERVE"
