@@ -9,10 +9,12 @@ setting (`exceeds server.max_messages (1024)`), so the caller knows what
 to shrink and the operator what to raise. The limits no config sets are
 the constants below, each with why it is what it is.
 
-A request that sets no routing hint costs a few field reads for them, and
-one that sets none of the fields beyond plain chat (parts, tools, tool
-calls and results, response format, stop, top_p, seed, reasoning) a few
-more: those are read and checked in rpc/translate_extras.py only when set.
+A request that sets no routing hint costs a few field reads for them. One
+that sets none of the fields beyond plain chat (parts, tools, tool calls and
+results, response format, stop, top_p, seed, reasoning) costs none: its
+serialized size, which is measured anyway, equals the sum of what its plain
+fields take (rpc/wire_size.py), and only a request larger than that has
+those fields read and checked (rpc/translate_extras.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from faregate_server.rpc.translate_extras import (
     generation_options,
     uses_options,
 )
+from faregate_server.rpc.wire_size import hint_bytes, message_bytes, request_bytes
 from faregate_server.state.replay import fingerprint
 
 # The hard limits, beside the configured ones (server.max_* in the config).
@@ -125,26 +128,17 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     messages = []
     any_content = False
     max_message_chars = settings.max_message_chars
-    conversation: Conversation | None = None
+    messages_bytes = 0
     for index, message in enumerate(request_messages):
         content = message.content
         any_content = any_content or bool(content)
-        role = _ROLES.get(message.role)
-        extras = None
-        if (
-            role is Role.TOOL
-            or message.tool_call_id
-            or message.parts
-            or message.tool_calls
-            or message.reasoning
-        ):
-            if conversation is None:
-                conversation = Conversation(settings)
-            extras = conversation.extras(index, message, role, violations)
+        number = message.role
+        role = _ROLES.get(number)
         if role is None:
             violations[f"messages[{index}].role"] = "must be SYSTEM, USER, ASSISTANT or TOOL"
-        else:
-            messages.append(ChatMessage(role, content, extras))
+            role = Role.USER  # a stand-in, keeping the list in step: never served
+        messages.append(ChatMessage(role, content))
+        messages_bytes += message_bytes(number, content)
         if len(content) > max_message_chars:
             violations[f"messages[{index}].content"] = (
                 f"is {len(content)} characters; {exceeds('max_message_chars', max_message_chars)}"
@@ -155,7 +149,7 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     if (
         request_messages
         and not any_content
-        and not (conversation is not None and conversation.holds_content)
+        and not any(message.parts or message.tool_calls for message in request_messages)
     ):
         # Beside a count over the limit, if there is one: every violation at once.
         empty = "every message is empty; at least one needs content"
@@ -172,8 +166,9 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
             " none repeated or equal to budget_key"
         )
     request_fingerprint = ""
-    if request.request_id:
-        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+    request_id = request.request_id
+    if request_id:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
             violations["request_id"] = f"must be at most {MAX_REQUEST_ID_CHARS} characters"
         request_fingerprint = _fingerprint(request, principal)
     max_output_tokens = None
@@ -192,14 +187,31 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
             violations["temperature"] = f"must be between 0 and {MAX_TEMPERATURE}"
     hints = _hints(request, violations)
+    plain_bytes = request_bytes(
+        messages_bytes,
+        model,
+        agent,
+        budget_key,
+        max_output_tokens,
+        temperature,
+        metadata,
+        additional,
+        request_id,
+        0 if hints is _NO_HINTS else hint_bytes(request),
+    )
     options: GenerationOptions | None = None
-    if uses_options(request):
-        options = generation_options(request, settings, max_output_tokens, violations)
+    extras = False
+    if size != plain_bytes:
+        # The request holds more than plain chat (see rpc/wire_size.py): the
+        # fields beyond it are read.
+        extras = _read_extras(request_messages, messages, settings, violations)
+        if uses_options(request):
+            options = generation_options(request, settings, max_output_tokens, violations)
     if violations:
         raise InvalidRequest(violations)
     chat = tuple(messages)
     features = _NO_FEATURES
-    if conversation is not None or options is not None:
+    if extras or options is not None:
         features = frozenset(call_features(chat, options))
     return RouteCall(
         model=model,
@@ -211,12 +223,37 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         metadata=dict(metadata) if metadata else {},
         hints=hints,
         additional_budget_keys=additional,
-        request_id=request.request_id,
+        request_id=request_id,
         fingerprint=request_fingerprint,
         principal=principal,
         options=options,
         features=features,
     )
+
+
+def _read_extras(
+    request_messages: Sequence[router_pb2.Message],
+    messages: list[ChatMessage],
+    settings: ServerConfig,
+    violations: dict[str, str],
+) -> bool:
+    """Gives each message of `messages` (one per request message, in step)
+    that holds more than its role and text its extras; whether any did."""
+    conversation: Conversation | None = None
+    for index, message in enumerate(request_messages):
+        role = _ROLES.get(message.role)
+        if (
+            role is Role.TOOL
+            or message.tool_call_id
+            or message.parts
+            or message.tool_calls
+            or message.reasoning
+        ):
+            if conversation is None:
+                conversation = Conversation(settings)
+            extras = conversation.extras(index, message, role, violations)
+            messages[index] = ChatMessage(messages[index].role, messages[index].content, extras)
+    return conversation is not None
 
 
 def _check_metadata(
