@@ -129,6 +129,7 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     any_content = False
     max_message_chars = settings.max_message_chars
     messages_bytes = 0
+    tool_turns = False
     for index, message in enumerate(request_messages):
         content = message.content
         any_content = any_content or bool(content)
@@ -137,6 +138,8 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         if role is None:
             violations[f"messages[{index}].role"] = "must be SYSTEM, USER, ASSISTANT or TOOL"
             role = Role.USER  # a stand-in, keeping the list in step: never served
+        elif role is Role.TOOL:
+            tool_turns = True  # a tool turn has rules of its own, whatever its size
         messages.append(ChatMessage(role, content))
         messages_bytes += message_bytes(number, content)
         if len(content) > max_message_chars:
@@ -201,7 +204,7 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     )
     options: GenerationOptions | None = None
     extras = False
-    if size != plain_bytes:
+    if tool_turns or size != plain_bytes:
         # The request holds more than plain chat (see rpc/wire_size.py): the
         # fields beyond it are read.
         extras = _read_extras(request_messages, messages, settings, violations)
