@@ -43,7 +43,9 @@ DEFAULT_SCHEMA_NAME = "response"
 
 class Feature(StrEnum):
     """A request feature beyond plain chat, which a provider adapter must
-    carry upstream before a request that uses it may be sent to it."""
+    carry upstream before a request that uses it may be sent to it. A
+    refusal names the first one missing in this order (images before the
+    parts that hold them)."""
 
     TOOLS = "tools"
     TOOL_CHOICE = "tool_choice"
@@ -52,9 +54,9 @@ class Feature(StrEnum):
     """Assistant turns that carry the tool calls they made."""
     TOOL_RESULTS = "tool_results"
     """Tool turns: the results of earlier calls."""
+    IMAGES = "images"
     CONTENT_PARTS = "content_parts"
     """Messages whose content is a list of parts rather than one text."""
-    IMAGES = "images"
     RESPONSE_FORMAT = "response_format"
     STOP = "stop"
     TOP_P = "top_p"

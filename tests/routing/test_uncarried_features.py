@@ -97,8 +97,8 @@ def test_features_are_named_by_the_field_that_first_uses_them() -> None:
         Feature.TOOLS: "tools",
         Feature.TOOL_CALLS: "messages[2].tool_calls",
         Feature.TOOL_RESULTS: "messages[3].tool_call_id",
-        Feature.CONTENT_PARTS: "messages[1].parts",
         Feature.IMAGES: "messages[1].parts[1].image",
+        Feature.CONTENT_PARTS: "messages[1].parts",
         Feature.STOP: "stop",
         Feature.SEED: "seed",
     }
@@ -122,16 +122,11 @@ async def test_explain_says_why_each_candidate_was_passed_over() -> None:
         LimitPools(catalog.config.limit_pools, FakeClock()), FakeClock(), random.Random(0)
     ).select(call, catalog.resolve(""), catalog.config.routing, catalog.deployments, None)
     assert selection.options == ()
+    field = "messages[0].parts[0].image"
     assert [(score.model, score.reason) for score in selection.scores] == [
-        (
-            "gpt",
-            "messages[0].parts: faregate does not yet send content parts to openai models",
-        ),
-        (
-            "claude",
-            "messages[0].parts: faregate does not yet send content parts to anthropic models",
-        ),
-        ("sim", "messages[0].parts: faregate does not yet send content parts to sim models"),
+        ("gpt", f"{field}: faregate does not yet send images to openai models"),
+        ("claude", f"{field}: faregate does not yet send images to anthropic models"),
+        ("sim", f"{field}: faregate does not yet send images to sim models"),
     ]
 
 
