@@ -1,10 +1,10 @@
 """The RouterService servicer: proto in, domain call, proto out.
 
-Every call takes the same steps before the gateway sees it (`_admitted`):
-the drain's gate, admission control, the credential, the request's
-translation (rpc/translate.py), the principal's grants, the deadline (the
-caller's or the configured default: no call is ever unbounded) and the
-principal's own limits. Whatever a call fails with becomes its status in
+Every call takes the same steps before the gateway sees it (`_admitted`,
+then `_checked`): the drain's gate, admission control, the credential, the
+request's translation (rpc/translate.py), the principal's grants, the
+deadline (the caller's or the configured default: no call is ever
+unbounded) and the principal's own limits. Whatever a call fails with becomes its status in
 rpc/status.py: a `FaregateError` with its rich details, anything else
 INTERNAL with a trace id, the traceback going to the log only.
 
@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing
 from typing import Any, NoReturn, TypedDict
 
 import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 
-from faregate_server.config.schema import ServerConfig
+from faregate_server.config.schema import PrincipalConfig, ServerConfig
 from faregate_server.domain import (
     AttemptOutcome,
-    AttemptRecord,
-    CandidateScore,
     FinishReason,
     RouteCall,
     RouteResult,
@@ -126,11 +123,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteRequest, context: RouteContext, observation: RpcObserver
     ) -> router_pb2.RouteResponse:
         try:
-            with self._admitted(request, context) as (tracked, call, deadline_s):
-                async with asyncio.timeout_at(deadline_s):
-                    observation.called(call)
-                    scope = CallScope(deadline_s, observation, tracked.committing)
-                    result = await self._gateway.route(call, scope)
+            tracked = self._admitted()
+            with tracked:
+                principal, call, deadline_s = self._checked(request, context)
+                with self._auth.admit(principal):
+                    async with asyncio.timeout_at(deadline_s):
+                        observation.called(call)
+                        scope = CallScope(deadline_s, observation, tracked.committing)
+                        result = await self._gateway.route(call, scope)
         except Exception as error:
             await abort(context, error, request.model, observation)
         return route_response(result)
@@ -145,7 +145,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # deadline scope covers the writes too and fires inside this frame.
         # A shutdown may cut the stream between writes, never during one.
         try:
-            with self._admitted(request, context) as (tracked, call, deadline_s):
+            tracked = self._admitted()
+            with tracked:
+                principal, call, deadline_s = self._checked(request, context)
                 scope_s = deadline_s
                 if context.time_remaining() is not None:
                     # The caller's deadline is gRPC's too: it ends the call
@@ -155,19 +157,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     scope_s += _CALLER_DEADLINE_GRACE_S
                 observation.called(call)
                 scope = CallScope(deadline_s, observation, tracked.committing)
-                async with (
-                    asyncio.timeout_at(scope_s),
-                    aclosing(self._gateway.stream(call, scope)) as events,
-                ):
-                    async for event in events:
-                        tracked.writing()
-                        try:
-                            await context.write(stream_event(event))
-                        except grpc.aio.InternalError:
-                            # The write's batch failed in gRPC's core: the
-                            # call is over (cancelled, or past its deadline).
-                            raise _CallEnded from None
-                        tracked.written()
+                with self._auth.admit(principal):
+                    async with (
+                        asyncio.timeout_at(scope_s),
+                        aclosing(self._gateway.stream(call, scope)) as events,
+                    ):
+                        async for event in events:
+                            tracked.writing()
+                            try:
+                                await context.write(stream_event(event))
+                            except grpc.aio.InternalError:
+                                # The write's batch failed in gRPC's core: the
+                                # call is over (cancelled, or past its deadline).
+                                raise _CallEnded from None
+                            tracked.written()
         except _CallEnded:
             _observe_ended(context, observation)
             # Ended the way gRPC ends a handler whose call it cancelled: a
@@ -185,31 +188,38 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             context.set_details(status.message)
             context.set_trailing_metadata(status.trailers)
 
-    @contextmanager
-    def _admitted(
-        self, request: AnyRouteRequest, context: AnyContext
-    ) -> Iterator[tuple[TrackedCall, RouteCall, float]]:
-        """Takes a call through the steps before the gateway: the drain's
-        gate, admission, authentication, translation, authorization, the
-        deadline and the principal's limits; yields the call tracked for the
-        drain, the domain call and its deadline (loop time), holding the
-        principal's concurrency slot until the block ends.
+    def _admitted(self) -> TrackedCall:
+        """A call past the drain's gate and admission control, to track for
+        the drain with `with` (in which `_checked` then takes it through the
+        rest of the steps before the gateway, and `Authenticator.admit` holds
+        the principal's concurrency slot). Plain `with` blocks in each
+        handler rather than one @contextmanager: a generator's setup costs
+        several times theirs, on every call.
 
         Raises:
-            FaregateError: the step that refused the call says why.
+            ShuttingDown, ServerOverloaded: the step that refused the call says why.
         """
         tracked = self._drain.track()
         # After the drain's gate (a stopping server says so, however
         # loaded) and before the credential is read: shedding a flood
         # must cost less than anything the call would do.
         self._admission.check()
-        with tracked:
-            principal = self._auth.authenticate(context)
-            call = route_call(request, principal.name, self._settings)
-            authorize(principal, call, self._gateway.catalog)
-            deadline_s = self._deadline(context)
-            with self._auth.admit(principal):
-                yield tracked, call, deadline_s
+        return tracked
+
+    def _checked(
+        self, request: AnyRouteRequest, context: AnyContext
+    ) -> tuple[PrincipalConfig, RouteCall, float]:
+        """Authenticates a call, translates its request, authorizes it and
+        gives it its deadline: its principal, its domain call and its
+        deadline (loop time).
+
+        Raises:
+            FaregateError: the step that refused the call says why.
+        """
+        principal = self._auth.authenticate(context)
+        call = route_call(request, principal.name, self._settings)
+        authorize(principal, call, self._gateway.catalog)
+        return principal, call, self._deadline(context)
 
     async def refuse_undecodable(
         self, method: str, message_name: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -229,9 +239,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return asyncio.get_running_loop().time() + remaining_s
 
 
-def _attempts(records: tuple[AttemptRecord, ...]) -> list[router_pb2.Attempt]:
-    return [
-        router_pb2.Attempt(
+def _fill_served(
+    message: router_pb2.RouteResponse | StreamEvent.StreamStart, decision: RoutingDecision
+) -> None:
+    """The decision's attempts and candidates, added to the message in place
+    (a nested message built apart and handed in is built twice)."""
+    for record in decision.attempts:
+        message.attempts.add(
             model=record.model,
             outcome=_OUTCOMES[record.outcome],
             latency_us=round(record.latency_s * 1e6),
@@ -239,13 +253,8 @@ def _attempts(records: tuple[AttemptRecord, ...]) -> list[router_pb2.Attempt]:
             hedge=record.hedge,
             reason=record.reason,
         )
-        for record in records
-    ]
-
-
-def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.CandidateScore]:
-    return [
-        router_pb2.CandidateScore(
+    for score in decision.candidates:
+        message.candidates.add(
             model=score.model,
             feasible=score.feasible,
             reason=score.reason,
@@ -254,15 +263,20 @@ def _candidates(scores: tuple[CandidateScore, ...]) -> list[router_pb2.Candidate
             quality=score.quality,
             scarcity=score.scarcity,
         )
-        for score in scores
-    ]
+
+
+def _fill_usage(message: router_pb2.Usage, usage: Usage) -> None:
+    message.SetInParent()  # present even at zero tokens, as one built apart would be
+    message.input_tokens = usage.input_tokens
+    message.output_tokens = usage.output_tokens
 
 
 class _Served(TypedDict):
-    """Who served and how it was chosen: the fields RouteResponse and
-    StreamStart share, mapped in this one place (`_served`). Spread as
-    keyword arguments into both, so mypy checks every name and type against
-    each message: a field renamed in the proto fails the type check."""
+    """Who served and how it was chosen: the scalar fields RouteResponse and
+    StreamStart share, mapped in this one place (`_served`; the repeated
+    ones in `_fill_served`). Spread as keyword arguments into both, so mypy
+    checks every name and type against each message: a field renamed in the
+    proto fails the type check."""
 
     model_used: str
     provider: str
@@ -270,8 +284,6 @@ class _Served(TypedDict):
     reserved_nano_usd: int
     model_version: str
     task: router_pb2.Task.ValueType
-    attempts: list[router_pb2.Attempt]
-    candidates: list[router_pb2.CandidateScore]
 
 
 def _served(decision: RoutingDecision) -> _Served:
@@ -282,8 +294,6 @@ def _served(decision: RoutingDecision) -> _Served:
         "reserved_nano_usd": decision.reserved_nano_usd,
         "model_version": decision.model_version,
         "task": _TASK_NUMBERS[decision.task],
-        "attempts": _attempts(decision.attempts),
-        "candidates": _candidates(decision.candidates),
     }
 
 
@@ -292,11 +302,12 @@ def route_response(result: RouteResult) -> router_pb2.RouteResponse:
     response = router_pb2.RouteResponse(
         output=result.output,
         finish_reason=_FINISH_REASONS[result.finish_reason],
-        usage=_usage(result.usage),
         cost_nano_usd=result.cost_nano_usd,
         budget_remaining_nano_usd=result.budget_remaining_nano_usd,
         **_served(result.decision),
     )
+    _fill_usage(response.usage, result.usage)
+    _fill_served(response, result.decision)
     if result.tool_calls or result.refusal or result.reasoning:
         add_answer_extras(response, result)
     return response
@@ -307,22 +318,24 @@ def stream_event(event: StreamItem) -> StreamEvent:
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, RoutingDecision):
-        return StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
+        message = StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
+        _fill_served(message.start, event)
+        return message
     if not isinstance(event, StreamFinished):
         return delta_event(event)
-    finish = StreamEvent.StreamFinish(
-        usage=_usage(event.usage),
-        cost_nano_usd=event.cost_nano_usd,
-        budget_remaining_nano_usd=event.budget_remaining_nano_usd,
-        finish_reason=_FINISH_REASONS[event.finish_reason],
+    message = StreamEvent(
+        finish=StreamEvent.StreamFinish(
+            usage=router_pb2.Usage(
+                input_tokens=event.usage.input_tokens, output_tokens=event.usage.output_tokens
+            ),
+            cost_nano_usd=event.cost_nano_usd,
+            budget_remaining_nano_usd=event.budget_remaining_nano_usd,
+            finish_reason=_FINISH_REASONS[event.finish_reason],
+        )
     )
     if event.tool_calls or event.reasoning:
-        add_finish_extras(finish, event)
-    return StreamEvent(finish=finish)
-
-
-def _usage(usage: Usage) -> router_pb2.Usage:
-    return router_pb2.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        add_finish_extras(message.finish, event)
+    return message
 
 
 class _CallEnded(Exception):

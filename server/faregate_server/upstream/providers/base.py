@@ -11,13 +11,15 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
+from contextlib import AbstractContextManager, aclosing, asynccontextmanager
 from enum import StrEnum
+from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from faregate_server.config.schema import ModelConfig
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
@@ -148,7 +150,7 @@ class JsonEndpoint:
         redactor: Redactor,
     ) -> None:
         self._session = session
-        self._url = url
+        self._url = URL(url)  # parsed once: aiohttp parses a str on every request
         self._headers = {"Content-Type": "application/json", **headers}
         self._model_name = model.name
         self._redactor = redactor
@@ -295,41 +297,72 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
-@contextmanager
-def translate_transport_errors() -> Iterator[None]:
-    """Turns aiohttp and parsing failures into UpstreamError."""
-    try:
-        yield
-    except UpstreamError:
-        raise
-    except ResponseTooLarge as error:
-        raise UpstreamError(UpstreamErrorKind.OVERSIZED, str(error)) from None
-    except NoDataTimeout as error:
-        raise UpstreamError(UpstreamErrorKind.STALLED, str(error)) from None
-    except TimeoutError:
+def translate_transport_errors() -> AbstractContextManager[None]:
+    """Turns aiohttp and parsing failures inside the block into UpstreamError."""
+    return _TRANSPORT_ERRORS
+
+
+class _TransportErrors:
+    """`translate_transport_errors`'s block. A class rather than a
+    @contextmanager generator: every upstream call enters one, and a
+    generator's setup costs several times this. Holds no state, so one
+    instance serves every block at once."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, UpstreamError):
+            return
+        translated = _transport_error(exc)
+        if translated is not None:
+            raise translated from None
+
+
+_TRANSPORT_ERRORS = _TransportErrors()
+_MALFORMED = (
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    HttpProcessingError,
+)
+"""An answer of the wrong shape. AttributeError: JSON of the wrong shape
+(`.get` on a list or a string); RecursionError: JSON nested past the
+decoder's depth; HttpProcessingError: aiohttp refusing what it parsed
+(LineTooLong)."""
+
+
+def _transport_error(error: BaseException) -> UpstreamError | None:
+    """The UpstreamError a failure of the transport or of parsing is; None
+    for anything else (cancellation, faregate's own errors), which goes on as it is."""
+    if isinstance(error, ResponseTooLarge):
+        return UpstreamError(UpstreamErrorKind.OVERSIZED, str(error))
+    if isinstance(error, NoDataTimeout):
+        return UpstreamError(UpstreamErrorKind.STALLED, str(error))
+    if isinstance(error, TimeoutError):
         # aiohttp's sock_read and sock_connect timeouts; faregate's own deadline
         # arrives as cancellation instead, so it never lands here.
-        raise UpstreamError(UpstreamErrorKind.STALLED, "upstream stalled") from None
-    except aiohttp.ClientError as error:
+        return UpstreamError(UpstreamErrorKind.STALLED, "upstream stalled")
+    if isinstance(error, aiohttp.ClientError):
         # Only the class name goes into the message: the reprs of some aiohttp
         # errors carry the request's headers, and with them the API key.
         logger.info("upstream connection failed: %s", type(error).__name__)
-        raise UpstreamError(
+        return UpstreamError(
             UpstreamErrorKind.UNAVAILABLE, f"upstream connection failed ({type(error).__name__})"
-        ) from None
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        IndexError,
-        AttributeError,
-        RecursionError,
-        HttpProcessingError,
-    ) as error:
-        # AttributeError: JSON of the wrong shape (`.get` on a list or a
-        # string); RecursionError: JSON nested past the decoder's depth;
-        # HttpProcessingError: aiohttp refusing what it parsed (LineTooLong).
-        raise UpstreamError(
+        )
+    if isinstance(error, _MALFORMED):
+        return UpstreamError(
             UpstreamErrorKind.UNAVAILABLE,
             f"upstream sent a malformed answer ({type(error).__name__})",
-        ) from None
+        )
+    return None
