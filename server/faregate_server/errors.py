@@ -50,6 +50,7 @@ the exception itself.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -158,16 +159,30 @@ def _fields(violations: Mapping[str, str]) -> ErrorDetails:
     )
 
 
+MAX_SHOWN_VIOLATIONS = 64
+"""The violations an InvalidRequest names, in its message, its metadata and
+its field violations: a small hostile request can break a rule a hundred
+thousand times, and its refusal must stay small. The rest are counted in one
+more entry, under `MORE_VIOLATIONS_FIELD`."""
+MORE_VIOLATIONS_FIELD = "…"
+
+
 class InvalidRequest(FaregateError):
-    """The request is malformed; each violation names a field."""
+    """The request is malformed; each violation names a field (the first
+    MAX_SHOWN_VIOLATIONS of them, and how many more)."""
 
     code = ErrorCode.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
 
     def __init__(self, violations: Mapping[str, str]) -> None:
-        fields = ", ".join(violations)
-        super().__init__(f"invalid request: {fields}", _fields(violations), fields=fields)
-        self.violations = dict(violations)
+        shown = dict(violations)
+        if len(shown) > MAX_SHOWN_VIOLATIONS:
+            more = len(shown) - MAX_SHOWN_VIOLATIONS
+            shown = dict(itertools.islice(shown.items(), MAX_SHOWN_VIOLATIONS))
+            shown[MORE_VIOLATIONS_FIELD] = f"and at least {more} more violations"
+        fields = ", ".join(shown)
+        super().__init__(f"invalid request: {fields}", _fields(shown), fields=fields)
+        self.violations = shown
 
 
 class ModelCannotServe(FaregateError):

@@ -26,16 +26,21 @@ from faregate_server.content import (
     ToolChoiceMode,
 )
 from faregate_server.domain import ChatMessage, Role
-from faregate_server.errors import InvalidRequest
+from faregate_server.errors import MAX_SHOWN_VIOLATIONS, MORE_VIOLATIONS_FIELD, InvalidRequest
+from faregate_server.rpc.status import rich_status
 from faregate_server.rpc.translate import AnyRouteRequest, route_call
 from faregate_server.rpc.translate_extras import (
     MAX_IMAGE_URL_CHARS,
     MAX_JSON_CHARS,
+    MAX_PARTS,
+    MAX_REASONING_BLOCKS,
     MAX_STOP_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_TOOL_CALL_ID_CHARS,
+    MAX_TOOL_CALLS,
     MAX_TOOLS,
 )
+from google.rpc import error_details_pb2, status_pb2
 
 SETTINGS = ServerConfig()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
@@ -268,6 +273,70 @@ BAD_REQUESTS = [
         {"messages": [_user("", parts=[router_pb2.ContentPart()])]},
         {"messages[0].parts[0]": "must hold text or an image"},
         id="empty-part",
+    ),
+    pytest.param(
+        {"messages": [_user("", parts=[router_pb2.ContentPart(text="")])]},
+        {"messages[0].parts[0].text": "must not be empty"},
+        id="empty-text-part",
+    ),
+    pytest.param(
+        {"messages": [_user("", parts=[router_pb2.ContentPart(text="a")] * (MAX_PARTS + 1))]},
+        {"messages[0].parts": f"has {MAX_PARTS + 1} parts; at most {MAX_PARTS} are allowed"},
+        id="too-many-parts",
+    ),
+    pytest.param(
+        {"messages": [_assistant_calling(*(f"call_{n}" for n in range(MAX_TOOL_CALLS + 1)))]},
+        {
+            "messages[0].tool_calls": (
+                f"has {MAX_TOOL_CALLS + 1} calls; at most {MAX_TOOL_CALLS} are allowed"
+            )
+        },
+        id="too-many-tool-calls",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                _user(),
+                Message(
+                    role=router_pb2.ROLE_ASSISTANT,
+                    content="ok",
+                    reasoning=[router_pb2.ReasoningBlock(text="t")] * (MAX_REASONING_BLOCKS + 1),
+                ),
+            ]
+        },
+        {
+            "messages[1].reasoning": (
+                f"has {MAX_REASONING_BLOCKS + 1} blocks; at most {MAX_REASONING_BLOCKS} are allowed"
+            )
+        },
+        id="too-many-reasoning-blocks",
+    ),
+    pytest.param(
+        {"messages": [_user("hi", tool_calls=[_call()] * (MAX_TOOL_CALLS + 1))]},
+        {
+            "messages[0].tool_calls": (
+                "only an assistant message carries tool calls;"
+                f" has {MAX_TOOL_CALLS + 1} calls; at most {MAX_TOOL_CALLS} are allowed"
+            )
+        },
+        id="too-many-tool-calls-on-a-user-turn-names-both",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                _user(),
+                Message(
+                    role=router_pb2.ROLE_ASSISTANT,
+                    parts=[router_pb2.ContentPart(image=router_pb2.Image())],
+                ),
+            ]
+        },
+        {
+            "messages[1].parts[0].image": (
+                "only a user message shows images; must hold a url or data"
+            )
+        },
+        id="image-on-an-assistant-turn-without-a-source-names-both",
     ),
     pytest.param(
         {"messages": [_tool_turn("")]},
@@ -652,3 +721,38 @@ def test_tool_calls_count_as_content_and_a_tool_result_may_be_empty() -> None:
 def test_a_request_whose_only_message_is_an_empty_tool_result_is_empty() -> None:
     violations = _violations(_request(messages=[_tool_turn("call_1", content="")]))
     assert violations["messages"] == "every message is empty; at least one needs content"
+
+
+@pytest.mark.parametrize(
+    ("calls", "turns"), [(50_000, 1), (MAX_TOOL_CALLS, 400)], ids=["one-turn", "many-turns"]
+)
+def test_a_flood_of_empty_calls_is_refused_with_a_bounded_bad_request(
+    calls: int, turns: int
+) -> None:
+    """A 100 KB request of empty tool calls breaks the rules tens of thousands
+    of times; its refusal names 64 of them and counts the rest."""
+    turn = Message(role=router_pb2.ROLE_USER, tool_calls=[router_pb2.ToolCall()] * calls)
+    request = _request(messages=[turn] * turns)
+    assert request.ByteSize() > 100_000
+    violations = _violations(request)
+    assert len(violations) <= MAX_SHOWN_VIOLATIONS + 1
+    if turns > 1:
+        assert violations[MORE_VIOLATIONS_FIELD].startswith("and at least ")
+    details = dict(rich_status(InvalidRequest(violations)).trailers)["grpc-status-details-bin"]
+    assert isinstance(details, bytes)
+    status = status_pb2.Status.FromString(details)
+    bad = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad) for detail in status.details)
+    assert len(bad.field_violations) == len(violations)
+
+
+def test_an_invalid_request_shows_the_first_violations_and_counts_the_rest() -> None:
+    violations = {f"f{n}": "bad" for n in range(MAX_SHOWN_VIOLATIONS + 10)}
+    error = InvalidRequest(violations)
+    assert list(error.violations) == [
+        *list(violations)[:MAX_SHOWN_VIOLATIONS],
+        MORE_VIOLATIONS_FIELD,
+    ]
+    assert error.violations[MORE_VIOLATIONS_FIELD] == "and at least 10 more violations"
+    assert len(error.details.field_violations) == MAX_SHOWN_VIOLATIONS + 1
+    assert "f64" not in error.metadata["fields"]

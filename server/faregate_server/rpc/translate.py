@@ -36,7 +36,7 @@ from faregate_server.domain import (
     TaskKind,
     call_features,
 )
-from faregate_server.errors import InvalidRequest
+from faregate_server.errors import MAX_SHOWN_VIOLATIONS, InvalidRequest
 from faregate_server.rpc.translate_extras import AnyRouteRequest as AnyRouteRequest
 from faregate_server.rpc.translate_extras import (
     Conversation,
@@ -207,7 +207,9 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     if tool_turns or size != plain_bytes:
         # The request holds more than plain chat (see rpc/wire_size.py): the
         # fields beyond it are read.
-        extras = _read_extras(request_messages, messages, settings, violations)
+        read = _read_extras(request_messages, messages, settings, violations)
+        if read is not None:
+            messages, extras = read, True
         if uses_options(request):
             options = generation_options(request, settings, max_output_tokens, violations)
     if violations:
@@ -239,11 +241,19 @@ def _read_extras(
     messages: list[ChatMessage],
     settings: ServerConfig,
     violations: dict[str, str],
-) -> bool:
-    """Gives each message of `messages` (one per request message, in step)
-    that holds more than its role and text its extras; whether any did."""
+) -> list[ChatMessage] | None:
+    """`messages` (one per request message, in step) with each that holds
+    more than its role and text given its extras; None when none does.
+
+    Reading stops once the request has broken more rules than a refusal
+    shows (errors.MAX_SHOWN_VIOLATIONS): the rest would not be named, and
+    reading them is work a small hostile request could make large.
+    """
+    read: list[ChatMessage] = []
     conversation: Conversation | None = None
     for index, message in enumerate(request_messages):
+        if len(violations) > MAX_SHOWN_VIOLATIONS:
+            break
         role = _ROLES.get(message.role)
         if (
             role is Role.TOOL
@@ -254,9 +264,10 @@ def _read_extras(
         ):
             if conversation is None:
                 conversation = Conversation(settings)
+                read = messages.copy()
             extras = conversation.extras(index, message, role, violations)
-            messages[index] = ChatMessage(messages[index].role, messages[index].content, extras)
-    return conversation is not None
+            read[index] = ChatMessage(messages[index].role, messages[index].content, extras)
+    return read if conversation is not None else None
 
 
 def _check_metadata(

@@ -68,6 +68,19 @@ MAX_IMAGE_URL_CHARS = 8192
 """Longer than any real image URL; a longer one is a data URL in disguise."""
 MAX_TOOL_CALL_ID_CHARS = 256
 """Providers' ids are short (OpenAI's `call_` + 24, Anthropic's `toolu_` + 24)."""
+MAX_PARTS = 256
+"""Parts of one message. Images are counted apart (server.max_images); text
+parts beside them need be no more than a handful, and each part costs a few
+bytes on the wire but a check, and maybe a violation, here: past this the
+message is refused whole, unread."""
+MAX_TOOL_CALLS = MAX_TOOLS
+"""Calls of one assistant turn: as many as a request may define tools, each
+called once. A model makes a few; an empty call takes 2 bytes on the wire, so
+without this bound a small request could hold a hundred thousand of them."""
+MAX_REASONING_BLOCKS = 64
+"""Reasoning blocks of one assistant turn: a model returns one per step of
+thought between its tool calls, a few per turn; bounded for the same reason
+as MAX_TOOL_CALLS."""
 
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _NAME_RULE = "must be 1 to 64 ASCII letters, digits, underscores or hyphens"
@@ -96,9 +109,6 @@ class Conversation:
         self._answered: dict[str, int] = {}
         """Each call id answered so far, and the index of the tool turn that did."""
         self._images = 0
-        self.holds_content = False
-        """Whether some message read here has parts or tool calls, which
-        count as content beside a non-empty `content`."""
 
     def extras(
         self,
@@ -115,13 +125,11 @@ class Conversation:
             if message.content:
                 violations[f"{path}.parts"] = "must be empty when content is set"
             parts = self._parts(path, message, role, violations)
-            self.holds_content = True
         tool_calls: tuple[ToolCall, ...] = ()
         if message.tool_calls:
             if role is not Role.ASSISTANT:
                 violations[f"{path}.tool_calls"] = "only an assistant message carries tool calls"
             tool_calls = self._tool_calls(index, path, message, violations)
-            self.holds_content = True
         if role is Role.TOOL:
             self._answer(index, path, message.tool_call_id, violations)
         elif message.tool_call_id:
@@ -146,12 +154,17 @@ class Conversation:
         violations: dict[str, str],
     ) -> tuple[ContentPart, ...]:
         settings = self._settings
+        if len(message.parts) > MAX_PARTS:
+            add(violations, f"{path}.parts", _too_many(len(message.parts), "parts", MAX_PARTS))
+            return ()
         parts: list[ContentPart] = []
         for number, part in enumerate(message.parts):
             part_path = f"{path}.parts[{number}]"
             kind = part.WhichOneof("kind")
             if kind == "text":
-                if len(part.text) > settings.max_message_chars:
+                if not part.text:
+                    violations[f"{part_path}.text"] = "must not be empty"
+                elif len(part.text) > settings.max_message_chars:
                     violations[f"{part_path}.text"] = (
                         f"is {len(part.text)} characters;"
                         f" {exceeds('max_message_chars', settings.max_message_chars)}"
@@ -198,12 +211,19 @@ class Conversation:
             if not media_type:
                 violations[f"{path}.media_type"] = f"is required with data: one of {_MEDIA_TYPES}"
             return Image(data=data, media_type=media_type)
-        violations[path] = "must hold a url or data"
+        add(violations, path, "must hold a url or data")
         return Image()
 
     def _tool_calls(
         self, index: int, path: str, message: router_pb2.Message, violations: dict[str, str]
     ) -> tuple[ToolCall, ...]:
+        if len(message.tool_calls) > MAX_TOOL_CALLS:
+            add(
+                violations,
+                f"{path}.tool_calls",
+                _too_many(len(message.tool_calls), "calls", MAX_TOOL_CALLS),
+            )
+            return ()
         calls: list[ToolCall] = []
         for number, call in enumerate(message.tool_calls):
             call_path = f"{path}.tool_calls[{number}]"
@@ -240,6 +260,13 @@ class Conversation:
     def _reasoning(
         self, path: str, message: router_pb2.Message, violations: dict[str, str]
     ) -> tuple[ReasoningBlock, ...]:
+        if len(message.reasoning) > MAX_REASONING_BLOCKS:
+            add(
+                violations,
+                f"{path}.reasoning",
+                _too_many(len(message.reasoning), "blocks", MAX_REASONING_BLOCKS),
+            )
+            return ()
         blocks: list[ReasoningBlock] = []
         for number, block in enumerate(message.reasoning):
             if not (block.text or block.redacted):
@@ -293,6 +320,16 @@ def generation_options(
         seed=request.seed if request.HasField("seed") else None,
         reasoning=_reasoning(request, settings, max_output_tokens, violations),
     )
+
+
+def add(violations: dict[str, str], field: str, description: str) -> None:
+    """Adds a violation under `field`, beside any it already has."""
+    held = violations.get(field)
+    violations[field] = f"{held}; {description}" if held else description
+
+
+def _too_many(count: int, noun: str, limit: int) -> str:
+    return f"has {count} {noun}; at most {limit} are allowed"
 
 
 def exceeds(setting: str, limit: int) -> str:
