@@ -108,7 +108,12 @@ class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
       anthropic   "model_context_window_exceeded"     CONTEXT_WINDOW_EXCEEDED
       sim         its configured length reached       LENGTH, else STOP
 
-    A reason a provider adds later, or none at all, is UNSPECIFIED.
+    OpenAI ends a refusal with "stop": a non-null `refusal` in the answer's
+    message (or in a stream's delta) makes it REFUSAL. A whole answer carries
+    the refusal's text in RouteResponse.refusal; a stream's refusal text is
+    not yet relayed as StreamDelta.refusal fragments: a stream says only that
+    the model refused, by this reason. A reason a provider adds later, or
+    none at all, is UNSPECIFIED.
     """
 
 FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
@@ -1499,7 +1504,8 @@ class StreamRouteResponse(_message.Message):
         """
         refusal: _builtins.str
         """Newly generated text of a refusal (finish reason REFUSAL), to append
-        to the refusal before it.
+        to the refusal before it. Not yet sent: no provider adapter relays a
+        streamed refusal's text yet, only its finish reason.
         """
         @_builtins.property
         def tool_call(self) -> Global___ToolCallDelta:

@@ -41,7 +41,9 @@ _STOP_REASONS = {
     "stop_sequence": FinishReason.STOP,
     "max_tokens": FinishReason.LENGTH,
     "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
+    "refusal": FinishReason.REFUSAL,
+    "pause_turn": FinishReason.PAUSE_TURN,
+    "model_context_window_exceeded": FinishReason.CONTEXT_WINDOW_EXCEEDED,
 }
 # Events that only keep the connection busy: they do not reset the idle timeout.
 _KEEPALIVE_EVENTS = frozenset({"ping"})
