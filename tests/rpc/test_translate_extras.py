@@ -29,15 +29,17 @@ from faregate_server.domain import ChatMessage, Role
 from faregate_server.errors import MAX_SHOWN_VIOLATIONS, MORE_VIOLATIONS_FIELD, InvalidRequest
 from faregate_server.rpc.status import rich_status
 from faregate_server.rpc.translate import AnyRouteRequest, route_call
-from faregate_server.rpc.translate_extras import (
+from faregate_server.rpc.translate_messages import (
     MAX_IMAGE_URL_CHARS,
-    MAX_JSON_CHARS,
     MAX_PARTS,
     MAX_REASONING_BLOCKS,
-    MAX_STOP_CHARS,
-    MAX_STOP_SEQUENCES,
     MAX_TOOL_CALL_ID_CHARS,
     MAX_TOOL_CALLS,
+)
+from faregate_server.rpc.translate_options import (
+    MAX_JSON_CHARS,
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
     MAX_TOOLS,
 )
 from google.rpc import error_details_pb2, status_pb2
@@ -541,6 +543,30 @@ BAD_REQUESTS = [
         {"tool_choice": router_pb2.ToolChoice(mode=router_pb2.TOOL_CHOICE_MODE_REQUIRED)},
         {"tool_choice.mode": "REQUIRED needs tools"},
         id="tool-choice-required-without-tools",
+    ),
+    pytest.param(
+        {"tool_choice": router_pb2.ToolChoice(mode=router_pb2.TOOL_CHOICE_MODE_AUTO)},
+        {"tool_choice.mode": "AUTO needs tools"},
+        id="tool-choice-auto-without-tools",
+    ),
+    pytest.param(
+        {"tool_choice": router_pb2.ToolChoice(mode=router_pb2.TOOL_CHOICE_MODE_NONE)},
+        {"tool_choice.mode": "NONE needs tools"},
+        id="tool-choice-none-without-tools",
+    ),
+    pytest.param(
+        {"tool_choice": router_pb2.ToolChoice(tool_name="read_file")},
+        {"tool_choice.tool_name": "must name one of the request's tools"},
+        id="tool-choice-names-a-tool-without-tools",
+    ),
+    pytest.param(
+        {
+            "tools": [_tool(f"t{index}") for index in range(MAX_TOOLS + 1)],
+            "tool_choice": router_pb2.ToolChoice(tool_name="t0"),
+            "parallel_tool_calls": True,
+        },
+        {"tools": f"has {MAX_TOOLS + 1} tools; at most {MAX_TOOLS} are allowed"},
+        id="too-many-tools-are-not-missing-tools",
     ),
     pytest.param(
         {"tools": [_tool()], "tool_choice": router_pb2.ToolChoice(tool_name="write_file")},

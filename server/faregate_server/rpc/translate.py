@@ -14,7 +14,8 @@ that sets none of the fields beyond plain chat (parts, tools, tool calls and
 results, response format, stop, top_p, seed, reasoning) costs none: its
 serialized size, which is measured anyway, equals the sum of what its plain
 fields take (rpc/wire_size.py), and only a request larger than that has
-those fields read and checked (rpc/translate_extras.py).
+those fields read and checked (rpc/translate_messages.py for the
+messages', rpc/translate_options.py for the request's).
 """
 
 from __future__ import annotations
@@ -37,13 +38,10 @@ from faregate_server.domain import (
     call_features,
 )
 from faregate_server.errors import MAX_SHOWN_VIOLATIONS, InvalidRequest
-from faregate_server.rpc.translate_extras import AnyRouteRequest as AnyRouteRequest
-from faregate_server.rpc.translate_extras import (
-    Conversation,
-    exceeds,
-    generation_options,
-    uses_options,
-)
+from faregate_server.rpc.rules import AnyRouteRequest as AnyRouteRequest
+from faregate_server.rpc.rules import check_tokens, exceeds
+from faregate_server.rpc.translate_messages import Conversation
+from faregate_server.rpc.translate_options import generation_options, uses_options
 from faregate_server.rpc.wire_size import hint_bytes, message_bytes, request_bytes
 from faregate_server.state.replay import fingerprint
 
@@ -177,13 +175,9 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     max_output_tokens = None
     if request.HasField("max_output_tokens"):
         max_output_tokens = request.max_output_tokens
-        limit = settings.max_output_tokens_limit
-        if max_output_tokens < 1:
-            violations["max_output_tokens"] = "must be positive when set"
-        elif max_output_tokens > limit:
-            violations["max_output_tokens"] = (
-                f"is {max_output_tokens}; {exceeds('max_output_tokens_limit', limit)}"
-            )
+        check_tokens(
+            "max_output_tokens", max_output_tokens, settings.max_output_tokens_limit, violations
+        )
     temperature = None
     if request.HasField("temperature"):
         temperature = request.temperature

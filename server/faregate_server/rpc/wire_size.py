@@ -29,9 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from faregate.v1 import router_pb2
-
-AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
+from faregate_server.rpc.rules import AnyRouteRequest
 
 _DOUBLE = 1 + 8
 """A double field numbered under 16: tag and 8 bytes."""
@@ -46,12 +44,6 @@ def varint_bytes(value: int) -> int:
         value >>= 7
         size += 1
     return size
-
-
-def utf8_bytes(text: str) -> int:
-    """The bytes `text` takes in UTF-8: its length when it is ASCII (which
-    CPython knows without looking), else it is encoded to count them."""
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def message_bytes(role: int, content: str) -> int:
