@@ -782,3 +782,31 @@ def test_an_invalid_request_shows_the_first_violations_and_counts_the_rest() -> 
     assert error.violations[MORE_VIOLATIONS_FIELD] == "and at least 10 more violations"
     assert len(error.details.field_violations) == MAX_SHOWN_VIOLATIONS + 1
     assert "f64" not in error.metadata["fields"]
+
+
+def _with_unknown_field(message: Any, number: int) -> bytes:
+    """`message` serialized with a varint field `number` its type does not know."""
+    tag = number << 3
+    varint = bytearray()
+    while tag >= 0x80:
+        varint.append(tag & 0x7F | 0x80)
+        tag >>= 7
+    varint.append(tag)
+    return bytes(message.SerializeToString() + varint + b"\x01")
+
+
+def test_fields_a_newer_client_set_are_refused_naming_the_message_holding_them() -> None:
+    """Served without them, the request would not be the one its sender sent."""
+    request = _request(tools=[_tool()])
+    request.messages[0].MergeFromString(_with_unknown_field(_user(), 111))
+    request.tools[0].MergeFromString(_with_unknown_field(_tool(), 9))
+    request.MergeFromString(_with_unknown_field(router_pb2.RouteRequest(), 999))
+    request.MergeFromString(_with_unknown_field(router_pb2.RouteRequest(), 100))
+    description = (
+        "holds fields this server does not know (numbers {}); it would be served without them"
+    )
+    assert _violations(request) == {
+        "request": description.format("100, 999"),
+        "messages[0]": description.format(111),
+        "tools[0]": description.format(9),
+    }

@@ -24,6 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 from faregate.v1 import router_pb2
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from faregate_server.config.schema import ServerConfig
 from faregate_server.content import Feature, GenerationOptions
@@ -39,7 +41,7 @@ from faregate_server.domain import (
 )
 from faregate_server.errors import MAX_SHOWN_VIOLATIONS, InvalidRequest
 from faregate_server.rpc.rules import AnyRouteRequest as AnyRouteRequest
-from faregate_server.rpc.rules import check_tokens, exceeds
+from faregate_server.rpc.rules import add, check_tokens, exceeds
 from faregate_server.rpc.translate_messages import Conversation
 from faregate_server.rpc.translate_options import generation_options, uses_options
 from faregate_server.rpc.wire_size import hint_bytes, message_bytes, request_bytes
@@ -200,7 +202,9 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     extras = False
     if tool_turns or size != plain_bytes:
         # The request holds more than plain chat (see rpc/wire_size.py): the
-        # fields beyond it are read.
+        # fields beyond it are read, and any field this contract does not
+        # know refused (a plain request, its size the sum, holds none).
+        _check_unknown_fields(request, "request", violations)
         read = _read_extras(request_messages, messages, settings, violations)
         if read is not None:
             messages, extras = read, True
@@ -262,6 +266,34 @@ def _read_extras(
             extras = conversation.extras(index, message, role, violations)
             read[index] = ChatMessage(messages[index].role, messages[index].content, extras)
     return read if conversation is not None else None
+
+
+def _check_unknown_fields(message: Message, path: str, violations: dict[str, str]) -> None:
+    """Refuses fields a newer client set that this server's contract does
+    not know, in `message` or any message it holds, under its path: the
+    request would be served without them, which their sender can't know."""
+    if len(violations) > MAX_SHOWN_VIOLATIONS:
+        return
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = ", ".join(
+            str(number) for number in sorted({unknown[i].field_number for i in range(len(unknown))})
+        )
+        add(
+            violations,
+            path,
+            f"holds fields this server does not know (numbers {numbers});"
+            " it would be served without them",
+        )
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        name = field.name if path == "request" else f"{path}.{field.name}"
+        if field.is_repeated:
+            for index, item in enumerate(value):
+                _check_unknown_fields(item, f"{name}[{index}]", violations)
+        else:
+            _check_unknown_fields(value, name, violations)
 
 
 def _check_metadata(
