@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 import yaml
 from faregate_server.config.load import parse_config
-from faregate_server.config.schema import ProviderKind
 from faregate_server.content import (
     Feature,
     GenerationOptions,
@@ -31,7 +30,8 @@ from faregate_server.routing.planner import Planner
 from faregate_server.routing.selection import Selector
 from faregate_server.state.limits import LimitPools
 from faregate_server.upstream.catalog import Catalog
-from faregate_server.upstream.providers import CARRIED_FEATURES
+from faregate_server.upstream.providers.anthropic import AnthropicProvider
+from faregate_server.upstream.redaction import Redactor
 
 from tests.fakes.clock import FakeClock
 
@@ -138,12 +138,18 @@ async def test_an_explicit_model_is_refused_naming_the_first_field_it_is_not_sen
     assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "claude"})
 
 
-async def test_a_candidate_whose_provider_carries_the_feature_serves_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The table a provider's adapter fills in when it sends a feature."""
-    monkeypatch.setitem(CARRIED_FEATURES, ProviderKind.ANTHROPIC, frozenset({Feature.TOOLS}))
+class _AnthropicSendingTools(AnthropicProvider):
+    """Anthropic's adapter as it is once it sends tools: what it carries is
+    what its class declares."""
+
+    carried_features = frozenset({Feature.TOOLS})
+
+
+async def test_a_candidate_whose_provider_carries_the_feature_serves_it() -> None:
     catalog, planner = await _planner()
+    claude = catalog.deployments["claude"]
+    async with aiohttp.ClientSession() as session:
+        claude.provider = _AnthropicSendingTools(session, claude.config, Redactor())
     plan = await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
     assert [option.deployment.name for option in plan.options] == ["claude"]
     reasons = {score.model: score.reason for score in plan.scores}

@@ -35,13 +35,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from faregate_server.clock import Clock
-from faregate_server.config.schema import ProviderKind, RouteConfig, RoutingConfig
+from faregate_server.config.schema import RouteConfig, RoutingConfig
 from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind, call_features
 from faregate_server.routing.tasks import TASK_DIFFICULTY
 from faregate_server.state.limits import Draw, LimitPools, projected_draw
 from faregate_server.upstream.breakers import NEUTRAL_LATENCY_S
 from faregate_server.upstream.catalog import Deployment
-from faregate_server.upstream.providers import CARRIED_FEATURES
 
 # Expected latency of a model with no history yet while its first call is
 # leased or running, in seconds: neutral, so a burst does not pile onto a
@@ -238,7 +237,7 @@ def _unfit(
     model = deployment.config
     hints = call.hints
     if call.features:
-        uncarried = _uncarried(call, model.provider)
+        uncarried = _uncarried(call, deployment)
         if uncarried is not None:
             return uncarried
     if room < 1:
@@ -271,16 +270,17 @@ def _unfit(
     return None
 
 
-def _uncarried(call: RouteCall, provider: ProviderKind) -> tuple[str, str] | None:
-    """(field, problem) of the first feature the call uses that the provider's
-    adapter does not send upstream, if there is one."""
-    missing = call.features - CARRIED_FEATURES[provider]
+def _uncarried(call: RouteCall, deployment: Deployment) -> tuple[str, str] | None:
+    """(field, problem) of the first feature the call uses that the model's
+    provider adapter does not send upstream, if there is one."""
+    missing = call.features - deployment.provider.carried_features
     if not missing:
         return None
     fields = call_features(call.messages, call.options)
     feature = next(feature for feature in fields if feature in missing)
     name = feature.value.replace("_", " ")
-    return (fields[feature], f"faregate does not yet send {name} to {provider.value} models")
+    provider = deployment.config.provider.value
+    return (fields[feature], f"faregate does not yet send {name} to {provider} models")
 
 
 def _available_in_s(deployment: Deployment, now_s: float) -> float:

@@ -14,11 +14,12 @@ only), its finish reason is.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
+from faregate_server.content import Feature
 from faregate_server.domain import (
     Completion,
     FinishReason,
@@ -48,6 +49,11 @@ _FINISH_REASONS = {
 
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
+
+    carried_features: ClassVar[frozenset[Feature]] = frozenset()
+    """None yet: a request with tools, images, a response format, stop
+    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
+    until this adapter sends it."""
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
