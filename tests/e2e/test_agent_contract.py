@@ -18,7 +18,7 @@ from faregate_client import InvalidArgument
 from faregate_client._errors import error_from_rpc
 
 from tests.conftest import Faregate, StartFaregate, to_config
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Script
 
 SCHEMA = json.dumps({"type": "object", "properties": {"path": {"type": "string"}}})
 TOOL = router_pb2.Tool(name="read_file", description="Reads a file.", parameters_json=SCHEMA)
@@ -211,3 +211,50 @@ async def test_a_plain_request_beside_them_is_served(agent_faregate: Faregate) -
     assert reply.output
     assert not reply.tool_calls
     assert reply.refusal == ""
+
+
+async def test_an_openai_refusal_is_refusal_with_its_text_whole_and_streamed(
+    agent_faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    """OpenAI ends a refusal with "stop": its non-null `refusal` makes it REFUSAL."""
+    upstream.default = Script(chunks=[], refusal="I can't help with that.")
+    reply = await agent_faregate.client.route("hi", budget_key="team", model="gpt-fake")
+    assert reply.finish_reason == router_pb2.FINISH_REASON_REFUSAL
+    assert reply.refusal == "I can't help with that."
+    assert reply.output == ""
+
+    stub = router_pb2_grpc.RouterServiceStub(agent_faregate.client._channel)
+    request = router_pb2.StreamRouteRequest(model="gpt-fake", budget_key="team", messages=[_user()])
+    events = [event async for event in stub.StreamRoute(request, timeout=10)]
+    assert events[-1].finish.finish_reason == router_pb2.FINISH_REASON_REFUSAL
+
+
+async def test_a_field_a_newer_client_set_is_refused_not_dropped(
+    agent_faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    message = _user().SerializeToString() + b"\xf8\x06\x01"  # field 111, a varint
+    request = router_pb2.RouteRequest(budget_key="team")
+    request.messages.add().MergeFromString(message)
+    stub = router_pb2_grpc.RouterServiceStub(agent_faregate.client._channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Route(request, timeout=10)
+    error = error_from_rpc(caught.value)
+    assert isinstance(error, InvalidArgument)
+    assert error.reason == "INVALID_REQUEST"
+    assert error.field_violations == {
+        "messages[0]": (
+            "holds fields this server does not know (numbers 111); it would be served without them"
+        )
+    }
+    assert upstream.received == []
+
+
+async def test_a_flood_of_broken_calls_is_refused_with_a_bounded_bad_request(
+    agent_faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    turn = router_pb2.Message(role=router_pb2.ROLE_USER, tool_calls=[router_pb2.ToolCall()] * 128)
+    (error,) = (await _errors(agent_faregate, {"messages": [turn] * 400}))[:1]
+    assert error.reason == "INVALID_REQUEST"
+    assert len(error.field_violations) == 65
+    assert error.field_violations["…"].startswith("and at least ")
+    assert upstream.received == []
