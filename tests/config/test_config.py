@@ -85,11 +85,6 @@ def _broken(change: dict[str, Any]) -> str:
         ({"server.drain_delay_s": -1}, "server.drain_delay_s"),
         ({"server.max_concurrent_calls": 0}, "server.max_concurrent_calls: must be an integer"),
         ({"server.loop_lag_limit_s": -0.1}, "server.loop_lag_limit_s: must be a finite number"),
-        (
-            {"server.max_image_bytes": 1 << 20},
-            r"server.max_image_bytes: is 1048576; it must be less than max_request_bytes"
-            r" \(1048576\)",
-        ),
         ({"auth.enabled": True}, "auth.enabled: auth is on but no principal has an API key"),
         (
             {"auth.principals": {"bot": {"api_keys": ["sha1:abc"]}}},

@@ -147,9 +147,9 @@ class ServerConfig:
     """Most images one request may show the model, over all its messages."""
     max_image_bytes: Annotated[int, Integer(1)] = 768 << 10
     """Largest image a request may send inline (`Image.data`), in bytes. Its
-    request counts it toward `max_request_bytes` too, so it must be less than
-    that (checked at load): three quarters of its default leaves the rest for
-    the conversation. Raise both for larger images, up to Anthropic's 5 MiB."""
+    request counts it toward `max_request_bytes` too, so only a value less
+    than that applies: three quarters of its default leaves the rest for the
+    conversation. Raise both for larger images, up to Anthropic's 5 MiB."""
     max_header_bytes: Annotated[int, Integer(MIN_HEADER_BYTES)] = 16384
     """Largest gRPC header block (call metadata) the transport accepts."""
     shutdown_grace_s: Annotated[float, Number(0)] = 5.0
@@ -171,21 +171,6 @@ class ServerConfig:
     the guard off (the lag is still measured, for the metric)."""
     tls: TlsConfig | None = None
     """TLS (and mutual TLS) for the gRPC port; absent or null serves plaintext."""
-
-    @model_validator(mode="after")
-    def _check_image_fits(self) -> ServerConfig:
-        if self.max_image_bytes >= self.max_request_bytes:
-            reject(
-                [
-                    (
-                        ("max_image_bytes",),
-                        f"is {self.max_image_bytes}; it must be less than max_request_bytes"
-                        f" ({self.max_request_bytes}), which an image's request counts it"
-                        " toward, or the limit never applies",
-                    )
-                ]
-            )
-        return self
 
 
 @dataclass(frozen=True, slots=True)
