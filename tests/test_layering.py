@@ -1,6 +1,6 @@
 """The core knows no wire: no module under config/, routing/, upstream/ or
-state/, nor errors.py, domain.py, money.py or clock.py, imports grpc (or a
-grpc_* companion), google.rpc or google.protobuf. Read from the source with
+state/, nor errors.py, domain.py, content.py, money.py or clock.py, imports
+grpc (or a grpc_* companion), google.rpc or google.protobuf. Read from the source with
 `ast`, so an import inside a function or under TYPE_CHECKING counts too.
 
 Loading them is checked too, in a fresh interpreter: nothing they import
@@ -26,6 +26,7 @@ CORE = [
     *sorted((PACKAGE / "state").rglob("*.py")),
     PACKAGE / "errors.py",
     PACKAGE / "domain.py",
+    PACKAGE / "content.py",
     PACKAGE / "money.py",
     PACKAGE / "clock.py",
 ]

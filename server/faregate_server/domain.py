@@ -1,7 +1,10 @@
 """The domain values faregate works with, free of any wire format.
 
 The servicer translates protobuf messages into these and back; everything
-between (planning, budgets, pools, providers) speaks only these.
+between (planning, budgets, pools, providers) speaks only these. What a
+conversation carries beyond plain text (content parts, tools and their calls,
+response formats, reasoning) is in content.py; a plain text request holds
+none of it, so it costs nothing on the plain path.
 """
 
 from __future__ import annotations
@@ -10,6 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from faregate_server.content import (
+    Feature,
+    GenerationOptions,
+    MessageExtras,
+    ReasoningBlock,
+    ToolCall,
+)
+
 
 class Role(StrEnum):
     """Who wrote a chat message; the values are the providers' wire names."""
@@ -17,16 +28,25 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
+    """A tool's result, answering a call of an earlier assistant turn."""
 
 
 class FinishReason(StrEnum):
-    """Why generation stopped."""
+    """Why generation stopped (each provider's stop reasons are mapped onto
+    these as protos/faregate/v1/router.proto documents)."""
 
     UNSPECIFIED = "unspecified"
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
     TOOL_CALLS = "tool_calls"
+    REFUSAL = "refusal"
+    """The model declined to answer."""
+    PAUSE_TURN = "pause_turn"
+    """The provider paused a long turn; sending it back continues it."""
+    CONTEXT_WINDOW_EXCEEDED = "context_window_exceeded"
+    """The answer filled the context window: cut short, as with LENGTH."""
 
 
 class TaskKind(StrEnum):
@@ -119,6 +139,10 @@ class CandidateScore:
 class ChatMessage:
     role: Role
     content: str
+    """The message's text; empty when its content is in `extras.parts`."""
+    extras: MessageExtras | None = None
+    """Parts, tool calls, the call a tool turn answers, reasoning; None when
+    the message is plain text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +165,11 @@ class RouteCall:
         fingerprint: A digest of the request without its id, so a reused id
             with a different request is caught.
         principal: Who the request is authenticated as (empty with auth off).
+        options: Tools, tool choice, response format, stop sequences, top_p,
+            seed and reasoning; None when the call sets none of them.
+        features: Every `Feature` the call uses, its messages' included: a
+            candidate whose provider adapter lacks one is not chosen.
+            `call_features` finds them; route_call fills this in.
     """
 
     model: str
@@ -155,6 +184,8 @@ class RouteCall:
     request_id: str = ""
     fingerprint: str = ""
     principal: str = ""
+    options: GenerationOptions | None = None
+    features: frozenset[Feature] = frozenset()
 
     @property
     def budget_keys(self) -> tuple[str, ...]:
@@ -165,6 +196,44 @@ class RouteCall:
     def claim_key(self) -> str:
         """Where its request id's claim and result are kept (see `claim_key`)."""
         return claim_key(self.principal, self.request_id)
+
+
+def call_features(
+    messages: tuple[ChatMessage, ...], options: GenerationOptions | None
+) -> dict[Feature, str]:
+    """Every feature a call with these messages and options uses, each with
+    the path of the request field that uses it first (`messages[2].parts`),
+    in the order of `Feature`."""
+    found: dict[Feature, str] = {}
+    for index, message in enumerate(messages):
+        extras = message.extras
+        if extras is None:
+            continue
+        path = f"messages[{index}]"
+        if extras.parts:
+            found.setdefault(Feature.CONTENT_PARTS, f"{path}.parts")
+            for number, part in enumerate(extras.parts):
+                if not isinstance(part, str):
+                    found.setdefault(Feature.IMAGES, f"{path}.parts[{number}].image")
+        if extras.tool_calls:
+            found.setdefault(Feature.TOOL_CALLS, f"{path}.tool_calls")
+        if extras.tool_call_id:
+            found.setdefault(Feature.TOOL_RESULTS, f"{path}.tool_call_id")
+        if extras.reasoning:
+            found.setdefault(Feature.REASONING_BLOCKS, f"{path}.reasoning")
+    if options is not None:
+        requested = {
+            Feature.TOOLS: bool(options.tools),
+            Feature.TOOL_CHOICE: options.tool_choice is not None,
+            Feature.PARALLEL_TOOL_CALLS: options.parallel_tool_calls is not None,
+            Feature.RESPONSE_FORMAT: options.response_format is not None,
+            Feature.STOP: bool(options.stop),
+            Feature.TOP_P: options.top_p is not None,
+            Feature.SEED: options.seed is not None,
+            Feature.REASONING: options.reasoning is not None,
+        }
+        found.update((feature, feature.value) for feature, used in requested.items() if used)
+    return {feature: found[feature] for feature in Feature if feature in found}
 
 
 def claim_key(principal: str, request_id: str) -> str:
@@ -221,6 +290,8 @@ class UpstreamRequest:
     messages: tuple[ChatMessage, ...]
     max_output_tokens: int
     temperature: float | None
+    options: GenerationOptions | None = None
+    """The call's, as RouteCall.options."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +301,10 @@ class Completion:
     text: str
     finish_reason: FinishReason
     usage: ReportedUsage
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str = ""
+    """Why the model declined, when it did and said."""
+    reasoning: tuple[ReasoningBlock, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +316,10 @@ class StreamEnd:
 
     finish_reason: FinishReason
     usage: ReportedUsage
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Every call the stream's ToolCallDeltas made up, assembled, by index."""
+    reasoning: tuple[ReasoningBlock, ...] = ()
+    """The stream's reasoning, as whole blocks with their signatures."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +378,9 @@ class RouteResult:
     usage: Usage
     cost_nano_usd: int
     budget_remaining_nano_usd: int
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str = ""
+    reasoning: tuple[ReasoningBlock, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,3 +391,5 @@ class StreamFinished:
     cost_nano_usd: int
     budget_remaining_nano_usd: int
     finish_reason: FinishReason
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: tuple[ReasoningBlock, ...] = ()

@@ -50,6 +50,7 @@ the exception itself.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -158,20 +159,39 @@ def _fields(violations: Mapping[str, str]) -> ErrorDetails:
     )
 
 
+MAX_SHOWN_VIOLATIONS = 16
+"""The violations an InvalidRequest names, in its message, its metadata and
+its field violations: a small hostile request can break a rule a hundred
+thousand times, and its refusal must stay small. The rest are counted in one
+more entry, under `MORE_VIOLATIONS_FIELD`. Each is named three times on
+gRPC (the status message, ErrorInfo's `fields`, the BadRequest), in
+trailers a client refuses past 8 KiB by default (grpc.max_metadata_size,
+as RESOURCE_EXHAUSTED): 16 long ones take about 5 KiB, 32 take 10."""
+MORE_VIOLATIONS_FIELD = "…"
+
+
 class InvalidRequest(FaregateError):
-    """The request is malformed; each violation names a field."""
+    """The request is malformed; each violation names a field (the first
+    MAX_SHOWN_VIOLATIONS of them, and how many more)."""
 
     code = ErrorCode.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
 
     def __init__(self, violations: Mapping[str, str]) -> None:
-        fields = ", ".join(violations)
-        super().__init__(f"invalid request: {fields}", _fields(violations), fields=fields)
-        self.violations = dict(violations)
+        shown = dict(violations)
+        if len(shown) > MAX_SHOWN_VIOLATIONS:
+            more = len(shown) - MAX_SHOWN_VIOLATIONS
+            shown = dict(itertools.islice(shown.items(), MAX_SHOWN_VIOLATIONS))
+            shown[MORE_VIOLATIONS_FIELD] = f"and at least {more} more violations"
+        fields = ", ".join(shown)
+        super().__init__(f"invalid request: {fields}", _fields(shown), fields=fields)
+        self.violations = shown
 
 
 class ModelCannotServe(FaregateError):
-    """The request can never fit the named model (context window or output cap)."""
+    """No candidate can ever serve the request: it can never fit (context window,
+    output cap, capabilities, hints), or uses a field no candidate's provider is
+    sent yet."""
 
     code = ErrorCode.INVALID_ARGUMENT
     reason = "MODEL_CANNOT_SERVE"

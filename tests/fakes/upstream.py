@@ -43,6 +43,12 @@ class Script:
     """(input, output) tokens to report, as any JSON values (a liar's: -5,
     3.5, "12", true, 1e17) or `OMIT` to leave one out; None reports no usage."""
     finish_reason: str = "stop"
+    stop_reason: str | None = None
+    """Anthropic's stop reason to send as it is, instead of finish_reason's."""
+    refusal: str | None = None
+    """OpenAI: the answer's `refusal`, with null `content` (whole), or one more
+    delta holding it after the chunks (streamed); null when None, as OpenAI
+    sends it on every answer."""
     gate: asyncio.Event | None = None
     """When set, the answer waits until the test sets this event."""
     hang_s: float = 0.0
@@ -265,7 +271,11 @@ class _OpenAIFormat(_Format):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(script.chunks)},
+                    "message": {
+                        "role": "assistant",
+                        "content": None if script.refusal else "".join(script.chunks),
+                        "refusal": script.refusal,
+                    },
                     "finish_reason": script.finish_reason,
                 }
             ],
@@ -276,13 +286,16 @@ class _OpenAIFormat(_Format):
 
     def opening(self, body: dict[str, Any], script: Script) -> bytes:
         self._model = body["model"]
-        return _sse(self._chunk({"role": "assistant", "content": ""}, None))
+        return _sse(self._chunk({"role": "assistant", "content": "", "refusal": None}, None))
 
     def delta(self, text: str) -> bytes:
         return _sse(self._chunk({"content": text}, None))
 
     def closing(self, script: Script) -> bytes:
-        out = _sse(self._chunk({}, script.finish_reason))
+        out = b""
+        if script.refusal is not None:
+            out += _sse(self._chunk({"refusal": script.refusal}, None))
+        out += _sse(self._chunk({}, script.finish_reason))
         if script.usage is not None:
             usage = _openai_usage(script.usage)
             out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
@@ -314,6 +327,10 @@ def _openai_usage(usage: tuple[Any, Any]) -> dict[str, Any]:
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens"}
 
 
+def _anthropic_stop(script: Script) -> str:
+    return script.stop_reason or _ANTHROPIC_STOP.get(script.finish_reason, "end_turn")
+
+
 class _AnthropicFormat(_Format):
     def whole(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -322,7 +339,7 @@ class _AnthropicFormat(_Format):
             "role": "assistant",
             "model": body["model"],
             "content": [{"type": "text", "text": "".join(script.chunks)}],
-            "stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn"),
+            "stop_reason": _anthropic_stop(script),
         }
         if script.usage is not None:
             answer["usage"] = _counts(input_tokens=script.usage[0], output_tokens=script.usage[1])
@@ -356,7 +373,7 @@ class _AnthropicFormat(_Format):
     def closing(self, script: Script) -> bytes:
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": _ANTHROPIC_STOP.get(script.finish_reason, "end_turn")},
+            "delta": {"stop_reason": _anthropic_stop(script)},
         }
         if script.usage is not None:
             delta["usage"] = _counts(output_tokens=script.usage[1])

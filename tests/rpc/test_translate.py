@@ -134,7 +134,7 @@ def test_every_violation_is_reported_at_once() -> None:
     with pytest.raises(InvalidRequest) as refused:
         route_call(request, "", SETTINGS)
     assert refused.value.violations == {
-        "messages[0].role": "must be SYSTEM, USER or ASSISTANT",
+        "messages[0].role": "must be SYSTEM, USER, ASSISTANT or TOOL",
         "budget_key": "is required",
         "model": f"must be at most {MAX_NAME_CHARS} characters",
         "additional_budget_keys": (

@@ -251,3 +251,94 @@ async def test_one_sse_event_may_hold_at_most_max_response_bytes(
         with pytest.raises(UpstreamError) as caught:
             await _collect(provider)
         assert caught.value.kind is UpstreamErrorKind.OVERSIZED
+
+
+async def _finish(provider: Provider, *, stream: bool) -> tuple[FinishReason, str]:
+    """The finish reason of an answer, whole or streamed, and its refusal."""
+    if stream:
+        _, end = await _collect(provider)
+        return end.finish_reason, ""
+    completion = await provider.complete(REQUEST)
+    return completion.finish_reason, completion.refusal
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    ("stop_reason", "expected"),
+    [
+        ("end_turn", FinishReason.STOP),
+        ("stop_sequence", FinishReason.STOP),
+        ("max_tokens", FinishReason.LENGTH),
+        ("tool_use", FinishReason.TOOL_CALLS),
+        ("refusal", FinishReason.REFUSAL),
+        ("pause_turn", FinishReason.PAUSE_TURN),
+        ("model_context_window_exceeded", FinishReason.CONTEXT_WINDOW_EXCEEDED),
+        ("a_reason_added_later", FinishReason.UNSPECIFIED),
+    ],
+)
+async def test_each_anthropic_stop_reason_maps_as_the_proto_documents(
+    upstream: FakeUpstream,
+    config: Config,
+    session: aiohttp.ClientSession,
+    stop_reason: str,
+    expected: FinishReason,
+    stream: bool,
+) -> None:
+    upstream.default = Script(stop_reason=stop_reason)
+
+    finish = await _finish(_provider(config, session, "claude-fake"), stream=stream)
+
+    assert finish == (expected, "")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    ("finish_reason", "expected"),
+    [
+        ("stop", FinishReason.STOP),
+        ("length", FinishReason.LENGTH),
+        ("content_filter", FinishReason.CONTENT_FILTER),
+        ("tool_calls", FinishReason.TOOL_CALLS),
+        ("function_call", FinishReason.TOOL_CALLS),
+        ("a_reason_added_later", FinishReason.UNSPECIFIED),
+    ],
+)
+async def test_each_openai_finish_reason_maps_as_the_proto_documents(
+    upstream: FakeUpstream,
+    config: Config,
+    session: aiohttp.ClientSession,
+    finish_reason: str,
+    expected: FinishReason,
+    stream: bool,
+) -> None:
+    """The fake sends `refusal: null` on every answer, as OpenAI does: only a
+    non-null one is a refusal."""
+    upstream.default = Script(finish_reason=finish_reason)
+
+    finish = await _finish(_provider(config, session, "gpt-fake"), stream=stream)
+
+    assert finish == (expected, "")
+
+
+async def test_an_openai_refusal_is_refusal_with_its_text(
+    upstream: FakeUpstream, config: Config, session: aiohttp.ClientSession
+) -> None:
+    """OpenAI ends a refusal with "stop": its non-null `refusal` tells it apart."""
+    upstream.default = Script(refusal="I can't help with that.", finish_reason="stop")
+
+    completion = await _provider(config, session, "gpt-fake").complete(REQUEST)
+
+    assert completion.finish_reason is FinishReason.REFUSAL
+    assert completion.refusal == "I can't help with that."
+    assert completion.text == ""
+
+
+async def test_a_streamed_openai_refusal_ends_as_refusal(
+    upstream: FakeUpstream, config: Config, session: aiohttp.ClientSession
+) -> None:
+    upstream.default = Script(chunks=[], refusal="I can't help with that.", finish_reason="stop")
+
+    texts, end = await _collect(_provider(config, session, "gpt-fake"))
+
+    assert texts == []
+    assert end.finish_reason is FinishReason.REFUSAL

@@ -32,7 +32,11 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_USER: _Role.ValueType  # 2
     """The agent's (or its user's) turn."""
     ROLE_ASSISTANT: _Role.ValueType  # 3
-    """An earlier answer of the model."""
+    """An earlier answer of the model, with the tool calls it made, if any."""
+    ROLE_TOOL: _Role.ValueType  # 4
+    """A tool's result: the answer to one call an earlier assistant turn made,
+    named by the message's `tool_call_id`.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role says who wrote a message."""
@@ -44,7 +48,11 @@ ROLE_SYSTEM: Role.ValueType  # 1
 ROLE_USER: Role.ValueType  # 2
 """The agent's (or its user's) turn."""
 ROLE_ASSISTANT: Role.ValueType  # 3
-"""An earlier answer of the model."""
+"""An earlier answer of the model, with the tool calls it made, if any."""
+ROLE_TOOL: Role.ValueType  # 4
+"""A tool's result: the answer to one call an earlier assistant turn made,
+named by the message's `tool_call_id`.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _FinishReason:
@@ -54,7 +62,7 @@ class _FinishReason:
 class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishReason.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FINISH_REASON_UNSPECIFIED: _FinishReason.ValueType  # 0
-    """The provider gave no reason."""
+    """The provider gave no reason, or one faregate does not know."""
     FINISH_REASON_STOP: _FinishReason.ValueType  # 1
     """The model finished its answer or hit a stop sequence."""
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
@@ -62,13 +70,54 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 3
     """The provider withheld content by its policy."""
     FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
-    """The model asked to call a tool."""
+    """The model asked to call tools: the answer's `tool_calls` (a stream's
+    StreamFinish.tool_calls) hold the calls; answer each with a ROLE_TOOL
+    message and send the conversation again.
+    """
+    FINISH_REASON_REFUSAL: _FinishReason.ValueType  # 5
+    """The model declined to answer; `refusal` says why when the provider
+    explains (OpenAI does; Anthropic stops with no explanation). Trying
+    another model may help.
+    """
+    FINISH_REASON_PAUSE_TURN: _FinishReason.ValueType  # 6
+    """The provider paused a long turn (Anthropic, when its own server-side
+    tools ran for too long); send the answer back as an assistant turn, as
+    received, to let it continue.
+    """
+    FINISH_REASON_CONTEXT_WINDOW_EXCEEDED: _FinishReason.ValueType  # 7
+    """The answer filled the rest of the model's context window before
+    max_output_tokens: it is cut short, as with LENGTH.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
-    """FinishReason says why the model stopped generating."""
+    """FinishReason says why the model stopped generating.
+
+    Every stop reason of each provider maps to one of these:
+
+      provider    its stop reason                     FinishReason
+      openai      "stop"                              STOP
+      openai      "stop", with `refusal` set          REFUSAL
+      openai      "length"                            LENGTH
+      openai      "content_filter"                    CONTENT_FILTER
+      openai      "tool_calls", "function_call"       TOOL_CALLS
+      anthropic   "end_turn", "stop_sequence"         STOP
+      anthropic   "max_tokens"                        LENGTH
+      anthropic   "tool_use"                          TOOL_CALLS
+      anthropic   "refusal"                           REFUSAL
+      anthropic   "pause_turn"                        PAUSE_TURN
+      anthropic   "model_context_window_exceeded"     CONTEXT_WINDOW_EXCEEDED
+      sim         its configured length reached       LENGTH, else STOP
+
+    OpenAI ends a refusal with "stop": a non-null `refusal` in the answer's
+    message (or in a stream's delta) makes it REFUSAL. A whole answer carries
+    the refusal's text in RouteResponse.refusal; a stream's refusal text is
+    not yet relayed as StreamDelta.refusal fragments: a stream says only that
+    the model refused, by this reason. A reason a provider adds later, or
+    none at all, is UNSPECIFIED.
+    """
 
 FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
-"""The provider gave no reason."""
+"""The provider gave no reason, or one faregate does not know."""
 FINISH_REASON_STOP: FinishReason.ValueType  # 1
 """The model finished its answer or hit a stop sequence."""
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
@@ -76,7 +125,24 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 3
 """The provider withheld content by its policy."""
 FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
-"""The model asked to call a tool."""
+"""The model asked to call tools: the answer's `tool_calls` (a stream's
+StreamFinish.tool_calls) hold the calls; answer each with a ROLE_TOOL
+message and send the conversation again.
+"""
+FINISH_REASON_REFUSAL: FinishReason.ValueType  # 5
+"""The model declined to answer; `refusal` says why when the provider
+explains (OpenAI does; Anthropic stops with no explanation). Trying
+another model may help.
+"""
+FINISH_REASON_PAUSE_TURN: FinishReason.ValueType  # 6
+"""The provider paused a long turn (Anthropic, when its own server-side
+tools ran for too long); send the answer back as an assistant turn, as
+received, to let it continue.
+"""
+FINISH_REASON_CONTEXT_WINDOW_EXCEEDED: FinishReason.ValueType  # 7
+"""The answer filled the rest of the model's context window before
+max_output_tokens: it is cut short, as with LENGTH.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _Preference:
@@ -249,6 +315,64 @@ ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 3
 """It lost a hedge race and was cancelled."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """The provider's default: with tools, the model decides (AUTO)."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides whether to call tools, and which."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model must not call a tool; it answers in text."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model must call at least one of the tools."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """ToolChoiceMode says whether the model must, may or must not call tools."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""The provider's default: with tools, the model decides (AUTO)."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides whether to call tools, and which."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model must not call a tool; it answers in text."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model must call at least one of the tools."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """The model's default."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 1
+    """Little reasoning: faster and cheaper."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 2
+    """A balance of depth and speed."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 3
+    """The most reasoning: slower and dearer, for hard problems."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """ReasoningEffort says how hard a reasoning model should think before it
+    answers.
+    """
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""The model's default."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 1
+"""Little reasoning: faster and cheaper."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 2
+"""A balance of depth and speed."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 3
+"""The most reasoning: slower and dearer, for hard problems."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
+
 @_typing.final
 class Attempt(_message.Message):
     """Attempt is one upstream call made for a request."""
@@ -341,29 +465,396 @@ Global___CandidateScore: _TypeAlias = CandidateScore  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
-    """Message is one turn of a chat conversation."""
+    """Message is one turn of a chat conversation.
+
+    A message holds its text in `content` or, to mix text and images, in
+    `parts`, never both. At least one message of a request must hold
+    something: content, a part or a tool call.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Who wrote the message. Required."""
     content: _builtins.str
-    """The text of the message. At least one message must be non-empty."""
+    """The text of the message, at most server.max_message_chars characters.
+    Empty when `parts` is set.
+    """
+    tool_call_id: _builtins.str
+    """For a ROLE_TOOL message, required: the `id` of the call it answers,
+    which an earlier assistant turn of the conversation made; each call is
+    answered at most once. Empty on every other role.
+    """
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The message's content as parts, in order: text and images. Images may
+        appear in ROLE_USER messages only. Empty when `content` is set.
+        """
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tools an assistant turn called, in the order it called them, passed
+        back as the answer gave them (RouteResponse.tool_calls, or a stream's
+        StreamFinish.tool_calls). ROLE_ASSISTANT messages only.
+        """
+
+    @_builtins.property
+    def reasoning(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """The reasoning an assistant turn did, passed back exactly as received
+        (RouteResponse.reasoning, or a stream's StreamFinish.reasoning).
+        Anthropic requires its thinking blocks, signatures intact, on the
+        assistant turn that made tool calls when their results are sent back.
+        ROLE_ASSISTANT messages only.
+        """
+
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         content: _builtins.str = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
+        reasoning: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "parts", b"parts", "reasoning", b"reasoning", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """ContentPart is one part of a message's content: text or an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text, at most server.max_message_chars characters."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """An image, for models with the vision capability."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """Image is a picture shown to the model in a user turn. A request holds at
+    most server.max_images of them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An http or https URL the provider fetches the image from, at most
+    8192 characters. An image of your own goes in `data`, not in a
+    `data:` URL.
+    """
+    data: _builtins.bytes
+    """The image's bytes (the file as is, not base64), at most
+    server.max_image_bytes. They count toward server.max_request_bytes.
+    """
+    media_type: _builtins.str
+    """The image's media type: image/jpeg, image/png, image/gif or image/webp.
+    Required with `data`; with a `url` optional (the provider reads it off
+    the response), and one of these when set.
+    """
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        media_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "media_type", b"media_type", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call; faregate relays the call to the
+    caller, who runs it and sends its result back in a ROLE_TOOL message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name the model calls it by: 1 to 64 ASCII letters, digits,
+    underscores or hyphens, unique among the request's tools. Required.
+    """
+    description: _builtins.str
+    """What the tool does and when to use it, for the model; optional but the
+    model chooses better with it.
+    """
+    parameters_json: _builtins.str
+    """The JSON Schema of the tool's arguments, as JSON text: a JSON object,
+    usually {"type": "object", "properties": {...}}, at most 65536
+    characters. Empty means the tool takes no arguments.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_json", b"parameters_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one call the model made of a tool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The provider's id for the call; the ROLE_TOOL message answering it
+    names it in `tool_call_id`. Required when passed back.
+    """
+    name: _builtins.str
+    """The name of the tool called, one of the request's `tools`."""
+    arguments_json: _builtins.str
+    """The call's arguments as JSON text, as the model wrote them: normally a
+    JSON object that matches the tool's parameters_json, but models can get
+    it wrong, so check it before running the tool.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice steers the model's use of the request's tools. Unset, or set to
+    neither, is the provider's default.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """Whether the model must, may or must not call tools. REQUIRED needs
+    `tools`.
+    """
+    tool_name: _builtins.str
+    """The name of the one tool the model must call: one of the request's
+    `tools`.
+    """
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        tool_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "tool_name", b"tool_name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_choice: _TypeAlias = _typing.Literal["mode", "tool_name"]  # noqa: Y015
+    _WhichOneofArgType_choice: _TypeAlias = _typing.Literal["choice", b"choice"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_choice) -> _WhichOneofReturnType_choice | None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat constrains the answer to JSON. Unset, or set to neither
+    alternative, the answer is free text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    json_object: _builtins.bool
+    """True: the answer is one JSON object, of any shape (tell the model
+    which in the messages). False is the same as not setting it.
+    """
+    @_builtins.property
+    def json_schema(self) -> Global___JsonSchema:
+        """The answer is a JSON value that matches this schema."""
+
+    def __init__(
+        self,
+        *,
+        json_object: _builtins.bool = ...,
+        json_schema: Global___JsonSchema | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_format: _TypeAlias = _typing.Literal["json_object", "json_schema"]  # noqa: Y015
+    _WhichOneofArgType_format: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_format) -> _WhichOneofReturnType_format | None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class JsonSchema(_message.Message):
+    """JsonSchema is the JSON Schema an answer must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name for the schema, for the provider: 1 to 64 ASCII letters, digits,
+    underscores or hyphens; empty means "response".
+    """
+    schema_json: _builtins.str
+    """The JSON Schema, as JSON text: a JSON object, at most 65536 characters.
+    Required.
+    """
+    strict: _builtins.bool
+    """Whether the provider must enforce the schema exactly (OpenAI's
+    structured outputs, which support a subset of JSON Schema), rather than
+    follow it on a best-effort basis.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        schema_json: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema_json", b"schema_json", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonSchema: _TypeAlias = JsonSchema  # noqa: Y015
+
+@_typing.final
+class Reasoning(_message.Message):
+    """Reasoning asks the model to reason before it answers: by effort (OpenAI's
+    reasoning_effort), by a token budget (Anthropic's extended thinking), or
+    both, each provider taking the one it knows. Set at least one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFORT_FIELD_NUMBER: _builtins.int
+    BUDGET_TOKENS_FIELD_NUMBER: _builtins.int
+    effort: Global___ReasoningEffort.ValueType
+    """How hard to think."""
+    budget_tokens: _builtins.int
+    """The most tokens the model may spend reasoning, counted in the answer's
+    output tokens (and charged as output): positive, less than
+    max_output_tokens when that is set, and at most
+    server.max_output_tokens_limit.
+    """
+    def __init__(
+        self,
+        *,
+        effort: Global___ReasoningEffort.ValueType = ...,
+        budget_tokens: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens", "budget_tokens", b"budget_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens", "budget_tokens", b"budget_tokens", "effort", b"effort"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_tokens: _TypeAlias = _typing.Literal["budget_tokens"]  # noqa: Y015
+    _WhichOneofArgType__budget_tokens: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_tokens) -> _WhichOneofReturnType__budget_tokens | None: ...
+
+Global___Reasoning: _TypeAlias = Reasoning  # noqa: Y015
+
+@_typing.final
+class ReasoningBlock(_message.Message):
+    """ReasoningBlock is one block of the reasoning a model did before it
+    answered. Pass blocks back unchanged on the assistant turn they came with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The reasoning as text, possibly summarized by the provider; empty for a
+    redacted block.
+    """
+    signature: _builtins.str
+    """The provider's signature over the block (Anthropic's), which it checks
+    when the block is passed back; empty when the provider gives none.
+    """
+    redacted: _builtins.bytes
+    """A block the provider withheld in encrypted form (Anthropic's
+    redacted_thinking), opaque to the caller; pass it back as is. Empty for
+    a readable block.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        redacted: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redacted", b"redacted", "signature", b"signature", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasoningBlock: _TypeAlias = ReasoningBlock  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -436,6 +927,14 @@ class RouteRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _builtins.int
     ADDITIONAL_BUDGET_KEYS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias from the config; empty means the config's
     default route.
@@ -472,6 +971,19 @@ class RouteRequest(_message.Message):
     While the first is in flight, a second gets ABORTED. Ids are remembered
     for the configured window (a day by default) across every replica.
     """
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one turn; omitted means the
+    provider's default (it may). Needs `tools`.
+    """
+    top_p: _builtins.float
+    """Nucleus sampling: the model draws only from the most likely tokens that
+    make up this much probability mass, 0 to 1; omitted means the provider's
+    default. Providers advise setting this or `temperature`, not both.
+    """
+    seed: _builtins.int
+    """A seed for sampling, so repeated requests tend to give the same answer
+    (best effort, where the provider supports it); omitted means random.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -489,6 +1001,35 @@ class RouteRequest(_message.Message):
         """Further budgets the request also draws on (an agent's team's, say). The
         worst case is reserved on `budget_key` and on each of these, all or
         nothing, and each is charged the whole cost. At most 8, no repeats.
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """The tools the model may call, at most 128, their names unique. A request
+        with tools is served only by a model whose provider can carry them.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether the model must, may or must not call the tools; unset is the
+        provider's default (it decides).
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Constrains the answer to JSON; unset, the answer is free text."""
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sequences that end the answer when the model generates one (not
+        included in the output): at most 16, each 1 to 256 characters. Some
+        providers take fewer (OpenAI: 4).
+        """
+
+    @_builtins.property
+    def reasoning(self) -> Global___Reasoning:
+        """Asks a reasoning model to reason before it answers, and how much;
+        unset is the model's default.
         """
 
     def __init__(
@@ -511,10 +1052,18 @@ class RouteRequest(_message.Message):
         explain: _builtins.bool = ...,
         additional_budget_keys: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        top_p: _builtins.float | None = ...,
+        seed: _builtins.int | None = ...,
+        reasoning: Global___Reasoning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
@@ -524,8 +1073,14 @@ class RouteRequest(_message.Message):
     _WhichOneofArgType__min_context_tokens: _TypeAlias = _typing.Literal["_min_context_tokens", b"_min_context_tokens"]  # noqa: Y015
     _WhichOneofReturnType__min_quality: _TypeAlias = _typing.Literal["min_quality"]  # noqa: Y015
     _WhichOneofArgType__min_quality: _TypeAlias = _typing.Literal["_min_quality", b"_min_quality"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
     @_typing.overload
@@ -535,7 +1090,13 @@ class RouteRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_quality) -> _WhichOneofReturnType__min_quality | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
 
@@ -558,6 +1119,9 @@ class RouteResponse(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """The generated text."""
     finish_reason: Global___FinishReason.ValueType
@@ -580,6 +1144,10 @@ class RouteResponse(_message.Message):
     """The task the request was routed as: given, or classified when the route
     had candidates to weigh (unspecified for a route of one).
     """
+    refusal: _builtins.str
+    """Why the model declined to answer, when it did and its provider says
+    (finish reason REFUSAL); empty otherwise.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens consumed."""
@@ -591,6 +1159,20 @@ class RouteResponse(_message.Message):
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateScore]:
         """Every candidate's score, when the request set `explain`."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tools the model called, in order, when it called any (finish
+        reason TOOL_CALLS); `output` may hold text it wrote beside them. Pass
+        them back on the next request's assistant turn.
+        """
+
+    @_builtins.property
+    def reasoning(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """The reasoning the model did before it answered, in order, when its
+        provider returns it. Pass it back, unchanged, on the next request's
+        assistant turn.
+        """
 
     def __init__(
         self,
@@ -608,10 +1190,13 @@ class RouteResponse(_message.Message):
         task: Global___Task.ValueType = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         candidates: _abc.Iterable[Global___CandidateScore] | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        refusal: _builtins.str = ...,
+        reasoning: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "budget_remaining_nano_usd", b"budget_remaining_nano_usd", "candidates", b"candidates", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "model_used", b"model_used", "model_version", b"model_version", "output", b"output", "provider", b"provider", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "task", b"task", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "budget_remaining_nano_usd", b"budget_remaining_nano_usd", "candidates", b"candidates", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "model_used", b"model_used", "model_version", b"model_version", "output", b"output", "provider", b"provider", "reasoning", b"reasoning", "refusal", b"refusal", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "task", b"task", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -662,6 +1247,14 @@ class StreamRouteRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _builtins.int
     ADDITIONAL_BUDGET_KEYS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias; empty means the default route."""
     agent: _builtins.str
@@ -694,6 +1287,19 @@ class StreamRouteRequest(_message.Message):
     While the first is in flight, a second gets ABORTED. Ids are remembered
     for the configured window (a day by default) across every replica.
     """
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one turn; omitted means the
+    provider's default (it may). Needs `tools`.
+    """
+    top_p: _builtins.float
+    """Nucleus sampling: the model draws only from the most likely tokens that
+    make up this much probability mass, 0 to 1; omitted means the provider's
+    default. Providers advise setting this or `temperature`, not both.
+    """
+    seed: _builtins.int
+    """A seed for sampling, so repeated requests tend to give the same answer
+    (best effort, where the provider supports it); omitted means random.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation, oldest first. Required: at least one message."""
@@ -711,6 +1317,35 @@ class StreamRouteRequest(_message.Message):
         """Further budgets the request also draws on (an agent's team's, say). The
         worst case is reserved on `budget_key` and on each of these, all or
         nothing, and each is charged the whole cost. At most 8, no repeats.
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """The tools the model may call, at most 128, their names unique. A request
+        with tools is served only by a model whose provider can carry them.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether the model must, may or must not call the tools; unset is the
+        provider's default (it decides).
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Constrains the answer to JSON; unset, the answer is free text."""
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sequences that end the answer when the model generates one (not
+        included in the output): at most 16, each 1 to 256 characters. Some
+        providers take fewer (OpenAI: 4).
+        """
+
+    @_builtins.property
+    def reasoning(self) -> Global___Reasoning:
+        """Asks a reasoning model to reason before it answers, and how much;
+        unset is the model's default.
         """
 
     def __init__(
@@ -733,10 +1368,18 @@ class StreamRouteRequest(_message.Message):
         explain: _builtins.bool = ...,
         additional_budget_keys: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        top_p: _builtins.float | None = ...,
+        seed: _builtins.int | None = ...,
+        reasoning: Global___Reasoning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_temperature", b"_temperature", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "prefer", b"prefer", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "task", b"task", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
@@ -746,8 +1389,14 @@ class StreamRouteRequest(_message.Message):
     _WhichOneofArgType__min_context_tokens: _TypeAlias = _typing.Literal["_min_context_tokens", b"_min_context_tokens"]  # noqa: Y015
     _WhichOneofReturnType__min_quality: _TypeAlias = _typing.Literal["min_quality"]  # noqa: Y015
     _WhichOneofArgType__min_quality: _TypeAlias = _typing.Literal["_min_quality", b"_min_quality"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
     @_typing.overload
@@ -757,14 +1406,21 @@ class StreamRouteRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_quality) -> _WhichOneofReturnType__min_quality | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___StreamRouteRequest: _TypeAlias = StreamRouteRequest  # noqa: Y015
 
 @_typing.final
 class StreamRouteResponse(_message.Message):
     """StreamRouteResponse is one message of a streamed completion: a `start`
-    first, `delta`s as text arrives, and exactly one `finish` last on success.
+    first, `delta`s as the answer arrives (text, tool-call fragments,
+    reasoning, a refusal), and exactly one `finish` last on success.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -828,21 +1484,46 @@ class StreamRouteResponse(_message.Message):
 
     @_typing.final
     class StreamDelta(_message.Message):
-        """StreamDelta carries the text of one upstream chunk."""
+        """StreamDelta carries one upstream chunk of the answer. Each holds one
+        kind of fragment: text, a tool call's fragment, reasoning or refusal;
+        the others are empty.
+        """
 
         DESCRIPTOR: _descriptor.Descriptor
 
         TEXT_FIELD_NUMBER: _builtins.int
+        TOOL_CALL_FIELD_NUMBER: _builtins.int
+        REASONING_FIELD_NUMBER: _builtins.int
+        REFUSAL_FIELD_NUMBER: _builtins.int
         text: _builtins.str
         """Newly generated text, to append to what came before."""
+        reasoning: _builtins.str
+        """Newly generated reasoning text, to append to the reasoning before
+        it. StreamFinish.reasoning holds the blocks whole, with their
+        signatures, to pass back.
+        """
+        refusal: _builtins.str
+        """Newly generated text of a refusal (finish reason REFUSAL), to append
+        to the refusal before it. Not yet sent: no provider adapter relays a
+        streamed refusal's text yet, only its finish reason.
+        """
+        @_builtins.property
+        def tool_call(self) -> Global___ToolCallDelta:
+            """A fragment of one tool call. StreamFinish.tool_calls holds every call
+            assembled, so a client need not assemble them itself.
+            """
+
         def __init__(
             self,
             *,
             text: _builtins.str = ...,
+            tool_call: Global___ToolCallDelta | None = ...,
+            reasoning: _builtins.str = ...,
+            refusal: _builtins.str = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning", "refusal", b"refusal", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -856,6 +1537,8 @@ class StreamRouteResponse(_message.Message):
         COST_NANO_USD_FIELD_NUMBER: _builtins.int
         BUDGET_REMAINING_NANO_USD_FIELD_NUMBER: _builtins.int
         FINISH_REASON_FIELD_NUMBER: _builtins.int
+        TOOL_CALLS_FIELD_NUMBER: _builtins.int
+        REASONING_FIELD_NUMBER: _builtins.int
         cost_nano_usd: _builtins.int
         """What this request cost, in nano-USD, rounded up."""
         budget_remaining_nano_usd: _builtins.int
@@ -866,6 +1549,20 @@ class StreamRouteResponse(_message.Message):
         def usage(self) -> Global___Usage:
             """Tokens consumed."""
 
+        @_builtins.property
+        def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+            """Every tool call the stream's fragments made up, assembled, in order of
+            their `index` (finish reason TOOL_CALLS). Pass them back on the next
+            request's assistant turn.
+            """
+
+        @_builtins.property
+        def reasoning(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+            """The reasoning the stream's reasoning fragments made up, as whole
+            blocks with their signatures (and any redacted ones), in order. Pass
+            them back, unchanged, on the next request's assistant turn.
+            """
+
         def __init__(
             self,
             *,
@@ -873,10 +1570,12 @@ class StreamRouteResponse(_message.Message):
             cost_nano_usd: _builtins.int = ...,
             budget_remaining_nano_usd: _builtins.int = ...,
             finish_reason: Global___FinishReason.ValueType = ...,
+            tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+            reasoning: _abc.Iterable[Global___ReasoningBlock] | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_remaining_nano_usd", b"budget_remaining_nano_usd", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "usage", b"usage"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_remaining_nano_usd", b"budget_remaining_nano_usd", "cost_nano_usd", b"cost_nano_usd", "finish_reason", b"finish_reason", "reasoning", b"reasoning", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -889,7 +1588,7 @@ class StreamRouteResponse(_message.Message):
 
     @_builtins.property
     def delta(self) -> Global___StreamRouteResponse.StreamDelta:
-        """One per upstream chunk of text."""
+        """One per upstream chunk of the answer."""
 
     @_builtins.property
     def finish(self) -> Global___StreamRouteResponse.StreamFinish:
@@ -911,3 +1610,46 @@ class StreamRouteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamRouteResponse: _TypeAlias = StreamRouteResponse  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is one fragment of a tool call in a stream. The first
+    fragment of a call carries its `id` and `name`; later ones only more of
+    its arguments. Fragments of different calls may interleave (parallel
+    calls), told apart by `index`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which call of the answer this fragment belongs to: 0 for the first
+    call, then 1, 2, and so on; StreamFinish.tool_calls lists them in this
+    order.
+    """
+    id: _builtins.str
+    """The call's id, on its first fragment only."""
+    name: _builtins.str
+    """The tool's name, on the call's first fragment only."""
+    arguments_json: _builtins.str
+    """More of the call's arguments as JSON text, to append to the fragments
+    before it; the whole is valid JSON only once the call is complete.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015

@@ -39,8 +39,12 @@ class RouterServiceStub:
     route. Metadata: model.
     MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
     request: context window, output cap, a required
-    capability, min_quality or max_cost_nano_usd; a
-    BadRequest detail names the field. Metadata: model.
+    capability, min_quality or max_cost_nano_usd, or
+    a field its provider cannot be sent (tools,
+    images, response_format, reasoning, stop, top_p,
+    seed and the like, where faregate does not yet
+    carry it to that provider); a BadRequest detail
+    names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
@@ -176,8 +180,12 @@ class RouterServiceServicer:
     route. Metadata: model.
     MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
     request: context window, output cap, a required
-    capability, min_quality or max_cost_nano_usd; a
-    BadRequest detail names the field. Metadata: model.
+    capability, min_quality or max_cost_nano_usd, or
+    a field its provider cannot be sent (tools,
+    images, response_format, reasoning, stop, top_p,
+    seed and the like, where faregate does not yet
+    carry it to that provider); a BadRequest detail
+    names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.
@@ -332,8 +340,12 @@ class RouterService:
     route. Metadata: model.
     MODEL_CANNOT_SERVE       INVALID_ARGUMENT. No candidate can ever serve the
     request: context window, output cap, a required
-    capability, min_quality or max_cost_nano_usd; a
-    BadRequest detail names the field. Metadata: model.
+    capability, min_quality or max_cost_nano_usd, or
+    a field its provider cannot be sent (tools,
+    images, response_format, reasoning, stop, top_p,
+    seed and the like, where faregate does not yet
+    carry it to that provider); a BadRequest detail
+    names the field. Metadata: model.
     BUDGET_NOT_FOUND         FAILED_PRECONDITION. `budget_key` names no
     configured budget; a google.rpc.PreconditionFailure
     detail names it. Metadata: budgetKey.

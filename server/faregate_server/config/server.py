@@ -143,6 +143,13 @@ class ServerConfig:
     """Longest key in a request's `metadata` map."""
     max_metadata_value_chars: Annotated[int, Integer(0)] = 2048
     """Longest value in a request's `metadata` map."""
+    max_images: Annotated[int, Integer(0)] = 20
+    """Most images one request may show the model, over all its messages."""
+    max_image_bytes: Annotated[int, Integer(1)] = 768 << 10
+    """Largest image a request may send inline (`Image.data`), in bytes. Its
+    request counts it toward `max_request_bytes` too, so only a value less
+    than that applies: three quarters of its default leaves the rest for the
+    conversation. Raise both for larger images, up to Anthropic's 5 MiB."""
     max_header_bytes: Annotated[int, Integer(MIN_HEADER_BYTES)] = 16384
     """Largest gRPC header block (call metadata) the transport accepts."""
     shutdown_grace_s: Annotated[float, Number(0)] = 5.0

@@ -123,6 +123,7 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
         messages=plan.call.messages,
         max_output_tokens=option.max_output_tokens,
         temperature=plan.call.temperature,
+        options=plan.call.options,
     )
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from faregate_server.clock import Clock
+from faregate_server.content import AnswerDelta
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
@@ -87,8 +88,9 @@ T = TypeVar("T")
 Stream = AsyncGenerator[str | StreamEnd, None]
 StreamOpening = tuple[Stream, str | StreamEnd]
 """An upstream stream and its first item."""
-StreamItem = RoutingDecision | str | StreamFinished
-"""What a stream yields: its decision, each text chunk, then its StreamFinished."""
+StreamItem = RoutingDecision | str | AnswerDelta | StreamFinished
+"""What a stream yields: its decision, each text chunk (and, once providers
+send them, tool-call, reasoning and refusal fragments), then its StreamFinished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +220,11 @@ class Gateway:
         charged = charge(lease, completion.usage, counted)
         decision = serving.decision.charged(charged.cost_nano_usd)
         text, finish_reason = completion.text, completion.finish_reason
-        kept = _result(decision, charged, text, finish_reason) if call.request_id else None
+        kept = None
+        if call.request_id:
+            kept = _result(decision, charged, text, finish_reason, completion=completion)
         remaining = await self._settle(serving, charged, kept, scope)
-        return _result(decision, charged, text, finish_reason, remaining)
+        return _result(decision, charged, text, finish_reason, remaining, completion)
 
     async def _stream(self, call: RouteCall, scope: CallScope) -> AsyncGenerator[StreamItem, None]:
         """A stream: the decision, then each chunk as the caller takes it."""
@@ -261,6 +265,8 @@ class Gateway:
                 cost_nano_usd=charged.cost_nano_usd,
                 budget_remaining_nano_usd=remaining,
                 finish_reason=end.finish_reason,
+                tool_calls=end.tool_calls,
+                reasoning=end.reasoning,
             )
         except UpstreamError as error:
             if delivered.chunks:
@@ -376,9 +382,12 @@ def _result(
     output: str,
     finish_reason: FinishReason,
     budget_remaining_nano_usd: int = 0,
+    completion: Completion | None = None,
 ) -> RouteResult:
     """The result of a request charged `charged`; the money its budgets have
-    left is known once it is committed (0 until then, as it is kept)."""
+    left is known once it is committed (0 until then, as it is kept). A whole
+    answer's `completion` gives it its tool calls, refusal and reasoning."""
+    answer = completion if completion is not None else _NO_ANSWER
     return RouteResult(
         decision=decision,
         output=output,
@@ -386,7 +395,14 @@ def _result(
         usage=charged.usage,
         cost_nano_usd=charged.cost_nano_usd,
         budget_remaining_nano_usd=budget_remaining_nano_usd,
+        tool_calls=answer.tool_calls,
+        refusal=answer.refusal,
+        reasoning=answer.reasoning,
     )
+
+
+_NO_ANSWER = Completion("", FinishReason.UNSPECIFIED, None)
+"""A stream's kept result carries no answer, only its accounting."""
 
 
 async def _keep(_: Completion) -> None:

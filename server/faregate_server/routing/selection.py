@@ -1,9 +1,10 @@
 """Scored selection: which of a route's candidates should serve this request.
 
 Every candidate is judged. A candidate is infeasible when it can never serve
-the request (a capability is missing, the context window or output cap is too
-small, its quality is under `min_quality`, its worst case over
-`max_cost_nano_usd`) or cannot now (cooling down after a 429, breaker open,
+the request (its provider's adapter does not carry a feature the request uses,
+a capability is missing, the context window or output cap is too small, its
+quality is under `min_quality`, its worst case over `max_cost_nano_usd`) or
+cannot now (cooling down after a 429, breaker open,
 pool and queue full, a limit pool unable to cover its draw). The feasible are
 scored by
 
@@ -35,7 +36,7 @@ from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
-from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind
+from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind, call_features
 from faregate_server.routing.tasks import TASK_DIFFICULTY
 from faregate_server.state.limits import Draw, LimitPools, projected_draw
 from faregate_server.upstream.breakers import NEUTRAL_LATENCY_S
@@ -235,6 +236,10 @@ def _unfit(
 ) -> tuple[str, str] | None:
     model = deployment.config
     hints = call.hints
+    if call.features:
+        uncarried = _uncarried(call, deployment)
+        if uncarried is not None:
+            return uncarried
     if room < 1:
         return (
             "messages",
@@ -263,6 +268,19 @@ def _unfit(
     if hints.max_cost_nano_usd is not None and worst_case > hints.max_cost_nano_usd:
         return ("max_cost_nano_usd", f"the worst case costs {worst_case} nano-USD")
     return None
+
+
+def _uncarried(call: RouteCall, deployment: Deployment) -> tuple[str, str] | None:
+    """(field, problem) of the first feature the call uses that the model's
+    provider adapter does not send upstream, if there is one."""
+    missing = call.features - deployment.provider.carried_features
+    if not missing:
+        return None
+    fields = call_features(call.messages, call.options)
+    feature = next(feature for feature in fields if feature in missing)
+    name = feature.value.replace("_", " ")
+    provider = deployment.config.provider.value
+    return (fields[feature], f"faregate does not yet send {name} to {provider} models")
 
 
 def _available_in_s(deployment: Deployment, now_s: float) -> float:

@@ -41,7 +41,9 @@ from faregate_server.domain import (
     AttemptOutcome,
     FinishReason,
     RouteCall,
+    RouteResult,
     RoutingDecision,
+    StreamFinished,
     TaskKind,
     Usage,
 )
@@ -50,6 +52,7 @@ from faregate_server.routing.gateway import Gateway, StreamItem
 from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain, TrackedCall
+from faregate_server.rpc.render import add_answer_extras, add_finish_extras, delta_event
 from faregate_server.rpc.status import abort, status_for
 from faregate_server.rpc.translate import TASKS, AnyRouteRequest, route_call
 from faregate_server.security.auth import Authenticator, authorize
@@ -64,6 +67,9 @@ _FINISH_REASONS = {
     FinishReason.LENGTH: router_pb2.FINISH_REASON_LENGTH,
     FinishReason.CONTENT_FILTER: router_pb2.FINISH_REASON_CONTENT_FILTER,
     FinishReason.TOOL_CALLS: router_pb2.FINISH_REASON_TOOL_CALLS,
+    FinishReason.REFUSAL: router_pb2.FINISH_REASON_REFUSAL,
+    FinishReason.PAUSE_TURN: router_pb2.FINISH_REASON_PAUSE_TURN,
+    FinishReason.CONTEXT_WINDOW_EXCEEDED: router_pb2.FINISH_REASON_CONTEXT_WINDOW_EXCEEDED,
 }
 _TASK_NUMBERS: dict[TaskKind | None, router_pb2.Task.ValueType] = {
     kind: number for number, kind in TASKS.items()
@@ -128,16 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         result = await self._gateway.route(call, scope)
         except Exception as error:
             await abort(context, error, request.model, observation)
-        response = router_pb2.RouteResponse(
-            output=result.output,
-            finish_reason=_FINISH_REASONS[result.finish_reason],
-            cost_nano_usd=result.cost_nano_usd,
-            budget_remaining_nano_usd=result.budget_remaining_nano_usd,
-            **_served(result.decision),
-        )
-        _fill_usage(response.usage, result.usage)
-        _fill_served(response, result.decision)
-        return response
+        return route_response(result)
 
     async def _stream_route(
         self,
@@ -169,7 +166,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         async for event in events:
                             tracked.writing()
                             try:
-                                await context.write(_stream_event(event))
+                                await context.write(stream_event(event))
                             except grpc.aio.InternalError:
                                 # The write's batch failed in gRPC's core: the
                                 # call is over (cancelled, or past its deadline).
@@ -301,14 +298,33 @@ def _served(decision: RoutingDecision) -> _Served:
     }
 
 
-def _stream_event(event: StreamItem) -> StreamEvent:
+def route_response(result: RouteResult) -> router_pb2.RouteResponse:
+    """The RouteResponse of a served request."""
+    response = router_pb2.RouteResponse(
+        output=result.output,
+        finish_reason=_FINISH_REASONS[result.finish_reason],
+        cost_nano_usd=result.cost_nano_usd,
+        budget_remaining_nano_usd=result.budget_remaining_nano_usd,
+        **_served(result.decision),
+    )
+    _fill_usage(response.usage, result.usage)
+    _fill_served(response, result.decision)
+    if result.tool_calls or result.refusal or result.reasoning:
+        add_answer_extras(response, result)
+    return response
+
+
+def stream_event(event: StreamItem) -> StreamEvent:
+    """The StreamRouteResponse of one item of a served stream."""
     if isinstance(event, str):
         return StreamEvent(delta=StreamEvent.StreamDelta(text=event))
     if isinstance(event, RoutingDecision):
         message = StreamEvent(start=StreamEvent.StreamStart(**_served(event)))
         _fill_served(message.start, event)
         return message
-    return StreamEvent(
+    if not isinstance(event, StreamFinished):
+        return delta_event(event)
+    message = StreamEvent(
         finish=StreamEvent.StreamFinish(
             usage=router_pb2.Usage(
                 input_tokens=event.usage.input_tokens, output_tokens=event.usage.output_tokens
@@ -318,6 +334,9 @@ def _stream_event(event: StreamItem) -> StreamEvent:
             finish_reason=_FINISH_REASONS[event.finish_reason],
         )
     )
+    if event.tool_calls or event.reasoning:
+        add_finish_extras(message.finish, event)
+    return message
 
 
 class _CallEnded(Exception):

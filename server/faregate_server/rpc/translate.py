@@ -9,7 +9,13 @@ setting (`exceeds server.max_messages (1024)`), so the caller knows what
 to shrink and the operator what to raise. The limits no config sets are
 the constants below, each with why it is what it is.
 
-A request that sets no routing hint costs a few field reads for them.
+A request that sets no routing hint costs a few field reads for them. One
+that sets none of the fields beyond plain chat (parts, tools, tool calls and
+results, response format, stop, top_p, seed, reasoning) costs none: its
+serialized size, which is measured anyway, equals the sum of what its plain
+fields take (rpc/wire_size.py), and only a request larger than that has
+those fields read and checked (rpc/translate_messages.py for the
+messages', rpc/translate_options.py for the request's).
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 from faregate.v1 import router_pb2
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from faregate_server.config.schema import ServerConfig
+from faregate_server.content import Feature, GenerationOptions
 from faregate_server.domain import (
     Capability,
     ChatMessage,
@@ -28,8 +37,14 @@ from faregate_server.domain import (
     RouteCall,
     RoutingHints,
     TaskKind,
+    call_features,
 )
-from faregate_server.errors import InvalidRequest
+from faregate_server.errors import MAX_SHOWN_VIOLATIONS, InvalidRequest
+from faregate_server.rpc.rules import AnyRouteRequest as AnyRouteRequest
+from faregate_server.rpc.rules import add, check_tokens, exceeds
+from faregate_server.rpc.translate_messages import Conversation
+from faregate_server.rpc.translate_options import generation_options, uses_options
+from faregate_server.rpc.wire_size import hint_bytes, message_bytes, request_bytes
 from faregate_server.state.replay import fingerprint
 
 # The hard limits, beside the configured ones (server.max_* in the config).
@@ -48,12 +63,11 @@ SHOWN_KEY_CHARS = 32
 """How much of an over-long metadata key its violation names: the key itself
 may be the thing that is too long."""
 
-AnyRouteRequest = router_pb2.RouteRequest | router_pb2.StreamRouteRequest
-
 _ROLES = {
     router_pb2.ROLE_SYSTEM: Role.SYSTEM,
     router_pb2.ROLE_USER: Role.USER,
     router_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
+    router_pb2.ROLE_TOOL: Role.TOOL,
 }
 _PREFERENCES = {
     router_pb2.PREFERENCE_UNSPECIFIED: Preference.BALANCED,
@@ -81,6 +95,7 @@ TASKS = {
 """The wire's task numbers and the domain's kinds (TASK_UNSPECIFIED aside)."""
 _FALLBACK_POLICIES = frozenset(router_pb2.FallbackPolicy.values())
 _NO_HINTS = RoutingHints()
+_NO_FEATURES: frozenset[Feature] = frozenset()
 
 
 def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig) -> RouteCall:
@@ -98,7 +113,7 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     size = request.ByteSize()
     if size > settings.max_request_bytes:
         violations["request"] = (
-            f"is {size} bytes; {_exceeds('max_request_bytes', settings.max_request_bytes)}"
+            f"is {size} bytes; {exceeds('max_request_bytes', settings.max_request_bytes)}"
         )
     # Each read of a repeated or string field builds a Python object anew:
     # each is read once.
@@ -108,27 +123,37 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
     elif len(request_messages) > settings.max_messages:
         violations["messages"] = (
             f"has {len(request_messages)} messages;"
-            f" {_exceeds('max_messages', settings.max_messages)}"
+            f" {exceeds('max_messages', settings.max_messages)}"
         )
     messages = []
     any_content = False
     max_message_chars = settings.max_message_chars
+    messages_bytes = 0
+    tool_turns = False
     for index, message in enumerate(request_messages):
         content = message.content
         any_content = any_content or bool(content)
-        role = _ROLES.get(message.role)
+        number = message.role
+        role = _ROLES.get(number)
         if role is None:
-            violations[f"messages[{index}].role"] = "must be SYSTEM, USER or ASSISTANT"
-        else:
-            messages.append(ChatMessage(role, content))
+            violations[f"messages[{index}].role"] = "must be SYSTEM, USER, ASSISTANT or TOOL"
+            role = Role.USER  # a stand-in, keeping the list in step: never served
+        elif role is Role.TOOL:
+            tool_turns = True  # a tool turn has rules of its own, whatever its size
+        messages.append(ChatMessage(role, content))
+        messages_bytes += message_bytes(number, content)
         if len(content) > max_message_chars:
             violations[f"messages[{index}].content"] = (
-                f"is {len(content)} characters; {_exceeds('max_message_chars', max_message_chars)}"
+                f"is {len(content)} characters; {exceeds('max_message_chars', max_message_chars)}"
             )
     metadata = request.metadata
     if metadata:
         _check_metadata(metadata, settings, violations)
-    if request_messages and not any_content:
+    if (
+        request_messages
+        and not any_content
+        and not any(message.parts or message.tool_calls for message in request_messages)
+    ):
         # Beside a count over the limit, if there is one: every violation at once.
         empty = "every message is empty; at least one needs content"
         too_many = violations.get("messages")
@@ -144,31 +169,56 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
             " none repeated or equal to budget_key"
         )
     request_fingerprint = ""
-    if request.request_id:
-        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+    request_id = request.request_id
+    if request_id:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
             violations["request_id"] = f"must be at most {MAX_REQUEST_ID_CHARS} characters"
         request_fingerprint = _fingerprint(request, principal)
     max_output_tokens = None
     if request.HasField("max_output_tokens"):
         max_output_tokens = request.max_output_tokens
-        limit = settings.max_output_tokens_limit
-        if max_output_tokens < 1:
-            violations["max_output_tokens"] = "must be positive when set"
-        elif max_output_tokens > limit:
-            violations["max_output_tokens"] = (
-                f"is {max_output_tokens}; {_exceeds('max_output_tokens_limit', limit)}"
-            )
+        check_tokens(
+            "max_output_tokens", max_output_tokens, settings.max_output_tokens_limit, violations
+        )
     temperature = None
     if request.HasField("temperature"):
         temperature = request.temperature
         if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
             violations["temperature"] = f"must be between 0 and {MAX_TEMPERATURE}"
     hints = _hints(request, violations)
+    plain_bytes = request_bytes(
+        messages_bytes,
+        model,
+        agent,
+        budget_key,
+        max_output_tokens,
+        temperature,
+        metadata,
+        additional,
+        request_id,
+        0 if hints is _NO_HINTS else hint_bytes(request),
+    )
+    options: GenerationOptions | None = None
+    extras = False
+    if tool_turns or size != plain_bytes:
+        # The request holds more than plain chat (see rpc/wire_size.py): the
+        # fields beyond it are read, and any field this contract does not
+        # know refused (a plain request, its size the sum, holds none).
+        _check_unknown_fields(request, "request", violations)
+        read = _read_extras(request_messages, messages, settings, violations)
+        if read is not None:
+            messages, extras = read, True
+        if uses_options(request):
+            options = generation_options(request, settings, max_output_tokens, violations)
     if violations:
         raise InvalidRequest(violations)
+    chat = tuple(messages)
+    features = _NO_FEATURES
+    if extras or options is not None:
+        features = frozenset(call_features(chat, options))
     return RouteCall(
         model=model,
-        messages=tuple(messages),
+        messages=chat,
         agent=agent,
         budget_key=budget_key,
         max_output_tokens=max_output_tokens,
@@ -176,15 +226,74 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         metadata=dict(metadata) if metadata else {},
         hints=hints,
         additional_budget_keys=additional,
-        request_id=request.request_id,
+        request_id=request_id,
         fingerprint=request_fingerprint,
         principal=principal,
+        options=options,
+        features=features,
     )
 
 
-def _exceeds(setting: str, limit: int) -> str:
-    """Names the server setting a request broke, so the caller knows what to shrink."""
-    return f"exceeds server.{setting} ({limit})"
+def _read_extras(
+    request_messages: Sequence[router_pb2.Message],
+    messages: list[ChatMessage],
+    settings: ServerConfig,
+    violations: dict[str, str],
+) -> list[ChatMessage] | None:
+    """`messages` (one per request message, in step) with each that holds
+    more than its role and text given its extras; None when none does.
+
+    Reading stops once the request has broken more rules than a refusal
+    shows (errors.MAX_SHOWN_VIOLATIONS): the rest would not be named, and
+    reading them is work a small hostile request could make large.
+    """
+    read: list[ChatMessage] = []
+    conversation: Conversation | None = None
+    for index, message in enumerate(request_messages):
+        if len(violations) > MAX_SHOWN_VIOLATIONS:
+            break
+        role = _ROLES.get(message.role)
+        if (
+            role is Role.TOOL
+            or message.tool_call_id
+            or message.parts
+            or message.tool_calls
+            or message.reasoning
+        ):
+            if conversation is None:
+                conversation = Conversation(settings)
+                read = messages.copy()
+            extras = conversation.extras(index, message, role, violations)
+            read[index] = ChatMessage(messages[index].role, messages[index].content, extras)
+    return read if conversation is not None else None
+
+
+def _check_unknown_fields(message: Message, path: str, violations: dict[str, str]) -> None:
+    """Refuses fields a newer client set that this server's contract does
+    not know, in `message` or any message it holds, under its path: the
+    request would be served without them, which their sender can't know."""
+    if len(violations) > MAX_SHOWN_VIOLATIONS:
+        return
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = ", ".join(
+            str(number) for number in sorted({unknown[i].field_number for i in range(len(unknown))})
+        )
+        add(
+            violations,
+            path,
+            f"holds fields this server does not know (numbers {numbers});"
+            " it would be served without them",
+        )
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        name = field.name if path == "request" else f"{path}.{field.name}"
+        if field.is_repeated:
+            for index, item in enumerate(value):
+                _check_unknown_fields(item, f"{name}[{index}]", violations)
+        else:
+            _check_unknown_fields(value, name, violations)
 
 
 def _check_metadata(
@@ -193,19 +302,19 @@ def _check_metadata(
     if len(metadata) > settings.max_metadata_entries:
         violations["metadata"] = (
             f"has {len(metadata)} entries;"
-            f" {_exceeds('max_metadata_entries', settings.max_metadata_entries)}"
+            f" {exceeds('max_metadata_entries', settings.max_metadata_entries)}"
         )
         return
     for key, value in metadata.items():
         if len(key) > settings.max_metadata_key_chars:
             violations[f"metadata[{key[:SHOWN_KEY_CHARS]!r}]"] = (
                 f"key is {len(key)} characters;"
-                f" {_exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
+                f" {exceeds('max_metadata_key_chars', settings.max_metadata_key_chars)}"
             )
         elif len(value) > settings.max_metadata_value_chars:
             violations[f"metadata[{key!r}]"] = (
                 f"value is {len(value)} characters;"
-                f" {_exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
+                f" {exceeds('max_metadata_value_chars', settings.max_metadata_value_chars)}"
             )
 
 

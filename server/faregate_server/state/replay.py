@@ -4,17 +4,21 @@ A retry of a served request is answered from its record instead of being
 served (and paid for) again. The record is the request's result as JSON, kept
 in the state backend beside the spend it reports and written in the same
 durable step, with the budget's remaining money stored apart because some
-backends learn it only while committing.
+backends learn it only while committing. An answer's tool calls, refusal and
+reasoning are kept only when it has them, so a plain answer's record is what
+it always was, and a record without them reads as an answer with none.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from faregate_server.content import ReasoningBlock, ToolCall
 from faregate_server.domain import (
     AttemptOutcome,
     AttemptRecord,
@@ -60,6 +64,19 @@ def encode_result(result: RouteResult) -> str:
         "attempts": [dataclasses.asdict(attempt) for attempt in decision.attempts],
         "candidates": [dataclasses.asdict(candidate) for candidate in decision.candidates],
     }
+    if result.tool_calls:
+        fields["tool_calls"] = [dataclasses.asdict(call) for call in result.tool_calls]
+    if result.refusal:
+        fields["refusal"] = result.refusal
+    if result.reasoning:
+        fields["reasoning"] = [
+            {
+                "text": block.text,
+                "signature": block.signature,
+                "redacted": base64.b64encode(block.redacted).decode(),
+            }
+            for block in result.reasoning
+        ]
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -86,4 +103,10 @@ def decode_result(stored: StoredResult) -> RouteResult:
         usage=Usage(**fields["usage"]),
         cost_nano_usd=fields["cost_nano_usd"],
         budget_remaining_nano_usd=stored.budget_remaining_nano_usd,
+        tool_calls=tuple(ToolCall(**call) for call in fields.get("tool_calls", ())),
+        refusal=fields.get("refusal", ""),
+        reasoning=tuple(
+            ReasoningBlock(block["text"], block["signature"], base64.b64decode(block["redacted"]))
+            for block in fields.get("reasoning", ())
+        ),
     )

@@ -1,4 +1,10 @@
-"""Upstream provider adapters, one module per wire protocol."""
+"""Upstream provider adapters, one module per wire protocol.
+
+Each adapter declares the request features beyond plain chat it sends
+upstream (`Provider.carried_features`): a request that uses another is never
+sent to it (routing/selection.py judges the model unfit), rather than sent
+without it.
+"""
 
 from __future__ import annotations
 

@@ -10,11 +10,12 @@ named events: `message_start` (input usage), `content_block_delta` (text),
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
+from faregate_server.content import Feature
 from faregate_server.domain import (
     Completion,
     FinishReason,
@@ -41,7 +42,9 @@ _STOP_REASONS = {
     "stop_sequence": FinishReason.STOP,
     "max_tokens": FinishReason.LENGTH,
     "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
+    "refusal": FinishReason.REFUSAL,
+    "pause_turn": FinishReason.PAUSE_TURN,
+    "model_context_window_exceeded": FinishReason.CONTEXT_WINDOW_EXCEEDED,
 }
 # Events that only keep the connection busy: they do not reset the idle timeout.
 _KEEPALIVE_EVENTS = frozenset({"ping"})
@@ -51,6 +54,11 @@ _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 
 class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
+
+    carried_features: ClassVar[frozenset[Feature]] = frozenset()
+    """None yet: a request with tools, images, a response format, stop
+    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
+    until this adapter sends it."""
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor

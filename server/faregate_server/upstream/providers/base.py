@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from faregate_server.config.schema import ModelConfig
+from faregate_server.content import Feature
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
 from faregate_server.errors import (
     FaregateError,
@@ -114,6 +115,13 @@ _UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
 
 class Provider(Protocol):
     """One upstream model behind one wire protocol."""
+
+    @property
+    def carried_features(self) -> frozenset[Feature]:
+        """The request features beyond plain chat this adapter sends upstream:
+        a request using another is never sent to it (routing/selection.py
+        judges the model unfit), rather than sent without it."""
+        ...
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         """The whole answer at once."""

@@ -3,16 +3,23 @@
 POST {api_base}/chat/completions, whole or as SSE with
 `stream_options.include_usage`, whose last chunk carries the usage and whose
 end is `data: [DONE]`. An error object inside the stream is an upstream failure.
+
+A refusal ends with finish_reason "stop" like any answer: it is told apart
+by a non-null `message.refusal` (whole) or `delta.refusal` (streamed), and
+is FinishReason.REFUSAL. A whole answer carries the refusal's text; a
+stream's text fragments of it are not relayed yet (the gateway streams text
+only), its finish reason is.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
+from faregate_server.content import Feature
 from faregate_server.domain import (
     Completion,
     FinishReason,
@@ -43,6 +50,11 @@ _FINISH_REASONS = {
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
 
+    carried_features: ClassVar[frozenset[Feature]] = frozenset()
+    """None yet: a request with tools, images, a response format, stop
+    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
+    until this adapter sends it."""
+
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
     ) -> None:
@@ -56,18 +68,25 @@ class OpenAIProvider:
         with translate_transport_errors():
             answer = await self._endpoint.post(_body(request, stream=False))
             choice = answer["choices"][0]
+            message = choice["message"]
+            refusal = message.get("refusal")
+            finish_reason = (
+                FinishReason.REFUSAL
+                if refusal is not None
+                else _FINISH_REASONS.get(choice.get("finish_reason"), FinishReason.UNSPECIFIED)
+            )
             return Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=_FINISH_REASONS.get(
-                    choice.get("finish_reason"), FinishReason.UNSPECIFIED
-                ),
+                text=message.get("content") or "",
+                finish_reason=finish_reason,
                 usage=_usage(answer.get("usage")),
+                refusal=refusal if isinstance(refusal, str) else "",
             )
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
         finish_reason = FinishReason.UNSPECIFIED
         usage: ReportedUsage = None
         finished = False
+        refused = False
         with translate_transport_errors():
             async with self._endpoint.open_stream(_body(request, stream=True)) as events:
                 async for event in events:
@@ -82,9 +101,12 @@ class OpenAIProvider:
                             + error_excerpt(_error_message(chunk["error"]), self._redactor),
                         )
                     for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
                         if text:
                             yield text
+                        if delta.get("refusal") is not None:
+                            refused = True
                         if choice.get("finish_reason"):
                             finish_reason = _FINISH_REASONS.get(
                                 choice["finish_reason"], FinishReason.UNSPECIFIED
@@ -95,7 +117,7 @@ class OpenAIProvider:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before [DONE]"
             )
-        yield StreamEnd(finish_reason, usage)
+        yield StreamEnd(FinishReason.REFUSAL if refused else finish_reason, usage)
 
 
 def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:

@@ -11,8 +11,10 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import ClassVar
 
 from faregate_server.config.schema import ModelConfig
+from faregate_server.content import Feature
 from faregate_server.domain import Completion, FinishReason, StreamEnd, UpstreamRequest, Usage
 from faregate_server.upstream.providers.base import UpstreamError, UpstreamErrorKind
 from faregate_server.upstream.tokens import EstimatingCounter, count_messages
@@ -22,6 +24,11 @@ _WORDS = ("simulated", "answer", "from", "faregate's", "sim", "provider.")
 
 class SimProvider:
     """Generates one placeholder token per configured delay."""
+
+    carried_features: ClassVar[frozenset[Feature]] = frozenset()
+    """None yet: a request with tools, images, a response format, stop
+    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
+    until this adapter sends it."""
 
     def __init__(self, model: ModelConfig, rng: random.Random | None = None) -> None:
         self._settings = model.sim
