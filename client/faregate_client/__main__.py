@@ -10,9 +10,11 @@ of a conversation, in order, before MESSAGE.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from faregate.v1 import router_pb2
 
@@ -103,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hints.add_argument("--fallback", choices=enum_names(router_pb2.FallbackPolicy.DESCRIPTOR))
 
+    agent = parser.add_argument_group("tools, output format and sampling")
+    agent.add_argument(
+        "--tool", dest="tools", action="append", default=[], metavar="JSON",
+        help='a tool, as {"name": ..., "description": ..., "parameters": {JSON Schema}}'
+        " (repeatable)",
+    )  # fmt: skip
+    agent.add_argument(
+        "--tool-choice", help="auto, none, required, or the name of the tool to call"
+    )
+    agent.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction)
+    agent.add_argument(
+        "--response-format", metavar="json_object|SCHEMA",
+        help="json_object, or a JSON Schema the answer must match (strict)",
+    )  # fmt: skip
+    agent.add_argument("--stop", action="append", default=[], help="a stop sequence (repeatable)")
+    agent.add_argument("--top-p", type=float)
+    agent.add_argument("--seed", type=int)
+    agent.add_argument(
+        "--reasoning", metavar="EFFORT|TOKENS",
+        help="low, medium or high effort, or a thinking budget in tokens",
+    )  # fmt: skip
+
     tls = parser.add_argument_group("TLS (any of these turns it on)")
     tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
     tls.add_argument("--ca", help="PEM file of the CA that signed faregate's certificate")
@@ -120,9 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         messages = _conversation(args)
         metadata = dict(_pair(item, "--metadata", "KEY=VALUE") for item in args.metadata)
+        options = _options(args, metadata)
     except ValueError as error:
         parser.error(str(error))
-    options: RouteOptions = {
+    try:
+        with SyncFaregateClient(args.target, api_key=args.api_key, tls=_tls(args)) as client:
+            if args.stream:
+                _stream(client, messages, args, options)
+            else:
+                _route(client, messages, args, options)
+    except FaregateError as error:
+        print(f"faregate-client: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"faregate-client: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _options(args: argparse.Namespace, metadata: dict[str, str]) -> RouteOptions:
+    """The request's options from the flags.
+
+    Raises:
+        ValueError: a flag's value does not parse (a tool or schema that is not JSON).
+    """
+    return {
         "model": args.model,
         "agent": args.agent,
         "max_output_tokens": args.max_output_tokens,
@@ -138,20 +184,71 @@ def main(argv: list[str] | None = None) -> int:
         "fallback": args.fallback,
         "additional_budget_keys": args.additional_budget_keys,
         "request_id": args.request_id,
+        "tools": [_tool(text) for text in args.tools],
+        "tool_choice": _tool_choice(args.tool_choice),
+        "parallel_tool_calls": args.parallel_tool_calls,
+        "response_format": _response_format(args.response_format),
+        "stop": args.stop,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "reasoning": _reasoning(args.reasoning),
     }
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
     try:
-        with SyncFaregateClient(args.target, api_key=args.api_key, tls=_tls(args)) as client:
-            if args.stream:
-                _stream(client, messages, args, options)
-            else:
-                _route(client, messages, args, options)
-    except FaregateError as error:
-        print(f"faregate-client: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"faregate-client: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
-        return 1
-    return 0
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{flag} takes a JSON object, not {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} takes a JSON object, not {text!r}")
+    return value
+
+
+def _tool(text: str) -> router_pb2.Tool:
+    tool = _json_object(text, "--tool")
+    return router_pb2.Tool(
+        name=str(tool.get("name", "")),
+        description=str(tool.get("description", "")),
+        parameters_json=json.dumps(tool.get("parameters", {"type": "object"})),
+    )
+
+
+def _tool_choice(choice: str | None) -> router_pb2.ToolChoice | None:
+    if choice is None:
+        return None
+    mode = router_pb2.ToolChoiceMode.DESCRIPTOR.values_by_name.get(
+        f"TOOL_CHOICE_MODE_{choice.upper()}"
+    )
+    if mode is not None and mode.number:
+        return router_pb2.ToolChoice(mode=mode.number)  # type: ignore[arg-type]
+    return router_pb2.ToolChoice(tool_name=choice)
+
+
+def _response_format(text: str | None) -> router_pb2.ResponseFormat | None:
+    if text is None:
+        return None
+    if text == "json_object":
+        return router_pb2.ResponseFormat(json_object=True)
+    schema = _json_object(text, "--response-format")
+    return router_pb2.ResponseFormat(
+        json_schema=router_pb2.JsonSchema(
+            name="answer", schema_json=json.dumps(schema), strict=True
+        )
+    )
+
+
+def _reasoning(text: str | None) -> router_pb2.Reasoning | None:
+    if text is None:
+        return None
+    if text.isdigit():
+        return router_pb2.Reasoning(budget_tokens=int(text))
+    effort = router_pb2.ReasoningEffort.DESCRIPTOR.values_by_name.get(
+        f"REASONING_EFFORT_{text.upper()}"
+    )
+    if effort is None or not effort.number:
+        raise ValueError(f"--reasoning takes low, medium, high or a number of tokens, not {text!r}")
+    return router_pb2.Reasoning(effort=effort.number)  # type: ignore[arg-type]
 
 
 def _pair(item: str, flag: str, form: str) -> tuple[str, str]:
@@ -187,6 +284,7 @@ def _route(
 ) -> None:
     reply = client.route(messages, budget_key=args.budget_key, timeout_s=args.timeout, **options)
     print(reply.output)
+    _tool_calls_and_refusal(reply.tool_calls, reply.refusal)
     _summary(
         reply.model_used, reply.finish_reason, reply.usage, reply.cost_nano_usd,
         reply.budget_remaining_nano_usd, reply.request_id, reply.task, reply.candidates,
@@ -208,10 +306,20 @@ def _stream(
     start, finish = stream.start, stream.finish
     assert start is not None
     assert finish is not None
+    _tool_calls_and_refusal(finish.tool_calls, "")
     _summary(
         start.model_used, finish.finish_reason, finish.usage, finish.cost_nano_usd,
         finish.budget_remaining_nano_usd, start.request_id, start.task, start.candidates,
     )  # fmt: skip
+
+
+def _tool_calls_and_refusal(tool_calls: Sequence[router_pb2.ToolCall], refusal: str) -> None:
+    # After the text, one line per call the model made, for an agent (or a
+    # person) to run the tool and send its result as a ROLE_TOOL turn.
+    for call in tool_calls:
+        print(f"tool_call id={call.id} name={call.name} arguments={call.arguments_json}")
+    if refusal:
+        print(f"refusal: {refusal}")
 
 
 def _summary(

@@ -69,6 +69,22 @@ class RouteOptions(TypedDict, total=False):
     """The id that makes a retry safe: pass the same one on every retry of a request.
     Omitted: a fresh UUID4 per call (unless the client was made with
     generate_request_ids=False, then none); "" sends none."""
+    tools: Sequence[router_pb2.Tool]
+    """Tools the model may call (name, description, JSON Schema of the arguments)."""
+    tool_choice: router_pb2.ToolChoice | None
+    """Whether and which tool the model must call; omitted means the provider's default."""
+    parallel_tool_calls: bool | None
+    """Whether the model may call several tools in one turn."""
+    response_format: router_pb2.ResponseFormat | None
+    """A JSON object, or JSON matching a schema, instead of free text."""
+    stop: Sequence[str]
+    """Sequences that end the answer where they appear."""
+    top_p: float | None
+    """Nucleus sampling: the share of probability mass sampled from (0 to 1)."""
+    seed: int | None
+    """Ask for reproducible sampling, where the provider offers it."""
+    reasoning: router_pb2.Reasoning | None
+    """How much a reasoning model may think (effort, or a budget of tokens)."""
 
 
 _OPTIONS = frozenset(RouteOptions.__optional_keys__)
