@@ -49,7 +49,10 @@ class SyncRouteStream:
             for event in self._call:
                 kind = event.WhichOneof("event")
                 if kind == "delta":
-                    yield event.delta.text
+                    # Text only: a delta of a tool call, reasoning or a refusal
+                    # has none (the calls arrive assembled in `finish`).
+                    if event.delta.text:
+                        yield event.delta.text
                 elif kind == "start":
                     self.start = event.start
                 elif kind == "finish":
