@@ -47,7 +47,9 @@ def _config() -> str:
                 "claude": {**model, "provider": "anthropic", "api_key_env": "CLAUDE_KEY"},
                 "sim": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
             },
-            "routes": {"default": ["gpt", "claude", "sim"]},
+            # gpt's adapter sends every feature these tests use but reasoning
+            # blocks; claude's and sim's send none of them.
+            "routes": {"default": ["gpt", "claude", "sim"], "others": ["claude", "sim"]},
             "budgets": {"b": {"limit_usd": 10, "window": "none"}},
             "auth": {"enabled": False},
         }
@@ -67,7 +69,7 @@ async def _planner() -> tuple[Catalog, Planner]:
 def _call(
     messages: tuple[ChatMessage, ...] = (ChatMessage(Role.USER, "hi"),),
     options: GenerationOptions | None = None,
-    model: str = "",
+    model: str = "others",
 ) -> RouteCall:
     return RouteCall(
         model=model,
@@ -110,7 +112,7 @@ async def test_no_candidate_is_sent_a_tool_its_provider_is_not_sent() -> None:
     with pytest.raises(ModelCannotServe) as refused:
         await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
     assert refused.value.field == "tools"
-    assert refused.value.description == "faregate does not yet send tools to openai models"
+    assert refused.value.description == "faregate does not yet send tools to anthropic models"
     assert refused.value.reason == "MODEL_CANNOT_SERVE"
 
 
@@ -120,11 +122,10 @@ async def test_explain_says_why_each_candidate_was_passed_over() -> None:
     call = _call((ChatMessage(Role.USER, "", MessageExtras(parts=(image,))),))
     selection = Selector(
         LimitPools(catalog.config.limit_pools, FakeClock()), FakeClock(), random.Random(0)
-    ).select(call, catalog.resolve(""), catalog.config.routing, catalog.deployments, None)
+    ).select(call, catalog.resolve("others"), catalog.config.routing, catalog.deployments, None)
     assert selection.options == ()
     field = "messages[0].parts[0].image"
     assert [(score.model, score.reason) for score in selection.scores] == [
-        ("gpt", f"{field}: faregate does not yet send images to openai models"),
         ("claude", f"{field}: faregate does not yet send images to anthropic models"),
         ("sim", f"{field}: faregate does not yet send images to sim models"),
     ]
@@ -154,11 +155,24 @@ async def test_a_candidate_whose_provider_carries_the_feature_serves_it() -> Non
     assert [option.deployment.name for option in plan.options] == ["claude"]
     reasons = {score.model: score.reason for score in plan.scores}
     assert reasons["claude"] == ""
-    assert reasons["gpt"] == "tools: faregate does not yet send tools to openai models"
+    assert reasons["sim"] == "tools: faregate does not yet send tools to sim models"
+
+
+async def test_the_openai_adapter_carries_every_feature_but_reasoning_blocks() -> None:
+    catalog, planner = await _planner()
+    image = Image(data=b"png", media_type="image/png")
+    messages = (
+        ChatMessage(Role.USER, "", MessageExtras(parts=("look", image))),
+        ChatMessage(Role.ASSISTANT, "", MessageExtras(tool_calls=(ToolCall("c", "f", "{}"),))),
+        ChatMessage(Role.TOOL, "done", MessageExtras(tool_call_id="c")),
+    )
+    options = GenerationOptions(tools=(TOOL,), stop=("END",), top_p=0.5, seed=1)
+    plan = await planner.plan(_call(messages, options, model=""), catalog)
+    assert [option.deployment.name for option in plan.options] == ["gpt"]
 
 
 async def test_a_plain_call_is_judged_as_before() -> None:
     catalog, planner = await _planner()
-    plan = await planner.plan(_call(), catalog)
+    plan = await planner.plan(_call(model=""), catalog)
     assert {option.deployment.name for option in plan.options} == {"gpt", "claude", "sim"}
     assert [score.reason for score in plan.scores] == ["", "", ""]

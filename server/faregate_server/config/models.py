@@ -52,6 +52,15 @@ class ProviderKind(StrEnum):
     SIM = "sim"
 
 
+class OutputCapField(StrEnum):
+    """The request field an OpenAI-compatible upstream reads the output cap from."""
+
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    """OpenAI's current field, the only one its reasoning models take."""
+    MAX_TOKENS = "max_tokens"
+    """The older field: the one Ollama and older llama.cpp servers honour."""
+
+
 _DEFAULT_API_BASE = {
     ProviderKind.ANTHROPIC: "https://api.anthropic.com",
     ProviderKind.SIM: "sim://",
@@ -141,6 +150,11 @@ class ModelConfig:
     max_output_tokens: Annotated[int, Integer(1)] = 4096
     """Output cap used when the request sets none, and the most it may ask for;
     smaller than context_window_tokens."""
+    output_cap_field: Annotated[OutputCapField, Choice()] = OutputCapField.MAX_COMPLETION_TOKENS
+    """For openai models: the request field the output cap is sent in.
+    `max_completion_tokens` (OpenAI, vLLM) or `max_tokens` (Ollama and older
+    llama.cpp, which ignore the other and generate unbounded); ignored by the
+    other providers."""
     workers: Annotated[int, Integer(1)] = 16
     """Concurrent upstream calls."""
     queue: Annotated[int, Integer(0)] = 64

@@ -70,7 +70,7 @@ from faregate_server.routing.settlement import Lease
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.providers import UpstreamError, UpstreamErrorKind
-from faregate_server.upstream.providers.base import failure_reason
+from faregate_server.upstream.providers.base import ProviderItem, failure_reason
 from faregate_server.upstream.usage import judge_usage
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,14 @@ async def complete_once(
         _record_answer(deployment, ticket, usage)
         deployment.latency.observe(elapsed_s, elapsed_s)
         if usage is not completion.usage:
-            completion = Completion(completion.text, completion.finish_reason, usage)
+            completion = Completion(
+                completion.text,
+                completion.finish_reason,
+                usage,
+                completion.tool_calls,
+                completion.refusal,
+                completion.reasoning,
+            )
         return completion
 
 
@@ -174,7 +181,7 @@ async def stream_once(
     hooks: Hooks,
     reserved_nano_usd: int,
     clock: Clock,
-) -> AsyncGenerator[str | StreamEnd, None]:
+) -> AsyncGenerator[ProviderItem, None]:
     """One streamed call through the model's pool, feeding its health; the
     usage its end reports is judged as `complete_once` judges it.
 
@@ -209,7 +216,9 @@ async def stream_once(
                         _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
                         if usage is not item.usage:
-                            item = StreamEnd(item.finish_reason, usage)
+                            item = StreamEnd(
+                                item.finish_reason, usage, item.tool_calls, item.reasoning
+                            )
                     yield item
         except UpstreamError as error:
             verdict_given = True
