@@ -15,6 +15,7 @@ from faregate_server.content import (
     GenerationOptions,
     Image,
     MessageExtras,
+    ResponseFormat,
     Tool,
     ToolCall,
 )
@@ -39,17 +40,27 @@ TOOL = Tool("read_file", "Reads a file.", {"type": "object"})
 
 
 def _config() -> str:
-    model = {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "api_base": "http://127.0.0.1:9"}
+    model = {
+        "input_usd_per_mtok": 1,
+        "output_usd_per_mtok": 2,
+        "api_base": "http://127.0.0.1:9",
+        "capabilities": ["tools", "vision", "json_mode"],
+    }
     return yaml.safe_dump(
         {
             "models": {
                 "gpt": {**model, "provider": "openai"},
                 "claude": {**model, "provider": "anthropic", "api_key_env": "CLAUDE_KEY"},
                 "sim": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
+                "gpt-plain": {**model, "provider": "openai", "capabilities": []},
             },
             # gpt's adapter sends every feature these tests use but reasoning
             # blocks; claude's and sim's send none of them.
-            "routes": {"default": ["gpt", "claude", "sim"], "others": ["claude", "sim"]},
+            "routes": {
+                "default": ["gpt", "claude", "sim"],
+                "others": ["claude", "sim"],
+                "plain-first": ["gpt-plain", "gpt"],
+            },
             "budgets": {"b": {"limit_usd": 10, "window": "none"}},
             "auth": {"enabled": False},
         }
@@ -176,3 +187,51 @@ async def test_a_plain_call_is_judged_as_before() -> None:
     plan = await planner.plan(_call(model=""), catalog)
     assert {option.deployment.name for option in plan.options} == {"gpt", "claude", "sim"}
     assert [score.reason for score in plan.scores] == ["", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("options", "messages", "field", "lacks"),
+    [
+        (GenerationOptions(tools=(TOOL,)), (), "tools", "tools, which tools need"),
+        (
+            None,
+            (ChatMessage(Role.USER, "", MessageExtras(parts=(Image(url="https://e.com/a"),))),),
+            "messages",
+            "vision, which images need",
+        ),
+        (
+            GenerationOptions(response_format=ResponseFormat({"type": "object"})),
+            (),
+            "response_format",
+            "json_mode, which a json_schema needs",
+        ),
+    ],
+    ids=["tools", "images", "json-schema"],
+)
+async def test_a_capability_the_request_needs_is_inferred_without_a_hint(
+    options: GenerationOptions | None,
+    messages: tuple[ChatMessage, ...],
+    field: str,
+    lacks: str,
+) -> None:
+    catalog, planner = await _planner()
+    plan = await planner.plan(
+        _call(messages or (ChatMessage(Role.USER, "hi"),), options, model="plain-first"), catalog
+    )
+    assert [option.deployment.name for option in plan.options] == ["gpt"]
+    reasons = {score.model: score.reason for score in plan.scores}
+    assert reasons["gpt-plain"] == f"{field}: the model lacks {lacks}"
+    with pytest.raises(ModelCannotServe) as refused:
+        await planner.plan(
+            _call(messages or (ChatMessage(Role.USER, "hi"),), options, model="gpt-plain"), catalog
+        )
+    assert refused.value.field == field
+
+
+async def test_a_json_object_needs_no_json_mode() -> None:
+    catalog, planner = await _planner()
+    plan = await planner.plan(
+        _call(options=GenerationOptions(response_format=ResponseFormat()), model="gpt-plain"),
+        catalog,
+    )
+    assert [option.deployment.name for option in plan.options] == ["gpt-plain"]
