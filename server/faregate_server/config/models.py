@@ -68,6 +68,20 @@ _DEFAULT_API_BASE = {
 
 
 @dataclass(frozen=True, slots=True)
+class SimToolCall:
+    """The call a `sim` model makes when offered tools, so an agent loop can be
+    demonstrated with no keys."""
+
+    __pydantic_config__ = SECTION
+
+    name: Annotated[str, Text()] = ""
+    """The tool to call; empty: the request's first tool. A request that
+    does not offer it gets a plain answer."""
+    arguments_json: Annotated[str, Text()] = "{}"
+    """The call's arguments, as the JSON text a model would write."""
+
+
+@dataclass(frozen=True, slots=True)
 class SimSettings:
     """How the simulated provider behaves."""
 
@@ -85,6 +99,10 @@ class SimSettings:
     """Probability, 0 to 1, that the first token takes slow_first_token_delay_s instead."""
     slow_first_token_delay_s: Annotated[float, Number(0)] = 1.0
     """The first-token delay of a slow call (a heavy latency tail)."""
+    tool_call: SimToolCall | None = None
+    """When set, a request offering tools whose last turn is not a tool
+    result is answered with this call (finish TOOL_CALLS) instead of text;
+    after the tool's result, the answer is text again."""
 
 
 # Validated when built in code too (a pydantic dataclass): the breaker's arithmetic
