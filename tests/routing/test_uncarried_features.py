@@ -54,8 +54,8 @@ def _config() -> str:
                 "sim": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
                 "gpt-plain": {**model, "provider": "openai", "capabilities": []},
             },
-            # gpt's adapter sends every feature these tests use but reasoning
-            # blocks; claude's and sim's send none of them.
+            # gpt's adapter sends every feature these tests use;
+            # claude's and sim's send none of them but sim's tools.
             "routes": {
                 "default": ["gpt", "claude", "sim"],
                 "others": ["claude", "sim"],
@@ -166,10 +166,11 @@ async def test_a_candidate_whose_provider_carries_the_feature_serves_it() -> Non
     assert [option.deployment.name for option in plan.options] == ["claude"]
     reasons = {score.model: score.reason for score in plan.scores}
     assert reasons["claude"] == ""
-    assert reasons["sim"] == "tools: faregate does not yet send tools to sim models"
+    # sim's adapter sends tools, but this sim lacks the capability.
+    assert reasons["sim"] == "tools: the model lacks tools, which tools need"
 
 
-async def test_the_openai_adapter_carries_every_feature_but_reasoning_blocks() -> None:
+async def test_the_openai_adapter_carries_every_feature() -> None:
     catalog, planner = await _planner()
     image = Image(data=b"png", media_type="image/png")
     messages = (

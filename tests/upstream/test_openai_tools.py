@@ -399,3 +399,20 @@ async def test_a_streamed_refusal_and_reasoning_are_relayed_as_their_deltas(
     assert reasoning == ["42", ReasoningDelta("Six"), ReasoningDelta(" sevens")]
     assert reasoned.reasoning == (ReasoningBlock(text="Six sevens"),)
     assert reasoned.finish_reason is FinishReason.STOP
+
+
+async def test_an_assistant_turns_reasoning_goes_back_as_reasoning_content(
+    upstream: FakeUpstream, config: Config, session: aiohttp.ClientSession
+) -> None:
+    turn = MessageExtras(
+        tool_calls=ASSEMBLED[1:], reasoning=(ReasoningBlock("Need "), ReasoningBlock("the time."))
+    )
+    messages = (
+        ChatMessage(Role.USER, "time?"),
+        ChatMessage(Role.ASSISTANT, "", turn),
+        ChatMessage(Role.TOOL, "12:00", MessageExtras(tool_call_id="call_b")),
+    )
+    await _provider(config, session).complete(_request(GenerationOptions(tools=TOOLS), messages))
+    assistant = upstream.received[0].body["messages"][1]
+    assert assistant["reasoning_content"] == "Need the time."
+    assert assistant["content"] is None

@@ -1504,8 +1504,8 @@ class StreamRouteResponse(_message.Message):
         """
         refusal: _builtins.str
         """Newly generated text of a refusal (finish reason REFUSAL), to append
-        to the refusal before it. Not yet sent: no provider adapter relays a
-        streamed refusal's text yet, only its finish reason.
+        to the refusal before it, from the providers that stream one (openai);
+        the others send only the finish reason.
         """
         @_builtins.property
         def tool_call(self) -> Global___ToolCallDelta:

@@ -86,10 +86,10 @@ class OpenAIProvider:
             Feature.TOP_P,
             Feature.SEED,
             Feature.REASONING,
+            Feature.REASONING_BLOCKS,
         }
     )
-    """Everything but reasoning blocks passed back: OpenAI takes none, and a
-    compatible server's field for them differs by server and version."""
+    """Every feature of the contract (see openai_request.py for how each is sent)."""
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor

@@ -14,7 +14,9 @@ onto the wire as OpenAI documents it (the openai-python SDK's generated
   `tool_call_id`;
 - parts → text and `image_url` parts, inline images as base64 data URLs;
 - response format → `json_object`, or `json_schema` with name, schema, strict;
-- stop, top_p, seed as they are; reasoning effort → `reasoning_effort`.
+- stop, top_p, seed as they are; reasoning effort → `reasoning_effort`;
+- an assistant turn's reasoning blocks → their text as `reasoning_content`,
+  the field DeepSeek requires back on tool loops in thinking mode.
 
 The output cap goes under the model's `output_cap_field`: OpenAI's current
 and reasoning models refuse `max_tokens`, some compatible servers ignore
@@ -53,7 +55,9 @@ def request_body(request: UpstreamRequest, cap_field: str, *, stream: bool) -> d
     body: dict[str, Any] = {
         "model": request.upstream_model,
         "messages": [
-            {"role": m.role.value, "content": m.content} if m.extras is None else _message(m)
+            {"role": m.role.value, "content": m.content}
+            if m.extras is None
+            else _message(m, m.extras)
             for m in request.messages
         ],
         cap_field: request.max_output_tokens,
@@ -68,8 +72,7 @@ def request_body(request: UpstreamRequest, cap_field: str, *, stream: bool) -> d
     return body
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
-    extras: MessageExtras = message.extras  # type: ignore[assignment]
+def _message(message: ChatMessage, extras: MessageExtras) -> dict[str, Any]:
     content: Any = [_part(part) for part in extras.parts] if extras.parts else message.content
     if extras.tool_call_id:
         return {"role": Role.TOOL.value, "tool_call_id": extras.tool_call_id, "content": content}
@@ -85,6 +88,12 @@ def _message(message: ChatMessage) -> dict[str, Any]:
             }
             for call in extras.tool_calls
         ]
+    if extras.reasoning:
+        # DeepSeek refuses a tool loop whose assistant turns come back without
+        # the reasoning they came with; it, llama.cpp and older vLLM read it
+        # here. A block's signature is its own provider's, checked by no
+        # OpenAI-compatible server, so only the text goes.
+        wire["reasoning_content"] = "".join(block.text for block in extras.reasoning)
     return wire
 
 
