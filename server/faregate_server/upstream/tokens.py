@@ -167,9 +167,16 @@ def _cl100k() -> tiktoken.Encoding:
 
 
 def counts_inline(messages: Sequence[ChatMessage]) -> bool:
-    """Whether a prompt is short enough to count on the event loop (its
-    messages' text; what they hold beyond it is bounded by validation)."""
-    return sum(len(message.content) for message in messages) <= INLINE_COUNT_CHARS
+    """Whether a prompt is short enough to count on the event loop: its
+    messages' text, and their text parts and tool calls' arguments."""
+    chars = 0
+    for message in messages:
+        chars += len(message.content)
+        extras = message.extras
+        if extras is not None:
+            chars += sum(len(part) for part in extras.parts if isinstance(part, str))
+            chars += sum(len(call.arguments_json) for call in extras.tool_calls)
+    return chars <= INLINE_COUNT_CHARS
 
 
 async def count_messages(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:
