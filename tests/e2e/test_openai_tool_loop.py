@@ -235,3 +235,20 @@ async def test_tools_go_to_the_candidate_with_the_tools_capability(
 def client_messages(messages: list[tuple[str, str]]) -> list[router_pb2.Message]:
     roles = {"user": router_pb2.ROLE_USER, "system": router_pb2.ROLE_SYSTEM}
     return [router_pb2.Message(role=roles[role], content=text) for role, text in messages]
+
+
+async def test_a_whole_answer_without_usage_charges_tool_call_arguments_as_output(
+    faregate: Faregate, upstream: FakeUpstream
+) -> None:
+    long_arguments = json.dumps({"city": "Edinburgh " * 20})
+    calls = [{"id": "call_a", "name": "get_weather", "arguments": long_arguments}]
+    upstream.default = Script(chunks=[], tool_calls=calls, finish_reason="tool_calls", usage=None)
+    reply = await faregate.client.route(
+        "weather?", budget_key="team", model="gpt-fake", tools=TOOLS
+    )
+    assert [call.arguments_json for call in reply.tool_calls] == [long_arguments]
+    input_tokens = (reply.reserved_nano_usd - GPT_CAP * GPT_OUT) // GPT_IN
+    assert reply.usage.input_tokens == input_tokens
+    assert reply.usage.output_tokens > 20  # the name and arguments, counted
+    assert reply.cost_nano_usd == input_tokens * GPT_IN + reply.usage.output_tokens * GPT_OUT
+    assert await faregate.spent_nano_usd() == reply.cost_nano_usd
