@@ -1,6 +1,6 @@
 """The body of an Anthropic Messages request, built from an UpstreamRequest.
 
-The mapping (docs/providers.md, "Anthropic", says the same for callers):
+The mapping (docs/anthropic.md says the same for callers):
 - System turns join into the top-level `system` text; there is no system role.
 - Turns become `content` blocks: text, images (`base64` source with its
   media type, or a `url` source), an assistant turn's reasoning first
