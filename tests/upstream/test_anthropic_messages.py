@@ -3,6 +3,7 @@ tools, images, sampling, structured output, thinking and its refusals."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from faregate_server.upstream.providers.anthropic_messages import (
     unsendable,
     wire_messages,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fakes.anthropic_upstream import wire_problem
 
@@ -268,3 +271,44 @@ def test_thinking_takes_auto_tools_a_temperature_of_1_and_a_high_top_p() -> None
     )
     assert unsendable(request) is None
     assert wire_problem(request_body(request, stream=False)) is None
+
+
+_TURNS = st.lists(
+    st.one_of(
+        st.builds(_user, st.sampled_from(["", "a", "b"])),
+        st.builds(lambda text: _assistant(text, CALL_1), st.sampled_from(["", "c"])),
+        st.builds(_assistant, st.sampled_from(["d"])),
+        st.builds(_tool, st.sampled_from(["toolu_1", "toolu_2"]), st.sampled_from(["", "r"])),
+        st.just(ChatMessage(Role.SYSTEM, "s")),
+    ),
+    max_size=8,
+)
+
+
+@given(_TURNS)
+@settings(max_examples=200, deadline=None)
+def test_any_conversation_alternates_roles_with_tool_results_first_and_loses_no_block(
+    turns: list[ChatMessage],
+) -> None:
+    messages = wire_messages(turns)
+    roles = [message["role"] for message in messages]
+    assert all(first != second for first, second in itertools.pairwise(roles))
+    kept: list[dict[str, Any]] = []
+    for message in messages:
+        content = message["content"]
+        blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        kinds = [block["type"] for block in blocks]
+        if message["role"] == "user":
+            results = kinds.count("tool_result")
+            assert kinds[:results] == ["tool_result"] * results
+        if isinstance(content, list):
+            assert all(block["text"] for block in blocks if block["type"] == "text")
+        kept.extend(blocks)
+    # Every result and call is sent once, in the order of the conversation.
+    sent = [b.get("tool_use_id") or b.get("id") for b in kept if b["type"] != "text"]
+    expected = [
+        m.extras.tool_call_id or m.extras.tool_calls[0].id
+        for m in turns
+        if m.extras is not None and (m.extras.tool_call_id or m.extras.tool_calls)
+    ]
+    assert sent == expected
