@@ -74,7 +74,7 @@ class AnthropicProvider:
         self, request: UpstreamRequest
     ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
         """As `stream`, with a ToolCallDelta, ReasoningDelta or RefusalDelta
-        for each fragment beyond text as it arrives (see anthropic_stream.py)."""
+        for each fragment beyond text as it arrives (see anthropic_answer.py)."""
         return self._stream(request, deltas=True)
 
     async def _stream(
@@ -102,7 +102,8 @@ class AnthropicProvider:
                                 yield fragment
                     elif kind == "content_block_start":
                         payload = decode_json(event.data)
-                        opening = answer.on_start(payload.get("index"), payload["content_block"])
+                        block = payload.get("content_block") or {}
+                        opening = answer.on_start(payload.get("index"), block)
                         for item in opening:
                             if deltas or isinstance(item, str):
                                 yield item
