@@ -124,3 +124,34 @@ async def test_a_forced_tool_with_thinking_is_refused_before_any_call(
     assert "tool_choice" in str(refused.value)
     assert fake.received == []
     assert await faregate.reserved_nano_usd() == 0
+
+
+async def test_an_image_and_a_schema_reach_anthropic_as_its_blocks_and_output_config(
+    faregate: Faregate, fake: FakeAnthropic
+) -> None:
+    fake.queue(AnthropicScript([{"type": "text", "text": '{"city": "Paris"}'}]))
+    schema = {**SCHEMA, "additionalProperties": False}
+    picture = router_pb2.Message(
+        role=router_pb2.ROLE_USER,
+        parts=[
+            router_pb2.ContentPart(text="Where is this?"),
+            router_pb2.ContentPart(image=router_pb2.Image(data=b"\x89PNG", media_type="image/png")),
+        ],
+    )
+    reply = await faregate.client.route(
+        [picture],
+        budget_key="team",
+        response_format=router_pb2.ResponseFormat(
+            json_schema=router_pb2.JsonSchema(name="place", schema_json=json.dumps(schema))
+        ),
+        stop=["END"],
+        top_p=0.9,
+    )
+    assert json.loads(reply.output) == {"city": "Paris"}
+    sent = fake.received[0]
+    assert sent["messages"][0]["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw=="},
+    }
+    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert (sent["stop_sequences"], sent["top_p"]) == (["END"], 0.9)
