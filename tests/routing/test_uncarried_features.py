@@ -105,12 +105,13 @@ def test_features_are_named_by_the_field_that_first_uses_them() -> None:
     assert call_features((ChatMessage(Role.USER, "hi"),), None) == {}
 
 
-async def test_no_candidate_is_sent_a_tool_its_provider_is_not_sent() -> None:
+async def test_no_candidate_is_sent_a_field_its_provider_is_not_sent() -> None:
     catalog, planner = await _planner()
+    # A seed: the one field no provider here is sent (Anthropic's API has none).
     with pytest.raises(ModelCannotServe) as refused:
-        await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
-    assert refused.value.field == "tools"
-    assert refused.value.description == "faregate does not yet send tools to openai models"
+        await planner.plan(_call(options=GenerationOptions(seed=1)), catalog)
+    assert refused.value.field == "seed"
+    assert refused.value.description == "faregate does not yet send seed to openai models"
     assert refused.value.reason == "MODEL_CANNOT_SERVE"
 
 
@@ -121,21 +122,24 @@ async def test_explain_says_why_each_candidate_was_passed_over() -> None:
     selection = Selector(
         LimitPools(catalog.config.limit_pools, FakeClock()), FakeClock(), random.Random(0)
     ).select(call, catalog.resolve(""), catalog.config.routing, catalog.deployments, None)
-    assert selection.options == ()
+    assert [option.deployment.name for option in selection.options] == ["claude"]
     field = "messages[0].parts[0].image"
     assert [(score.model, score.reason) for score in selection.scores] == [
         ("gpt", f"{field}: faregate does not yet send images to openai models"),
-        ("claude", f"{field}: faregate does not yet send images to anthropic models"),
+        ("claude", ""),
         ("sim", f"{field}: faregate does not yet send images to sim models"),
     ]
 
 
 async def test_an_explicit_model_is_refused_naming_the_first_field_it_is_not_sent() -> None:
     catalog, planner = await _planner()
-    options = GenerationOptions(top_p=0.5, stop=("END",))
+    options = GenerationOptions(top_p=0.5, stop=("END",), seed=1)
+    with pytest.raises(ModelCannotServe) as refused:
+        await planner.plan(_call(options=options, model="gpt"), catalog)
+    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "gpt"})
     with pytest.raises(ModelCannotServe) as refused:
         await planner.plan(_call(options=options, model="claude"), catalog)
-    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "claude"})
+    assert (refused.value.field, refused.value.metadata) == ("seed", {"model": "claude"})
 
 
 class _AnthropicSendingTools(AnthropicProvider):
