@@ -155,3 +155,33 @@ async def test_an_image_and_a_schema_reach_anthropic_as_its_blocks_and_output_co
     }
     assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
     assert (sent["stop_sequences"], sent["top_p"]) == (["END"], 0.9)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_answer_whose_usage_is_not_believed_keeps_its_tool_calls(
+    faregate: Faregate, fake: FakeAnthropic, streamed: bool
+) -> None:
+    # Usage past the output cap is implausible: charged the reservation
+    # instead, and the answer it came with is still the caller's.
+    fake.queue(AnthropicScript([THINKING, CALL], "tool_use", usage=(11, 10**9)))
+    question = [_question()]
+    if streamed:
+        stream = faregate.client.stream_route(
+            question, budget_key="team", tools=[TOOL], reasoning=REASONING
+        )
+        assert [text async for text in stream] == []
+        assert stream.finish is not None
+        calls, reasoning = stream.finish.tool_calls, stream.finish.reasoning
+        cost, reserved = stream.finish.cost_nano_usd, stream.start.reserved_nano_usd  # type: ignore[union-attr]
+    else:
+        reply = await faregate.client.route(
+            question, budget_key="team", tools=[TOOL], reasoning=REASONING
+        )
+        calls, reasoning = reply.tool_calls, reply.reasoning
+        cost, reserved = reply.cost_nano_usd, reply.reserved_nano_usd
+
+    assert cost == reserved  # the usage was not believed
+    assert [(c.id, json.loads(c.arguments_json)) for c in calls] == [
+        ("toolu_01", {"city": "Paris"})
+    ]
+    assert [r.signature for r in reasoning] == ["c2lnLWE="]
