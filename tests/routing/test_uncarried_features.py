@@ -31,8 +31,6 @@ from faregate_server.routing.planner import Planner
 from faregate_server.routing.selection import Selector
 from faregate_server.state.limits import LimitPools
 from faregate_server.upstream.catalog import Catalog
-from faregate_server.upstream.providers.anthropic import AnthropicProvider
-from faregate_server.upstream.redaction import Redactor
 
 from tests.fakes.clock import FakeClock
 
@@ -54,8 +52,8 @@ def _config() -> str:
                 "sim": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
                 "gpt-plain": {**model, "provider": "openai", "capabilities": []},
             },
-            # gpt's adapter sends every feature these tests use;
-            # claude's and sim's send none of them but sim's tools.
+            # gpt's adapter sends every feature these tests use, claude's
+            # all but a seed, sim's only the tool loop's.
             "routes": {
                 "default": ["gpt", "claude", "sim"],
                 "others": ["claude", "sim"],
@@ -118,12 +116,13 @@ def test_features_are_named_by_the_field_that_first_uses_them() -> None:
     assert call_features((ChatMessage(Role.USER, "hi"),), None) == {}
 
 
-async def test_no_candidate_is_sent_a_tool_its_provider_is_not_sent() -> None:
+async def test_no_candidate_is_sent_a_field_its_provider_is_not_sent() -> None:
     catalog, planner = await _planner()
+    # A seed: a field neither provider of this route is sent (Anthropic's API has none).
     with pytest.raises(ModelCannotServe) as refused:
-        await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
-    assert refused.value.field == "tools"
-    assert refused.value.description == "faregate does not yet send tools to anthropic models"
+        await planner.plan(_call(options=GenerationOptions(seed=1)), catalog)
+    assert refused.value.field == "seed"
+    assert refused.value.description == "faregate does not yet send seed to anthropic models"
     assert refused.value.reason == "MODEL_CANNOT_SERVE"
 
 
@@ -134,34 +133,27 @@ async def test_explain_says_why_each_candidate_was_passed_over() -> None:
     selection = Selector(
         LimitPools(catalog.config.limit_pools, FakeClock()), FakeClock(), random.Random(0)
     ).select(call, catalog.resolve("others"), catalog.config.routing, catalog.deployments, None)
-    assert selection.options == ()
+    assert [option.deployment.name for option in selection.options] == ["claude"]
     field = "messages[0].parts[0].image"
     assert [(score.model, score.reason) for score in selection.scores] == [
-        ("claude", f"{field}: faregate does not yet send images to anthropic models"),
+        ("claude", ""),
         ("sim", f"{field}: faregate does not yet send images to sim models"),
     ]
 
 
 async def test_an_explicit_model_is_refused_naming_the_first_field_it_is_not_sent() -> None:
     catalog, planner = await _planner()
-    options = GenerationOptions(top_p=0.5, stop=("END",))
+    options = GenerationOptions(top_p=0.5, stop=("END",), seed=1)
+    with pytest.raises(ModelCannotServe) as refused:
+        await planner.plan(_call(options=options, model="sim"), catalog)
+    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "sim"})
     with pytest.raises(ModelCannotServe) as refused:
         await planner.plan(_call(options=options, model="claude"), catalog)
-    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "claude"})
-
-
-class _AnthropicSendingTools(AnthropicProvider):
-    """Anthropic's adapter as it is once it sends tools: what it carries is
-    what its class declares."""
-
-    carried_features = frozenset({Feature.TOOLS})
+    assert (refused.value.field, refused.value.metadata) == ("seed", {"model": "claude"})
 
 
 async def test_a_candidate_whose_provider_carries_the_feature_serves_it() -> None:
     catalog, planner = await _planner()
-    claude = catalog.deployments["claude"]
-    async with aiohttp.ClientSession() as session:
-        claude.provider = _AnthropicSendingTools(session, claude.config, Redactor())
     plan = await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
     assert [option.deployment.name for option in plan.options] == ["claude"]
     reasons = {score.model: score.reason for score in plan.scores}

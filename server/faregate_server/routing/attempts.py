@@ -43,6 +43,7 @@ selector read them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -164,14 +165,8 @@ async def complete_once(
         _record_answer(deployment, ticket, usage)
         deployment.latency.observe(elapsed_s, elapsed_s)
         if usage is not completion.usage:
-            completion = Completion(
-                completion.text,
-                completion.finish_reason,
-                usage,
-                completion.tool_calls,
-                completion.refusal,
-                completion.reasoning,
-            )
+            # Rare (the usage was not believed): replace keeps the answer whole.
+            completion = dataclasses.replace(completion, usage=usage)
         return completion
 
 
@@ -216,9 +211,7 @@ async def stream_once(
                         _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
                         if usage is not item.usage:
-                            item = StreamEnd(
-                                item.finish_reason, usage, item.tool_calls, item.reasoning
-                            )
+                            item = dataclasses.replace(item, usage=usage)
                     yield item
         except UpstreamError as error:
             verdict_given = True

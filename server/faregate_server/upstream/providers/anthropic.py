@@ -1,29 +1,28 @@
 """Anthropic's Messages API.
 
-POST {api_base}/v1/messages with `x-api-key` and `anthropic-version`. System
-messages become the top-level `system` field. The SSE stream is a sequence of
-named events: `message_start` (input usage), `content_block_delta` (text),
+POST {api_base}/v1/messages with `x-api-key` and `anthropic-version`. The
+request body is built in anthropic_messages.py (how each field maps, and
+what is refused before any call); answers are read in anthropic_answer.py
+(content blocks, stop reasons, the stream's blocks). The SSE stream is a
+sequence of named events: `message_start` (input usage),
+`content_block_start`/`_delta`/`_stop` (text, tool calls, thinking),
 `message_delta` (stop reason and cumulative output usage), `message_stop`,
-`ping` keep-alives and `error` (for example `overloaded_error`) at any point.
+`ping` keep-alives and `error` (for example `overloaded_error`) at any point;
+other event types are ignored, as Anthropic asks.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import Feature
-from faregate_server.domain import (
-    Completion,
-    FinishReason,
-    ReportedUsage,
-    Role,
-    StreamEnd,
-    UpstreamRequest,
-)
+from faregate_server.content import AnswerDelta, Feature
+from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
+from faregate_server.upstream.providers.anthropic_answer import StreamAssembly, completion
+from faregate_server.upstream.providers.anthropic_messages import request_body, unsendable
 from faregate_server.upstream.providers.base import (
     JsonEndpoint,
     UpstreamError,
@@ -33,19 +32,10 @@ from faregate_server.upstream.providers.base import (
 )
 from faregate_server.upstream.providers.json_codec import decode_json
 from faregate_server.upstream.redaction import Redactor
-from faregate_server.upstream.usage import MISSING, reported_usage, reported_usage_block
+from faregate_server.upstream.usage import MISSING, reported_usage
 
 ANTHROPIC_VERSION = "2023-06-01"
 
-_STOP_REASONS = {
-    "end_turn": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP,
-    "max_tokens": FinishReason.LENGTH,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.REFUSAL,
-    "pause_turn": FinishReason.PAUSE_TURN,
-    "model_context_window_exceeded": FinishReason.CONTEXT_WINDOW_EXCEEDED,
-}
 # Events that only keep the connection busy: they do not reset the idle timeout.
 _KEEPALIVE_EVENTS = frozenset({"ping"})
 # Error types Anthropic sends in-stream that mean "try again later".
@@ -55,10 +45,9 @@ _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
 
-    carried_features: ClassVar[frozenset[Feature]] = frozenset()
-    """None yet: a request with tools, images, a response format, stop
-    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
-    until this adapter sends it."""
+    carried_features: ClassVar[frozenset[Feature]] = frozenset(Feature) - {Feature.SEED}
+    """Everything but a seed, which the Messages API has no field for
+    (anthropic_messages.py has the mapping)."""
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
@@ -70,34 +59,56 @@ class AnthropicProvider:
         self._redactor = redactor
 
     async def complete(self, request: UpstreamRequest) -> Completion:
+        body = _checked_body(request, stream=False)
         with translate_transport_errors():
-            answer = await self._endpoint.post(_body(request, stream=False))
-            text = "".join(
-                block.get("text", "") for block in answer["content"] if block["type"] == "text"
-            )
-            return Completion(
-                text=text,
-                finish_reason=_STOP_REASONS.get(
-                    answer.get("stop_reason"), FinishReason.UNSPECIFIED
-                ),
-                usage=_usage(answer.get("usage")),
-            )
+            answer = await self._endpoint.post(body)
+            return completion(answer)
 
-    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
+    def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
+        """Text chunks, then the StreamEnd with the assembled tool calls and
+        reasoning blocks. The fragments beyond text (`stream_deltas`) are not
+        yielded here: the gateway relays text only so far."""
+        return cast("AsyncGenerator[str | StreamEnd, None]", self._stream(request, deltas=False))
+
+    def stream_deltas(
+        self, request: UpstreamRequest
+    ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
+        """As `stream`, with a ToolCallDelta, ReasoningDelta or RefusalDelta
+        for each fragment beyond text as it arrives (see anthropic_answer.py)."""
+        return self._stream(request, deltas=True)
+
+    async def _stream(
+        self, request: UpstreamRequest, *, deltas: bool
+    ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
         # As reported (any JSON value): usage.py judges them at the end.
         input_tokens: object = MISSING
         output_tokens: object = MISSING
-        finish_reason = FinishReason.UNSPECIFIED
+        answer = StreamAssembly()
         stopped = False
+        body = _checked_body(request, stream=True)
         with translate_transport_errors():
-            body = _body(request, stream=True)
             async with self._endpoint.open_stream(body, _KEEPALIVE_EVENTS) as events:
                 async for event in events:
                     kind = event.event
                     if kind == "content_block_delta":
-                        delta = decode_json(event.data)["delta"]
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            yield delta["text"]
+                        payload = decode_json(event.data)
+                        delta = payload["delta"]
+                        if delta.get("type") == "text_delta":
+                            if delta.get("text"):
+                                yield delta["text"]
+                        else:
+                            fragment = answer.on_delta(payload.get("index"), delta)
+                            if fragment is not None and deltas:
+                                yield fragment
+                    elif kind == "content_block_start":
+                        payload = decode_json(event.data)
+                        block = payload.get("content_block") or {}
+                        opening = answer.on_start(payload.get("index"), block)
+                        for item in opening:
+                            if deltas or isinstance(item, str):
+                                yield item
+                    elif kind == "content_block_stop":
+                        answer.on_stop(decode_json(event.data).get("index"))
                     elif kind == "message_start":
                         usage = decode_json(event.data)["message"].get("usage") or {}
                         if isinstance(usage, dict):
@@ -105,9 +116,9 @@ class AnthropicProvider:
                             output_tokens = usage.get("output_tokens", output_tokens)
                     elif kind == "message_delta":
                         payload = decode_json(event.data)
-                        reason = (payload.get("delta") or {}).get("stop_reason")
-                        if reason:
-                            finish_reason = _STOP_REASONS.get(reason, FinishReason.UNSPECIFIED)
+                        refusal = answer.on_message_delta(payload.get("delta") or {})
+                        if refusal is not None and deltas:
+                            yield refusal
                         usage = payload.get("usage") or {}
                         if isinstance(usage, dict):
                             output_tokens = usage.get("output_tokens", output_tokens)
@@ -123,32 +134,22 @@ class AnthropicProvider:
             )
         usage_seen = input_tokens is not MISSING or output_tokens is not MISSING
         yield StreamEnd(
-            finish_reason, reported_usage(input_tokens, output_tokens) if usage_seen else None
+            answer.finish_reason,
+            reported_usage(input_tokens, output_tokens) if usage_seen else None,
+            answer.tool_calls(),
+            answer.reasoning(),
         )
 
 
-def _usage(raw: Any) -> ReportedUsage:
-    return reported_usage_block(raw, "input_tokens", "output_tokens")
-
-
-def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
-    system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
-    body: dict[str, Any] = {
-        "model": request.upstream_model,
-        "max_tokens": request.max_output_tokens,
-        "messages": [
-            {"role": m.role.value, "content": m.content}
-            for m in request.messages
-            if m.role is not Role.SYSTEM
-        ],
-    }
-    if system:
-        body["system"] = system
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if stream:
-        body["stream"] = True
-    return body
+def _checked_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
+    """The request's body, or a REJECTED error before any call when Anthropic
+    would refuse what it asks (`unsendable`): a healthy answer for the
+    model's breaker, and the caller is told which field."""
+    refused = unsendable(request)
+    if refused is not None:
+        field, problem = refused
+        raise UpstreamError(UpstreamErrorKind.REJECTED, f"{field}: {problem}")
+    return request_body(request, stream=stream)
 
 
 def _stream_error(error: dict[str, Any], redactor: Redactor) -> UpstreamError:
