@@ -46,6 +46,9 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "quality": 0.9,
                 "context_window_tokens": 8192,
                 "max_output_tokens": 100,
+                # Speaks as a server that only knows the older field would;
+                # cheap-fake takes the default, max_completion_tokens.
+                "output_cap_field": "max_tokens",
                 "workers": 8,
                 "queue": 16,
                 "idle_timeout_s": 1.0,

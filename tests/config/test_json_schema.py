@@ -202,6 +202,7 @@ def _json(value: Any) -> Any:
 _MINIMAL = """
 models:
   m: {provider: sim, input_usd_per_mtok: 1, output_usd_per_mtok: 1, limits: {spend: {}}}
+  t: {provider: sim, input_usd_per_mtok: 1, output_usd_per_mtok: 1, sim: {tool_call: {}}}
 routes: {default: {candidates: [m]}}
 budgets: {b: {limit_usd: 1}}
 limit_pools: {spend: {unit: usd, capacity_usd: 1}, rpm: {unit: requests, capacity: 1}}
@@ -217,6 +218,7 @@ def _loaded_sections(config: Config, tls: TlsConfig) -> dict[str, Any]:
         "TlsConfig": tls,
         "ModelConfig": model,
         "SimSettings": model.sim,
+        "SimToolCall": config.models["t"].sim.tool_call,
         "BreakerSettings": model.breaker,
         "LimitDraw": model.draws[0],  # of a usd pool: no natural rate applies
         "RouteConfig": config.routes["default"],

@@ -49,6 +49,17 @@ class Script:
     """OpenAI: the answer's `refusal`, with null `content` (whole), or one more
     delta holding it after the chunks (streamed); null when None, as OpenAI
     sends it on every answer."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """OpenAI: the calls the answer makes, each `{"id", "name", "arguments"}`
+    (arguments as JSON text): whole, `message.tool_calls`; streamed, as
+    `openai_tool_call_deltas` splits them, after the chunks, unless
+    `stream_deltas` is given."""
+    stream_deltas: list[dict[str, Any]] | None = None
+    """OpenAI: raw `delta` objects streamed after the chunks, one per event,
+    in place of those `tool_calls` would make (interleavings, the variants of
+    compatible servers)."""
+    reasoning_content: str | None = None
+    """OpenAI-compatible: `message.reasoning_content` of a whole answer."""
     gate: asyncio.Event | None = None
     """When set, the answer waits until the test sets this event."""
     hang_s: float = 0.0
@@ -273,13 +284,25 @@ class _OpenAIFormat(_Format):
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": None if script.refusal else "".join(script.chunks),
+                        "content": None if script.refusal else "".join(script.chunks) or None,
                         "refusal": script.refusal,
                     },
                     "finish_reason": script.finish_reason,
                 }
             ],
         }
+        message = answer["choices"][0]["message"]
+        if script.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in script.tool_calls
+            ]
+        if script.reasoning_content is not None:
+            message["reasoning_content"] = script.reasoning_content
         if script.usage is not None:
             answer["usage"] = _openai_usage(script.usage)
         return answer
@@ -293,6 +316,11 @@ class _OpenAIFormat(_Format):
 
     def closing(self, script: Script) -> bytes:
         out = b""
+        deltas = script.stream_deltas
+        if deltas is None:
+            deltas = openai_tool_call_deltas(script.tool_calls)
+        for delta in deltas:
+            out += _sse(self._chunk(delta, None))
         if script.refusal is not None:
             out += _sse(self._chunk({"refusal": script.refusal}, None))
         out += _sse(self._chunk({}, script.finish_reason))
@@ -314,6 +342,41 @@ class _OpenAIFormat(_Format):
             "model": self._model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
+
+
+def openai_tool_call_deltas(
+    calls: list[dict[str, Any]], piece_chars: int = 4, *, interleave: bool = False
+) -> list[dict[str, Any]]:
+    """The `delta` objects OpenAI streams `calls` as: per call, a first
+    fragment with index, id, type, name and empty arguments, then the
+    arguments in pieces of `piece_chars` (split anywhere, escapes included);
+    call after call as OpenAI sends them, or, `interleave`d, a piece of each
+    in turn."""
+    per_call: list[list[dict[str, Any]]] = []
+    for index, call in enumerate(calls):
+        first = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": ""},
+        }
+        text = call["arguments"]
+        pieces = [
+            {"index": index, "function": {"arguments": text[start : start + piece_chars]}}
+            for start in range(0, len(text), piece_chars)
+        ]
+        per_call.append([first, *pieces])
+    if interleave:
+        order = [
+            fragment
+            for turn in range(max((len(f) for f in per_call), default=0))
+            for fragments in per_call
+            if turn < len(fragments)
+            for fragment in (fragments[turn],)
+        ]
+    else:
+        order = [fragment for fragments in per_call for fragment in fragments]
+    return [{"tool_calls": [fragment]} for fragment in order]
 
 
 def _openai_usage(usage: tuple[Any, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from faregate_server.content import (
     GenerationOptions,
     Image,
     MessageExtras,
+    ResponseFormat,
     Tool,
     ToolCall,
 )
@@ -30,8 +31,6 @@ from faregate_server.routing.planner import Planner
 from faregate_server.routing.selection import Selector
 from faregate_server.state.limits import LimitPools
 from faregate_server.upstream.catalog import Catalog
-from faregate_server.upstream.providers.anthropic import AnthropicProvider
-from faregate_server.upstream.redaction import Redactor
 
 from tests.fakes.clock import FakeClock
 
@@ -39,15 +38,27 @@ TOOL = Tool("read_file", "Reads a file.", {"type": "object"})
 
 
 def _config() -> str:
-    model = {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "api_base": "http://127.0.0.1:9"}
+    model = {
+        "input_usd_per_mtok": 1,
+        "output_usd_per_mtok": 2,
+        "api_base": "http://127.0.0.1:9",
+        "capabilities": ["tools", "vision", "json_mode"],
+    }
     return yaml.safe_dump(
         {
             "models": {
                 "gpt": {**model, "provider": "openai"},
                 "claude": {**model, "provider": "anthropic", "api_key_env": "CLAUDE_KEY"},
                 "sim": {"provider": "sim", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2},
+                "gpt-plain": {**model, "provider": "openai", "capabilities": []},
             },
-            "routes": {"default": ["gpt", "claude", "sim"]},
+            # gpt's adapter sends every feature these tests use, claude's
+            # all but a seed, sim's only the tool loop's.
+            "routes": {
+                "default": ["gpt", "claude", "sim"],
+                "others": ["claude", "sim"],
+                "plain-first": ["gpt-plain", "gpt"],
+            },
             "budgets": {"b": {"limit_usd": 10, "window": "none"}},
             "auth": {"enabled": False},
         }
@@ -67,7 +78,7 @@ async def _planner() -> tuple[Catalog, Planner]:
 def _call(
     messages: tuple[ChatMessage, ...] = (ChatMessage(Role.USER, "hi"),),
     options: GenerationOptions | None = None,
-    model: str = "",
+    model: str = "others",
 ) -> RouteCall:
     return RouteCall(
         model=model,
@@ -107,11 +118,11 @@ def test_features_are_named_by_the_field_that_first_uses_them() -> None:
 
 async def test_no_candidate_is_sent_a_field_its_provider_is_not_sent() -> None:
     catalog, planner = await _planner()
-    # A seed: the one field no provider here is sent (Anthropic's API has none).
+    # A seed: a field neither provider of this route is sent (Anthropic's API has none).
     with pytest.raises(ModelCannotServe) as refused:
         await planner.plan(_call(options=GenerationOptions(seed=1)), catalog)
     assert refused.value.field == "seed"
-    assert refused.value.description == "faregate does not yet send seed to openai models"
+    assert refused.value.description == "faregate does not yet send seed to anthropic models"
     assert refused.value.reason == "MODEL_CANNOT_SERVE"
 
 
@@ -121,11 +132,10 @@ async def test_explain_says_why_each_candidate_was_passed_over() -> None:
     call = _call((ChatMessage(Role.USER, "", MessageExtras(parts=(image,))),))
     selection = Selector(
         LimitPools(catalog.config.limit_pools, FakeClock()), FakeClock(), random.Random(0)
-    ).select(call, catalog.resolve(""), catalog.config.routing, catalog.deployments, None)
+    ).select(call, catalog.resolve("others"), catalog.config.routing, catalog.deployments, None)
     assert [option.deployment.name for option in selection.options] == ["claude"]
     field = "messages[0].parts[0].image"
     assert [(score.model, score.reason) for score in selection.scores] == [
-        ("gpt", f"{field}: faregate does not yet send images to openai models"),
         ("claude", ""),
         ("sim", f"{field}: faregate does not yet send images to sim models"),
     ]
@@ -135,34 +145,86 @@ async def test_an_explicit_model_is_refused_naming_the_first_field_it_is_not_sen
     catalog, planner = await _planner()
     options = GenerationOptions(top_p=0.5, stop=("END",), seed=1)
     with pytest.raises(ModelCannotServe) as refused:
-        await planner.plan(_call(options=options, model="gpt"), catalog)
-    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "gpt"})
+        await planner.plan(_call(options=options, model="sim"), catalog)
+    assert (refused.value.field, refused.value.metadata) == ("stop", {"model": "sim"})
     with pytest.raises(ModelCannotServe) as refused:
         await planner.plan(_call(options=options, model="claude"), catalog)
     assert (refused.value.field, refused.value.metadata) == ("seed", {"model": "claude"})
 
 
-class _AnthropicSendingTools(AnthropicProvider):
-    """Anthropic's adapter as it is once it sends tools: what it carries is
-    what its class declares."""
-
-    carried_features = frozenset({Feature.TOOLS})
-
-
 async def test_a_candidate_whose_provider_carries_the_feature_serves_it() -> None:
     catalog, planner = await _planner()
-    claude = catalog.deployments["claude"]
-    async with aiohttp.ClientSession() as session:
-        claude.provider = _AnthropicSendingTools(session, claude.config, Redactor())
     plan = await planner.plan(_call(options=GenerationOptions(tools=(TOOL,))), catalog)
     assert [option.deployment.name for option in plan.options] == ["claude"]
     reasons = {score.model: score.reason for score in plan.scores}
     assert reasons["claude"] == ""
-    assert reasons["gpt"] == "tools: faregate does not yet send tools to openai models"
+    # sim's adapter sends tools, but this sim lacks the capability.
+    assert reasons["sim"] == "tools: the model lacks tools, which tools need"
+
+
+async def test_the_openai_adapter_carries_every_feature() -> None:
+    catalog, planner = await _planner()
+    image = Image(data=b"png", media_type="image/png")
+    messages = (
+        ChatMessage(Role.USER, "", MessageExtras(parts=("look", image))),
+        ChatMessage(Role.ASSISTANT, "", MessageExtras(tool_calls=(ToolCall("c", "f", "{}"),))),
+        ChatMessage(Role.TOOL, "done", MessageExtras(tool_call_id="c")),
+    )
+    options = GenerationOptions(tools=(TOOL,), stop=("END",), top_p=0.5, seed=1)
+    plan = await planner.plan(_call(messages, options, model=""), catalog)
+    assert [option.deployment.name for option in plan.options] == ["gpt"]
 
 
 async def test_a_plain_call_is_judged_as_before() -> None:
     catalog, planner = await _planner()
-    plan = await planner.plan(_call(), catalog)
+    plan = await planner.plan(_call(model=""), catalog)
     assert {option.deployment.name for option in plan.options} == {"gpt", "claude", "sim"}
     assert [score.reason for score in plan.scores] == ["", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("options", "messages", "field", "lacks"),
+    [
+        (GenerationOptions(tools=(TOOL,)), (), "tools", "tools, which tools need"),
+        (
+            None,
+            (ChatMessage(Role.USER, "", MessageExtras(parts=(Image(url="https://e.com/a"),))),),
+            "messages",
+            "vision, which images need",
+        ),
+        (
+            GenerationOptions(response_format=ResponseFormat({"type": "object"})),
+            (),
+            "response_format",
+            "json_mode, which a json_schema needs",
+        ),
+    ],
+    ids=["tools", "images", "json-schema"],
+)
+async def test_a_capability_the_request_needs_is_inferred_without_a_hint(
+    options: GenerationOptions | None,
+    messages: tuple[ChatMessage, ...],
+    field: str,
+    lacks: str,
+) -> None:
+    catalog, planner = await _planner()
+    plan = await planner.plan(
+        _call(messages or (ChatMessage(Role.USER, "hi"),), options, model="plain-first"), catalog
+    )
+    assert [option.deployment.name for option in plan.options] == ["gpt"]
+    reasons = {score.model: score.reason for score in plan.scores}
+    assert reasons["gpt-plain"] == f"{field}: the model lacks {lacks}"
+    with pytest.raises(ModelCannotServe) as refused:
+        await planner.plan(
+            _call(messages or (ChatMessage(Role.USER, "hi"),), options, model="gpt-plain"), catalog
+        )
+    assert refused.value.field == field
+
+
+async def test_a_json_object_needs_no_json_mode() -> None:
+    catalog, planner = await _planner()
+    plan = await planner.plan(
+        _call(options=GenerationOptions(response_format=ResponseFormat()), model="gpt-plain"),
+        catalog,
+    )
+    assert [option.deployment.name for option in plan.options] == ["gpt-plain"]

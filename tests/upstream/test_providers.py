@@ -53,7 +53,7 @@ async def _collect(provider: Provider) -> tuple[list[str], StreamEnd]:
     async for item in provider.stream(REQUEST):
         if isinstance(item, str):
             texts.append(item)
-        else:
+        elif isinstance(item, StreamEnd):
             end = item
     assert end is not None
     return texts, end

@@ -1504,8 +1504,7 @@ class StreamRouteResponse(_message.Message):
         """
         refusal: _builtins.str
         """Newly generated text of a refusal (finish reason REFUSAL), to append
-        to the refusal before it. Not yet sent: no provider adapter relays a
-        streamed refusal's text yet, only its finish reason.
+        to the refusal before it.
         """
         @_builtins.property
         def tool_call(self) -> Global___ToolCallDelta:

@@ -52,10 +52,33 @@ class ProviderKind(StrEnum):
     SIM = "sim"
 
 
+class OutputCapField(StrEnum):
+    """The request field an OpenAI-compatible upstream reads the output cap from."""
+
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    """OpenAI's current field, the only one its reasoning models take."""
+    MAX_TOKENS = "max_tokens"
+    """The older field: the one Ollama and older llama.cpp servers honour."""
+
+
 _DEFAULT_API_BASE = {
     ProviderKind.ANTHROPIC: "https://api.anthropic.com",
     ProviderKind.SIM: "sim://",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SimToolCall:
+    """The call a `sim` model makes when offered tools, so an agent loop can be
+    demonstrated with no keys."""
+
+    __pydantic_config__ = SECTION
+
+    name: Annotated[str, Text()] = ""
+    """The tool to call; empty: the request's first tool. A request that
+    does not offer it gets a plain answer."""
+    arguments_json: Annotated[str, Text()] = "{}"
+    """The call's arguments, as the JSON text a model would write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +99,10 @@ class SimSettings:
     """Probability, 0 to 1, that the first token takes slow_first_token_delay_s instead."""
     slow_first_token_delay_s: Annotated[float, Number(0)] = 1.0
     """The first-token delay of a slow call (a heavy latency tail)."""
+    tool_call: SimToolCall | None = None
+    """When set, a request offering tools whose last turn is not a tool
+    result is answered with this call (finish TOOL_CALLS) instead of text;
+    after the tool's result, the answer is text again."""
 
 
 # Validated when built in code too (a pydantic dataclass): the breaker's arithmetic
@@ -141,6 +168,11 @@ class ModelConfig:
     max_output_tokens: Annotated[int, Integer(1)] = 4096
     """Output cap used when the request sets none, and the most it may ask for;
     smaller than context_window_tokens."""
+    output_cap_field: Annotated[OutputCapField, Choice()] = OutputCapField.MAX_COMPLETION_TOKENS
+    """For openai models: the request field the output cap is sent in.
+    `max_completion_tokens` (OpenAI, vLLM) or `max_tokens` (Ollama and older
+    llama.cpp, which ignore the other and generate unbounded); ignored by the
+    other providers."""
     workers: Annotated[int, Integer(1)] = 16
     """Concurrent upstream calls."""
     queue: Annotated[int, Integer(0)] = 64

@@ -71,7 +71,7 @@ from faregate_server.routing.settlement import Lease
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.providers import UpstreamError, UpstreamErrorKind
-from faregate_server.upstream.providers.base import failure_reason
+from faregate_server.upstream.providers.base import ProviderItem, failure_reason
 from faregate_server.upstream.usage import judge_usage
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ async def stream_once(
     hooks: Hooks,
     reserved_nano_usd: int,
     clock: Clock,
-) -> AsyncGenerator[str | StreamEnd, None]:
+) -> AsyncGenerator[ProviderItem, None]:
     """One streamed call through the model's pool, feeding its health; the
     usage its end reports is judged as `complete_once` judges it.
 

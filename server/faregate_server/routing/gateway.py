@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from faregate_server.clock import Clock
-from faregate_server.content import AnswerDelta
+from faregate_server.content import AnswerDelta, ToolCallDelta
 from faregate_server.domain import (
     AttemptRecord,
     Completion,
@@ -81,16 +81,17 @@ from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.providers import UpstreamError
-from faregate_server.upstream.providers.base import upstream_failure
+from faregate_server.upstream.providers.base import ProviderItem, upstream_failure
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
 
 T = TypeVar("T")
-Stream = AsyncGenerator[str | StreamEnd, None]
-StreamOpening = tuple[Stream, str | StreamEnd]
+Stream = AsyncGenerator[ProviderItem, None]
+StreamOpening = tuple[Stream, ProviderItem]
 """An upstream stream and its first item."""
 StreamItem = RoutingDecision | str | AnswerDelta | StreamFinished
-"""What a stream yields: its decision, each text chunk (and, once providers
-send them, tool-call, reasoning and refusal fragments), then its StreamFinished."""
+"""What a stream yields: its decision, each text chunk and tool-call,
+reasoning and refusal fragment, then its StreamFinished (with the tool calls
+the fragments made up, assembled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +154,10 @@ class Gateway:
             await self._state.unclaim(call.claim_key)  # a no-op once its result is kept
 
     def stream(self, call: RouteCall, scope: CallScope | float) -> AsyncGenerator[StreamItem, None]:
-        """Serves one request as its RoutingDecision, text chunks, then a
-        StreamFinished, within its call's `scope` (or, as for `route`, a bare
-        deadline, for tests/e2e/test_resilience.py).
+        """Serves one request as its RoutingDecision, text chunks and other
+        fragments (AnswerDelta), then a StreamFinished, within its call's
+        `scope` (or, as for `route`, a bare deadline, for
+        tests/e2e/test_resilience.py).
 
         Consume inside `contextlib.aclosing`: closing early settles the delivered part.
 
@@ -215,7 +217,7 @@ class Gateway:
         if completion.usage is None:
             attempts = len(serving.decision.attempts)
             counted = await self._settlement.count_answer_or_settle(
-                plan, lease, completion.text, attempts, scope
+                plan, lease, _generated_text(completion), attempts, scope
             )
         charged = charge(lease, completion.usage, counted)
         decision = serving.decision.charged(charged.cost_nano_usd)
@@ -238,14 +240,28 @@ class Gateway:
             async with aclosing(items):
                 scope.observer.first_output()
                 yield decision
-                while isinstance(item, str):
+                while True:
                     # Counted as it is handed over: once gRPC takes the write
                     # it may deliver it, even if a cut or the deadline ends
-                    # the call before the write completes.
-                    if len(item) <= INLINE_COUNT_CHARS:
-                        delivered.add(item)
+                    # the call before the write completes. Text first: it is
+                    # nearly every item, and costs one isinstance as it did
+                    # before streams carried anything else.
+                    if isinstance(item, str):
+                        if len(item) <= INLINE_COUNT_CHARS:
+                            delivered.add(item)
+                        else:
+                            await delivered.add_long(item)
+                    elif isinstance(item, StreamEnd):
+                        break
                     else:
-                        await delivered.add_long(item)
+                        # A tool call's name and arguments, reasoning and a
+                        # refusal are output the model generated: counted as
+                        # text is, for a stream whose usage is missing.
+                        fragment = _delta_text(item)
+                        if len(fragment) <= INLINE_COUNT_CHARS:
+                            delivered.add(fragment)
+                        else:
+                            await delivered.add_long(fragment)
                     yield item
                     item = await anext(items)
             end = item
@@ -403,6 +419,28 @@ def _result(
 
 _NO_ANSWER = Completion("", FinishReason.UNSPECIFIED, None)
 """A stream's kept result carries no answer, only its accounting."""
+
+
+def _generated_text(completion: Completion) -> str:
+    """Everything a whole answer's model generated, as text to count: its
+    text, and any tool calls' names and arguments, refusal and reasoning."""
+    if not (completion.tool_calls or completion.refusal or completion.reasoning):
+        return completion.text
+    return "".join(
+        (
+            completion.text,
+            *(call.name + call.arguments_json for call in completion.tool_calls),
+            completion.refusal,
+            *(block.text for block in completion.reasoning),
+        )
+    )
+
+
+def _delta_text(delta: AnswerDelta) -> str:
+    """The generated text a stream fragment beyond text carries."""
+    if isinstance(delta, ToolCallDelta):
+        return delta.name + delta.arguments_json
+    return delta.text
 
 
 async def _keep(_: Completion) -> None:

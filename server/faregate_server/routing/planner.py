@@ -28,7 +28,12 @@ from faregate_server.routing.hooks import NO_HOOKS, Hooks
 from faregate_server.routing.selection import Availability, Option, Selection, Selector
 from faregate_server.routing.tasks import classify_task
 from faregate_server.upstream.catalog import Catalog
-from faregate_server.upstream.tokens import TokenCounter, count_messages, counts_inline
+from faregate_server.upstream.tokens import (
+    TokenCounter,
+    count_messages,
+    counts_inline,
+    options_tokens,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,8 @@ async def _count_long_prompt(
             counter = catalog.deployments[name].counter
             counters[counter.name] = counter
     return {
-        name: await count_messages(counter, call.messages) for name, counter in counters.items()
+        name: await count_messages(counter, call.messages) + options_tokens(counter, call.options)
+        for name, counter in counters.items()
     }
 
 

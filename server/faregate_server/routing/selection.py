@@ -2,7 +2,9 @@
 
 Every candidate is judged. A candidate is infeasible when it can never serve
 the request (its provider's adapter does not carry a feature the request uses,
-a capability is missing, the context window or output cap is too small, its
+a capability is missing (asked for in the hints, or needed by what the
+request uses: tools need `tools`, images `vision`, a response schema
+`json_mode`), the context window or output cap is too small, its
 quality is under `min_quality`, its worst case over `max_cost_nano_usd`) or
 cannot now (cooling down after a 429, breaker open,
 pool and queue full, a limit pool unable to cover its draw). The feasible are
@@ -36,11 +38,20 @@ from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
-from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind, call_features
+from faregate_server.content import Feature
+from faregate_server.domain import (
+    CandidateScore,
+    Capability,
+    Preference,
+    RouteCall,
+    TaskKind,
+    call_features,
+)
 from faregate_server.routing.tasks import TASK_DIFFICULTY
 from faregate_server.state.limits import Draw, LimitPools, projected_draw
 from faregate_server.upstream.breakers import NEUTRAL_LATENCY_S
 from faregate_server.upstream.catalog import Deployment
+from faregate_server.upstream.tokens import options_tokens
 
 # Expected latency of a model with no history yet while its first call is
 # leased or running, in seconds: neutral, so a burst does not pile onto a
@@ -152,6 +163,8 @@ class Selector:
             input_tokens = input_tokens_by_counter.get(counter.name)
             if input_tokens is None:
                 input_tokens = counter.count_messages(call.messages)
+                if call.options is not None:
+                    input_tokens += options_tokens(counter, call.options)
                 input_tokens_by_counter[counter.name] = input_tokens
             room = model.context_window_tokens - input_tokens
             max_output_tokens = call.max_output_tokens or min(model.max_output_tokens, room)
@@ -258,6 +271,10 @@ def _unfit(
     if missing:
         names = ", ".join(sorted(capability.value for capability in missing))
         return ("required_capabilities", f"the model lacks {names}")
+    if call.features:
+        lacking = _lacking_capability(call, model.capabilities)
+        if lacking is not None:
+            return lacking
     if (
         hints.min_context_tokens is not None
         and hints.min_context_tokens > model.context_window_tokens
@@ -267,6 +284,32 @@ def _unfit(
         return ("min_quality", f"the model's quality is {model.quality}")
     if hints.max_cost_nano_usd is not None and worst_case > hints.max_cost_nano_usd:
         return ("max_cost_nano_usd", f"the worst case costs {worst_case} nano-USD")
+    return None
+
+
+_NEEDED_CAPABILITIES = (
+    (Feature.TOOLS, Capability.TOOLS, "tools"),
+    (Feature.IMAGES, Capability.VISION, "messages"),
+)
+
+
+def _lacking_capability(
+    call: RouteCall, capabilities: frozenset[Capability]
+) -> tuple[str, str] | None:
+    """(field, problem) of the first capability the call needs, inferred from
+    what it uses (tools need `tools`, images `vision`, a response schema
+    `json_mode`), that the model lacks, if there is one."""
+    for feature, capability, field in _NEEDED_CAPABILITIES:
+        if feature in call.features and capability not in capabilities:
+            return (field, f"the model lacks {capability.value}, which {feature.value} need")
+    options = call.options
+    if (
+        options is not None
+        and options.response_format is not None
+        and options.response_format.schema is not None
+        and Capability.JSON_MODE not in capabilities
+    ):
+        return ("response_format", "the model lacks json_mode, which a json_schema needs")
     return None
 
 

@@ -17,18 +17,33 @@ delivered, in batches of about `_RUNNING_BATCH_CHARS` characters (a single
 chunk longer than `INLINE_COUNT_CHARS` in a counting thread), so settling it
 never re-reads the whole text and a stream keeps at most one batch of text
 in memory for counting.
+
+What a message holds beyond its text (`MessageExtras`) and a call's tool
+definitions and response schema count as prompt too, so the reservation
+stays a worst case: text parts, a tool call's id, name and arguments, the id
+a tool turn answers, reasoning blocks (text, signature and redacted bytes),
+each as text; each tool as its name, description and parameters' JSON, plus
+`_TOOL_FRAMING` tokens; a response schema as its JSON; each stop sequence.
+An image counts a fixed worst case per counter, as its pixels are not
+known here: `TiktokenCounter.image_tokens` (OpenAI: 1,536 patches at the
+highest multiplier, 2.46, is 3,779; tile-counted models top out at 1,445)
+and `EstimatingCounter.image_tokens` (Anthropic, whose models scale an image
+to at most about 1.15 megapixels, about 1,600 tokens, and newer ones further:
+5,000 leaves room).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import orjson
 import tiktoken
 
+from faregate_server.content import GenerationOptions, MessageExtras
 from faregate_server.domain import ChatMessage, Role
 
 _TIKTOKEN_MESSAGE_FRAMING = 3
@@ -39,6 +54,8 @@ INLINE_COUNT_CHARS = 16_384
 """Texts up to this many characters are counted on the event loop (tiktoken:
 about 4 ms at worst); longer ones in a worker thread."""
 _RUNNING_BATCH_CHARS = 4096
+_TOOL_FRAMING = 8
+"""Tokens a provider's rendering of one tool definition adds around its text."""
 _COUNTING_THREADS = 2
 
 _T = TypeVar("_T")
@@ -48,6 +65,8 @@ class TokenCounter(Protocol):
     """Counts tokens the way one family of models does."""
 
     name: str
+    image_tokens: int
+    """The most one image may count as, whatever its size."""
 
     def count_text(self, text: str) -> int:
         """Tokens in a piece of generated or prompt text."""
@@ -62,6 +81,7 @@ class TiktokenCounter:
     """Exact cl100k counts for OpenAI-family models."""
 
     name = "tiktoken-cl100k"
+    image_tokens = 4_000
 
     def __init__(self) -> None:
         self._encoding = _cl100k()
@@ -79,6 +99,8 @@ class TiktokenCounter:
             total += (
                 _TIKTOKEN_MESSAGE_FRAMING + role_tokens[message.role] + len(encode(message.content))
             )
+            if message.extras is not None:
+                total += extras_tokens(self, message.extras)
         return total
 
 
@@ -86,12 +108,55 @@ class EstimatingCounter:
     """A conservative byte-based estimate for models without a local tokenizer."""
 
     name = "estimate-3-bytes"
+    image_tokens = 5_000
 
     def count_text(self, text: str) -> int:
         return -(-len(text.encode()) // _ESTIMATE_BYTES_PER_TOKEN)
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(_ESTIMATE_MESSAGE_FRAMING + self.count_text(m.content) for m in messages)
+        return sum(
+            _ESTIMATE_MESSAGE_FRAMING
+            + self.count_text(m.content)
+            + (0 if m.extras is None else extras_tokens(self, m.extras))
+            for m in messages
+        )
+
+
+def extras_tokens(counter: TokenCounter, extras: MessageExtras) -> int:
+    """The prompt tokens of what a message holds beyond its text (see the module's rule)."""
+    texts: list[str] = [extras.tool_call_id]
+    images = 0
+    for part in extras.parts:
+        if isinstance(part, str):
+            texts.append(part)
+        else:
+            images += 1
+    for call in extras.tool_calls:
+        texts += (call.id, call.name, call.arguments_json)
+    for block in extras.reasoning:
+        texts += (block.text, block.signature, block.redacted.hex())
+    return counter.count_text(" ".join(texts)) + images * counter.image_tokens
+
+
+def options_tokens(counter: TokenCounter, options: GenerationOptions | None) -> int:
+    """The prompt tokens of a call's tool definitions, response schema and
+    stop sequences (see the module's rule); 0 without options."""
+    if options is None:
+        return 0
+    texts: list[str] = [*options.stop]
+    for tool in options.tools:
+        texts += (tool.name, tool.description, _json_text(tool.parameters))
+    schema = options.response_format.schema if options.response_format is not None else None
+    if schema is not None:
+        texts.append(_json_text(schema))
+    if not texts:
+        return 0
+    return counter.count_text(" ".join(texts)) + _TOOL_FRAMING * len(options.tools)
+
+
+def _json_text(value: Mapping[str, Any]) -> str:
+    # The caller's JSON, parsed by orjson at validation: it encodes back.
+    return orjson.dumps(dict(value)).decode()
 
 
 @functools.cache
@@ -102,8 +167,16 @@ def _cl100k() -> tiktoken.Encoding:
 
 
 def counts_inline(messages: Sequence[ChatMessage]) -> bool:
-    """Whether a prompt is short enough to count on the event loop."""
-    return sum(len(message.content) for message in messages) <= INLINE_COUNT_CHARS
+    """Whether a prompt is short enough to count on the event loop: its
+    messages' text, and their text parts and tool calls' arguments."""
+    chars = 0
+    for message in messages:
+        chars += len(message.content)
+        extras = message.extras
+        if extras is not None:
+            chars += sum(len(part) for part in extras.parts if isinstance(part, str))
+            chars += sum(len(call.arguments_json) for call in extras.tool_calls)
+    return chars <= INLINE_COUNT_CHARS
 
 
 async def count_messages(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import Feature
+from faregate_server.content import AnswerDelta, Feature
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
 from faregate_server.errors import (
     FaregateError,
@@ -113,6 +113,11 @@ _UPSTREAM_FAILURES: dict[UpstreamErrorKind, type[FaregateError]] = {
 }
 
 
+ProviderItem = str | AnswerDelta | StreamEnd
+"""What a provider stream yields: text as plain `str` (the lean path),
+fragments beyond text, then its StreamEnd."""
+
+
 class Provider(Protocol):
     """One upstream model behind one wire protocol."""
 
@@ -127,8 +132,10 @@ class Provider(Protocol):
         """The whole answer at once."""
         ...
 
-    def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        """Text chunks as they arrive, then exactly one StreamEnd.
+    def stream(self, request: UpstreamRequest) -> AsyncGenerator[ProviderItem, None]:
+        """Text chunks, and the tool-call, reasoning and refusal fragments
+        (AnswerDelta) of an adapter that carries them, as they arrive, then
+        exactly one StreamEnd.
 
         Consume inside `contextlib.aclosing` so that leaving early closes the
         upstream connection at once.

@@ -2,24 +2,44 @@
 
 POST {api_base}/chat/completions, whole or as SSE with
 `stream_options.include_usage`, whose last chunk carries the usage and whose
-end is `data: [DONE]`. An error object inside the stream is an upstream failure.
+end is `data: [DONE]`. An error object inside the stream is an upstream
+failure. The request body is openai_request.py's.
 
-A refusal ends with finish_reason "stop" like any answer: it is told apart
-by a non-null `message.refusal` (whole) or `delta.refusal` (streamed), and
-is FinishReason.REFUSAL. A whole answer carries the refusal's text; a
-stream's text fragments of it are not relayed yet (the gateway streams text
-only), its finish reason is.
+What comes back beyond text:
+- Tool calls: `message.tool_calls` (whole); `delta.tool_calls` fragments
+  (streamed), assembled by `ToolCallAssembler` and relayed as ToolCallDeltas,
+  the assembled calls in the StreamEnd. An answer with calls finishes
+  TOOL_CALLS whatever its finish_reason says (OpenAI itself says "stop" when
+  tool_choice names a function), unless it was cut short (LENGTH).
+- A refusal ends with finish_reason "stop" like any answer: it is told apart
+  by a non-null `message.refusal` (whole) or `delta.refusal` (streamed), and
+  is FinishReason.REFUSAL; streamed, its text is relayed as RefusalDeltas.
+- Reasoning, which OpenAI itself does not return but compatible servers do,
+  as `reasoning_content` (DeepSeek, llama.cpp, older vLLM) or `reasoning`
+  (vLLM since late 2025, OpenRouter); `reasoning_content` is read first.
+
+Invariant: a plain text chunk costs one dict lookup beyond its text, as it
+did before any of this (`_stream`'s fast path).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import Feature
+from faregate_server.content import (
+    AnswerDelta,
+    Feature,
+    ReasoningBlock,
+    ReasoningDelta,
+    RefusalDelta,
+    ToolCall,
+    ToolCallDelta,
+)
 from faregate_server.domain import (
     Completion,
     FinishReason,
@@ -34,7 +54,8 @@ from faregate_server.upstream.providers.base import (
     error_excerpt,
     translate_transport_errors,
 )
-from faregate_server.upstream.providers.json_codec import decode_json
+from faregate_server.upstream.providers.json_codec import decode_json, encode_json
+from faregate_server.upstream.providers.openai_request import request_body
 from faregate_server.upstream.redaction import Redactor
 from faregate_server.upstream.usage import reported_usage_block
 
@@ -45,15 +66,30 @@ _FINISH_REASONS = {
     "tool_calls": FinishReason.TOOL_CALLS,
     "function_call": FinishReason.TOOL_CALLS,
 }
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
 
-    carried_features: ClassVar[frozenset[Feature]] = frozenset()
-    """None yet: a request with tools, images, a response format, stop
-    sequences, top_p, a seed or reasoning is refused (MODEL_CANNOT_SERVE)
-    until this adapter sends it."""
+    carried_features: ClassVar[frozenset[Feature]] = frozenset(
+        {
+            Feature.TOOLS,
+            Feature.TOOL_CHOICE,
+            Feature.PARALLEL_TOOL_CALLS,
+            Feature.TOOL_CALLS,
+            Feature.TOOL_RESULTS,
+            Feature.IMAGES,
+            Feature.CONTENT_PARTS,
+            Feature.RESPONSE_FORMAT,
+            Feature.STOP,
+            Feature.TOP_P,
+            Feature.SEED,
+            Feature.REASONING,
+            Feature.REASONING_BLOCKS,
+        }
+    )
+    """Every feature of the contract (see openai_request.py for how each is sent)."""
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
@@ -63,32 +99,41 @@ class OpenAIProvider:
             session, f"{model.api_base}/chat/completions", headers, model, redactor
         )
         self._redactor = redactor
+        self._cap_field = model.output_cap_field.value
 
     async def complete(self, request: UpstreamRequest) -> Completion:
         with translate_transport_errors():
-            answer = await self._endpoint.post(_body(request, stream=False))
+            answer = await self._endpoint.post(request_body(request, self._cap_field, stream=False))
             choice = answer["choices"][0]
             message = choice["message"]
             refusal = message.get("refusal")
-            finish_reason = (
-                FinishReason.REFUSAL
-                if refusal is not None
-                else _FINISH_REASONS.get(choice.get("finish_reason"), FinishReason.UNSPECIFIED)
+            tool_calls = tuple(
+                _whole_call(number, raw)
+                for number, raw in enumerate(message.get("tool_calls") or ())
             )
+            reason = _FINISH_REASONS.get(choice.get("finish_reason"), FinishReason.UNSPECIFIED)
+            reasoning = _reasoning_text(message)
             return Completion(
                 text=message.get("content") or "",
-                finish_reason=finish_reason,
+                finish_reason=_finish(reason, refused=refusal is not None, called=bool(tool_calls)),
                 usage=_usage(answer.get("usage")),
+                tool_calls=tool_calls,
                 refusal=refusal if isinstance(refusal, str) else "",
+                reasoning=(ReasoningBlock(text=reasoning),) if reasoning else (),
             )
 
-    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
+    async def stream(
+        self, request: UpstreamRequest
+    ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
         finish_reason = FinishReason.UNSPECIFIED
         usage: ReportedUsage = None
         finished = False
         refused = False
+        calls = ToolCallAssembler()
+        reasoning: list[str] = []
+        body = request_body(request, self._cap_field, stream=True)
         with translate_transport_errors():
-            async with self._endpoint.open_stream(_body(request, stream=True)) as events:
+            async with self._endpoint.open_stream(body) as events:
                 async for event in events:
                     if event.data == "[DONE]":
                         finished = True
@@ -105,8 +150,23 @@ class OpenAIProvider:
                         text = delta.get("content")
                         if text:
                             yield text
-                        if delta.get("refusal") is not None:
+                            if len(delta) == 1 and not choice.get("finish_reason"):
+                                continue  # the plain text path: nothing else to look at
+                        fragments = delta.get("tool_calls")
+                        if fragments:
+                            for fragment in fragments:
+                                call_delta = calls.add(fragment)
+                                if call_delta is not None:
+                                    yield call_delta
+                        refusal = delta.get("refusal")
+                        if refusal is not None:
                             refused = True
+                            if refusal:
+                                yield RefusalDelta(refusal)
+                        thought = _reasoning_text(delta)
+                        if thought:
+                            reasoning.append(thought)
+                            yield ReasoningDelta(thought)
                         if choice.get("finish_reason"):
                             finish_reason = _FINISH_REASONS.get(
                                 choice["finish_reason"], FinishReason.UNSPECIFIED
@@ -117,21 +177,116 @@ class OpenAIProvider:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before [DONE]"
             )
-        yield StreamEnd(FinishReason.REFUSAL if refused else finish_reason, usage)
+        tool_calls = calls.calls()
+        yield StreamEnd(
+            _finish(finish_reason, refused=refused, called=bool(tool_calls)),
+            usage,
+            tool_calls,
+            (ReasoningBlock(text="".join(reasoning)),) if reasoning else (),
+        )
 
 
-def _body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": request.upstream_model,
-        "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
-        "max_tokens": request.max_output_tokens,
-    }
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
+@dataclass(slots=True)
+class _Call:
+    id: str
+    name: str
+    id_from_upstream: bool
+    arguments: list[str] = field(default_factory=list)
+
+
+class ToolCallAssembler:
+    """Assembles a stream's `delta.tool_calls` fragments into whole calls.
+
+    By the fragment's `index`, never by arrival order, so interleaved calls
+    come apart; `id` and `name` are kept from the first fragment that has
+    them (repeats are not appended). Compatible servers' variants are
+    tolerated: no `index` (a fragment with a new id begins a new call, any
+    other continues the last), the same `index` for every call (a different
+    id there begins a new call), a whole call in one fragment, arguments as
+    a JSON object rather than its text, and no id at all (one is made up,
+    `call_<n>`, so a tool turn can answer the call).
+
+    Calls are numbered from 0 in the order they began: that is the
+    ToolCallDelta's `index`, whatever the upstream's was.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[_Call] = []
+        self._by_wire_index: dict[int, int] = {}
+
+    def add(self, fragment: Any) -> ToolCallDelta | None:
+        """Takes one fragment; returns what it adds, or None when nothing."""
+        raw_id = fragment.get("id") or ""
+        function = fragment.get("function") or {}
+        name = function.get("name") or ""
+        arguments = function.get("arguments")
+        if arguments is None:
+            arguments = ""
+        elif not isinstance(arguments, str):
+            arguments = encode_json(arguments).decode()
+        number = self._number(fragment.get("index"), raw_id)
+        if number is None:
+            number = len(self._calls)
+            call = _Call(raw_id or f"call_{number}", name, bool(raw_id), [arguments])
+            self._calls.append(call)
+            wire_index = fragment.get("index")
+            if isinstance(wire_index, int):
+                self._by_wire_index[wire_index] = number
+            return ToolCallDelta(number, call.id, name, arguments)
+        call = self._calls[number]
+        named = ""
+        if name and not call.name:
+            call.name = named = name
+        if arguments:
+            call.arguments.append(arguments)
+        if not (named or arguments):
+            return None
+        return ToolCallDelta(number, "", named, arguments)
+
+    def _number(self, wire_index: Any, raw_id: str) -> int | None:
+        """The call a fragment continues, or None when it begins one."""
+        if isinstance(wire_index, int):
+            number = self._by_wire_index.get(wire_index)
+        else:
+            number = len(self._calls) - 1 if self._calls else None
+        if number is None:
+            return None
+        call = self._calls[number]
+        if raw_id and call.id_from_upstream and raw_id != call.id:
+            return None
+        return number
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """Every call so far, whole, in the order they began."""
+        return tuple(ToolCall(c.id, c.name, "".join(c.arguments)) for c in self._calls)
+
+
+def _whole_call(number: int, raw: Any) -> ToolCall:
+    function = raw.get("function") or {}
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = ""
+    elif not isinstance(arguments, str):
+        arguments = encode_json(arguments).decode()
+    return ToolCall(raw.get("id") or f"call_{number}", function.get("name") or "", arguments)
+
+
+def _finish(reason: FinishReason, *, refused: bool, called: bool) -> FinishReason:
+    """The answer's finish reason: a refusal is REFUSAL, an answer with tool
+    calls TOOL_CALLS (whatever the upstream said) unless it was cut short."""
+    if refused:
+        return FinishReason.REFUSAL
+    if called and reason is not FinishReason.LENGTH:
+        return FinishReason.TOOL_CALLS
+    return reason
+
+
+def _reasoning_text(holder: Any) -> str:
+    for name in _REASONING_FIELDS:
+        text = holder.get(name)
+        if text and isinstance(text, str):
+            return text
+    return ""
 
 
 def _usage(raw: Any) -> ReportedUsage:
