@@ -1,11 +1,9 @@
 """An agent loop through the real server to a fake Anthropic upstream, with
-the typed client: a tool call with thinking comes back (whole, and streamed
-as text with the assembled calls and reasoning in the finish), the tool's
-result and the thinking go back as the API requires, and a request Anthropic
-would refuse with thinking on fails before any call.
-
-The gateway relays text only in a stream so far: the fragments of a call or
-of thinking as they arrive are tested at the adapter
+the typed client: a tool call with thinking comes back (whole, and streamed,
+with the assembled calls and reasoning in the finish), the tool's result and
+the thinking go back as the API requires, and a request Anthropic would
+refuse with thinking on fails before any call. The fragments of a streamed
+call or of thinking, as they arrive, are tested at the adapter
 (tests/upstream/test_anthropic_adapter.py)."""
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ async def _deltas(
     provider: AnthropicProvider, request: UpstreamRequest
 ) -> tuple[list[str | AnswerDelta], StreamEnd]:
     items: list[str | AnswerDelta] = []
-    async for item in provider.stream_deltas(request):
+    async for item in provider.stream(request):
         if isinstance(item, StreamEnd):
             return items, item
         items.append(item)
@@ -234,20 +234,6 @@ async def test_a_call_cut_off_at_max_tokens_streams_fragments_but_is_not_assembl
     assert ToolCallDelta(1, id="toolu_02", name="get_weather") in items
     assert end.finish_reason is FinishReason.LENGTH
     assert end.tool_calls == (ToolCall("toolu_01", "get_weather", '{"city": "Paris"}'),)
-
-
-async def test_stream_yields_text_and_the_assembled_end_only(
-    fake: FakeAnthropic, provider: AnthropicProvider
-) -> None:
-    fake.queue(AnthropicScript([THINKING, TEXT, PARIS], "tool_use"))
-    items = [
-        item async for item in provider.stream(_request(reasoning=Reasoning(budget_tokens=2048)))
-    ]
-    assert items[:-1] == ["I'll check."]
-    end = items[-1]
-    assert isinstance(end, StreamEnd)
-    assert end.tool_calls == (ToolCall("toolu_01", "get_weather", '{"city": "Paris"}'),)
-    assert end.reasoning == (ReasoningBlock("The user wants weather.", "c2lnLWE="),)
 
 
 async def test_a_tool_loop_with_thinking_passes_the_turn_back_as_the_api_requires(

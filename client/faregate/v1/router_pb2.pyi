@@ -110,10 +110,9 @@ class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
 
     OpenAI ends a refusal with "stop": a non-null `refusal` in the answer's
     message (or in a stream's delta) makes it REFUSAL. A whole answer carries
-    the refusal's text in RouteResponse.refusal; a stream's refusal text is
-    not yet relayed as StreamDelta.refusal fragments: a stream says only that
-    the model refused, by this reason. A reason a provider adds later, or
-    none at all, is UNSPECIFIED.
+    the refusal's text in RouteResponse.refusal; a stream relays it as
+    StreamDelta.refusal fragments, as Anthropic's refusal explanation is. A
+    reason a provider adds later, or none at all, is UNSPECIFIED.
     """
 
 FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0

@@ -14,7 +14,7 @@ other event types are ignored, as Anthropic asks.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -64,21 +64,16 @@ class AnthropicProvider:
             answer = await self._endpoint.post(body)
             return completion(answer)
 
-    def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        """Text chunks, then the StreamEnd with the assembled tool calls and
-        reasoning blocks. The fragments beyond text (`stream_deltas`) are not
-        yielded here: the gateway relays text only so far."""
-        return cast("AsyncGenerator[str | StreamEnd, None]", self._stream(request, deltas=False))
-
-    def stream_deltas(
+    def stream(
         self, request: UpstreamRequest
     ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
-        """As `stream`, with a ToolCallDelta, ReasoningDelta or RefusalDelta
-        for each fragment beyond text as it arrives (see anthropic_answer.py)."""
-        return self._stream(request, deltas=True)
+        """Text chunks and a ToolCallDelta, ReasoningDelta or RefusalDelta for
+        each fragment beyond text as it arrives (see anthropic_answer.py),
+        then the StreamEnd with the assembled tool calls and reasoning blocks."""
+        return self._stream(request)
 
     async def _stream(
-        self, request: UpstreamRequest, *, deltas: bool
+        self, request: UpstreamRequest
     ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
         # As reported (any JSON value): usage.py judges them at the end.
         input_tokens: object = MISSING
@@ -98,15 +93,14 @@ class AnthropicProvider:
                                 yield delta["text"]
                         else:
                             fragment = answer.on_delta(payload.get("index"), delta)
-                            if fragment is not None and deltas:
+                            if fragment is not None:
                                 yield fragment
                     elif kind == "content_block_start":
                         payload = decode_json(event.data)
                         block = payload.get("content_block") or {}
                         opening = answer.on_start(payload.get("index"), block)
                         for item in opening:
-                            if deltas or isinstance(item, str):
-                                yield item
+                            yield item
                     elif kind == "content_block_stop":
                         answer.on_stop(decode_json(event.data).get("index"))
                     elif kind == "message_start":
@@ -117,7 +111,7 @@ class AnthropicProvider:
                     elif kind == "message_delta":
                         payload = decode_json(event.data)
                         refusal = answer.on_message_delta(payload.get("delta") or {})
-                        if refusal is not None and deltas:
+                        if refusal is not None:
                             yield refusal
                         usage = payload.get("usage") or {}
                         if isinstance(usage, dict):
