@@ -253,6 +253,11 @@ def _unfit(
         uncarried = _uncarried(call, deployment)
         if uncarried is not None:
             return uncarried
+    temperature = call.temperature
+    if temperature is not None and temperature > deployment.provider.max_temperature:
+        most = deployment.provider.max_temperature
+        provider = deployment.config.provider.value
+        return ("temperature", f"must be at most {most:g} for {provider} models")
     if room < 1:
         return (
             "messages",

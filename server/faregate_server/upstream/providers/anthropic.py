@@ -45,6 +45,9 @@ _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
 
+    max_temperature: ClassVar[float] = 1.0
+    """The Messages API takes 0 to 1."""
+
     carried_features: ClassVar[frozenset[Feature]] = frozenset(Feature) - {Feature.SEED}
     """Everything but a seed, which the Messages API has no field for
     (anthropic_messages.py has the mapping)."""

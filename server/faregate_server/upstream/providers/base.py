@@ -128,6 +128,13 @@ class Provider(Protocol):
         judges the model unfit), rather than sent without it."""
         ...
 
+    @property
+    def max_temperature(self) -> float:
+        """The highest sampling temperature the provider accepts (OpenAI's
+        range is 0 to 2, Anthropic's 0 to 1): a request asking for more is
+        not sent to it (routing/selection.py judges the model unfit)."""
+        ...
+
     async def complete(self, request: UpstreamRequest) -> Completion:
         """The whole answer at once."""
         ...

@@ -72,6 +72,9 @@ _REASONING_FIELDS = ("reasoning_content", "reasoning")
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
 
+    max_temperature: ClassVar[float] = 2.0
+    """OpenAI takes 0 to 2, as compatible servers do."""
+
     carried_features: ClassVar[frozenset[Feature]] = frozenset(
         {
             Feature.TOOLS,

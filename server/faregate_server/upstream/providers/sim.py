@@ -42,6 +42,9 @@ _CALL_ID = "call_sim_0"
 class SimProvider:
     """Generates one placeholder token per configured delay."""
 
+    max_temperature: ClassVar[float] = 2.0
+    """As OpenAI's, so sim stands in for either provider."""
+
     carried_features: ClassVar[frozenset[Feature]] = frozenset(
         {
             Feature.TOOLS,
