@@ -2,8 +2,9 @@
 
 POST /v1/chat/completions answers a fixed small completion with `usage`. With
 `"stream": true` it answers SSE instead: one `chat.completion.chunk` event per
-token for the request's `max_tokens` tokens, one chunk with the finish reason,
-one with empty `choices` and the usage, then `data: [DONE]`. Every answer is
+token for the request's `max_completion_tokens` (or `max_tokens`) tokens, one
+chunk with the finish reason, one with empty `choices` and the usage, then
+`data: [DONE]`. Every answer is
 built from bytes prepared at import, so the upstream adds as little CPU as it
 can to the core it shares with the load generator. There are no artificial
 delays, except that requests for the model `slow` wait `SLOW_DELAY_S` first
@@ -104,7 +105,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(delay_s)
     if not body.get("stream"):
         return web.Response(body=_COMPLETION, content_type="application/json")
-    tokens = min(MAX_STREAM_TOKENS, max(1, int(body.get("max_tokens") or _DEFAULT_STREAM_TOKENS)))
+    # Either cap field, as OpenAI takes either (faregate sends
+    # max_completion_tokens by default, the pass-through max_tokens).
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    tokens = min(MAX_STREAM_TOKENS, max(1, int(cap or _DEFAULT_STREAM_TOKENS)))
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
     # One write per event, as a real provider sends each token when it has it.
