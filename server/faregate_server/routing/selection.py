@@ -1,11 +1,9 @@
 """Scored selection: which of a route's candidates should serve this request.
 
 Every candidate is judged. A candidate is infeasible when it can never serve
-the request (its provider's adapter does not carry a feature the request uses,
-a capability is missing (asked for in the hints, or needed by what the
-request uses: tools need `tools`, images `vision`, a response schema
-`json_mode`), the context window or output cap is too small, its
-quality is under `min_quality`, its worst case over `max_cost_nano_usd`) or
+the request (fit.py: a feature its adapter does not carry, a setting its
+provider or its config refuses, a missing capability, too small a context
+window or output cap, `min_quality`, `max_cost_nano_usd`) or
 cannot now (cooling down after a 429, breaker open,
 pool and queue full, a limit pool unable to cover its draw). The feasible are
 scored by
