@@ -81,6 +81,21 @@ class Capability(StrEnum):
     JSON_MODE = "json_mode"
 
 
+class RefusableSetting(StrEnum):
+    """A request setting a model can refuse though its provider takes it
+    (`refuses` in the model's config): a request giving one is not sent to
+    the model. In the order a refusal is named."""
+
+    TEMPERATURE = "temperature"
+    TOP_P = "top_p"
+    TEMPERATURE_WITH_TOP_P = "temperature_with_top_p"
+    """Either alone is taken, both at once are not."""
+    STOP = "stop"
+    SEED = "seed"
+    REASONING = "reasoning"
+    """A reasoning effort or budget, which models that don't reason refuse."""
+
+
 class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"

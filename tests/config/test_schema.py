@@ -35,7 +35,9 @@ def test_every_problem_of_a_file_is_reported_at_once_each_with_its_path() -> Non
     data = _config()
     data["server"].update(listen=50051, colour="blue", max_messages="5")
     data["models"]["gpt-fake"].update(workers=0, provider="bard", quality=2)
-    data["models"]["cheap-fake"].update(capabilities=["tools", "teleport"], queue=-1)
+    data["models"]["cheap-fake"].update(
+        capabilities=["tools", "teleport"], queue=-1, refuses=["top_k"]
+    )
     data["routes"]["fancy"] = {"candidates": [{"split": {"gpt-fake": 0}}], "hedge_after_s": -1}
     data["budgets"]["team"] = {"limit_usd": -3, "window": "weekly"}
     data["limit_pools"] = {"spend": {"unit": "usd", "capacity": 5}}
@@ -52,6 +54,8 @@ def test_every_problem_of_a_file_is_reported_at_once_each_with_its_path() -> Non
         "models.gpt-fake.quality: must be between 0 and 1",
         "models.cheap-fake.queue: must be an integer >= 0",
         "models.cheap-fake.capabilities[1]: must be one of tools, vision, json_mode",
+        "models.cheap-fake.refuses[0]: must be one of temperature, top_p, "
+        "temperature_with_top_p, stop, seed, reasoning",
         "routes.fancy.candidates[0].split.gpt-fake: must be an integer >= 1",
         "routes.fancy.hedge_after_s: must be a finite number >= 0.001",
         "budgets.team.limit_usd: expected a non-negative amount of USD, got -3",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from faregate.v1 import router_pb2
-from faregate_client import FaregateError
+from faregate_client import InvalidArgument
 
 from tests.conftest import Faregate, StartFaregate, base_config, to_config
 from tests.fakes.anthropic_upstream import AnthropicScript, FakeAnthropic
@@ -109,7 +109,7 @@ async def test_a_streamed_tool_call_arrives_assembled_in_the_finish(
 async def test_a_forced_tool_with_thinking_is_refused_before_any_call(
     faregate: Faregate, fake: FakeAnthropic
 ) -> None:
-    with pytest.raises(FaregateError) as refused:
+    with pytest.raises(InvalidArgument) as refused:
         await faregate.client.route(
             [_question()],
             budget_key="team",
@@ -118,8 +118,10 @@ async def test_a_forced_tool_with_thinking_is_refused_before_any_call(
             reasoning=REASONING,
         )
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.reason == "UPSTREAM_REJECTED"
-    assert "tool_choice" in str(refused.value)
+    assert refused.value.reason == "MODEL_CANNOT_SERVE"
+    assert refused.value.field_violations == {
+        "tool_choice": "Anthropic models cannot be forced to call a tool while reasoning"
+    }
     assert fake.received == []
     assert await faregate.reserved_nano_usd() == 0
 

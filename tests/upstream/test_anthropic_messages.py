@@ -24,7 +24,7 @@ from faregate_server.content import (
 from faregate_server.domain import ChatMessage, Role, UpstreamRequest
 from faregate_server.upstream.providers.anthropic_messages import (
     request_body,
-    unsendable,
+    request_refusal,
     wire_messages,
 )
 from hypothesis import given, settings
@@ -49,6 +49,10 @@ def _request(
         temperature=temperature,
         options=GenerationOptions(**options) if options else None,
     )
+
+
+def _refusal(request: UpstreamRequest) -> tuple[str, str] | None:
+    return request_refusal(request.temperature, request.options, request.max_output_tokens)
 
 
 def _user(text: str) -> ChatMessage:
@@ -220,7 +224,7 @@ def test_a_json_schema_is_output_config_format_and_json_object_is_refused() -> N
     schema = {"type": "object", "properties": {}, "additionalProperties": False}
     body = request_body(_request(response_format=ResponseFormat(schema, "x", True)), stream=False)
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
-    assert unsendable(_request(response_format=ResponseFormat())) == (
+    assert _refusal(_request(response_format=ResponseFormat())) == (
         "response_format.json_object",
         "Anthropic has no JSON-object mode: give a json_schema instead",
     )
@@ -256,7 +260,7 @@ def test_a_budget_is_manual_thinking_and_an_effort_alone_is_adaptive() -> None:
 def test_what_thinking_cannot_take_is_refused_naming_the_field(
     request_: UpstreamRequest, field: str
 ) -> None:
-    refused = unsendable(request_)
+    refused = _refusal(request_)
     assert refused is not None
     assert refused[0] == field
 
@@ -269,7 +273,7 @@ def test_thinking_takes_auto_tools_a_temperature_of_1_and_a_high_top_p() -> None
         tool_choice=ToolChoice(ToolChoiceMode.AUTO),
         reasoning=Reasoning(budget_tokens=2048),
     )
-    assert unsendable(request) is None
+    assert _refusal(request) is None
     assert wire_problem(request_body(request, stream=False)) is None
 
 

@@ -36,7 +36,7 @@ from faregate_server.config.fields import (
 )
 from faregate_server.config.limits import LimitDraw
 from faregate_server.config.problems import Loc
-from faregate_server.domain import Capability
+from faregate_server.domain import Capability, RefusableSetting
 from faregate_server.money import Price
 
 DEFAULT_MAX_RESPONSE_BYTES = 3 << 20
@@ -190,6 +190,10 @@ class ModelConfig:
     """How good the model is, 0 to 1; the router weighs it against cost."""
     capabilities: Annotated[frozenset[Annotated[Capability, Choice()]], A_SET] = frozenset()
     """What the model can do beyond plain chat."""
+    refuses: Annotated[frozenset[Annotated[RefusableSetting, Choice()]], A_SET] = frozenset()
+    """Request settings the model refuses though its provider takes them
+    (OpenAI's reasoning models: temperature, top_p; newer Claude models:
+    temperature_with_top_p): a request giving one is sent elsewhere."""
     limits: InitVar[
         Annotated[Mapping[Annotated[str, Name()], LimitDraw], keyed(), Field(default_factory=dict)]
     ]

@@ -1,11 +1,9 @@
 """Scored selection: which of a route's candidates should serve this request.
 
 Every candidate is judged. A candidate is infeasible when it can never serve
-the request (its provider's adapter does not carry a feature the request uses,
-a capability is missing (asked for in the hints, or needed by what the
-request uses: tools need `tools`, images `vision`, a response schema
-`json_mode`), the context window or output cap is too small, its
-quality is under `min_quality`, its worst case over `max_cost_nano_usd`) or
+the request (fit.py: a feature its adapter does not carry, a setting its
+provider or its config refuses, a missing capability, too small a context
+window or output cap, `min_quality`, `max_cost_nano_usd`) or
 cannot now (cooling down after a 429, breaker open,
 pool and queue full, a limit pool unable to cover its draw). The feasible are
 scored by
@@ -38,15 +36,8 @@ from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
-from faregate_server.content import Feature
-from faregate_server.domain import (
-    CandidateScore,
-    Capability,
-    Preference,
-    RouteCall,
-    TaskKind,
-    call_features,
-)
+from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind
+from faregate_server.routing.fit import unfit_for
 from faregate_server.routing.tasks import TASK_DIFFICULTY
 from faregate_server.state.limits import Draw, LimitPools, projected_draw
 from faregate_server.upstream.breakers import NEUTRAL_LATENCY_S
@@ -170,7 +161,7 @@ class Selector:
             max_output_tokens = call.max_output_tokens or min(model.max_output_tokens, room)
             worst_case = model.price.cost_nano_usd(input_tokens, max(max_output_tokens, 0))
             quality = model.quality**exponent
-            problem = _unfit(call, deployment, input_tokens, room, max_output_tokens, worst_case)
+            problem = unfit_for(call, deployment, input_tokens, room, max_output_tokens, worst_case)
             reason = ""
             scarcity = 1.0
             draw: Draw = ()
@@ -237,98 +228,6 @@ class Selector:
             options.remove(pick)
             options.insert(0, pick)
         return options
-
-
-def _unfit(
-    call: RouteCall,
-    deployment: Deployment,
-    input_tokens: int,
-    room: int,
-    max_output_tokens: int,
-    worst_case: int,
-) -> tuple[str, str] | None:
-    model = deployment.config
-    hints = call.hints
-    if call.features:
-        uncarried = _uncarried(call, deployment)
-        if uncarried is not None:
-            return uncarried
-    temperature = call.temperature
-    if temperature is not None and temperature > deployment.provider.max_temperature:
-        most = deployment.provider.max_temperature
-        provider = deployment.config.provider.value
-        return ("temperature", f"must be at most {most:g} for {provider} models")
-    if room < 1:
-        return (
-            "messages",
-            f"about {input_tokens} input tokens exceed the context window of "
-            f"{model.context_window_tokens}",
-        )
-    if max_output_tokens > model.max_output_tokens:
-        return ("max_output_tokens", f"exceeds the model's cap of {model.max_output_tokens}")
-    if max_output_tokens > room:
-        return (
-            "max_output_tokens",
-            f"with about {input_tokens} input tokens exceeds the context window of "
-            f"{model.context_window_tokens}",
-        )
-    missing = hints.capabilities - model.capabilities
-    if missing:
-        names = ", ".join(sorted(capability.value for capability in missing))
-        return ("required_capabilities", f"the model lacks {names}")
-    if call.features:
-        lacking = _lacking_capability(call, model.capabilities)
-        if lacking is not None:
-            return lacking
-    if (
-        hints.min_context_tokens is not None
-        and hints.min_context_tokens > model.context_window_tokens
-    ):
-        return ("min_context_tokens", f"the model's window is {model.context_window_tokens}")
-    if hints.min_quality is not None and model.quality < hints.min_quality:
-        return ("min_quality", f"the model's quality is {model.quality}")
-    if hints.max_cost_nano_usd is not None and worst_case > hints.max_cost_nano_usd:
-        return ("max_cost_nano_usd", f"the worst case costs {worst_case} nano-USD")
-    return None
-
-
-_NEEDED_CAPABILITIES = (
-    (Feature.TOOLS, Capability.TOOLS, "tools"),
-    (Feature.IMAGES, Capability.VISION, "messages"),
-)
-
-
-def _lacking_capability(
-    call: RouteCall, capabilities: frozenset[Capability]
-) -> tuple[str, str] | None:
-    """(field, problem) of the first capability the call needs, inferred from
-    what it uses (tools need `tools`, images `vision`, a response schema
-    `json_mode`), that the model lacks, if there is one."""
-    for feature, capability, field in _NEEDED_CAPABILITIES:
-        if feature in call.features and capability not in capabilities:
-            return (field, f"the model lacks {capability.value}, which {feature.value} need")
-    options = call.options
-    if (
-        options is not None
-        and options.response_format is not None
-        and options.response_format.schema is not None
-        and Capability.JSON_MODE not in capabilities
-    ):
-        return ("response_format", "the model lacks json_mode, which a json_schema needs")
-    return None
-
-
-def _uncarried(call: RouteCall, deployment: Deployment) -> tuple[str, str] | None:
-    """(field, problem) of the first feature the call uses that the model's
-    provider adapter does not send upstream, if there is one."""
-    missing = call.features - deployment.provider.carried_features
-    if not missing:
-        return None
-    fields = call_features(call.messages, call.options)
-    feature = next(feature for feature in fields if feature in missing)
-    name = feature.value.replace("_", " ")
-    provider = deployment.config.provider.value
-    return (fields[feature], f"faregate does not yet send {name} to {provider} models")
 
 
 def _available_in_s(deployment: Deployment, now_s: float) -> float:

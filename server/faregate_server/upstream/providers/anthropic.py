@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import aiohttp
 
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import AnswerDelta, Feature
+from faregate_server.content import AnswerDelta, Feature, GenerationOptions
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
 from faregate_server.upstream.providers.anthropic_answer import StreamAssembly, completion
-from faregate_server.upstream.providers.anthropic_messages import request_body, unsendable
+from faregate_server.upstream.providers.anthropic_messages import request_body, request_refusal
 from faregate_server.upstream.providers.base import (
     JsonEndpoint,
     UpstreamError,
@@ -31,6 +31,7 @@ from faregate_server.upstream.providers.base import (
     translate_transport_errors,
 )
 from faregate_server.upstream.providers.json_codec import decode_json
+from faregate_server.upstream.providers.refusals import Refusal
 from faregate_server.upstream.redaction import Redactor
 from faregate_server.upstream.usage import MISSING, reported_usage
 
@@ -45,12 +46,16 @@ _RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 class AnthropicProvider:
     """One model behind Anthropic's Messages API."""
 
-    max_temperature: ClassVar[float] = 1.0
-    """The Messages API takes 0 to 1."""
-
     carried_features: ClassVar[frozenset[Feature]] = frozenset(Feature) - {Feature.SEED}
     """Everything but a seed, which the Messages API has no field for
     (anthropic_messages.py has the mapping)."""
+
+    def refusal(
+        self, temperature: float | None, options: GenerationOptions | None, max_output_tokens: int
+    ) -> Refusal | None:
+        """A temperature over 1, and what thinking cannot be combined with
+        (anthropic_messages.py lists it)."""
+        return request_refusal(temperature, options, max_output_tokens)
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor
@@ -140,9 +145,10 @@ class AnthropicProvider:
 
 def _checked_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
     """The request's body, or a REJECTED error before any call when Anthropic
-    would refuse what it asks (`unsendable`): a healthy answer for the
-    model's breaker, and the caller is told which field."""
-    refused = unsendable(request)
+    would refuse what it asks. Routing never picks a model whose provider
+    refuses the request (`AnthropicProvider.refusal`); this keeps the
+    adapter from sending such a body whoever calls it."""
+    refused = request_refusal(request.temperature, request.options, request.max_output_tokens)
     if refused is not None:
         field, problem = refused
         raise UpstreamError(UpstreamErrorKind.REJECTED, f"{field}: {problem}")

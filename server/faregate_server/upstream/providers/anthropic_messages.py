@@ -25,17 +25,18 @@ The mapping (docs/anthropic.md says the same for callers):
 - response_format json_schema → `output_config.format: {type: json_schema,
   schema}`, the GA structured-output mechanism (always enforced, so `strict`
   and `name` have nothing to map to). json_object has no Anthropic
-  equivalent and is refused (`unsendable`).
+  equivalent and is refused (`request_refusal`).
 - reasoning: `budget_tokens` → `thinking: {type: enabled, budget_tokens}`
   (the manual mode, which Claude 4.7 and later refuse); `effort` →
   `output_config.effort` (low, medium, high as they are), with
   `thinking: {type: adaptive}` when no budget is given, the current mode.
 
-`unsendable` names what Anthropic would refuse with thinking on, so the
-request fails before any call rather than on the wire: a forced tool
-(tool_choice REQUIRED or a tool name), a temperature other than 1, a top_p
-outside 0.95 to 1, and a budget under 1024 tokens or not under the output cap.
-Nothing is dropped silently.
+`request_refusal` names what Anthropic would refuse whatever the model, so routing
+passes the model over before any call rather than fail on the wire: a
+temperature over 1, a json_object response format and, with thinking on, a
+forced tool (tool_choice REQUIRED or a tool name), a temperature other than
+1, a top_p outside 0.95 to 1, and a budget under 1024 tokens or not under
+the output cap. Nothing is dropped silently.
 
 Invariant: the body is plain JSON (dicts, lists, str, numbers, bools): a
 caller's schemas, held as read-only mappings, are copied into dicts.
@@ -56,7 +57,10 @@ from faregate_server.content import (
 )
 from faregate_server.domain import ChatMessage, Role, UpstreamRequest
 from faregate_server.upstream.providers.json_codec import decode_json
+from faregate_server.upstream.providers.refusals import Refusal, temperature_refusal
 
+MAX_TEMPERATURE = 1.0
+"""The Messages API takes 0 to 1."""
 MIN_THINKING_BUDGET_TOKENS = 1024
 """The smallest `thinking.budget_tokens` Anthropic takes."""
 _THINKING_TOP_P = (0.95, 1.0)
@@ -65,7 +69,7 @@ _FORCED_CHOICES = frozenset({ToolChoiceMode.REQUIRED, ToolChoiceMode.TOOL})
 
 
 def request_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
-    """The JSON body of a Messages request (check `unsendable` first)."""
+    """The JSON body of a Messages request (check `request_refusal` first)."""
     system = "\n\n".join(_text_of(m) for m in request.messages if m.role is Role.SYSTEM)
     body: dict[str, Any] = {
         "model": request.upstream_model,
@@ -83,12 +87,14 @@ def request_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
-def unsendable(request: UpstreamRequest) -> tuple[str, str] | None:
-    """(field, problem) for the first part of the request Anthropic would
-    refuse whatever the model, or None when it can be sent."""
-    options = request.options
-    if options is None:
-        return None
+def request_refusal(
+    temperature: float | None, options: GenerationOptions | None, max_output_tokens: int
+) -> Refusal | None:
+    """The first part of a request Anthropic would refuse whatever the model,
+    or None when it can be sent."""
+    over = temperature_refusal(temperature, MAX_TEMPERATURE, "anthropic")
+    if over is not None or options is None:
+        return over
     if options.response_format is not None and options.response_format.schema is None:
         return (
             "response_format.json_object",
@@ -100,15 +106,15 @@ def unsendable(request: UpstreamRequest) -> tuple[str, str] | None:
     budget = reasoning.budget_tokens
     if budget is not None and budget < MIN_THINKING_BUDGET_TOKENS:
         return ("reasoning.budget_tokens", f"must be at least {MIN_THINKING_BUDGET_TOKENS}")
-    if budget is not None and budget >= request.max_output_tokens:
+    if budget is not None and budget >= max_output_tokens:
         return (
             "reasoning.budget_tokens",
-            f"must be less than the output cap ({request.max_output_tokens} tokens)",
+            f"must be less than the output cap ({max_output_tokens} tokens)",
         )
     choice = options.tool_choice
     if choice is not None and choice.mode in _FORCED_CHOICES:
         return ("tool_choice", "Anthropic models cannot be forced to call a tool while reasoning")
-    if request.temperature is not None and request.temperature != 1:
+    if temperature is not None and temperature != 1:
         return ("temperature", "must be 1 (or unset) when Anthropic models reason")
     low, high = _THINKING_TOP_P
     if options.top_p is not None and not low <= options.top_p <= high:

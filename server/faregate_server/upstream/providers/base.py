@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import AnswerDelta, Feature
+from faregate_server.content import AnswerDelta, Feature, GenerationOptions
 from faregate_server.domain import Completion, StreamEnd, UpstreamRequest
 from faregate_server.errors import (
     FaregateError,
@@ -41,6 +41,7 @@ from faregate_server.upstream.providers.reading import (
     read_capped,
     read_prefix,
 )
+from faregate_server.upstream.providers.refusals import Refusal
 from faregate_server.upstream.providers.sse import SseEvent, iter_sse
 from faregate_server.upstream.redaction import Redactor, excerpt
 
@@ -128,11 +129,14 @@ class Provider(Protocol):
         judges the model unfit), rather than sent without it."""
         ...
 
-    @property
-    def max_temperature(self) -> float:
-        """The highest sampling temperature the provider accepts (OpenAI's
-        range is 0 to 2, Anthropic's 0 to 1): a request asking for more is
-        not sent to it (routing/selection.py judges the model unfit)."""
+    def refusal(
+        self, temperature: float | None, options: GenerationOptions | None, max_output_tokens: int
+    ) -> Refusal | None:
+        """The first thing in a request's generation settings that the
+        provider refuses whatever the model (a temperature over its range:
+        OpenAI's is 0 to 2, Anthropic's 0 to 1; Anthropic's rules for
+        reasoning), or None. A candidate that would refuse is never called:
+        routing/selection.py judges it unfit, before any work."""
         ...
 
     async def complete(self, request: UpstreamRequest) -> Completion:

@@ -34,6 +34,7 @@ from faregate_server.config.schema import ModelConfig
 from faregate_server.content import (
     AnswerDelta,
     Feature,
+    GenerationOptions,
     ReasoningBlock,
     ReasoningDelta,
     RefusalDelta,
@@ -56,6 +57,7 @@ from faregate_server.upstream.providers.base import (
 )
 from faregate_server.upstream.providers.json_codec import decode_json, encode_json
 from faregate_server.upstream.providers.openai_request import request_body
+from faregate_server.upstream.providers.refusals import Refusal, temperature_refusal
 from faregate_server.upstream.redaction import Redactor
 from faregate_server.upstream.usage import reported_usage_block
 
@@ -71,9 +73,6 @@ _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 class OpenAIProvider:
     """One model behind an OpenAI-compatible API."""
-
-    max_temperature: ClassVar[float] = 2.0
-    """OpenAI takes 0 to 2, as compatible servers do."""
 
     carried_features: ClassVar[frozenset[Feature]] = frozenset(
         {
@@ -93,6 +92,13 @@ class OpenAIProvider:
         }
     )
     """Every feature of the contract (see openai_request.py for how each is sent)."""
+
+    def refusal(
+        self, temperature: float | None, options: GenerationOptions | None, max_output_tokens: int
+    ) -> Refusal | None:
+        """OpenAI takes 0 to 2, as compatible servers do; per-model rules are config's
+        (`refuses`)."""
+        return temperature_refusal(temperature, 2.0, "openai")
 
     def __init__(
         self, session: aiohttp.ClientSession, model: ModelConfig, redactor: Redactor

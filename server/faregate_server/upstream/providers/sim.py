@@ -22,7 +22,14 @@ from typing import ClassVar
 
 from faregate_server.config.models import SimToolCall
 from faregate_server.config.schema import ModelConfig
-from faregate_server.content import AnswerDelta, Feature, ToolCall, ToolCallDelta, ToolChoiceMode
+from faregate_server.content import (
+    AnswerDelta,
+    Feature,
+    GenerationOptions,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoiceMode,
+)
 from faregate_server.domain import (
     Completion,
     FinishReason,
@@ -32,6 +39,7 @@ from faregate_server.domain import (
     Usage,
 )
 from faregate_server.upstream.providers.base import UpstreamError, UpstreamErrorKind
+from faregate_server.upstream.providers.refusals import Refusal, temperature_refusal
 from faregate_server.upstream.tokens import EstimatingCounter, count_messages
 
 _WORDS = ("simulated", "answer", "from", "faregate's", "sim", "provider.")
@@ -41,9 +49,6 @@ _CALL_ID = "call_sim_0"
 
 class SimProvider:
     """Generates one placeholder token per configured delay."""
-
-    max_temperature: ClassVar[float] = 2.0
-    """As OpenAI's, so sim stands in for either provider."""
 
     carried_features: ClassVar[frozenset[Feature]] = frozenset(
         {
@@ -57,6 +62,12 @@ class SimProvider:
     """The tool loop: it calls at most one tool, so parallel_tool_calls holds
     whatever it says. Images, response formats, stop sequences, top_p, a seed
     or reasoning are refused (MODEL_CANNOT_SERVE): it would ignore them."""
+
+    def refusal(
+        self, temperature: float | None, options: GenerationOptions | None, max_output_tokens: int
+    ) -> Refusal | None:
+        """As OpenAI's range, so sim stands in for either provider."""
+        return temperature_refusal(temperature, 2.0, "sim")
 
     def __init__(self, model: ModelConfig, rng: random.Random | None = None) -> None:
         self._settings = model.sim
