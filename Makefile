@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BUF := .tools/node_modules/.bin/buf
+# The Node client test (tests/e2e/test_grpc_js.py) loads protos/ at run time
+# with these; grpc-js's package.json stands for both.
+NODE_GRPC := .tools/node_modules/@grpc/grpc-js/package.json
 PROTOS := $(wildcard protos/faregate/v1/*.proto)
 CONFIG ?=
 
@@ -30,7 +33,10 @@ $(BUF):
 
 setup: $(VENV)/.installed
 
-tools: $(BUF)
+$(NODE_GRPC):
+	npm install --prefix .tools --no-audit --no-fund --silent @grpc/grpc-js @grpc/proto-loader
+
+tools: $(BUF) $(NODE_GRPC)
 
 ## Start faregate on the embedded default config (or CONFIG=path/to.yaml).
 run: setup
