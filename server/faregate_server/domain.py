@@ -260,8 +260,23 @@ def claim_key(principal: str, request_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """A request's tokens, as faregate.v1's Usage counts them: `input_tokens`
+    is every prompt token the provider processed, cached and cache-written
+    ones included, and the cache counts are parts of it; `reasoning_tokens`
+    is part of `output_tokens`. Each provider's usage is normalised to this
+    (upstream/usage.py), so one price rule serves them all (money.py)."""
+
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
+    """Input read from the provider's prompt cache."""
+    cache_write_input_tokens: int = 0
+    """Input written to the provider's prompt cache, for any lifetime."""
+    cache_write_1h_input_tokens: int = 0
+    """The part of `cache_write_input_tokens` written to live an hour, priced
+    apart from five-minute writes (Anthropic)."""
+    reasoning_tokens: int = 0
+    """Output the model spent reasoning."""
 
 
 class UsageFlaw(StrEnum):

@@ -61,17 +61,60 @@ def format_nano_usd(amount_nano_usd: int) -> str:
     return f"{sign}${whole}.{frac:09d}"
 
 
+_INPUT_PRICE = -1
+"""A cache price left unset: it is the input price."""
+_CACHE_PRICES = (
+    "cached_input_nano_usd_per_mtok",
+    "cache_write_nano_usd_per_mtok",
+    "cache_write_1h_nano_usd_per_mtok",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
-    """A model's token prices in nano-USD per million tokens."""
+    """A model's token prices in nano-USD per million tokens.
+
+    Input is priced by kind: read from the prompt cache, written to it (for
+    five minutes or for an hour), or neither. A cache price left unset is
+    the input price; config/models.py sets the defaults per provider.
+    """
 
     input_nano_usd_per_mtok: int
     output_nano_usd_per_mtok: int
+    cached_input_nano_usd_per_mtok: int = _INPUT_PRICE
+    cache_write_nano_usd_per_mtok: int = _INPUT_PRICE
+    cache_write_1h_nano_usd_per_mtok: int = _INPUT_PRICE
 
-    def cost_nano_usd(self, input_tokens: int, output_tokens: int) -> int:
-        """The cost of a request, rounded up to the next nano-dollar."""
+    def __post_init__(self) -> None:
+        for name in _CACHE_PRICES:
+            if getattr(self, name) == _INPUT_PRICE:
+                object.__setattr__(self, name, self.input_nano_usd_per_mtok)
+
+    def cost_nano_usd(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_input_tokens: int = 0,
+        cache_write_1h_input_tokens: int = 0,
+    ) -> int:
+        """The cost of a request: the exact sum over every kind of token,
+        rounded up once, to the next nano-dollar.
+
+        The cache counts are parts of `input_tokens` (and the hour's writes
+        part of the writes), as domain.Usage has them; the rest of the input
+        is priced as input.
+        """
+        plain_input = input_tokens - cached_input_tokens - cache_write_input_tokens
         scaled = (
-            input_tokens * self.input_nano_usd_per_mtok
+            plain_input * self.input_nano_usd_per_mtok
             + output_tokens * self.output_nano_usd_per_mtok
         )
+        if cached_input_tokens or cache_write_input_tokens:
+            scaled += (
+                cached_input_tokens * self.cached_input_nano_usd_per_mtok
+                + (cache_write_input_tokens - cache_write_1h_input_tokens)
+                * self.cache_write_nano_usd_per_mtok
+                + cache_write_1h_input_tokens * self.cache_write_1h_nano_usd_per_mtok
+            )
         return -(-scaled // TOKENS_PER_MTOK)

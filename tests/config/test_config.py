@@ -30,6 +30,25 @@ def test_prices_and_limits_become_integer_nano_usd() -> None:
     assert config.budgets["team"].limit_nano_usd == 100_000_000_000
 
 
+def test_cache_prices_default_to_input_and_to_anthropics_write_rates() -> None:
+    data = base_config("http://127.0.0.1:1")
+    data["models"]["gpt-fake"]["cached_input_usd_per_mtok"] = 1.25
+    data["models"]["claude-fake"]["cache_write_1h_usd_per_mtok"] = "6.5"
+    config = parse_config(yaml.safe_dump(data), env=TEST_ENV)
+
+    gpt, claude = config.models["gpt-fake"].price, config.models["claude-fake"].price
+    # gpt-fake: $2.50 input; OpenAI bills no cache write above input.
+    assert (gpt.cached_input_nano_usd_per_mtok, gpt.cache_write_nano_usd_per_mtok) == (
+        1_250_000_000,
+        2_500_000_000,
+    )
+    assert gpt.cache_write_1h_nano_usd_per_mtok == 2_500_000_000
+    # claude-fake: $3 input; a read defaults to it, a five-minute write to 1.25 times.
+    assert claude.cached_input_nano_usd_per_mtok == 3_000_000_000
+    assert claude.cache_write_nano_usd_per_mtok == 3_750_000_000
+    assert claude.cache_write_1h_nano_usd_per_mtok == 6_500_000_000
+
+
 _KEY = format_key_hash(new_api_key()[1])
 
 
@@ -50,6 +69,10 @@ def _broken(change: dict[str, Any]) -> str:
         ({"models.gpt-fake.workers": 0}, "models.gpt-fake.workers: must be an integer >= 1"),
         ({"models.gpt-fake.provider": "bard"}, "models.gpt-fake.provider: must be one of"),
         ({"models.gpt-fake.input_usd_per_mtok": "cheap"}, "models.gpt-fake.input_usd_per_mtok"),
+        (
+            {"models.gpt-fake.cache_write_usd_per_mtok": -1},
+            "models.gpt-fake.cache_write_usd_per_mtok",
+        ),
         ({"models.gpt-fake.api_key_env": "NOT_SET_ANYWHERE"}, "NOT_SET_ANYWHERE is not set"),
         ({"models.gpt-fake.colour": "blue"}, "models.gpt-fake.colour: unknown field"),
         ({"models.gpt-fake.max_output_tokens": 9000}, "must be smaller than context_window"),

@@ -32,6 +32,7 @@ from faregate_server.config.fields import (
     Usd,
     Version,
     keyed,
+    no_default_shown,
     set_derived,
 )
 from faregate_server.config.limits import LimitDraw
@@ -161,6 +162,22 @@ class ModelConfig:
     """USD per million input tokens."""
     output_usd_per_mtok: InitVar[Annotated[int, Usd()]]
     """USD per million output tokens."""
+    cached_input_usd_per_mtok: InitVar[
+        Annotated[int | None, Usd(), Field(default=None), no_default_shown]
+    ] = None
+    """USD per million input tokens read from the prompt cache; defaults to
+    the input price, so it never under-counts."""
+    cache_write_usd_per_mtok: InitVar[
+        Annotated[int | None, Usd(), Field(default=None), no_default_shown]
+    ] = None
+    """USD per million input tokens written to the prompt cache (Anthropic: a
+    five-minute write); defaults to the input price, for anthropic models to
+    1.25 times it, Anthropic's rate."""
+    cache_write_1h_usd_per_mtok: InitVar[
+        Annotated[int | None, Usd(), Field(default=None), no_default_shown]
+    ] = None
+    """USD per million input tokens written to live an hour (Anthropic);
+    defaults to the input price, for anthropic models to 2 times it."""
     price: SkipJsonSchema[Price] = field(init=False)
     """Token prices in nano-USD per million tokens."""
     context_window_tokens: Annotated[int, Integer(1)] = 128_000
@@ -213,11 +230,42 @@ class ModelConfig:
     """Largest whole answer, and largest single stream event, after decompression."""
 
     def __post_init__(
-        self, input_usd_per_mtok: int, output_usd_per_mtok: int, limits: Mapping[str, LimitDraw]
+        self,
+        input_usd_per_mtok: int,
+        output_usd_per_mtok: int,
+        cached_input_usd_per_mtok: int | None,
+        cache_write_usd_per_mtok: int | None,
+        cache_write_1h_usd_per_mtok: int | None,
+        limits: Mapping[str, LimitDraw],
     ) -> None:
         # The InitVars hold nano-USD by now: their rule read the file's USD.
-        object.__setattr__(self, "price", Price(input_usd_per_mtok, output_usd_per_mtok))
+        write, write_1h = _CACHE_WRITE_PERCENT.get(self.provider, (100, 100))
+        price = Price(
+            input_usd_per_mtok,
+            output_usd_per_mtok,
+            _given_or(cached_input_usd_per_mtok, input_usd_per_mtok),
+            _given_or(cache_write_usd_per_mtok, _times(input_usd_per_mtok, write)),
+            _given_or(cache_write_1h_usd_per_mtok, _times(input_usd_per_mtok, write_1h)),
+        )
+        object.__setattr__(self, "price", price)
         object.__setattr__(self, "draws", tuple(limits.values()))
+
+
+_CACHE_WRITE_PERCENT: dict[ProviderKind, tuple[int, int]] = {
+    ProviderKind.ANTHROPIC: (125, 200),
+}
+"""A provider's cache write prices (five-minute, one-hour) in percent of the
+input price, where it bills writes above input: the defaults when the
+config gives none, so a write is never charged less than its bill."""
+
+
+def _given_or(price: int | None, default: int) -> int:
+    return default if price is None else price
+
+
+def _times(nano_usd: int, percent: int) -> int:
+    """`percent` of `nano_usd`, rounded up to a whole nano-USD."""
+    return -(-nano_usd * percent // 100)
 
 
 def settle_model(model: ModelConfig, env: Mapping[str, str]) -> list[tuple[Loc, str]]:
