@@ -16,7 +16,9 @@ import yaml
 from faregate_server.clock import SystemClock
 from faregate_server.config.load import parse_config
 from faregate_server.config.tokenizers import Tokenizer
+from faregate_server.content import GenerationOptions, Tool
 from faregate_server.domain import ChatMessage, Role
+from faregate_server.upstream import tokens
 from faregate_server.upstream.catalog import Catalog
 from faregate_server.upstream.encodings import (
     EncodingFileError,
@@ -24,7 +26,7 @@ from faregate_server.upstream.encodings import (
     encoding,
     load_encoding,
 )
-from faregate_server.upstream.tokens import EstimatingCounter, TiktokenCounter
+from faregate_server.upstream.tokens import EstimatingCounter, TiktokenCounter, options_tokens
 
 from tests.conftest import TEST_ENV, base_config
 
@@ -165,3 +167,30 @@ async def test_a_catalog_shares_one_counter_per_tokenizer_and_headroom() -> None
     assert counters["llama"] is counters["claude"] is counters["sim"]
     assert counters["claude-wide"] is counters["llama-wide"]
     assert len({id(counter) for counter in counters.values()}) == 4
+
+
+def _tools(*names: str) -> GenerationOptions:
+    schema = {"type": "object", "properties": {"path": {"type": "string"}}}
+    return GenerationOptions(tools=tuple(Tool(name, "Reads a file.", schema) for name in names))
+
+
+def test_tool_definitions_count_the_same_when_counted_again_and_apart_when_they_differ() -> None:
+    counter = TiktokenCounter(Tokenizer.O200K_BASE)
+    estimate = EstimatingCounter()
+    one, other = _tools("read_file"), _tools("read_a_much_longer_file_name")
+
+    first = options_tokens(counter, one)
+
+    assert options_tokens(counter, one) == first
+    assert options_tokens(counter, _tools("read_file")) == first
+    assert options_tokens(counter, other) > first
+    # Counted per counter: the estimate's count of the same tools is its own.
+    assert options_tokens(estimate, one) != first
+
+
+def test_the_counts_kept_for_tool_definitions_are_bounded() -> None:
+    counter = EstimatingCounter()
+    for index in range(tokens._OPTIONS_TOKENS_KEPT + 50):
+        options_tokens(counter, _tools(f"tool_{index}"))
+
+    assert len(tokens._options_tokens_seen) == tokens._OPTIONS_TOKENS_KEPT

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -172,7 +173,26 @@ def options_tokens(counter: TokenCounter, options: GenerationOptions | None) -> 
         texts.append(_json_text(schema))
     if not texts:
         return 0
-    return counter.count_text(" ".join(texts)) + _TOOL_FRAMING * len(options.tools)
+    text = " ".join(texts)
+    key = (counter.name, hashlib.blake2b(text.encode(), digest_size=16).digest())
+    tokens = _options_tokens_seen.get(key)
+    if tokens is None:
+        tokens = counter.count_text(text) + _TOOL_FRAMING * len(options.tools)
+        if len(_options_tokens_seen) >= _OPTIONS_TOKENS_KEPT:
+            del _options_tokens_seen[next(iter(_options_tokens_seen))]
+        _options_tokens_seen[key] = tokens
+    return tokens
+
+
+_OPTIONS_TOKENS_KEPT = 1024
+_options_tokens_seen: dict[tuple[str, bytes], int] = {}
+"""The counts `options_tokens` made, by counter and a digest of the text it
+counted, oldest first. An agent sends the same tools on every turn of its
+loop, and counting them costs far more than the digest (5 tools of a few
+hundred bytes each: about a hundred microseconds to count, one to digest).
+Keyed by digest, never by the text, so the memory kept is bounded by the
+number of entries, whatever the size of the tools; the oldest is dropped
+when full."""
 
 
 def _json_text(value: Mapping[str, Any]) -> str:
