@@ -234,6 +234,59 @@ async def test_spend_resets_at_the_window_boundary(store: StateStore, clock: Fak
     store.release(held)
 
 
+async def test_a_weekly_budget_resets_on_monday_at_midnight_utc(
+    state_section: dict[str, Any],
+) -> None:
+    config = _config(state_section)
+    config["budgets"]["week"] = {"limit_usd": 1, "window": "weekly"}
+    # Sunday 2026-11-29 23:00 UTC: an hour before the ISO week ends.
+    clock = FakeClock(1_795_993_200.0)
+    store = await open_state(to_config(config), clock)
+    try:
+        holding = await store.reserve(("week",), 100, (), ())
+        assert holding is not None
+        await store.commit(holding, 100, 1, _record("w1", 100, "week"))
+
+        clock.advance(3599)  # Sunday 23:59:59: the same week
+        assert (await store.budget("week")).spent_nano_usd == 100
+        clock.advance(1)  # Monday 00:00:00: a new week
+
+        snapshot = await store.budget("week")
+        assert snapshot.spent_nano_usd == 0
+        assert snapshot.resets_at_s == 1_795_996_800.0 + 7 * 86400
+        holding = await store.reserve(("week",), 40, (), ())
+        assert holding is not None
+        await store.commit(holding, 40, 1, _record("w2", 40, "week"))
+        assert (await store.budget("week")).spent_nano_usd == 40
+    finally:
+        await store.aclose()
+
+
+async def test_a_restart_sums_a_weekly_budget_from_the_ledger_within_its_week(
+    tmp_path: Path,
+) -> None:
+    config = to_config(
+        _config({"backend": "sqlite", "path": str(tmp_path / "week.db")})
+        | {"budgets": {"week": {"limit_usd": 1, "window": "weekly"}}}
+    )
+    clock = FakeClock(1_795_993_200.0)  # Sunday 2026-11-29 23:00 UTC
+    store = await open_state(config, clock)
+    holding = await store.reserve(("week",), 100, (), ())
+    assert holding is not None
+    record = dataclasses.replace(_record("w1", 100, "week"), time_s=clock.now_s())
+    await store.commit(holding, 100, 1, record)
+    await store.aclose()
+
+    clock.advance(3599)  # the same ISO week
+    store = await open_state(config, clock)
+    assert (await store.budget("week")).spent_nano_usd == 100
+    await store.aclose()
+    clock.advance(1)  # Monday 00:00 UTC
+    store = await open_state(config, clock)
+    assert (await store.budget("week")).spent_nano_usd == 0
+    await store.aclose()
+
+
 async def test_operator_changes_hold_until_the_configured_limit_changes(
     store: StateStore, state_section: dict[str, Any]
 ) -> None:

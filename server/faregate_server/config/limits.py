@@ -37,6 +37,8 @@ class Window(StrEnum):
     MINUTE = "minute"
     HOURLY = "hourly"
     DAILY = "daily"
+    WEEKLY = "weekly"
+    """ISO weeks: from Monday 00:00 UTC to the next."""
     MONTHLY = "monthly"
 
 
