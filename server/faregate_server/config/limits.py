@@ -20,6 +20,7 @@ from faregate_server.config.fields import (
     FromKey,
     Integer,
     Number,
+    Thresholds,
     Usd,
     no_default_shown,
 )
@@ -67,6 +68,9 @@ class BudgetConfig:
     """Spend allowed per window (written `limit_usd`, in USD)."""
     window: Annotated[Window, Choice(), Field(default=Window.NONE)]
     """When the spend resets."""
+    alerts: Annotated[tuple[float, ...], Thresholds()] = ()
+    """Fractions of the limit whose crossing raises an alert, once per window each
+    (e.g. [0.5, 0.8, 1.0]); increasing, each above 0 and at most 1."""
 
 
 @dataclass(frozen=True, slots=True)
