@@ -20,6 +20,7 @@ from faregate_server.errors import BudgetExhausted, StateUnavailable
 from faregate_server.state.alerts import BudgetAlert
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.opening import open_state
+from faregate_server.state.redis_store import RedisState
 from faregate_server.state.store import StateStore
 
 from tests.conftest import to_config
@@ -280,7 +281,7 @@ async def test_spend_made_while_redis_was_away_alerts_once_written_back(
     )
     config["budgets"]["team"]["alerts"] = [0.5]
     alerts = _Alerts()
-    store = await open_state(to_config(config), SystemClock(), alerts=alerts)
+    store = await RedisState.open(to_config(config), SystemClock(), alerts)
     try:
         own_redis.stop()
         holding = await store.reserve(("team",), LIMIT // 2, (), ())
