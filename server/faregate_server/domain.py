@@ -291,6 +291,9 @@ class UsageFlaw(StrEnum):
     NOT_INTEGER = "not_integer"
     """A count that is not a JSON integer: a float, a string, a boolean, null."""
     NEGATIVE = "negative"
+    PARTS_OVER_WHOLE = "parts_over_whole"
+    """A part larger than its whole: cached input beyond the input, reasoning
+    beyond the output."""
     OVER_CONTEXT_WINDOW = "over_context_window"
     """More input than the model's context window holds."""
     OVER_OUTPUT_CAP = "over_output_cap"

@@ -39,6 +39,12 @@ class AnthropicScript:
     stop_reason: str = "end_turn"
     stop_details: dict[str, Any] | None = None
     usage: tuple[int, int] = (11, 3)
+    usage_block: dict[str, Any] | None = None
+    """A whole usage block (cache counts and all) to send instead of
+    `usage`'s: whole as it is; streamed, message_start carries it with an
+    output of 1, and message_delta carries it whole (cumulative counts)."""
+    delta_usage: dict[str, Any] | None = None
+    """Streamed: message_delta's usage, when it is not the whole block."""
     cut_last_block: bool = False
     """Streamed: the last block stops mid-JSON with no content_block_stop."""
     fragment_chars: int = 7
@@ -52,7 +58,7 @@ def events(script: AnthropicScript) -> list[tuple[str, dict[str, Any]]]:
         "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": "m",
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": script.usage[0], "output_tokens": 1},
+            "usage": _usage(script) | {"output_tokens": 1},
         },
     }  # fmt: skip
     out: list[tuple[str, dict[str, Any]]] = [("message_start", start)]
@@ -104,10 +110,24 @@ def events(script: AnthropicScript) -> list[tuple[str, dict[str, Any]]]:
         delta["stop_details"] = script.stop_details
     out.append(
         ("message_delta", {"type": "message_delta", "delta": delta,
-                           "usage": {"output_tokens": script.usage[1]}})
+                           "usage": _delta_usage(script)})
     )  # fmt: skip
     out.append(("message_stop", {"type": "message_stop"}))
     return out
+
+
+def _usage(script: AnthropicScript) -> dict[str, Any]:
+    if script.usage_block is not None:
+        return dict(script.usage_block)
+    return {"input_tokens": script.usage[0], "output_tokens": script.usage[1]}
+
+
+def _delta_usage(script: AnthropicScript) -> dict[str, Any]:
+    if script.delta_usage is not None:
+        return script.delta_usage
+    if script.usage_block is not None:
+        return dict(script.usage_block)
+    return {"output_tokens": script.usage[1]}
 
 
 def wire_problem(body: dict[str, Any]) -> str | None:
@@ -213,7 +233,7 @@ class FakeAnthropic:
                     "stop_reason": script.stop_reason,
                     "stop_sequence": None,
                     "stop_details": script.stop_details,
-                    "usage": {"input_tokens": script.usage[0], "output_tokens": script.usage[1]},
+                    "usage": _usage(script),
                 }
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

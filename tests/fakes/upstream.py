@@ -42,6 +42,15 @@ class Script:
     usage: tuple[Any, Any] | None = (11, 3)
     """(input, output) tokens to report, as any JSON values (a liar's: -5,
     3.5, "12", true, 1e17) or `OMIT` to leave one out; None reports no usage."""
+    usage_block: dict[str, Any] | None = None
+    """A whole usage block in the provider's own shape (OpenAI's details,
+    Anthropic's cache counts), sent as it is instead of `usage`'s; streamed
+    by Anthropic, message_start carries it but its output (1 instead) and
+    message_delta carries it whole, as cumulative counts are sent."""
+    usage_in_every_chunk: bool = False
+    """OpenAI, streamed with a `usage_block`: every text chunk carries a
+    running snapshot of it, as Gemini's compatible endpoint sends (its
+    completion and total grow chunk by chunk), before the whole block."""
     finish_reason: str = "stop"
     stop_reason: str | None = None
     """Anthropic's stop reason to send as it is, instead of finish_reason's."""
@@ -117,6 +126,8 @@ class FakeUpstream:
         self.disconnected_models: list[str] = []
         self.completed = 0
         self.reported_usage: list[tuple[Any, Any]] = []
+        self.reported_blocks: list[dict[str, Any]] = []
+        """The `usage_block`s of the answers sent, in order."""
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
         self.base_url = ""
@@ -236,6 +247,9 @@ class FakeUpstream:
             if index and script.chunk_delay_s:
                 await asyncio.sleep(script.chunk_delay_s)
             delta = wire.delta(chunk)
+            if script.usage_in_every_chunk and script.usage_block is not None:
+                snapshot = _running_usage(script.usage_block, index + 1, len(script.chunks))
+                delta = _sse({**json.loads(delta[len(b"data: ") :]), "usage": snapshot})
             await response.write(delta)
             self.streamed_bytes += len(delta)
         self._record_usage(script)
@@ -244,7 +258,9 @@ class FakeUpstream:
         return response
 
     def _record_usage(self, script: Script) -> None:
-        if script.usage is not None:
+        if script.usage_block is not None:
+            self.reported_blocks.append(script.usage_block)
+        elif script.usage is not None:
             self.reported_usage.append(script.usage)
 
 
@@ -303,7 +319,9 @@ class _OpenAIFormat(_Format):
             ]
         if script.reasoning_content is not None:
             message["reasoning_content"] = script.reasoning_content
-        if script.usage is not None:
+        if script.usage_block is not None:
+            answer["usage"] = script.usage_block
+        elif script.usage is not None:
             answer["usage"] = _openai_usage(script.usage)
         return answer
 
@@ -324,7 +342,9 @@ class _OpenAIFormat(_Format):
         if script.refusal is not None:
             out += _sse(self._chunk({"refusal": script.refusal}, None))
         out += _sse(self._chunk({}, script.finish_reason))
-        if script.usage is not None:
+        if script.usage_block is not None:
+            out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": script.usage_block})
+        elif script.usage is not None:
             usage = _openai_usage(script.usage)
             out += _sse({"id": "chatcmpl-fake", "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
@@ -379,6 +399,17 @@ def openai_tool_call_deltas(
     return [{"tool_calls": [fragment]} for fragment in order]
 
 
+def _running_usage(block: dict[str, Any], done: int, chunks: int) -> dict[str, Any]:
+    """An OpenAI usage block as far as `done` of `chunks` chunks: its prompt
+    whole, its completion and total grown in proportion."""
+    prompt = block["prompt_tokens"]
+    return {
+        **block,
+        "completion_tokens": block["completion_tokens"] * done // chunks,
+        "total_tokens": prompt + (block["total_tokens"] - prompt) * done // chunks,
+    }
+
+
 def _openai_usage(usage: tuple[Any, Any]) -> dict[str, Any]:
     prompt, completion = usage
     block = _counts(prompt_tokens=prompt, completion_tokens=completion)
@@ -404,7 +435,9 @@ class _AnthropicFormat(_Format):
             "content": [{"type": "text", "text": "".join(script.chunks)}],
             "stop_reason": _anthropic_stop(script),
         }
-        if script.usage is not None:
+        if script.usage_block is not None:
+            answer["usage"] = script.usage_block
+        elif script.usage is not None:
             answer["usage"] = _counts(input_tokens=script.usage[0], output_tokens=script.usage[1])
         return answer
 
@@ -416,7 +449,9 @@ class _AnthropicFormat(_Format):
             "model": body["model"],
             "content": [],
         }
-        if script.usage is not None:
+        if script.usage_block is not None:
+            message["usage"] = {**script.usage_block, "output_tokens": 1}
+        elif script.usage is not None:
             message["usage"] = _counts(input_tokens=script.usage[0], output_tokens=1)
         return _sse({"type": "message_start", "message": message}, "message_start") + _sse(
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
@@ -438,7 +473,9 @@ class _AnthropicFormat(_Format):
             "type": "message_delta",
             "delta": {"stop_reason": _anthropic_stop(script)},
         }
-        if script.usage is not None:
+        if script.usage_block is not None:
+            delta["usage"] = script.usage_block
+        elif script.usage is not None:
             delta["usage"] = _counts(output_tokens=script.usage[1])
         return (
             _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")

@@ -104,6 +104,58 @@ async def test_a_ledger_of_the_first_schema_is_upgraded_in_place(tmp_path: Path)
         await ledger.aclose()
 
 
+async def test_a_ledger_of_the_schema_before_cache_counts_opens_and_gains_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE spend (request_id TEXT NOT NULL, time_s REAL NOT NULL,"
+        " budget_key TEXT NOT NULL, agent TEXT NOT NULL, model TEXT NOT NULL,"
+        " input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,"
+        " reserved_nano_usd INTEGER NOT NULL, cost_nano_usd INTEGER NOT NULL,"
+        " outcome TEXT NOT NULL, also_budget_keys TEXT NOT NULL DEFAULT '[]',"
+        " route TEXT NOT NULL DEFAULT '', model_version TEXT NOT NULL DEFAULT '',"
+        " attempts INTEGER NOT NULL DEFAULT 1, principal TEXT NOT NULL DEFAULT '',"
+        " usage_flaw TEXT NOT NULL DEFAULT '', reported_usage TEXT NOT NULL DEFAULT '')"
+    )
+    old.execute(
+        "INSERT INTO spend VALUES ('old', 1.0, 'team', 'a', 'm', 1, 2, 30, 20, 'succeeded',"
+        " '[]', 'r', 'v1', 2, 'p', '', '')"
+    )
+    old.commit()
+    old.close()
+    counted = dataclasses.replace(
+        _record(1),
+        input_tokens=32_010,
+        cached_input_tokens=30_000,
+        cache_write_input_tokens=2_000,
+        cache_write_1h_input_tokens=500,
+        output_tokens=40,
+        reasoning_tokens=30,
+    )
+
+    ledger = await SqliteLedger.open(path)
+    try:
+        await ledger.record(counted)
+        (_, newest), (_, oldest) = await ledger.query("", "", 10, None)
+        assert newest == counted
+        assert (oldest.request_id, oldest.route, oldest.attempts) == ("old", "r", 2)
+        assert (
+            oldest.cached_input_tokens,
+            oldest.cache_write_input_tokens,
+            oldest.cache_write_1h_input_tokens,
+            oldest.reasoning_tokens,
+        ) == (0, 0, 0, 0)
+    finally:
+        await ledger.aclose()
+    reopened = await SqliteLedger.open(path)
+    try:
+        assert [record for record in reopened.records_since(0.0)][-1] == counted
+    finally:
+        await reopened.aclose()
+
+
 async def test_a_flagged_record_keeps_what_the_upstream_reported(tmp_path: Path) -> None:
     ledger = await SqliteLedger.open(tmp_path / "ledger.db")
     try:

@@ -1,5 +1,5 @@
-"""Request-id replay records: a result's tool calls, refusal and reasoning
-survive the record, and a record without them (every plain answer's, and
+"""Request-id replay records: a result's tool calls, refusal, reasoning and
+usage by kind survive the record, and a record without them (every plain answer's, and
 every one kept before they existed) reads as an answer with none."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from faregate_server.domain import FinishReason, RouteResult, RoutingDecision, U
 from faregate_server.state.replay import StoredResult, decode_result, encode_result
 
 DECISION = RoutingDecision("r-1", "claude-fake", "anthropic", "v1", 900)
+PLAIN_USAGE = Usage(10, 5)
 
 
-def _result(**fields: object) -> RouteResult:
+def _result(usage: Usage = PLAIN_USAGE, **fields: object) -> RouteResult:
     return RouteResult(
         DECISION,
         "Reading it.",
         FinishReason.TOOL_CALLS,
-        Usage(10, 5),
+        usage,
         120,
         0,
         **fields,  # type: ignore[arg-type]
@@ -51,3 +52,12 @@ def test_a_plain_result_is_recorded_as_before() -> None:
     replayed = _round_trip(_result())
     assert (replayed.tool_calls, replayed.refusal, replayed.reasoning) == ((), "", ())
     assert replayed.output == "Reading it."
+
+
+def test_a_results_usage_keeps_its_parts_and_an_older_one_reads_them_as_zero() -> None:
+    usage = Usage(32_010, 40, 30_000, 2_000, 500, reasoning_tokens=30)
+    assert _round_trip(_result(usage=usage)).usage == usage
+    fields = json.loads(encode_result(_result()))
+    fields["usage"] = {"input_tokens": 10, "output_tokens": 5}  # as kept before the parts
+    older = StoredResult("fp", json.dumps(fields), 880)
+    assert decode_result(older).usage == Usage(10, 5)

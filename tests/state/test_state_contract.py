@@ -428,3 +428,35 @@ async def test_a_flagged_record_keeps_its_flaw_and_what_was_reported(store: Stat
 
     [(_, kept)] = await store.spend("team", "", 10, None)
     assert kept == flagged
+
+
+async def test_a_record_keeps_its_cache_and_reasoning_counts(store: StateStore) -> None:
+    holding = await store.reserve(("team",), 100, (), ())
+    assert holding is not None
+    counted = dataclasses.replace(
+        _record("cached", 100, "team"),
+        input_tokens=32_010,
+        cached_input_tokens=30_000,
+        cache_write_input_tokens=2_000,
+        cache_write_1h_input_tokens=500,
+        output_tokens=40,
+        reasoning_tokens=30,
+    )
+
+    await store.commit(holding, 100, 32_050, counted)
+
+    [(_, kept)] = await store.spend("team", "", 10, None)
+    assert kept == counted
+
+
+async def test_a_bad_cache_count_is_clamped_not_stored(store: StateStore) -> None:
+    holding = await store.reserve(("team",), 100, (), ())
+    assert holding is not None
+    poisoned = dataclasses.replace(
+        _record("bad", 100, "team"), cached_input_tokens=2**64, reasoning_tokens=-3
+    )
+
+    await store.commit(holding, 100, 30, poisoned)
+
+    [(_, kept)] = await store.spend("team", "", 10, None)
+    assert (kept.cached_input_tokens, kept.reasoning_tokens) == (2**53 - 1, 0)

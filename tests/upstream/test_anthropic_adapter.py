@@ -276,3 +276,40 @@ async def test_what_thinking_cannot_take_is_rejected_before_any_call(
         await anext(provider.stream(request))
     assert streamed.value.kind is UpstreamErrorKind.REJECTED
     assert fake.received == []
+
+
+CACHED_USAGE = {
+    "input_tokens": 10,
+    "cache_creation_input_tokens": 2000,
+    "cache_read_input_tokens": 30000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
+    "output_tokens": 12,
+    "service_tier": "standard",
+}
+
+
+async def test_a_whole_answer_counts_cache_reads_and_writes_as_input(
+    fake: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    fake.queue(AnthropicScript([TEXT], usage_block=CACHED_USAGE))
+    completion = await provider.complete(_request())
+    assert completion.usage == Usage(32010, 12, 30000, 2000, 500)
+
+
+async def test_a_stream_takes_message_deltas_cumulative_usage_over_message_starts(
+    fake: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    # message_delta repeats the input and cache counts: replaced, never added.
+    fake.queue(AnthropicScript([TEXT], usage_block=CACHED_USAGE))
+    _, end = await _deltas(provider, _request())
+    assert end.usage == Usage(32010, 12, 30000, 2000, 500)
+
+
+async def test_a_stream_whose_message_delta_has_only_output_keeps_the_input_side(
+    fake: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    # Null counts in message_delta are counts not sent (the SDK's type is optional).
+    delta_usage = {"output_tokens": 40, "input_tokens": None, "cache_read_input_tokens": None}
+    fake.queue(AnthropicScript([TEXT], usage_block=CACHED_USAGE, delta_usage=delta_usage))
+    _, end = await _deltas(provider, _request())
+    assert end.usage == Usage(32010, 40, 30000, 2000, 500)

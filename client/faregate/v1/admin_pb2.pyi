@@ -381,6 +381,7 @@ class SpendEntry(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     USAGE_FLAW_FIELD_NUMBER: _builtins.int
     REPORTED_USAGE_FIELD_NUMBER: _builtins.int
+    OVERRUN_NANO_USD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """faregate's request id."""
     time_unix_s: _builtins.float
@@ -407,14 +408,21 @@ class SpendEntry(_message.Message):
     """The principal the request was authenticated as; empty when auth is off."""
     usage_flaw: _builtins.str
     """Why the upstream's reported usage was not believed ("missing",
-    "not_integer", "negative", "over_context_window", "over_output_cap",
-    "over_reservation"), so the request was charged its reservation and
-    `usage` is the worst case it was reserved for; empty when it was believed.
+    "not_integer", "negative", "parts_over_whole", "over_context_window",
+    "over_output_cap", "over_reservation"), so the request was charged its
+    reservation and `usage` is the worst case it was reserved for; empty when
+    it was believed.
     """
     reported_usage: _builtins.str
     """With a `usage_flaw`: the counts the upstream reported, as a JSON object
-    with `input_tokens` and `output_tokens` (absent ones left out, long
-    values cut); empty otherwise.
+    by Usage's field names: `input_tokens` and `output_tokens` (absent ones
+    left out), and each other count only when it is not 0 (long values cut);
+    empty otherwise. A count not yet normalised is the provider's own (for
+    Anthropic, `input_tokens` is then its uncached input alone).
+    """
+    overrun_nano_usd: _builtins.int
+    """The cost beyond the reservation, in nano-USD: `cost_nano_usd` minus
+    `reserved_nano_usd`, or 0 when the cost was within the reservation.
     """
     @_builtins.property
     def usage(self) -> _router_pb2.Usage:
@@ -443,10 +451,11 @@ class SpendEntry(_message.Message):
         principal: _builtins.str = ...,
         usage_flaw: _builtins.str = ...,
         reported_usage: _builtins.str = ...,
+        overrun_nano_usd: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "attempts", b"attempts", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "model_version", b"model_version", "outcome", b"outcome", "principal", b"principal", "reported_usage", b"reported_usage", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "route", b"route", "time_unix_s", b"time_unix_s", "usage", b"usage", "usage_flaw", b"usage_flaw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "attempts", b"attempts", "budget_key", b"budget_key", "cost_nano_usd", b"cost_nano_usd", "model", b"model", "model_version", b"model_version", "outcome", b"outcome", "overrun_nano_usd", b"overrun_nano_usd", "principal", b"principal", "reported_usage", b"reported_usage", "request_id", b"request_id", "reserved_nano_usd", b"reserved_nano_usd", "route", b"route", "time_unix_s", b"time_unix_s", "usage", b"usage", "usage_flaw", b"usage_flaw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -865,19 +865,47 @@ class Usage(_message.Message):
 
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
-    """Tokens of the prompt."""
+    """Tokens of the prompt: every prompt token the provider processed, those
+    read from its prompt cache and those written to it included.
+    """
     output_tokens: _builtins.int
-    """Tokens of the generated answer."""
+    """Tokens of the generated answer, reasoning included."""
+    cached_input_tokens: _builtins.int
+    """The part of `input_tokens` read from the provider's prompt cache, priced
+    at the model's cached input rate; 0 when none was (or the provider does
+    not say).
+    """
+    cache_write_input_tokens: _builtins.int
+    """The part of `input_tokens` written to the provider's prompt cache, for
+    any lifetime, priced at the model's cache write rates; 0 when none was.
+    """
+    reasoning_tokens: _builtins.int
+    """The part of `output_tokens` the model spent reasoning (thinking), as the
+    provider reports it or as the total it bills implies; priced as output.
+    """
+    cache_write_1h_input_tokens: _builtins.int
+    """The part of `cache_write_input_tokens` written to live an hour (Anthropic's
+    1-hour cache), priced at the model's 1-hour write rate; the rest of the
+    writes are five-minute ones.
+    """
     def __init__(
         self,
         *,
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cache_write_input_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        cache_write_1h_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_1h_input_tokens", b"cache_write_1h_input_tokens", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,7 +10,8 @@ whatever interrupts the request, so the reserved totals of budgets and limit
 pools return to zero.
 
 The cost rules, for every way a request can end:
-- success: the provider-reported usage is charged at the model's price; without
+- success: the provider-reported usage is charged at the model's price (each
+  kind of token, cached, cache-written, plain input and output, at its rate); without
   a report, the counted input and the counted output (no more than the output
   cap: an upstream that ignored the cap is charged the cap); never more than
   was reserved, as a count is an estimate;
@@ -38,6 +39,7 @@ from faregate_server.routing.selection import Option
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.store import Holding, StateStore
 from faregate_server.upstream.tokens import RunningCount, count_text
+from faregate_server.upstream.usage import usage_cost_nano_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +88,7 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
         return Charge(worst, reserved_nano_usd, reported)
     usage = reported if reported is not None else counted
     assert usage is not None, "a request without reported usage is charged its count"
-    price = option.deployment.config.price
-    cost = price.cost_nano_usd(usage.input_tokens, usage.output_tokens)
+    cost = usage_cost_nano_usd(option.deployment.config.price, usage)
     return Charge(usage, min(cost, reserved_nano_usd))
 
 
@@ -193,6 +194,10 @@ class Settlement:
             model=deployment.name,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_input_tokens=usage.cache_write_input_tokens,
+            cache_write_1h_input_tokens=usage.cache_write_1h_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
             reserved_nano_usd=lease.holding.amount_nano_usd,
             cost_nano_usd=charged.cost_nano_usd,
             outcome=outcome,

@@ -152,7 +152,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 agent=record.agent,
                 model=record.model,
                 usage=router_pb2.Usage(
-                    input_tokens=record.input_tokens, output_tokens=record.output_tokens
+                    input_tokens=record.input_tokens,
+                    output_tokens=record.output_tokens,
+                    cached_input_tokens=record.cached_input_tokens,
+                    cache_write_input_tokens=record.cache_write_input_tokens,
+                    cache_write_1h_input_tokens=record.cache_write_1h_input_tokens,
+                    reasoning_tokens=record.reasoning_tokens,
                 ),
                 reserved_nano_usd=record.reserved_nano_usd,
                 cost_nano_usd=record.cost_nano_usd,
@@ -164,6 +169,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 principal=record.principal,
                 usage_flaw=record.usage_flaw,
                 reported_usage=record.reported_usage,
+                overrun_nano_usd=max(record.cost_nano_usd - record.reserved_nano_usd, 0),
             )
             for _, record in page
         ]

@@ -1,11 +1,12 @@
 """The parts of an answer beyond its text, out: domain values to faregate.v1.
 
 rpc/router.py builds RouteResponse and each StreamRouteResponse; what an
-answer holds beyond text (tool calls, a refusal, reasoning) and a stream's
-fragments of them are rendered here. A plain answer never reaches this
-module: the servicer comes here only when the result holds one of these, so
-a plain answer's rendering costs a few attribute reads more, and no message
-is built for what is empty.
+answer holds beyond text (tool calls, a refusal, reasoning), a stream's
+fragments of them, and the parts of its usage beyond input and output
+(cached and cache-written input, reasoning) are rendered here. A plain
+answer never reaches this module: the servicer comes here only when the
+result holds one of these, so a plain answer's rendering costs a few
+attribute reads more, and no message is built for what is empty.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from faregate_server.content import (
     ToolCall,
     ToolCallDelta,
 )
-from faregate_server.domain import RouteResult, StreamFinished
+from faregate_server.domain import RouteResult, StreamFinished, Usage
 
 StreamEvent = router_pb2.StreamRouteResponse
 
@@ -42,6 +43,22 @@ def add_finish_extras(
         finish.tool_calls.extend(tool_calls(finished.tool_calls))
     if finished.reasoning:
         finish.reasoning.extend(reasoning(finished.reasoning))
+
+
+def has_usage_parts(usage: Usage) -> bool:
+    """Whether `usage` counts cached or cache-written input or reasoning (the
+    hour's writes are part of the writes)."""
+    return bool(
+        usage.cached_input_tokens or usage.cache_write_input_tokens or usage.reasoning_tokens
+    )
+
+
+def add_usage_parts(message: router_pb2.Usage, usage: Usage) -> None:
+    """Sets `message`'s counts beyond input and output from `usage`'s."""
+    message.cached_input_tokens = usage.cached_input_tokens
+    message.cache_write_input_tokens = usage.cache_write_input_tokens
+    message.cache_write_1h_input_tokens = usage.cache_write_1h_input_tokens
+    message.reasoning_tokens = usage.reasoning_tokens
 
 
 def delta_event(delta: AnswerDelta) -> StreamEvent:

@@ -52,7 +52,13 @@ from faregate_server.routing.gateway import Gateway, StreamItem
 from faregate_server.routing.scope import CallScope
 from faregate_server.rpc.admission import AdmissionControl
 from faregate_server.rpc.drain import Drain, TrackedCall
-from faregate_server.rpc.render import add_answer_extras, add_finish_extras, delta_event
+from faregate_server.rpc.render import (
+    add_answer_extras,
+    add_finish_extras,
+    add_usage_parts,
+    delta_event,
+    has_usage_parts,
+)
 from faregate_server.rpc.status import abort, status_for
 from faregate_server.rpc.translate import TASKS, AnyRouteRequest, route_call
 from faregate_server.security.auth import Authenticator, authorize
@@ -270,6 +276,8 @@ def _fill_usage(message: router_pb2.Usage, usage: Usage) -> None:
     message.SetInParent()  # present even at zero tokens, as one built apart would be
     message.input_tokens = usage.input_tokens
     message.output_tokens = usage.output_tokens
+    if has_usage_parts(usage):
+        add_usage_parts(message, usage)
 
 
 class _Served(TypedDict):
@@ -334,6 +342,8 @@ def stream_event(event: StreamItem) -> StreamEvent:
             finish_reason=_FINISH_REASONS[event.finish_reason],
         )
     )
+    if has_usage_parts(event.usage):
+        add_usage_parts(message.finish.usage, event.usage)
     if event.tool_calls or event.reasoning:
         add_finish_extras(message.finish, event)
     return message

@@ -85,17 +85,22 @@ _LATER_COLUMNS = {
     "principal": "TEXT NOT NULL DEFAULT ''",
     "usage_flaw": "TEXT NOT NULL DEFAULT ''",
     "reported_usage": "TEXT NOT NULL DEFAULT ''",
+    "cached_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_1h_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
 }
 _COLUMNS = (
     "request_id, time_s, budget_key, agent, model, input_tokens, output_tokens,"
     " reserved_nano_usd, cost_nano_usd, outcome, also_budget_keys, route, model_version, attempts,"
-    " principal, usage_flaw, reported_usage"
+    " principal, usage_flaw, reported_usage, cached_input_tokens, cache_write_input_tokens,"
+    " cache_write_1h_input_tokens, reasoning_tokens"
 )
 _INT64 = range(-(2**63), 2**63)
 _WRITE_ATTEMPTS = 3
 _WRITE_RETRY_S = 0.05
 _ROWS_PER_INSERT = 32
-"""Rows of one INSERT statement (17 parameters each: well within SQLite's
+"""Rows of one INSERT statement (21 parameters each: well within SQLite's
 oldest limit of 999); a larger batch takes several in one transaction."""
 _INSERT_RESULT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)"
 _SUM_SINCE = (
@@ -152,6 +157,14 @@ class SpendRecord:
     so the request was charged its reservation; empty when it was."""
     reported_usage: str = ""
     """With a usage flaw: the counts the upstream reported, as JSON."""
+    cached_input_tokens: int = 0
+    """The part of `input_tokens` read from the provider's prompt cache."""
+    cache_write_input_tokens: int = 0
+    """The part of `input_tokens` written to the provider's prompt cache."""
+    cache_write_1h_input_tokens: int = 0
+    """The part of `cache_write_input_tokens` written to live an hour."""
+    reasoning_tokens: int = 0
+    """The part of `output_tokens` the model spent reasoning."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (one line of an export)."""
@@ -183,6 +196,10 @@ def _row(record: SpendRecord) -> tuple[object, ...]:
         record.principal,
         record.usage_flaw,
         record.reported_usage,
+        record.cached_input_tokens,
+        record.cache_write_input_tokens,
+        record.cache_write_1h_input_tokens,
+        record.reasoning_tokens,
     )
 
 
@@ -190,7 +207,8 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
     (request_id, time_s, key, agent, model, tokens_in, tokens_out, reserved, cost, outcome) = row[
         :10
     ]
-    also, route, version, attempts, principal, flaw, reported = row[10:]
+    also, route, version, attempts, principal, flaw, reported = row[10:17]
+    cached, written, written_1h, reasoning = row[17:]
     return SpendRecord(
         request_id,
         time_s,
@@ -208,6 +226,10 @@ def _from_row(row: Sequence[Any]) -> SpendRecord:
         principal,
         flaw,
         reported,
+        cached,
+        written,
+        written_1h,
+        reasoning,
     )
 
 

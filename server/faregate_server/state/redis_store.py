@@ -648,6 +648,11 @@ def _record_from_fields(fields: dict[str, str]) -> SpendRecord:
         principal=fields.get("principal", ""),
         usage_flaw=fields.get("usage_flaw", ""),
         reported_usage=fields.get("reported_usage", ""),
+        # Absent from records written before faregate counted them.
+        cached_input_tokens=int(fields.get("cached_input_tokens", 0)),
+        cache_write_input_tokens=int(fields.get("cache_write_input_tokens", 0)),
+        cache_write_1h_input_tokens=int(fields.get("cache_write_1h_input_tokens", 0)),
+        reasoning_tokens=int(fields.get("reasoning_tokens", 0)),
     )
 
 

@@ -51,7 +51,17 @@ logger = logging.getLogger(__name__)
 LARGEST_COUNT = 2**53 - 1
 """The largest token count or amount every backend stores exactly (Redis's
 Lua numbers are doubles; SQLite's integers are 64-bit)."""
-_RECORD_COUNTS = ("input_tokens", "output_tokens", "reserved_nano_usd", "cost_nano_usd", "attempts")
+_RECORD_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_input_tokens",
+    "cache_write_1h_input_tokens",
+    "reasoning_tokens",
+    "reserved_nano_usd",
+    "cost_nano_usd",
+    "attempts",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,10 @@ def bounded_commit(
         and record.reserved_nano_usd == held
         and _is_count(record.input_tokens)
         and _is_count(record.output_tokens)
+        and _is_count(record.cached_input_tokens)
+        and _is_count(record.cache_write_input_tokens)
+        and _is_count(record.cache_write_1h_input_tokens)
+        and _is_count(record.reasoning_tokens)
         and _is_count(record.attempts)
     ):
         return cost_nano_usd, tokens, record

@@ -14,7 +14,12 @@ Instruments (Prometheus names in brackets):
   outcome; a histogram of faregate's own, on /metrics only (histograms.py);
 - faregate_time_to_first_token_seconds: for StreamRoute, from the call to
   its first output, by route and model; likewise;
-- faregate.tokens [faregate_tokens_total]: charged tokens, by direction;
+- faregate.tokens [faregate_tokens_total]: charged tokens, by direction
+  (input, output) and kind, the parts of a direction that are priced
+  apart: input is uncached, cache_read, cache_write (five-minute or of no
+  stated lifetime) or cache_write_1h; output is answer or reasoning. The
+  kinds of a direction add up to it, so `sum by (direction)` is every
+  charged token;
 - faregate.cost.nano_usd [faregate_cost_nano_usd_total]: charged money;
 - faregate.rejections [faregate_rejections_total]: failed RPCs by reason;
 - faregate.attempts [faregate_attempts_total]: upstream attempts by model,
@@ -66,7 +71,7 @@ from prometheus_client import CollectorRegistry
 
 from faregate_server import __version__
 from faregate_server.config.schema import TelemetryConfig
-from faregate_server.domain import AttemptRecord
+from faregate_server.domain import AttemptRecord, Usage
 from faregate_server.errors import FaregateError
 from faregate_server.telemetry.histograms import Histograms, LatencyHistogram
 from faregate_server.upstream.breakers import BreakerState
@@ -135,14 +140,19 @@ class GatewayMetrics:
         self._remaining: dict[str, int] = {}
         budget = ("budget",) if budget_labels else ()
         self._requests = _Tally(("rpc", "route", "model", "provider", "outcome", *budget))
-        self._tokens = _Tally(("route", "model", "provider", "direction", *budget))
+        self._tokens = _Tally(("route", "model", "provider", "direction", "kind", *budget))
         self._cost = _Tally(("route", "model", "provider", *budget))
         self._rejections = _Tally(("rpc", "reason"))
         self._attempts = _Tally(("model", "kind", "outcome"))
         self._implausible = _Tally(("model", "flaw"))
         for name, tally, unit, description in (
             ("faregate.requests", self._requests, "{request}", "RPCs served, by outcome"),
-            ("faregate.tokens", self._tokens, "{token}", "Tokens charged, by direction"),
+            (
+                "faregate.tokens",
+                self._tokens,
+                "{token}",
+                "Tokens charged, by direction and kind",
+            ),
             ("faregate.cost.nano_usd", self._cost, "", "Money charged, in nano-USD"),
             ("faregate.rejections", self._rejections, "{request}", "Failed RPCs, by reason"),
             (
@@ -268,10 +278,41 @@ class GatewayMetrics:
             self._rejections.add((observation.method, observation.reason or observation.code))
         if observation.input_tokens or observation.output_tokens:
             self._cost.add((route, model, provider, *budget), observation.cost_nano_usd)
-            self._tokens.add((route, model, provider, "input", *budget), observation.input_tokens)
-            self._tokens.add((route, model, provider, "output", *budget), observation.output_tokens)
+            usage = observation.usage
+            if usage is None or not (
+                usage.cached_input_tokens
+                or usage.cache_write_input_tokens
+                or usage.reasoning_tokens
+            ):
+                tokens = self._tokens
+                tokens.add(
+                    (route, model, provider, "input", "uncached", *budget), observation.input_tokens
+                )
+                tokens.add(
+                    (route, model, provider, "output", "answer", *budget), observation.output_tokens
+                )
+            else:
+                self._record_token_parts((route, model, provider), budget, usage)
         if observation.records:
             self._record_attempts(observation.records)
+
+    def _record_token_parts(
+        self, served: tuple[str, str, str], budget: tuple[str, ...], usage: Usage
+    ) -> None:
+        """A usage's tokens by the kinds priced apart; a kind it has none of adds nothing."""
+        written_1h = usage.cache_write_1h_input_tokens
+        written = usage.cache_write_input_tokens
+        cached = usage.cached_input_tokens
+        for direction, kind, count in (
+            ("input", "uncached", usage.input_tokens - cached - written),
+            ("input", "cache_read", cached),
+            ("input", "cache_write", written - written_1h),
+            ("input", "cache_write_1h", written_1h),
+            ("output", "answer", usage.output_tokens - usage.reasoning_tokens),
+            ("output", "reasoning", usage.reasoning_tokens),
+        ):
+            if count:
+                self._tokens.add((*served, direction, kind, *budget), count)
 
     def count_implausible_usage(self, model: str, flaw: str) -> None:
         """One upstream answer of `model` (a configured name) with unbelievable usage."""

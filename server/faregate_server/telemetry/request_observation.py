@@ -58,6 +58,7 @@ class RequestObservation:
         "route",
         "span",
         "started_s",
+        "usage",
     )
 
     def __init__(self, method: str, span: Span | None, perf_s: Callable[[], float]) -> None:
@@ -75,6 +76,8 @@ class RequestObservation:
         self.records: Sequence[AttemptRecord] = ()
         self.input_tokens = 0
         self.output_tokens = 0
+        self.usage: Usage | None = None
+        """The charged usage, with its parts; None until settled."""
         self.cost_nano_usd = 0
         self.first_output_s: float | None = None
         self.code = "OK"
@@ -119,6 +122,7 @@ class RequestObservation:
     def settled(self, usage: Usage, cost_nano_usd: int) -> None:
         self.input_tokens = usage.input_tokens
         self.output_tokens = usage.output_tokens
+        self.usage = usage
         self.cost_nano_usd = cost_nano_usd
 
     def failed(self, code: str, reason: str) -> None:

@@ -4,9 +4,10 @@ POST {api_base}/v1/messages with `x-api-key` and `anthropic-version`. The
 request body is built in anthropic_messages.py (how each field maps, and
 what is refused before any call); answers are read in anthropic_answer.py
 (content blocks, stop reasons, the stream's blocks). The SSE stream is a
-sequence of named events: `message_start` (input usage),
+sequence of named events: `message_start` (input and cache usage),
 `content_block_start`/`_delta`/`_stop` (text, tool calls, thinking),
-`message_delta` (stop reason and cumulative output usage), `message_stop`,
+`message_delta` (stop reason and cumulative usage: output, and maybe the
+input and cache counts, each replacing message_start's), `message_stop`,
 `ping` keep-alives and `error` (for example `overloaded_error`) at any point;
 other event types are ignored, as Anthropic asks.
 """
@@ -33,7 +34,7 @@ from faregate_server.upstream.providers.base import (
 from faregate_server.upstream.providers.json_codec import decode_json
 from faregate_server.upstream.providers.refusals import Refusal
 from faregate_server.upstream.redaction import Redactor
-from faregate_server.upstream.usage import MISSING, reported_usage
+from faregate_server.upstream.usage import anthropic_usage
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -83,9 +84,10 @@ class AnthropicProvider:
     async def _stream(
         self, request: UpstreamRequest
     ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
-        # As reported (any JSON value): usage.py judges them at the end.
-        input_tokens: object = MISSING
-        output_tokens: object = MISSING
+        # The usage as reported (any JSON values): message_start's, with what
+        # message_delta reports put over it (its counts are running totals,
+        # never to be added); usage.py reads and judges it at the end.
+        usage: dict[str, Any] = {}
         answer = StreamAssembly()
         stopped = False
         body = _checked_body(request, stream=True)
@@ -112,18 +114,23 @@ class AnthropicProvider:
                     elif kind == "content_block_stop":
                         answer.on_stop(decode_json(event.data).get("index"))
                     elif kind == "message_start":
-                        usage = decode_json(event.data)["message"].get("usage") or {}
-                        if isinstance(usage, dict):
-                            input_tokens = usage.get("input_tokens", input_tokens)
-                            output_tokens = usage.get("output_tokens", output_tokens)
+                        started = decode_json(event.data)["message"].get("usage")
+                        if isinstance(started, dict):
+                            usage.update(started)
                     elif kind == "message_delta":
                         payload = decode_json(event.data)
                         refusal = answer.on_message_delta(payload.get("delta") or {})
                         if refusal is not None:
                             yield refusal
-                        usage = payload.get("usage") or {}
-                        if isinstance(usage, dict):
-                            output_tokens = usage.get("output_tokens", output_tokens)
+                        delta_usage = payload.get("usage")
+                        if isinstance(delta_usage, dict):
+                            # A null count there is one not sent (its type is
+                            # optional), as the SDK's accumulator reads it.
+                            usage.update(
+                                (name, count)
+                                for name, count in delta_usage.items()
+                                if count is not None
+                            )
                     elif kind == "message_stop":
                         stopped = True
                         break
@@ -134,10 +141,9 @@ class AnthropicProvider:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before message_stop"
             )
-        usage_seen = input_tokens is not MISSING or output_tokens is not MISSING
         yield StreamEnd(
             answer.finish_reason,
-            reported_usage(input_tokens, output_tokens) if usage_seen else None,
+            anthropic_usage(usage),
             answer.tool_calls(),
             answer.reasoning(),
         )

@@ -11,7 +11,8 @@ Stop reasons map as the proto's table says: end_turn and stop_sequence →
 STOP, max_tokens → LENGTH, tool_use → TOOL_CALLS, refusal → REFUSAL (the
 refusal's text is `stop_details.explanation`, else its category),
 pause_turn → PAUSE_TURN, model_context_window_exceeded →
-CONTEXT_WINDOW_EXCEEDED; anything else UNSPECIFIED.
+CONTEXT_WINDOW_EXCEEDED; anything else UNSPECIFIED. The usage block is
+read by upstream/usage.py (`anthropic_usage`).
 
 A cut-off call is never presented as complete: when the answer ends at its
 output cap, a stream's tool_use block left open (no content_block_stop: its
@@ -41,9 +42,9 @@ from faregate_server.content import (
     ToolCall,
     ToolCallDelta,
 )
-from faregate_server.domain import Completion, FinishReason, ReportedUsage
+from faregate_server.domain import Completion, FinishReason
 from faregate_server.upstream.providers.json_codec import encode_json
-from faregate_server.upstream.usage import reported_usage_block
+from faregate_server.upstream.usage import anthropic_usage
 
 STOP_REASONS = {
     "end_turn": FinishReason.STOP,
@@ -86,15 +87,11 @@ def completion(answer: Any) -> Completion:
     return Completion(
         text="".join(texts),
         finish_reason=finish_reason,
-        usage=usage(answer.get("usage")),
+        usage=anthropic_usage(answer.get("usage")),
         tool_calls=tuple(calls),
         refusal=refusal,
         reasoning=tuple(reasoning),
     )
-
-
-def usage(raw: Any) -> ReportedUsage:
-    return reported_usage_block(raw, "input_tokens", "output_tokens")
 
 
 def refusal_text(details: Any) -> str:

@@ -2,7 +2,9 @@
 
 POST {api_base}/chat/completions, whole or as SSE with
 `stream_options.include_usage`, whose last chunk carries the usage and whose
-end is `data: [DONE]`. An error object inside the stream is an upstream
+end is `data: [DONE]` (a server that sends usage in every chunk sends running
+totals: the last one is the stream's). upstream/usage.py reads the usage
+block. An error object inside the stream is an upstream
 failure. The request body is openai_request.py's.
 
 What comes back beyond text:
@@ -44,7 +46,6 @@ from faregate_server.content import (
 from faregate_server.domain import (
     Completion,
     FinishReason,
-    ReportedUsage,
     StreamEnd,
     UpstreamRequest,
 )
@@ -59,7 +60,7 @@ from faregate_server.upstream.providers.json_codec import decode_json, encode_js
 from faregate_server.upstream.providers.openai_request import request_body
 from faregate_server.upstream.providers.refusals import Refusal, temperature_refusal
 from faregate_server.upstream.redaction import Redactor
-from faregate_server.upstream.usage import reported_usage_block
+from faregate_server.upstream.usage import openai_usage
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -125,7 +126,7 @@ class OpenAIProvider:
             return Completion(
                 text=message.get("content") or "",
                 finish_reason=_finish(reason, refused=refusal is not None, called=bool(tool_calls)),
-                usage=_usage(answer.get("usage")),
+                usage=openai_usage(answer.get("usage")),
                 tool_calls=tool_calls,
                 refusal=refusal if isinstance(refusal, str) else "",
                 reasoning=(ReasoningBlock(text=reasoning),) if reasoning else (),
@@ -135,7 +136,9 @@ class OpenAIProvider:
         self, request: UpstreamRequest
     ) -> AsyncGenerator[str | AnswerDelta | StreamEnd, None]:
         finish_reason = FinishReason.UNSPECIFIED
-        usage: ReportedUsage = None
+        # The last usage block seen, read once at the end: a server that sends
+        # one in every chunk (Gemini's) sends running totals, never to be added.
+        usage: object = None
         finished = False
         refused = False
         calls = ToolCallAssembler()
@@ -181,7 +184,7 @@ class OpenAIProvider:
                                 choice["finish_reason"], FinishReason.UNSPECIFIED
                             )
                     if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
+                        usage = chunk["usage"]
         if not finished:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before [DONE]"
@@ -189,7 +192,7 @@ class OpenAIProvider:
         tool_calls = calls.calls()
         yield StreamEnd(
             _finish(finish_reason, refused=refused, called=bool(tool_calls)),
-            usage,
+            openai_usage(usage),
             tool_calls,
             (ReasoningBlock(text="".join(reasoning)),) if reasoning else (),
         )
@@ -296,10 +299,6 @@ def _reasoning_text(holder: Any) -> str:
         if text and isinstance(text, str):
             return text
     return ""
-
-
-def _usage(raw: Any) -> ReportedUsage:
-    return reported_usage_block(raw, "prompt_tokens", "completion_tokens")
 
 
 def _error_message(error: Any) -> str:
