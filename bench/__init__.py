@@ -23,6 +23,13 @@ and time (`load.py`). The figures (`rounds.py`):
   requests, or by the delta messages received. This is the stable figure. It
   is taken at concurrency 1 (each request pays its wake-ups alone) and 16
   (the server core is saturated and wake-ups are shared).
+- CPU per unary Route with 5 tools (at concurrency 16) and per streamed
+  tool call: the same figure for a request that defines five tools
+  (`agent_tools.py`, JSON Schemas of a few hundred bytes each), answered by
+  a tool call, whole or with its arguments in 20 fragments; the
+  pass-through maps the tools and relays the call too. Shown beside the
+  plain text rows, with no goal. `python -m bench --tool-calls [--rounds N]`
+  runs this phase alone, on faregate and the pass-through.
 - Max unary requests/s: a closed loop at concurrency 64 for a fixed time; the
   busy share of each core is printed beside it, so a run where the load side
   rather than the server was the bottleneck shows as such.
@@ -77,7 +84,7 @@ Run on their own, not by `make bench`:
 - `python -m bench.sse_parse`: what the SSE parser costs per event.
 - `bench/ab.py OLD NEW ROUNDS`, run from the OLD checkout: two
   checkouts' faregates side by side with the pass-through, interleaved, for
-  the CPU per Route and per streamed token a change costs.
+  the CPU per Route, per streamed token and per tool call a change costs.
 
 Nothing here is collected by pytest, and importing any module has no side
 effects.

@@ -2,6 +2,11 @@
 then the routing simulation, the hedging, state and telemetry measurements and
 admission control under overload, each printed as it ends.
 
+`python -m bench --tool-calls [--rounds N]` runs only the tool-call phase
+(`rounds.measure_tool_calls`) on faregate and the pass-through, in N
+interleaved rounds (default 2), and prints its rows: a quick look at what
+tools cost without the whole bench.
+
 See the package docstring for the method. Every child process is owned by a
 `Children` context, so they are all stopped however the bench ends (an
 error, Ctrl-C or SIGTERM). The bench exits 0 whether or not goals pass; it
@@ -11,6 +16,7 @@ failed during warm-up).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import os
@@ -41,12 +47,29 @@ from bench.procs import (
     peak_rss_bytes,
     pin,
 )
-from bench.report import FAREGATE, FAREGATE_SQLITE, PASSTHROUGH, BenchReport, render
-from bench.rounds import Round, Server, Settings, round_order, run_round
+from bench.report import (
+    FAREGATE,
+    FAREGATE_SQLITE,
+    PASSTHROUGH,
+    BenchReport,
+    render,
+    render_tool_calls,
+)
+from bench.rounds import (
+    Round,
+    Server,
+    Settings,
+    ToolCallFigures,
+    measure_tool_calls,
+    round_order,
+    run_round,
+)
 
 OVERLOAD_BURST = 200
 _WARM_UP_CALLS = 400
 _WARM_UP_STREAMS = 8
+_WARM_UP_TOOL_CALLS = 40
+_TOOL_CALL_ROUNDS = 2
 _WARM_UP_MAX_DURATION_S = 15.0
 _DIRECT_CONNECTIONS = 128
 
@@ -99,6 +122,18 @@ async def _warm_up(child: Child, target: GrpcTarget) -> None:
             target.stream,
             concurrency=4,
             max_calls=_WARM_UP_STREAMS,
+            max_duration_s=_WARM_UP_MAX_DURATION_S,
+        ),
+        await closed_loop(
+            target.route_with_tools,
+            concurrency=16,
+            max_calls=_WARM_UP_TOOL_CALLS,
+            max_duration_s=_WARM_UP_MAX_DURATION_S,
+        ),
+        await closed_loop(
+            target.stream_tool_call,
+            concurrency=4,
+            max_calls=_WARM_UP_TOOL_CALLS,
             max_duration_s=_WARM_UP_MAX_DURATION_S,
         ),
     ]
@@ -198,6 +233,17 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--tool-calls", action="store_true", help="run only the tool-call phase, and print it"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=_TOOL_CALL_ROUNDS,
+        help=f"rounds of the tool-call phase (with --tool-calls; default {_TOOL_CALL_ROUNDS})",
+    )
+    args = parser.parse_args()
     started_s = time.monotonic()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = cpus[0], cpus[-1]
@@ -208,6 +254,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
+        if args.tool_calls:
+            print(_run_tool_calls(server_cpu, load_cpu, args.rounds), flush=True)
+            return 0
         report = _run(server_cpu, load_cpu, started_s)
         print(render(report), flush=True)
         print(routing_report.render(asyncio.run(routing_sim.simulate())), flush=True)
@@ -277,6 +326,56 @@ def _run(server_cpu: int, load_cpu: int, started_s: float) -> BenchReport:
         steal_cores=measured.steal_cores,
         elapsed_s=time.monotonic() - started_s,
     )
+
+
+def _run_tool_calls(server_cpu: int, load_cpu: int, rounds: int) -> str:
+    """The tool-call phase alone, on faregate (memory state) and the pass-through."""
+    settings = Settings()
+    with (
+        tempfile.TemporaryDirectory(prefix="faregate-bench-") as scratch,
+        Children(Path(scratch)) as children,
+    ):
+        _progress("starting the upstream, faregate and the pass-through")
+        upstream = children.start("upstream", [sys.executable, "-m", "bench.upstream"], {load_cpu})
+        api_base = f"http://{upstream.target}/v1"
+        config = write_bench_config(Path(scratch) / "faregate.yaml", api_base)
+        measured = [
+            children.start(FAREGATE, _serve_command(config), {server_cpu}),
+            children.start(
+                PASSTHROUGH,
+                [sys.executable, "-m", "bench.passthrough", "--upstream", api_base],
+                {server_cpu},
+            ),
+        ]
+        figures = asyncio.run(_measure_tool_calls(upstream, measured, settings, rounds))
+    return render_tool_calls(figures, settings, [child.name for child in measured])
+
+
+async def _measure_tool_calls(
+    upstream: Child, measured: list[Child], settings: Settings, rounds: int
+) -> list[dict[str, ToolCallFigures]]:
+    async with AsyncExitStack() as stack:
+        servers = []
+        for child in measured:
+            channel = grpc.aio.insecure_channel(child.target)
+            stack.push_async_callback(channel.close)
+            target = GrpcTarget(channel)
+            _progress(f"warming up {child.name}")
+            await _warm_up(child, target)
+            servers.append(Server(name=child.name, pid=child.pid, target=target))
+        figures = []
+        for index in range(rounds):
+            order = round_order(servers, index)
+            prefix = f"round {index + 1}/{rounds} ({', '.join(s.name for s in order)})"
+            figures.append(
+                await measure_tool_calls(
+                    order,
+                    upstream.pid,
+                    settings,
+                    progress=functools.partial(_phase_progress, prefix),
+                )
+            )
+        return figures
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""An interleaved A/B of two faregate checkouts: CPU per Route and per streamed token.
+"""An interleaved A/B of two faregate checkouts: CPU per Route, per streamed token
+and per tool call (a Route with 5 tools, a streamed tool call).
 
     git worktree add /tmp/faregate-before <rev>
     cd /tmp/faregate-before
@@ -6,7 +7,9 @@
         /tmp/faregate-before /path/to/faregate 10 [memory|sqlite|sqlite-normal]
 
 It is run from the older checkout, whose bench drives the load and writes the
-config, so both faregates accept it (configs only gain keys). A checkout
+config, so both faregates accept it (configs only gain keys); its rounds
+send requests with tools, so both checkouts must be from after faregate
+took them. A checkout
 from before the bench moved out of tests/ keeps it in tests/bench: for one,
 run this file as it was then, `git show d1ebe5e:tests/bench/ab.py`. A and B are
 two `faregate serve` processes, each importing its own checkout's code,
@@ -45,6 +48,8 @@ _FIGURES: tuple[tuple[str, Callable[[ServerRound], float]], ...] = (
     ("CPU per Route at c=1 (us)", lambda s: s.cpu_per_request_s[1] * 1e6),
     ("CPU per Route at c=16 (us)", lambda s: s.cpu_per_request_s[16] * 1e6),
     ("CPU per streamed token (us)", lambda s: s.cpu_per_token_s * 1e6),
+    ("CPU per Route with 5 tools at c=16 (us)", lambda s: s.tool_calls.cpu_per_route_s * 1e6),
+    ("CPU per streamed tool call (us)", lambda s: s.tool_calls.cpu_per_stream_s * 1e6),
 )
 
 

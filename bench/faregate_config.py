@@ -1,7 +1,8 @@
 """The config faregate is benchmarked with, written to a file for `faregate serve`.
 
-`bench` is an openai model on the fake upstream with workers and a waiting
-room well above the bench's highest concurrency (64), behind a budget that
+`bench` is an openai model on the fake upstream, with the `tools`
+capability, workers and a waiting room well above the bench's highest
+concurrency (64), behind a budget that
 cannot run out, so nothing but faregate's own work is measured. State is in
 memory, like for like with the pass-through; `sqlite_state` gives the same
 config the shipped default backend instead (a ledger file of its own per
@@ -35,6 +36,8 @@ def _openai_model(api_base: str, *, workers: int, queue: int) -> dict[str, Any]:
         "output_usd_per_mtok": 2.00,
         "context_window_tokens": 32768,
         "max_output_tokens": 1024,
+        # The tool-call requests need it; a plain request does not look at it.
+        "capabilities": ["tools"],
         "workers": workers,
         "queue": queue,
     }

@@ -1,7 +1,10 @@
 """Closed-loop load: N workers call a target back to back, bounded in count and time.
 
 `GrpcTarget` calls a RouterService with raw stubs over one channel; faregate
-and the pass-through serve the same proto, so one class drives both.
+and the pass-through serve the same proto, so one class drives both; besides
+the plain text requests it sends a request defining five tools
+(`agent_tools.py`), whole and streamed, which the fake upstream answers
+with a tool call.
 `DirectTarget` posts the same chat completion straight to the fake upstream
 with aiohttp: the baseline that "added latency" is measured against. Requests
 are built once, so the load generator spends as little of its core as it can.
@@ -25,12 +28,15 @@ import grpc
 from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_server.security.api_keys import new_api_key
 
+from bench.agent_tools import TOOL_PROMPT, TOOLS
+
 PROMPT = "Summarise the plot of Hamlet in one short sentence."
 BENCH_MODEL = "bench"
 BENCH_BUDGET = "bench"
 BENCH_API_KEY, BENCH_KEY_HASH = new_api_key()
 UNARY_MAX_OUTPUT_TOKENS = 16
 STREAM_TOKENS = 256
+TOOL_CALL_MAX_OUTPUT_TOKENS = 64
 CALL_TIMEOUT_S = 10.0
 _ERROR_TEXT_CHARS = 200
 
@@ -126,8 +132,12 @@ def describe_error(error: Exception) -> str:
 _AUTH = (("authorization", f"Bearer {BENCH_API_KEY}"),)
 
 
-def _messages() -> list[router_pb2.Message]:
-    return [router_pb2.Message(role=router_pb2.ROLE_USER, content=PROMPT)]
+def _messages(prompt: str = PROMPT) -> list[router_pb2.Message]:
+    return [router_pb2.Message(role=router_pb2.ROLE_USER, content=prompt)]
+
+
+class NoToolCallError(Exception):
+    """A tool-call request was answered without a tool call."""
 
 
 class GrpcTarget:
@@ -149,6 +159,20 @@ class GrpcTarget:
             budget_key=budget_key,
             max_output_tokens=STREAM_TOKENS,
         )
+        self._tool_route_request = router_pb2.RouteRequest(
+            model=model,
+            messages=_messages(TOOL_PROMPT),
+            budget_key=budget_key,
+            max_output_tokens=TOOL_CALL_MAX_OUTPUT_TOKENS,
+            tools=TOOLS,
+        )
+        self._tool_stream_request = router_pb2.StreamRouteRequest(
+            model=model,
+            messages=_messages(TOOL_PROMPT),
+            budget_key=budget_key,
+            max_output_tokens=TOOL_CALL_MAX_OUTPUT_TOKENS,
+            tools=TOOLS,
+        )
 
     async def route(self) -> int:
         await self._stub.Route(self._route_request, timeout=CALL_TIMEOUT_S, metadata=_AUTH)
@@ -162,6 +186,29 @@ class GrpcTarget:
             if event.WhichOneof("event") == "delta":
                 deltas += 1
         return deltas
+
+    async def route_with_tools(self) -> int:
+        """A Route defining the five tools, answered with a tool call."""
+        response = await self._stub.Route(
+            self._tool_route_request, timeout=CALL_TIMEOUT_S, metadata=_AUTH
+        )
+        if not response.tool_calls:
+            raise NoToolCallError("a Route with tools came back without a tool call")
+        return 1
+
+    async def stream_tool_call(self) -> int:
+        """Reads a whole StreamRoute defining the tools, answered with a streamed
+        tool call; returns 1, the call (its fragments are not units)."""
+        finish = None
+        call = self._stub.StreamRoute(
+            self._tool_stream_request, timeout=CALL_TIMEOUT_S, metadata=_AUTH
+        )
+        async for event in call:
+            if event.WhichOneof("event") == "finish":
+                finish = event.finish
+        if finish is None or not finish.tool_calls:
+            raise NoToolCallError("a StreamRoute with tools finished without a tool call")
+        return 1
 
 
 class DirectTarget:

@@ -5,8 +5,12 @@ aiohttp session and answers with the output, usage and model; StreamRoute
 posts it with `"stream": true`, parses each SSE chunk's JSON minimally and
 sends one gRPC message per upstream text chunk, framed like faregate's (one
 `start`, the `delta`s, one `finish` with the usage) so both relay the same
-number of messages. No validation, no budgets, no pools, no token counting:
-whatever faregate costs beyond this server is the price of its logic.
+number of messages. A request's tools are sent as OpenAI's `tools` (the
+`parameters_json` parsed, as it must go as an object); a tool call comes back
+in RouteResponse.tool_calls, or streamed as one ToolCallDelta per upstream
+fragment with the assembled calls in the `finish`, as faregate relays them.
+No validation, no budgets, no pools, no token counting: whatever faregate
+costs beyond this server is the price of its logic.
 
 Run as `python -m bench.passthrough --upstream URL [--listen HOST:PORT]`;
 it prints `passthrough listening on HOST:PORT` when ready and serves until
@@ -58,12 +62,21 @@ class PassThroughServicer(router_pb2_grpc.RouterServiceServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"upstream {response.status}")
             answer = json.loads(await response.read())
         usage = answer["usage"]
+        message = answer["choices"][0]["message"]
         return router_pb2.RouteResponse(
-            output=answer["choices"][0]["message"]["content"],
+            output=message["content"] or "",
             usage=router_pb2.Usage(
                 input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]
             ),
             model_used=answer.get("model", request.model),
+            tool_calls=[
+                router_pb2.ToolCall(
+                    id=call["id"],
+                    name=call["function"]["name"],
+                    arguments_json=call["function"]["arguments"],
+                )
+                for call in message.get("tool_calls") or ()
+            ],
         )
 
     async def StreamRoute(
@@ -74,6 +87,7 @@ class PassThroughServicer(router_pb2_grpc.RouterServiceServicer):
         ],
     ) -> AsyncIterator[router_pb2.StreamRouteResponse]:
         usage = router_pb2.Usage()
+        calls: dict[int, router_pb2.ToolCall] = {}
         async with self._session.post(
             self._url, data=json.dumps(_body(request, stream=True)), headers=_HEADERS
         ) as response:
@@ -88,13 +102,42 @@ class PassThroughServicer(router_pb2_grpc.RouterServiceServicer):
                     break
                 chunk = json.loads(data)
                 for choice in chunk["choices"]:
-                    text = choice["delta"].get("content")
+                    delta = choice["delta"]
+                    text = delta.get("content")
                     if text:
                         yield StreamEvent(delta=StreamEvent.StreamDelta(text=text))
+                    elif "tool_calls" in delta:
+                        for fragment in delta["tool_calls"]:
+                            yield StreamEvent(
+                                delta=StreamEvent.StreamDelta(tool_call=_fragment(fragment, calls))
+                            )
                 if chunk.get("usage"):
                     usage.input_tokens = chunk["usage"]["prompt_tokens"]
                     usage.output_tokens = chunk["usage"]["completion_tokens"]
-        yield StreamEvent(finish=StreamEvent.StreamFinish(usage=usage))
+        yield StreamEvent(finish=StreamEvent.StreamFinish(usage=usage, tool_calls=calls.values()))
+
+
+def _fragment(
+    fragment: dict[str, Any], calls: dict[int, router_pb2.ToolCall]
+) -> router_pb2.ToolCallDelta:
+    """One upstream `delta.tool_calls` fragment as a ToolCallDelta, appended to
+    its call in `calls` (by the upstream's index, trusted as it comes)."""
+    index = fragment["index"]
+    function = fragment.get("function") or {}
+    delta = router_pb2.ToolCallDelta(
+        index=index,
+        id=fragment.get("id") or "",
+        name=function.get("name") or "",
+        arguments_json=function.get("arguments") or "",
+    )
+    call = calls.get(index)
+    if call is None:
+        calls[index] = router_pb2.ToolCall(
+            id=delta.id, name=delta.name, arguments_json=delta.arguments_json
+        )
+    else:
+        call.arguments_json += delta.arguments_json
+    return delta
 
 
 def _body(request: AnyRequest, *, stream: bool) -> dict[str, Any]:
@@ -110,6 +153,18 @@ def _body(request: AnyRequest, *, stream: bool) -> dict[str, Any]:
             else _DEFAULT_MAX_TOKENS
         ),
     }
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": json.loads(tool.parameters_json),
+                },
+            }
+            for tool in request.tools
+        ]
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -8,7 +8,10 @@ the faregate on sqlite state (the shipped default backend) with the
 pass-through. Added latency is a server's
 percentile minus the same percentile of the direct upstream calls of the same
 round; in a difference between the two servers the direct baseline cancels
-out. Goals are marked PASS or FAIL; the bench never fails on them.
+out. Goals are marked PASS or FAIL; the bench never fails on them. The
+tool-call rows (a unary Route defining five tools, a streamed tool call)
+stand beside the plain text rows with no goal of their own ("—"):
+`render_tool_calls` prints them alone, for `python -m bench --tool-calls`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 from bench.faregate_config import SLOW_QUEUE, SLOW_WORKERS
 from bench.load import STREAM_TOKENS
 from bench.overload import OUTCOME_OK, OUTCOME_POOL_SATURATED, OverloadResult
-from bench.rounds import Round, ServerRound, Settings
-from bench.upstream import SLOW_DELAY_S, SLOW_MODEL
+from bench.rounds import Round, ServerRound, Settings, ToolCallFigures
+from bench.upstream import SLOW_DELAY_S, SLOW_MODEL, TOOL_CALL_FRAGMENTS
 
 FAREGATE = "faregate"
 FAREGATE_SQLITE = "faregate-sqlite"
@@ -37,6 +40,8 @@ SQLITE_GOAL_CONCURRENCY = 16
 """The sqlite goal is where the core is saturated and requests share ledger
 transactions; at c=1 each Route pays a whole fsync'd commit alone (shown, no goal)."""
 CPU_PER_TOKEN_MAX_RATIO = 1.3
+NO_GOAL = "—"
+"""The goal column of a row that is shown for comparison, not judged."""
 ADDED_P50_MAX_EXTRA_S = 300e-6
 DEFAULT_CONFIG_MAX_RSS_BYTES = 120 * MIB
 
@@ -82,6 +87,22 @@ def _latency(concurrency: int, *, p99: bool, added: bool) -> Extract:
 
 def _cpu_per_token(server: ServerRound, _: Round) -> float:
     return server.cpu_per_token_s
+
+
+def _cpu_per_tool_route(server: ServerRound, _: Round) -> float:
+    return server.tool_calls.cpu_per_route_s
+
+
+def _cpu_per_tool_stream(server: ServerRound, _: Round) -> float:
+    return server.tool_calls.cpu_per_stream_s
+
+
+def _tool_route_label(settings: Settings) -> str:
+    return f"CPU per unary Route with 5 tools c={settings.tool_route_concurrency}"
+
+
+_TOOL_STREAM_LABEL = "CPU per streamed tool call"
+_TOOL_STREAM_DETAIL = f"arguments in {TOOL_CALL_FRAGMENTS} fragments"
 
 
 def _requests_per_s(server: ServerRound, _: Round) -> float:
@@ -196,6 +217,8 @@ def _figures_table(report: BenchReport) -> list[str]:
     ]
     rows += [
         (f"CPU per relayed token, {STREAM_TOKENS}-token stream (µs)", _cpu_per_token, _us),
+        (f"{_tool_route_label(settings)} (µs)", _cpu_per_tool_route, _us),
+        (f"{_TOOL_STREAM_LABEL}, {_TOOL_STREAM_DETAIL} (µs)", _cpu_per_tool_stream, _us),
         (
             f"max unary requests/s (c={settings.saturation_concurrency})",
             _requests_per_s,
@@ -248,9 +271,16 @@ def _goals_table(report: BenchReport) -> list[str]:
         ("faregate vs pass-through, per round", "median (min..max)", "goal", "")
     ]
 
-    def ratio_row(label: str, extract: Extract, limit: float | None, name: str = FAREGATE) -> None:
+    def ratio_row(
+        label: str,
+        extract: Extract,
+        limit: float | None,
+        name: str = FAREGATE,
+        *,
+        no_goal: str = "",
+    ) -> None:
         ratios = figures.ratios(extract, name)
-        goal = "" if limit is None else f"<= {limit:.2f}x"
+        goal = no_goal if limit is None else f"<= {limit:.2f}x"
         verdict = "" if limit is None else _verdict(_median(ratios) <= limit)
         table.append((label, _spread(ratios, _times), goal, verdict))
 
@@ -260,6 +290,7 @@ def _goals_table(report: BenchReport) -> list[str]:
             _cpu_per_request(concurrency),
             CPU_PER_REQUEST_MAX_RATIO,
         )
+    ratio_row(_tool_route_label(settings), _cpu_per_tool_route, None, no_goal=NO_GOAL)
     for concurrency in settings.latency_concurrencies:
         ratio_row(
             f"CPU per unary Route c={concurrency}, sqlite state",
@@ -268,6 +299,7 @@ def _goals_table(report: BenchReport) -> list[str]:
             FAREGATE_SQLITE,
         )
     ratio_row("CPU per relayed token", _cpu_per_token, CPU_PER_TOKEN_MAX_RATIO)
+    ratio_row(_TOOL_STREAM_LABEL, _cpu_per_tool_stream, None, no_goal=NO_GOAL)
     ratio_row("max unary requests/s", _requests_per_s, None)
     for concurrency in settings.latency_concurrencies:
         p50 = figures.differences(_latency(concurrency, p99=False, added=False))
@@ -307,6 +339,41 @@ def _goals_table(report: BenchReport) -> list[str]:
         "requests share ledger transactions; at c=1 each Route waits for an fsync'd "
         "commit of its own.",
     ]
+
+
+def render_tool_calls(
+    rounds: Sequence[Mapping[str, ToolCallFigures]], settings: Settings, names: Sequence[str]
+) -> str:
+    """The tool-call rows alone: each server's CPU (median over rounds, with
+    the range), then faregate's per-round ratio to the pass-through."""
+    rows: list[tuple[str, Callable[[ToolCallFigures], float]]] = [
+        (_tool_route_label(settings), lambda figures: figures.cpu_per_route_s),
+        (f"{_TOOL_STREAM_LABEL}, {_TOOL_STREAM_DETAIL}", lambda figures: figures.cpu_per_stream_s),
+    ]
+    table: list[tuple[str, ...]] = [("", *names, f"{FAREGATE} / {PASSTHROUGH}")]
+    for label, extract in rows:
+        ratios = [
+            _divide(extract(round_[FAREGATE]), extract(round_[PASSTHROUGH])) for round_ in rounds
+        ]
+        table.append(
+            (
+                f"{label} (µs)",
+                *(_spread([extract(round_[name]) for round_ in rounds], _us) for name in names),
+                _spread(ratios, _times),
+            )
+        )
+    results = [result for round_ in rounds for f in round_.values() for result in f.results]
+    failed = sum(result.failed for result in results)
+    lines = [
+        "",
+        f"faregate bench, tool calls only: {len(rounds)} interleaved rounds",
+        "",
+        *align(table),
+    ]
+    if failed:
+        first = next(result.first_error for result in results if result.first_error)
+        lines.append(f"WARNING: {failed} calls failed; the first: {first}")
+    return "\n".join(lines)
 
 
 def _overload_lines(report: BenchReport) -> list[str]:

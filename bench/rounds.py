@@ -11,7 +11,12 @@ Phases, in order:
    request pays the wake-ups alone; at 16 the server core is saturated and
    they are shared, so the two bracket the real cost);
 2. saturation: a closed loop at `saturation_concurrency` for a fixed time;
-3. streams of `STREAM_TOKENS` tokens, yielding CPU per relayed token.
+3. streams of `STREAM_TOKENS` tokens, yielding CPU per relayed token;
+4. tool calls (`measure_tool_calls`, also run alone by `python -m bench
+   --tool-calls`): unary Routes defining five tools, answered with a tool
+   call, at `tool_route_concurrency`, yielding CPU per such Route; then
+   StreamRoutes defining them, answered with a tool call streamed in
+   fragments, yielding CPU per streamed tool call.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ class Settings:
     saturation_max_calls: int = 20_000
     stream_concurrency: int = 4
     stream_calls: int = 48
+    tool_route_concurrency: int = 16
+    """Where the plain Route row it stands beside saturates the server core."""
+    tool_route_calls: int = 500
+    tool_stream_concurrency: int = 4
+    """As for the plain streams."""
+    tool_stream_calls: int = 150
     phase_max_duration_s: float = 12.0
 
     @property
@@ -76,12 +87,25 @@ class Percentiles:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallFigures:
+    """One server's tool-call figures in one round."""
+
+    cpu_per_route_s: float
+    """CPU per unary Route defining five tools, answered with a tool call."""
+    cpu_per_stream_s: float
+    """CPU per StreamRoute defining them, answered with a streamed tool call."""
+    results: tuple[LoadResult, ...]
+    """The batches, for their failures."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerRound:
     """One server's figures in one round."""
 
     cpu_per_request_s: Mapping[int, float]
     """CPU per unary Route, by concurrency."""
     cpu_per_token_s: float
+    tool_calls: ToolCallFigures
     requests_per_s: float
     server_core_busy: float
     """Share of core 0 the server used during saturation (1.0 = saturated)."""
@@ -193,14 +217,18 @@ async def run_round(
         cpu_per_token[server.name] = _per_unit(measured.server_cpu_s, measured.result.units)
         failures[server.name].append(measured.result)
 
+    tool_calls = await measure_tool_calls(servers, upstream_pid, settings, progress=progress)
+
     rounds: dict[str, ServerRound] = {}
     for server in servers:
+        failures[server.name] += tool_calls[server.name].results
         busy = saturation[server.name]
         elapsed_s = busy.result.elapsed_s
         errors = [r.first_error for r in failures[server.name] if r.first_error]
         rounds[server.name] = ServerRound(
             cpu_per_request_s=cpu_per_request[server.name],
             cpu_per_token_s=cpu_per_token[server.name],
+            tool_calls=tool_calls[server.name],
             requests_per_s=busy.result.calls_per_s,
             server_core_busy=busy.server_cpu_s / elapsed_s,
             load_core_busy=busy.load_cpu_s / elapsed_s,
@@ -209,3 +237,52 @@ async def run_round(
             first_error=errors[0] if errors else None,
         )
     return Round(servers=rounds, direct_latency=direct_latency)
+
+
+async def measure_tool_calls(
+    servers: Sequence[Server],
+    upstream_pid: int,
+    settings: Settings,
+    *,
+    progress: Callable[[str], None],
+) -> dict[str, ToolCallFigures]:
+    """The tool-call phase on every server, in the order given: each server's
+    unary batch, then each server's streamed batch."""
+    routes: dict[str, _Measured] = {}
+    progress(f"tool calls, unary c={settings.tool_route_concurrency}")
+    for server in servers:
+        routes[server.name] = await _measure(
+            server.pid,
+            upstream_pid,
+            closed_loop(
+                server.target.route_with_tools,
+                concurrency=settings.tool_route_concurrency,
+                max_calls=settings.tool_route_calls,
+                max_duration_s=settings.phase_max_duration_s,
+            ),
+        )
+    streams: dict[str, _Measured] = {}
+    progress(f"tool calls, streamed c={settings.tool_stream_concurrency}")
+    for server in servers:
+        streams[server.name] = await _measure(
+            server.pid,
+            upstream_pid,
+            closed_loop(
+                server.target.stream_tool_call,
+                concurrency=settings.tool_stream_concurrency,
+                max_calls=settings.tool_stream_calls,
+                max_duration_s=settings.phase_max_duration_s,
+            ),
+        )
+    return {
+        server.name: ToolCallFigures(
+            cpu_per_route_s=_per_unit(
+                routes[server.name].server_cpu_s, routes[server.name].result.units
+            ),
+            cpu_per_stream_s=_per_unit(
+                streams[server.name].server_cpu_s, streams[server.name].result.units
+            ),
+            results=(routes[server.name].result, streams[server.name].result),
+        )
+        for server in servers
+    }
