@@ -49,6 +49,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 # Speaks as a server that only knows the older field would;
                 # cheap-fake takes the default, max_completion_tokens.
                 "output_cap_field": "max_tokens",
+                # Counted as an OpenAI model: the tests' expected counts are cl100k's.
+                "tokenizer": "cl100k_base",
                 "workers": 8,
                 "queue": 16,
                 "idle_timeout_s": 1.0,
@@ -77,6 +79,7 @@ def base_config(upstream_url: str) -> dict[str, Any]:
                 "api_base": f"{upstream_url}/v1",
                 "input_usd_per_mtok": 0.15,
                 "output_usd_per_mtok": 0.60,
+                "tokenizer": "cl100k_base",
                 "quality": 0.2,
                 "context_window_tokens": 8192,
                 "max_output_tokens": 100,

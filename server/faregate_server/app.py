@@ -44,6 +44,7 @@ from faregate_server.security.auth import Authenticator
 from faregate_server.security.tls import add_port
 from faregate_server.state.opening import open_state
 from faregate_server.state.store import StateStore
+from faregate_server.telemetry.budget_alerts import BudgetAlerter
 from faregate_server.telemetry.http_admin import HttpAdmin
 from faregate_server.telemetry.line_writer import LineWriter
 from faregate_server.telemetry.metrics import open_metrics
@@ -157,6 +158,7 @@ async def serve(
             return gateway.catalog
 
         drain = Drain()
+        alerter = BudgetAlerter(config.telemetry)
         admission = AdmissionControl(config.server, drain)
         metrics, registry, owned_meter_provider = open_metrics(
             config.telemetry,
@@ -164,6 +166,7 @@ async def serve(
             current_catalog,
             admission.statistics,
             request_lines.statistics if request_lines is not None else None,
+            alerter.statistics,
         )
         if owned_meter_provider is not None:
             stack.callback(owned_meter_provider.shutdown)
@@ -188,7 +191,11 @@ async def serve(
         )
         stack.push_async_callback(session.close)
 
-        state = await open_state(config, clock)
+        # Its webhook sender stops after the state closes, whose last commits
+        # may still raise alerts; a child of the server's lifetime.
+        alert_sender = asyncio.create_task(alerter.run(), name="faregate-budget-alerts")
+        stack.push_async_callback(_cancel_and_wait, alert_sender)
+        state = await open_state(config, clock, alerts=alerter)
         stack.push_async_callback(state.aclose)
         catalog = Catalog(config, session, clock)
         planner = Planner(Selector(state.limits, clock, rng), telemetry)

@@ -90,7 +90,17 @@ def _broken(change: dict[str, Any]) -> str:
             "routes.default[1]: 'gpt-9' is not a configured",
         ),
         ({"routes.gpt-fake": ["cheap-fake"]}, "routes.gpt-fake: a model has the same name"),
-        ({"budgets.team.window": "weekly"}, "budgets.team.window: must be one of"),
+        ({"budgets.team.window": "fortnightly"}, "budgets.team.window: must be one of"),
+        ({"budgets.team.alerts": 0.8}, "budgets.team.alerts: must be a list of fractions"),
+        ({"budgets.team.alerts": [50, 80, 100]}, "budgets.team.alerts[0]: must be a fraction"),
+        ({"budgets.team.alerts": [0.5, 0]}, "budgets.team.alerts[1]: must be a fraction"),
+        ({"budgets.team.alerts": [0.5, 1.5]}, "alerts[1]: must be a fraction above 0 and at"),
+        ({"budgets.team.alerts": [-0.5]}, "budgets.team.alerts[0]: must be a fraction"),
+        ({"budgets.team.alerts": ["80%"]}, "budgets.team.alerts[0]: must be a fraction"),
+        ({"budgets.team.alerts": [True]}, "budgets.team.alerts[0]: must be a fraction"),
+        ({"budgets.team.alerts": [float("nan")]}, "alerts[0]: must be a fraction"),
+        ({"budgets.team.alerts": [0.8, 0.5]}, "alerts[1]: must be larger than the one before"),
+        ({"budgets.team.alerts": [0.5, 0.5]}, "alerts[1]: must be larger than the one before"),
         ({"budgets.team.limit_usd": -3}, "budgets.team.limit_usd"),
         ({"server.default_route": "nowhere"}, "server.default_route"),
         ({"server.listen": 50051}, "server.listen: must be a string"),
@@ -232,11 +242,50 @@ def test_telemetry_defaults_serve_metrics_and_request_logs_but_no_traces_or_prom
         ({"telemetry.trace_sample_ratio": 2}, "telemetry.trace_sample_ratio: must be between"),
         ({"telemetry.log_prompts": "yes"}, "telemetry.log_prompts: must be true or false"),
         ({"telemetry.traces": True}, "telemetry.traces: unknown field"),
+        (
+            {"telemetry.alert_webhook_url": "hooks.example.com/alert"},
+            "telemetry.alert_webhook_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            {"telemetry.alert_webhook_url": "ftp://hooks.example.com/alert"},
+            "telemetry.alert_webhook_url: must be an http:// or https:// URL",
+        ),
+        ({"telemetry.alert_webhook_url": "https:///alert"}, "alert_webhook_url: must be an http"),
+        ({"telemetry.alert_webhook_url": "http://h:99999/"}, "alert_webhook_url: must have a port"),
+        ({"telemetry.alert_webhook_url": "http://h/a b"}, "alert_webhook_url: must not hold"),
+        ({"telemetry.alert_webhook_url": 8080}, "alert_webhook_url: must be a string"),
+        ({"telemetry.alert_webhook_timeout_s": 0}, "alert_webhook_timeout_s: must be a finite"),
+        ({"telemetry.alert_webhook_attempts": 0}, "alert_webhook_attempts: must be an integer"),
+        ({"telemetry.alert_webhook_attempts": 1000}, "alert_webhook_attempts: must be at most 10"),
     ],
 )
 def test_bad_telemetry_config_names_the_field(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(_broken(change), env=TEST_ENV)
+
+
+def test_budget_alerts_are_read_as_written_and_off_by_default() -> None:
+    data = base_config("http://127.0.0.1:1")
+    data["budgets"]["team"]["alerts"] = [0.5, 0.8, 1]
+    data["telemetry"] = {"alert_webhook_url": "https://hooks.example.com/faregate?token=s3cret"}
+
+    config = parse_config(yaml.safe_dump(data), env=TEST_ENV)
+
+    assert config.budgets["team"].alerts == (0.5, 0.8, 1.0)
+    assert config.telemetry.alert_webhook_url.endswith("token=s3cret")
+    default = load_config()
+    assert all(not budget.alerts for budget in default.budgets.values())
+    assert not default.telemetry.alert_webhook_url
+
+
+def test_a_bad_webhook_url_is_refused_without_quoting_its_secret() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(
+            _broken({"telemetry.alert_webhook_url": "https://:s3cret@/hook"}), env=TEST_ENV
+        )
+
+    assert "alert_webhook_url" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
 
 
 def test_each_worker_serves_metrics_on_the_base_port_plus_its_index() -> None:

@@ -39,7 +39,7 @@ def test_every_problem_of_a_file_is_reported_at_once_each_with_its_path() -> Non
         capabilities=["tools", "teleport"], queue=-1, refuses=["top_k"]
     )
     data["routes"]["fancy"] = {"candidates": [{"split": {"gpt-fake": 0}}], "hedge_after_s": -1}
-    data["budgets"]["team"] = {"limit_usd": -3, "window": "weekly"}
+    data["budgets"]["team"] = {"limit_usd": -3, "window": "fortnightly"}
     data["limit_pools"] = {"spend": {"unit": "usd", "capacity": 5}}
     data["state"] = {"backend": "etcd", "sqlite_synchronous": "off"}
     data["telemetry"] = {"otlp_endpoint": "collector:4317", "traces": True}
@@ -59,7 +59,7 @@ def test_every_problem_of_a_file_is_reported_at_once_each_with_its_path() -> Non
         "routes.fancy.candidates[0].split.gpt-fake: must be an integer >= 1",
         "routes.fancy.hedge_after_s: must be a finite number >= 0.001",
         "budgets.team.limit_usd: expected a non-negative amount of USD, got -3",
-        "budgets.team.window: must be one of none, minute, hourly, daily, monthly",
+        "budgets.team.window: must be one of none, minute, hourly, daily, weekly, monthly",
         "state.backend: must be one of memory, sqlite, redis",
         "state.sqlite_synchronous: must be one of full, normal",
         "telemetry.otlp_endpoint: must start with http:// or https://",

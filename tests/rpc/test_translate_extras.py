@@ -810,3 +810,13 @@ def test_fields_a_newer_client_set_are_refused_naming_the_message_holding_them()
         "messages[0]": description.format(111),
         "tools[0]": description.format(9),
     }
+
+
+def test_a_field_a_newer_client_set_deep_inside_one_tool_alone_is_found() -> None:
+    request = _request(tools=[_tool(), _tool("second")])
+    request.tools[1].MergeFromString(_with_unknown_field(_tool("second"), 7))
+
+    assert _violations(request) == {
+        "tools[1]": "holds fields this server does not know (numbers 7);"
+        " it would be served without them"
+    }

@@ -7,7 +7,7 @@ import pytest
 from faregate_server.config.schema import BudgetConfig, BudgetWindow
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
 from faregate_server.state.budgets import MemoryBudgetStore
-from faregate_server.state.windows import next_reset_s
+from faregate_server.state.windows import next_reset_s, window_start_s
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,12 +78,27 @@ def _at(text: str) -> float:
     [
         (BudgetWindow.HOURLY, "2026-11-23 10:15:00", "2026-11-23 11:00:00"),
         (BudgetWindow.DAILY, "2026-11-23 23:59:59", "2026-11-24 00:00:00"),
+        # Weeks are ISO weeks: Monday 00:00 UTC to the next, across months and years.
+        (BudgetWindow.WEEKLY, "2026-11-23 00:00:00", "2026-11-30 00:00:00"),
+        (BudgetWindow.WEEKLY, "2026-11-29 23:59:59", "2026-11-30 00:00:00"),
+        (BudgetWindow.WEEKLY, "2026-12-31 12:00:00", "2027-01-04 00:00:00"),
+        (BudgetWindow.WEEKLY, "1970-01-01 00:00:00", "1970-01-05 00:00:00"),
         (BudgetWindow.MONTHLY, "2026-12-31 12:00:00", "2027-01-01 00:00:00"),
         (BudgetWindow.MONTHLY, "2027-02-01 00:00:00", "2027-03-01 00:00:00"),
     ],
 )
 def test_windows_end_on_utc_calendar_boundaries(window: BudgetWindow, now: str, reset: str) -> None:
     assert next_reset_s(window, _at(now)) == _at(reset)
+
+
+@given(st.integers(0, 4_000_000_000))
+def test_a_week_starts_on_a_monday_at_midnight_utc_and_lasts_seven_days(now_s: int) -> None:
+    start_s = window_start_s(BudgetWindow.WEEKLY, now_s)
+    start = datetime.fromtimestamp(start_s, UTC)
+
+    assert (start.isoweekday(), start.hour, start.minute, start.second) == (1, 0, 0, 0)
+    assert start_s <= now_s < next_reset_s(BudgetWindow.WEEKLY, now_s) == start_s + 7 * 86400
+    assert start.isocalendar()[:2] == datetime.fromtimestamp(now_s, UTC).isocalendar()[:2]
 
 
 async def test_spend_resets_at_the_window_boundary_but_reservations_stay() -> None:

@@ -17,8 +17,10 @@ import redis.asyncio as aioredis
 from faregate_server.clock import SystemClock
 from faregate_server.domain import FinishReason, RouteResult, RoutingDecision, Usage
 from faregate_server.errors import BudgetExhausted, StateUnavailable
+from faregate_server.state.alerts import BudgetAlert
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.opening import open_state
+from faregate_server.state.redis_store import RedisState
 from faregate_server.state.store import StateStore
 
 from tests.conftest import to_config
@@ -233,3 +235,64 @@ async def test_commits_queued_while_redis_restarted_empty_are_charged_and_record
     assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (303, 0)
     records = [record.request_id for _, record in await store.spend("", "", 10, None)]
     assert sorted(records) == ["queued-0", "queued-1", "queued-2"]
+
+
+class _Alerts:
+    def __init__(self) -> None:
+        self.raised: list[BudgetAlert] = []
+
+    def budget_alert(self, alert: BudgetAlert) -> None:
+        self.raised.append(alert)
+
+
+async def test_each_threshold_alerts_on_one_replica_only(own_redis: RedisServer) -> None:
+    config = _config(own_redis.url)
+    config["budgets"]["team"]["alerts"] = [0.25, 0.5, 0.75, 1.0]
+    sinks = [_Alerts() for _ in range(3)]
+    replicas = [await open_state(to_config(config), SystemClock(), alerts=s) for s in sinks]
+    try:
+
+        async def spend(replica: StateStore, number: int) -> None:
+            holding = await replica.reserve(("team",), LIMIT // 40, (), ())
+            assert holding is not None
+            await replica.commit(holding, LIMIT // 40, 1, _record(f"r{number}", LIMIT // 40))
+
+        # 40 commits of 1/40 of the limit, spread over the replicas at once.
+        await asyncio.gather(*(spend(replicas[n % 3], n) for n in range(40)))
+
+        raised = [alert for sink in sinks for alert in sink.raised]
+        assert sorted(alert.threshold for alert in raised) == [0.25, 0.5, 0.75, 1.0]
+        assert sorted(alert.spent_nano_usd for alert in raised) == [
+            LIMIT // 4,
+            LIMIT // 2,
+            3 * LIMIT // 4,
+            LIMIT,
+        ]
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+
+
+async def test_spend_made_while_redis_was_away_alerts_once_written_back(
+    own_redis: RedisServer,
+) -> None:
+    config = _config(
+        own_redis.url, timeout_s=0.2, when_unavailable="fail_open", emergency_cap_usd=1
+    )
+    config["budgets"]["team"]["alerts"] = [0.5]
+    alerts = _Alerts()
+    store = await RedisState.open(to_config(config), SystemClock(), alerts)
+    try:
+        own_redis.stop()
+        holding = await store.reserve(("team",), LIMIT // 2, (), ())
+        assert holding is not None
+        await store.commit(holding, LIMIT // 2, 2, _record("offline", LIMIT // 2))
+        assert alerts.raised == []  # the emergency allowance is not the budget
+
+        own_redis.start()
+        await asyncio.sleep(1.1)
+        await store.renew()
+
+        assert [(a.threshold, a.spent_nano_usd) for a in alerts.raised] == [(0.5, LIMIT // 2)]
+    finally:
+        await store.aclose()

@@ -13,6 +13,7 @@ import pytest
 from faregate_server.config.schema import LimitDraw
 from faregate_server.domain import FinishReason, RouteResult, RoutingDecision, Usage, claim_key
 from faregate_server.errors import BudgetExhausted, BudgetNotFound, RequestInFlight
+from faregate_server.state.alerts import BudgetAlert
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.opening import open_state
 from faregate_server.state.store import StateStore
@@ -232,6 +233,134 @@ async def test_spend_resets_at_the_window_boundary(store: StateStore, clock: Fak
     assert (snapshot.spent_nano_usd, snapshot.reserved_nano_usd) == (0, 50)
     assert held is not None
     store.release(held)
+
+
+async def test_a_weekly_budget_resets_on_monday_at_midnight_utc(
+    state_section: dict[str, Any],
+) -> None:
+    config = _config(state_section)
+    config["budgets"]["week"] = {"limit_usd": 1, "window": "weekly"}
+    # Sunday 2026-11-29 23:00 UTC: an hour before the ISO week ends.
+    clock = FakeClock(1_795_993_200.0)
+    store = await open_state(to_config(config), clock)
+    try:
+        holding = await store.reserve(("week",), 100, (), ())
+        assert holding is not None
+        await store.commit(holding, 100, 1, _record("w1", 100, "week"))
+
+        clock.advance(3599)  # Sunday 23:59:59: the same week
+        assert (await store.budget("week")).spent_nano_usd == 100
+        clock.advance(1)  # Monday 00:00:00: a new week
+
+        snapshot = await store.budget("week")
+        assert snapshot.spent_nano_usd == 0
+        assert snapshot.resets_at_s == 1_795_996_800.0 + 7 * 86400
+        holding = await store.reserve(("week",), 40, (), ())
+        assert holding is not None
+        await store.commit(holding, 40, 1, _record("w2", 40, "week"))
+        assert (await store.budget("week")).spent_nano_usd == 40
+    finally:
+        await store.aclose()
+
+
+async def test_a_restart_sums_a_weekly_budget_from_the_ledger_within_its_week(
+    tmp_path: Path,
+) -> None:
+    config = to_config(
+        _config({"backend": "sqlite", "path": str(tmp_path / "week.db")})
+        | {"budgets": {"week": {"limit_usd": 1, "window": "weekly"}}}
+    )
+    clock = FakeClock(1_795_993_200.0)  # Sunday 2026-11-29 23:00 UTC
+    store = await open_state(config, clock)
+    holding = await store.reserve(("week",), 100, (), ())
+    assert holding is not None
+    record = dataclasses.replace(_record("w1", 100, "week"), time_s=clock.now_s())
+    await store.commit(holding, 100, 1, record)
+    await store.aclose()
+
+    clock.advance(3599)  # the same ISO week
+    store = await open_state(config, clock)
+    assert (await store.budget("week")).spent_nano_usd == 100
+    await store.aclose()
+    clock.advance(1)  # Monday 00:00 UTC
+    store = await open_state(config, clock)
+    assert (await store.budget("week")).spent_nano_usd == 0
+    await store.aclose()
+
+
+class _Alerts:
+    """A sink that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.raised: list[BudgetAlert] = []
+
+    def budget_alert(self, alert: BudgetAlert) -> None:
+        self.raised.append(alert)
+
+    def seen(self) -> list[tuple[str, float, int]]:
+        return [(a.budget_key, a.threshold, a.spent_nano_usd) for a in self.raised]
+
+
+async def test_each_alert_threshold_is_crossed_once_per_window_lowest_first(
+    state_section: dict[str, Any],
+) -> None:
+    config = _config(state_section)
+    config["budgets"]["week"] = {
+        "limit_usd": "0.000001",
+        "window": "weekly",
+        "alerts": [0.5, 0.8, 1],
+    }
+    config["budgets"]["team"]["alerts"] = [0.5]
+    clock = FakeClock(1_795_993_200.0)  # Sunday 2026-11-29 23:00 UTC
+    alerts = _Alerts()
+    store = await open_state(to_config(config), clock, alerts=alerts)
+    spends = iter(range(100))
+
+    async def spend(cost: int, *budgets: str) -> None:
+        holding = await store.reserve(budgets, cost, (), ())
+        assert holding is not None
+        await store.commit(holding, cost, 1, _record(f"a{next(spends)}", cost, *budgets))
+
+    try:
+        await spend(400, "week")  # 40% of 1,000 nano-USD
+        assert alerts.seen() == []
+        await spend(450, "week", "team")  # 85%: two thresholds in one commit
+        assert alerts.seen() == [("week", 0.5, 850), ("week", 0.8, 850)]
+        await spend(100, "week")
+        await spend(49, "week")  # 999: one short of the limit
+        assert len(alerts.raised) == 2
+        await spend(1, "week")
+        assert alerts.seen()[2:] == [("week", 1.0, 1000)]
+        week_start_s = 1_795_996_800.0 - 7 * 86400  # Monday 2026-11-23 00:00 UTC
+        assert {(a.window_start_s, a.limit_nano_usd) for a in alerts.raised} == {
+            (week_start_s, 1000)
+        }
+        assert alerts.raised[2].time_s == clock.now_s()
+
+        clock.advance(3600)  # Monday 2026-11-30: a new week, the marks again
+        await spend(500, "week")
+        assert alerts.seen()[3:] == [("week", 0.5, 500)]
+        assert alerts.raised[3].window_start_s == 1_795_996_800.0
+    finally:
+        await store.aclose()
+
+
+async def test_alerts_follow_an_operators_limit(state_section: dict[str, Any]) -> None:
+    config = _config(state_section)
+    config["budgets"]["team"]["alerts"] = [0.5]
+    alerts = _Alerts()
+    store = await open_state(to_config(config), FakeClock(), alerts=alerts)
+    try:
+        await store.update_budget("team", set_limit_nano_usd=1000)
+        holding = await store.reserve(("team",), 500, (), ())
+        assert holding is not None
+        await store.commit(holding, 500, 1, _record("l1", 500, "team"))
+
+        assert [(a.threshold, a.spent_nano_usd, a.limit_nano_usd) for a in alerts.raised] == [
+            (0.5, 500, 1000)
+        ]
+    finally:
+        await store.aclose()
 
 
 async def test_operator_changes_hold_until_the_configured_limit_changes(

@@ -43,7 +43,9 @@ class Budget(_message.Message):
     remaining_nano_usd: _builtins.int
     """limit - spent - reserved, in nano-USD."""
     window: _builtins.str
-    """The window: "none", "minute", "hourly", "daily" or "monthly"."""
+    """The window: "none", "minute", "hourly", "daily", "weekly" (ISO weeks, from
+    Monday 00:00 UTC) or "monthly".
+    """
     resets_at_unix_s: _builtins.float
     """Unix seconds of the next reset; 0 for a budget without a window."""
     def __init__(

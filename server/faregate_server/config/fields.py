@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -135,6 +136,42 @@ class Fraction(_Rule):
 
 
 @dataclass(frozen=True, slots=True)
+class Thresholds(_Rule):
+    """A list of fractions of a whole, each above 0 and at most 1, in increasing order
+    and each once (`[0.5, 0.8, 1.0]`)."""
+
+    def check(self, value: Any) -> tuple[float, ...]:
+        if not isinstance(value, list):
+            raise problem("must be a list of fractions, e.g. [0.5, 0.8, 1.0]")
+        problems: list[tuple[Loc, str]] = []
+        fractions: list[float] = []
+        for index, item in enumerate(value):
+            number = math.nan
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                with contextlib.suppress(OverflowError):
+                    number = float(item)
+            if not 0 < number <= 1:
+                # A percentage (80 for 80%) is the likely slip: say what is meant.
+                wanted = "must be a fraction above 0 and at most 1 (0.8 is 80%)"
+                problems.append(((index,), f"{wanted}, got {_shown(item)}"))
+            elif fractions and number <= fractions[-1]:
+                problems.append(
+                    ((index,), "must be larger than the one before (increasing, each once)")
+                )
+            else:
+                fractions.append(number)
+        reject(problems)
+        return tuple(fractions)
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "uniqueItems": True,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Boolean(_Rule):
     def check(self, value: Any) -> bool:
         if not isinstance(value, bool):
@@ -210,6 +247,43 @@ class Address(_Rule):
     def json_schema(self) -> JsonSchemaValue:
         address = f"^.+:0*{_PORT}$"
         return {"type": "string", "pattern": f"^$|{address}" if self.optional else address}
+
+
+def http_url_problem(url: str) -> str | None:
+    """What is wrong with an http(s) URL to send requests to, or None."""
+    parsed = urlsplit(url)
+    try:
+        parsed.port  # noqa: B018  (reading it checks it)
+    except ValueError:
+        return "must have a port from 0 to 65535"
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if any(char.isspace() or ord(char) < 32 for char in url):
+        return "must not hold spaces or control characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpUrl(_Rule):
+    """An http:// or https:// URL with a host; with `optional`, empty for none.
+
+    Its problems never quote it: such a URL often carries a secret (a webhook's token).
+    """
+
+    optional: bool = False
+
+    def check(self, value: Any) -> str:
+        text: str = Text().check(value)
+        if self.optional and not text:
+            return text
+        trouble = http_url_problem(text)
+        if trouble is not None:
+            raise problem(trouble + (", or empty for none" if self.optional else ""))
+        return text
+
+    def json_schema(self) -> JsonSchemaValue:
+        url = "^https?://[^/?#\\s]+"
+        return {"type": "string", "pattern": f"^$|{url}" if self.optional else url}
 
 
 @dataclass(frozen=True, slots=True)

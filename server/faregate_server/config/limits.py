@@ -20,6 +20,7 @@ from faregate_server.config.fields import (
     FromKey,
     Integer,
     Number,
+    Thresholds,
     Usd,
     no_default_shown,
 )
@@ -37,6 +38,8 @@ class Window(StrEnum):
     MINUTE = "minute"
     HOURLY = "hourly"
     DAILY = "daily"
+    WEEKLY = "weekly"
+    """ISO weeks: from Monday 00:00 UTC to the next."""
     MONTHLY = "monthly"
 
 
@@ -65,6 +68,9 @@ class BudgetConfig:
     """Spend allowed per window (written `limit_usd`, in USD)."""
     window: Annotated[Window, Choice(), Field(default=Window.NONE)]
     """When the spend resets."""
+    alerts: Annotated[tuple[float, ...], Thresholds()] = ()
+    """Fractions of the limit whose crossing raises an alert, once per window each
+    (e.g. [0.5, 0.8, 1.0]); increasing, each above 0 and at most 1."""
 
 
 @dataclass(frozen=True, slots=True)

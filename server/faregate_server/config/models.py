@@ -37,6 +37,7 @@ from faregate_server.config.fields import (
 )
 from faregate_server.config.limits import LimitDraw
 from faregate_server.config.problems import Loc
+from faregate_server.config.tokenizers import Tokenizer, default_tokenizer
 from faregate_server.domain import Capability, RefusableSetting
 from faregate_server.money import Price
 
@@ -190,6 +191,23 @@ class ModelConfig:
     `max_completion_tokens` (OpenAI, vLLM) or `max_tokens` (Ollama and older
     llama.cpp, which ignore the other and generate unbounded); ignored by the
     other providers."""
+    tokenizer: Annotated[
+        Tokenizer,
+        Choice(),
+        Field(
+            default_factory=lambda data: default_tokenizer(
+                data.get("provider"), data.get("upstream_model")
+            )
+        ),
+    ]
+    """How the model's prompt and answer are counted: o200k_base, cl100k_base or
+    estimate; defaults to the upstream model's own encoding for OpenAI's models
+    (o200k_base for gpt-4o, gpt-4.1, gpt-4.5, gpt-5 and the o-series,
+    cl100k_base for gpt-4 and gpt-3.5-turbo), else estimate."""
+    estimate_headroom: Annotated[float, Number(0, 2)] = 0.0
+    """For tokenizer estimate: how much more the model's tokenizer may count
+    than the estimate's one token per 3 UTF-8 bytes (0.5: one per 2 bytes; 2,
+    the most: one per byte)."""
     workers: Annotated[int, Integer(1)] = 16
     """Concurrent upstream calls."""
     queue: Annotated[int, Integer(0)] = 64
@@ -283,6 +301,8 @@ def settle_model(model: ModelConfig, env: Mapping[str, str]) -> list[tuple[Loc, 
         set_derived(model, "api_key", api_key or None)
     elif model.provider is ProviderKind.ANTHROPIC:
         problems.append((("api_key_env",), "is required for anthropic models"))
+    if model.estimate_headroom and model.tokenizer is not Tokenizer.ESTIMATE:
+        problems.append((("estimate_headroom",), "applies only to tokenizer estimate"))
     if model.max_output_tokens >= model.context_window_tokens:
         problems.append((("max_output_tokens",), "must be smaller than context_window_tokens"))
     return problems

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from faregate_server.config.fields import SECTION, Address, Boolean, Fraction, Text
+from faregate_server.config.fields import (
+    SECTION,
+    Address,
+    Boolean,
+    Fraction,
+    HttpUrl,
+    Integer,
+    Number,
+    Text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +40,10 @@ class TelemetryConfig:
     """Write one JSON line per request on the `faregate.requests` logger."""
     log_prompts: Annotated[bool, Boolean()] = False
     """Put each request's messages into its log line (they may hold secrets)."""
+    alert_webhook_url: Annotated[str, HttpUrl(optional=True)] = ""
+    """Where each budget alert is POSTed as JSON (http:// or https://); empty: alerts
+    are logged and counted only. Never logged: it may carry a token."""
+    alert_webhook_timeout_s: Annotated[float, Number(0.1, 60)] = 5.0
+    """How long one POST of an alert may take, connecting included."""
+    alert_webhook_attempts: Annotated[int, Integer(1, 10)] = 4
+    """POSTs of one alert before it is given up (counted), with backoff between."""

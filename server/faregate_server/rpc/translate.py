@@ -204,7 +204,8 @@ def route_call(request: AnyRouteRequest, principal: str, settings: ServerConfig)
         # The request holds more than plain chat (see rpc/wire_size.py): the
         # fields beyond it are read, and any field this contract does not
         # know refused (a plain request, its size the sum, holds none).
-        _check_unknown_fields(request, "request", violations)
+        if _holds_unknown_fields(request, size):
+            _check_unknown_fields(request, "request", violations)
         read = _read_extras(request_messages, messages, settings, violations)
         if read is not None:
             messages, extras = read, True
@@ -266,6 +267,17 @@ def _read_extras(
             extras = conversation.extras(index, message, role, violations)
             read[index] = ChatMessage(messages[index].role, messages[index].content, extras)
     return read if conversation is not None else None
+
+
+def _holds_unknown_fields(request: AnyRouteRequest, size: int) -> bool:
+    """Whether the request, of serialized `size`, or any message in it holds
+    a field this contract does not know. Found in C, by dropping them from a
+    copy and measuring it again: a few microseconds, where the walk that
+    names them (`_check_unknown_fields`) costs several per message."""
+    known: Message = type(request)()
+    known.CopyFrom(request)
+    known.DiscardUnknownFields()
+    return known.ByteSize() != size
 
 
 def _check_unknown_fields(message: Message, path: str, violations: dict[str, str]) -> None:

@@ -5,8 +5,9 @@ Invariant: for every budget, `spent + reserved <= limit` holds after every
 request may draw on several budgets at once (an agent's and its team's); it
 holds its worst case on each, all or nothing. `commit` records the true cost
 on each and frees the rest; `release` frees the reservation whole. Spend
-returns to zero at each window boundary (calendar hour, day or month in UTC);
-reservations in flight across a boundary stay reserved.
+returns to zero at each window boundary (calendar hour, day, ISO week or month
+in UTC); reservations in flight across a boundary stay reserved. With an alert
+watch, each commit reports every budget's new spend to it (state/alerts.py).
 
 Every operation completes without suspending, which is what makes each one
 atomic under asyncio.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from faregate_server.clock import Clock
 from faregate_server.config.schema import BudgetConfig
 from faregate_server.errors import BudgetExhausted, BudgetNotFound
+from faregate_server.state.alerts import AlertWatch
 from faregate_server.state.windows import WindowedTally
 
 
@@ -82,9 +84,12 @@ class MemoryBudgetStore:
         budgets: Iterable[BudgetConfig],
         clock: Clock,
         spent: Mapping[str, int] | None = None,
+        watch: AlertWatch | None = None,
     ) -> None:
-        """Budgets start with `spent` (from the ledger) in their current window."""
+        """Budgets start with `spent` (from the ledger) in their current window;
+        `watch` is told each commit's spend, to find alerts."""
         self._clock = clock
+        self._watch = watch
         now_s = clock.now_s()
         self._accounts = {budget.key: _Account(budget, now_s) for budget in budgets}
         for key, amount in (spent or {}).items():
@@ -119,6 +124,8 @@ class MemoryBudgetStore:
             account.roll(now_s)
             account.reserved -= reservation.amount_nano_usd
             account.used += cost_nano_usd
+            if self._watch is not None:
+                self._watch.spent(account.config.key, account.used, cost_nano_usd, account.limit)
         return min(account.remaining for account in reservation.accounts)
 
     def release(self, reservation: Reservation) -> None:
@@ -148,6 +155,7 @@ class MemoryBudgetStore:
 
     def reconfigure(self, budgets: Iterable[BudgetConfig]) -> None:
         """Adopts new budget configs; a budget that keeps its key keeps its spend."""
+        budgets = list(budgets)
         now_s = self._clock.now_s()
         accounts = {}
         for budget in budgets:
@@ -158,6 +166,8 @@ class MemoryBudgetStore:
             account.rewindow(budget.window, now_s)
             accounts[budget.key] = account
         self._accounts = accounts
+        if self._watch is not None:
+            self._watch.reconfigure(budgets)
 
     def _account(self, budget_key: str) -> _Account:
         account = self._accounts.get(budget_key)

@@ -6,11 +6,14 @@ from pathlib import Path
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import Config, StateBackend
+from faregate_server.state.alerts import AlertSink
 from faregate_server.state.ledger import Ledger, MemoryLedger, SqliteLedger
 from faregate_server.state.store import LocalState, StateStore
 
 
-async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> StateStore:
+async def open_state(
+    config: Config, clock: Clock, *, writer: bool = True, alerts: AlertSink | None = None
+) -> StateStore:
     """The configured state backend, opened.
 
     Args:
@@ -18,6 +21,7 @@ async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> St
         clock: Time for windows.
         writer: Whether this process will spend (serve); False opens an
             SQLite ledger to read only, beside the process that writes it.
+        alerts: Where the budget alerts that commits raise go; None: nowhere.
 
     Raises:
         ConfigError: the backend's store cannot be used (a corrupt or locked
@@ -29,7 +33,7 @@ async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> St
         # Imported only when configured: the redis client costs memory nobody else pays.
         from faregate_server.state.redis_store import RedisState
 
-        return await RedisState.open(config, clock)
+        return await RedisState.open(config, clock, alerts)
     ledger: Ledger
     if state.backend is StateBackend.SQLITE:
         ledger = await SqliteLedger.open(
@@ -37,4 +41,4 @@ async def open_state(config: Config, clock: Clock, *, writer: bool = True) -> St
         )
     else:
         ledger = MemoryLedger()
-    return LocalState(config, clock, ledger)
+    return LocalState(config, clock, ledger, alerts)

@@ -133,13 +133,15 @@ COMMIT = (
 -- (returned already), when it was held on the emergency allowance, or when
 -- Redis lost it (restarted empty, or from an older snapshot). The spend,
 -- the ledger record and the result are written all the same.
--- Returns {least remaining of the budgets, used, reserved per account...},
--- or {'written'} for a commit that was written before.
+-- Returns {least remaining of the budgets, used, reserved per account...,
+-- then the limit in force per budget}, or {'written'} for a commit that was
+-- written before.
 if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', 3600000) then return {'written'} end
 local n = #KEYS - 5
 local n_budgets = tonumber(ARGV[1])
 local least = nil
 local result = {0}
+local limits = {}
 for i = 1, n do
   local key = KEYS[i + 5]
   local held = tonumber(redis.call('HGET', KEYS[2], key) or '0')
@@ -152,6 +154,7 @@ for i = 1, n do
   if i <= n_budgets and (least == nil or limit - used - reserved < least) then
     least = limit - used - reserved
   end
+  if i <= n_budgets then table.insert(limits, limit) end
   table.insert(result, used)
   table.insert(result, reserved)
 end
@@ -165,6 +168,7 @@ local record = {}
 for j = 3 * n + 6, #ARGV do table.insert(record, ARGV[j]) end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
 result[1] = least
+for _, limit in ipairs(limits) do table.insert(result, limit) end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[5], 'state', 'done', 'fingerprint', ARGV[4],
     'result', ARGV[5], 'remaining', int(least))

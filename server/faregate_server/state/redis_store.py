@@ -55,6 +55,7 @@ from faregate_server.errors import (
     RequestInFlight,
     StateUnavailable,
 )
+from faregate_server.state.alerts import AlertSink, AlertWatch
 from faregate_server.state.budgets import BudgetSnapshot, MemoryBudgetStore, Reservation
 from faregate_server.state.ledger import SpendRecord, matches
 from faregate_server.state.limits import Draw, LimitPools, units_drawn
@@ -121,7 +122,14 @@ class _PendingCommit:
 class RedisState:
     """Budgets, limit pools, the ledger and request ids in one Redis."""
 
-    def __init__(self, config: Config, clock: Clock, client: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        client: aioredis.Redis,
+        alerts: AlertSink | None = None,
+    ) -> None:
+        """`alerts` takes the budget alerts commits raise (state/alerts.py)."""
         self._clock = clock
         self._client = client
         self._config = config
@@ -137,6 +145,11 @@ class RedisState:
         self._ids = itertools.count()
         self._limits = LimitPools(config.limit_pools, clock)
         self._emergency = MemoryBudgetStore(self._emergency_budgets(config), clock)
+        # Fed by the commit script's spend, never the emergency allowance's:
+        # spend made while Redis was away alerts once it is written there.
+        self._watch = (
+            AlertWatch(config.budgets.values(), alerts, clock) if alerts is not None else None
+        )
         self._reserve = client.register_script(RESERVE)
         self._commit = client.register_script(COMMIT)
         self._release = client.register_script(RELEASE)
@@ -158,9 +171,12 @@ class RedisState:
         self._renewer: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, config: Config, clock: Clock) -> RedisState:
+    async def open(
+        cls, config: Config, clock: Clock, alerts: AlertSink | None = None
+    ) -> RedisState:
         """Connects and starts renewing leases; an unreachable Redis is not
-        fatal at start (replicas may start first), only logged."""
+        fatal at start (replicas may start first), only logged. `alerts` as
+        for the constructor."""
         for budget in config.budgets.values():
             if budget.limit_nano_usd >= _LARGEST_EXACT:
                 raise ConfigError(
@@ -179,7 +195,7 @@ class RedisState:
             decode_responses=True,
         )
         client = aioredis.Redis.from_pool(pool)  # owns the pool: closing it closes them
-        state = cls(config, clock, client)
+        state = cls(config, clock, client, alerts)
         try:
             await client.ping()
         except RedisError as error:
@@ -351,6 +367,12 @@ class RedisState:
         if reply[0] == "written":
             return 0  # a repeat of a commit whose first reply was lost
         self._observe(accounts, reply[1:])
+        if self._watch is not None:
+            # The script's spend per budget, then each budget's limit in force.
+            limits = reply[1 + 2 * len(accounts) :]
+            for index, key in enumerate(pending.budget_keys):
+                spent, limit = int(reply[1 + 2 * index]), int(limits[index])
+                self._watch.spent(key, spent, pending.cost_nano_usd, limit)
         return int(reply[0])
 
     def release(self, holding: Holding) -> None:
@@ -476,6 +498,8 @@ class RedisState:
         self._config = config
         self._limits.reconfigure(config.limit_pools)
         self._emergency.reconfigure(self._emergency_budgets(config))
+        if self._watch is not None:
+            self._watch.reconfigure(config.budgets.values())
 
     async def aclose(self) -> None:
         if self._renewer is not None:

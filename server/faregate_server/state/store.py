@@ -14,7 +14,9 @@ same contract (tests/state/test_state_contract.py runs it against every one):
 - `release` frees a holding whole. It never suspends its caller and never
   fails: cleanup code calls it while being cancelled;
 - `claim` reserves a client request id for one request at a time and finds
-  the recorded result of one already served.
+  the recorded result of one already served;
+- with an alert sink, a commit whose spend crosses one of a budget's alert
+  thresholds hands it the alert (state/alerts.py), once per crossing.
 
 `LocalState` keeps the accounting in this process (the memory and sqlite
 backends; sqlite adds a durable ledger from which spend is summed at start).
@@ -33,6 +35,7 @@ from faregate_server.clock import Clock
 from faregate_server.config.schema import Config, LimitDraw
 from faregate_server.domain import RouteResult, claim_key
 from faregate_server.errors import RequestInFlight
+from faregate_server.state.alerts import AlertSink, AlertWatch
 from faregate_server.state.budgets import BudgetSnapshot, MemoryBudgetStore, Reservation
 from faregate_server.state.ledger import (
     Ledger,
@@ -221,14 +224,18 @@ class _LocalHold:
 class LocalState:
     """State in this process, with the ledger in memory or in SQLite."""
 
-    def __init__(self, config: Config, clock: Clock, ledger: Ledger) -> None:
+    def __init__(
+        self, config: Config, clock: Clock, ledger: Ledger, alerts: AlertSink | None = None
+    ) -> None:
+        """`alerts` takes the budget alerts commits raise (state/alerts.py)."""
         self._clock = clock
         self._ledger = ledger
         now_s = clock.now_s()
         spent = ledger.spent_since(
             {key: window_start_s(b.window, now_s) for key, b in config.budgets.items()}
         )
-        self._budgets = MemoryBudgetStore(config.budgets.values(), clock, spent)
+        watch = AlertWatch(config.budgets.values(), alerts, clock) if alerts is not None else None
+        self._budgets = MemoryBudgetStore(config.budgets.values(), clock, spent, watch)
         self._limits = LimitPools(config.limit_pools, clock)
         self._limits.seed(ledger.records_since(self._limits.earliest_window_start_s()), config)
         self._result_window_s = config.state.request_id_window_s

