@@ -52,7 +52,8 @@ much CPU other processes used meanwhile, since that is what makes a run
 noisy. Goals are marked PASS/FAIL but the bench exits 0 either way: it
 reports, it does not gate.
 
-Five more sections follow, each runnable alone (the first three in this process):
+Six more sections follow, each runnable alone (the first three and the last
+in this process):
 
 - Routing simulation (`routing_sim.py`, `python -m bench.routing_sim`):
   10,000 requests of a coding agent's mix over three sim models sharing one
@@ -76,6 +77,11 @@ Five more sections follow, each runnable alone (the first three in this process)
   streams past CPU saturation with new calls sent once the loop lags; how
   many are refused SERVER_OVERLOADED, by which guard, and how fast, from
   the request log (server side) and from the callers.
+- Prompt caching (`prompt_cache.py`, `python -m bench.prompt_cache`): a
+  20-turn agent tool loop with a 10,000-token system prompt through the
+  gRPC server to a fake Anthropic that emulates the prompt cache, with the
+  route's `cache_prompt` off, on for five minutes and for an hour; the cost
+  faregate reports beside the fake's usage priced by hand, and the saving.
 
 Run on their own, not by `make bench`:
 - `python -m bench.slow_readers`: faregate's peak RSS while 200 slow

@@ -1,6 +1,7 @@
 """`python -m bench`: start the servers, run the rounds, print the report;
-then the routing simulation, the hedging, state and telemetry measurements and
-admission control under overload, each printed as it ends.
+then the routing simulation, the hedging, state and telemetry measurements,
+admission control under overload and what prompt caching saves, each printed
+as it ends.
 
 `python -m bench --tool-calls [--rounds N]` runs only the tool-call phase
 (`rounds.measure_tool_calls`) on faregate and the pass-through, in N
@@ -32,7 +33,15 @@ from types import FrameType
 import aiohttp
 import grpc
 
-from bench import admission, hedging, routing_report, routing_sim, state, telemetry
+from bench import (
+    admission,
+    hedging,
+    prompt_cache,
+    routing_report,
+    routing_sim,
+    state,
+    telemetry,
+)
 from bench.faregate_config import sqlite_state, write_bench_config
 from bench.load import DirectTarget, GrpcTarget, LoadResult, closed_loop
 from bench.memory import exercise_default_config
@@ -264,6 +273,7 @@ def main() -> int:
         print(state.render(asyncio.run(state.measure())), flush=True)
         print(telemetry.render(telemetry.measure(), telemetry.hooks_off_ns()), flush=True)
         print(admission.render(admission.measure(server_cpu, load_cpu)), flush=True)
+        print(prompt_cache.render(asyncio.run(prompt_cache.measure())), flush=True)
     except KeyboardInterrupt:
         _progress("interrupted; every server it started is stopped")
         return 130

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reasoning", metavar="EFFORT|TOKENS",
         help="low, medium or high effort, or a thinking budget in tokens",
     )  # fmt: skip
+    agent.add_argument(
+        "--cache-prompt", action=argparse.BooleanOptionalAction,
+        help="have the provider cache the prompt (default: the route's setting)",
+    )  # fmt: skip
 
     tls = parser.add_argument_group("TLS (any of these turns it on)")
     tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
@@ -192,6 +196,7 @@ def _options(args: argparse.Namespace, metadata: dict[str, str]) -> RouteOptions
         "top_p": args.top_p,
         "seed": args.seed,
         "reasoning": _reasoning(args.reasoning),
+        "cache_prompt": args.cache_prompt,
     }
 
 

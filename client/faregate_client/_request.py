@@ -85,6 +85,8 @@ class RouteOptions(TypedDict, total=False):
     """Ask for reproducible sampling, where the provider offers it."""
     reasoning: router_pb2.Reasoning | None
     """How much a reasoning model may think (effort, or a budget of tokens)."""
+    cache_prompt: bool | None
+    """Have the provider cache the prompt; omitted means the route's setting."""
 
 
 _OPTIONS = frozenset(RouteOptions.__optional_keys__)

@@ -3,14 +3,19 @@
 Content parts (text and images), the tools a request offers and the calls a
 model makes of them, how the model may use them (`ToolChoice`), the JSON an
 answer must be (`ResponseFormat`), sampling controls, and reasoning: asked for
-(`Reasoning`) and returned as blocks to pass back (`ReasoningBlock`). The
+(`Reasoning`) and returned as blocks to pass back (`ReasoningBlock`), and
+whether the prompt is to be cached (`cache_prompt`, for `CacheTtl`). The
 fragments a stream yields of an answer beyond its text are here too:
 `ToolCallDelta`, `ReasoningDelta`, `RefusalDelta`.
 
 `Feature` names each of these a request can use. A provider adapter declares
 the features it carries upstream, and a request using another is never sent
 to it (routing/selection.py judges the candidate unfit, naming the field), so
-nothing a caller asks for is dropped on the way without a word.
+nothing a caller asks for is dropped on the way without a word. Prompt
+caching is no feature: it changes what a request is billed, never what it
+asks of the model, and every adapter honours it as far as its provider can
+(Anthropic's marks the prompt, OpenAI caches on its own, sim has no bill),
+so no candidate is ever passed over for it.
 
 Invariants: every value is immutable, JSON the caller sent (a tool's
 parameters, a response schema) excepted, which is held parsed, as the JSON
@@ -179,6 +184,15 @@ class Reasoning:
     """The most output tokens it may spend reasoning."""
 
 
+class CacheTtl(StrEnum):
+    """How long a provider keeps a cached prompt prefix (Anthropic's `ttl`)."""
+
+    FIVE_MINUTES = "5m"
+    """Anthropic's default; each read renews it."""
+    ONE_HOUR = "1h"
+    """Dearer to write (Anthropic: 2 times the input price, against 1.25)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationOptions:
     """What a call asks of generation beyond its messages, output cap and
@@ -192,6 +206,9 @@ class GenerationOptions:
     top_p: float | None = None
     seed: int | None = None
     reasoning: Reasoning | None = None
+    cache_prompt: bool | None = None
+    """Whether the provider should cache the prompt; None: the route decides
+    (routing/selection.py `cache_ttl`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from faregate_server.content import (
+    CacheTtl,
     Feature,
     GenerationOptions,
     MessageExtras,
@@ -181,7 +182,7 @@ class RouteCall:
             with a different request is caught.
         principal: Who the request is authenticated as (empty with auth off).
         options: Tools, tool choice, response format, stop sequences, top_p,
-            seed and reasoning; None when the call sets none of them.
+            seed, reasoning and cache_prompt; None when the call sets none of them.
         features: Every `Feature` the call uses, its messages' included: a
             candidate whose provider adapter lacks one is not chosen.
             `call_features` finds them; route_call fills this in.
@@ -329,6 +330,9 @@ class UpstreamRequest:
     temperature: float | None
     options: GenerationOptions | None = None
     """The call's, as RouteCall.options."""
+    cache_ttl: CacheTtl | None = None
+    """Cache the prompt for this long (the request's `cache_prompt`, else its
+    route's, decided it); None: do not ask the provider to cache it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ READ_REQUEST_FIELDS = {
     "top_p",
     "seed",
     "reasoning",
+    "cache_prompt",
 }
 """What route_call reads when a request is larger than the sum (uses_options)."""
 READ_MESSAGE_FIELDS = {"parts", "tool_calls", "tool_call_id", "reasoning"}

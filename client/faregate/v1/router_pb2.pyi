@@ -962,6 +962,7 @@ class RouteRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    CACHE_PROMPT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias from the config; empty means the config's
     default route.
@@ -1010,6 +1011,17 @@ class RouteRequest(_message.Message):
     seed: _builtins.int
     """A seed for sampling, so repeated requests tend to give the same answer
     (best effort, where the provider supports it); omitted means random.
+    """
+    cache_prompt: _builtins.bool
+    """Whether to have the provider cache the prompt, so a conversation's
+    repeated prefix is billed at the cache-read price on later turns;
+    omitted means the route's `cache_prompt` setting (off by default), and
+    true or false overrides it. Anthropic caches only what a request marks:
+    with this on, faregate marks the tools, the system prompt and the
+    conversation (docs/anthropic.md). OpenAI caches long prompts whatever
+    this says. A cached prompt may be billed once as a cache write (for
+    Anthropic 1.25 or 2 times the input price), which the request's worst
+    case reserves for.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
@@ -1087,11 +1099,14 @@ class RouteRequest(_message.Message):
         top_p: _builtins.float | None = ...,
         seed: _builtins.int | None = ...,
         reasoning: Global___Reasoning | None = ...,
+        cache_prompt: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt", "_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "cache_prompt", b"cache_prompt", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt", "_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "cache_prompt", b"cache_prompt", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cache_prompt: _TypeAlias = _typing.Literal["cache_prompt"]  # noqa: Y015
+    _WhichOneofArgType__cache_prompt: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt"]  # noqa: Y015
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
@@ -1108,6 +1123,8 @@ class RouteRequest(_message.Message):
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_prompt) -> _WhichOneofReturnType__cache_prompt | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
     @_typing.overload
@@ -1282,6 +1299,7 @@ class StreamRouteRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    CACHE_PROMPT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or a route alias; empty means the default route."""
     agent: _builtins.str
@@ -1326,6 +1344,17 @@ class StreamRouteRequest(_message.Message):
     seed: _builtins.int
     """A seed for sampling, so repeated requests tend to give the same answer
     (best effort, where the provider supports it); omitted means random.
+    """
+    cache_prompt: _builtins.bool
+    """Whether to have the provider cache the prompt, so a conversation's
+    repeated prefix is billed at the cache-read price on later turns;
+    omitted means the route's `cache_prompt` setting (off by default), and
+    true or false overrides it. Anthropic caches only what a request marks:
+    with this on, faregate marks the tools, the system prompt and the
+    conversation (docs/anthropic.md). OpenAI caches long prompts whatever
+    this says. A cached prompt may be billed once as a cache write (for
+    Anthropic 1.25 or 2 times the input price), which the request's worst
+    case reserves for.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
@@ -1403,11 +1432,14 @@ class StreamRouteRequest(_message.Message):
         top_p: _builtins.float | None = ...,
         seed: _builtins.int | None = ...,
         reasoning: Global___Reasoning | None = ...,
+        cache_prompt: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt", "_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "cache_prompt", b"cache_prompt", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt", "_max_cost_nano_usd", b"_max_cost_nano_usd", "_max_output_tokens", b"_max_output_tokens", "_min_context_tokens", b"_min_context_tokens", "_min_quality", b"_min_quality", "_parallel_tool_calls", b"_parallel_tool_calls", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "additional_budget_keys", b"additional_budget_keys", "agent", b"agent", "budget_key", b"budget_key", "cache_prompt", b"cache_prompt", "explain", b"explain", "fallback", b"fallback", "max_cost_nano_usd", b"max_cost_nano_usd", "max_output_tokens", b"max_output_tokens", "messages", b"messages", "metadata", b"metadata", "min_context_tokens", b"min_context_tokens", "min_quality", b"min_quality", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prefer", b"prefer", "reasoning", b"reasoning", "request_id", b"request_id", "required_capabilities", b"required_capabilities", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "task", b"task", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cache_prompt: _TypeAlias = _typing.Literal["cache_prompt"]  # noqa: Y015
+    _WhichOneofArgType__cache_prompt: _TypeAlias = _typing.Literal["_cache_prompt", b"_cache_prompt"]  # noqa: Y015
     _WhichOneofReturnType__max_cost_nano_usd: _TypeAlias = _typing.Literal["max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_nano_usd: _TypeAlias = _typing.Literal["_max_cost_nano_usd", b"_max_cost_nano_usd"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
@@ -1424,6 +1456,8 @@ class StreamRouteRequest(_message.Message):
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_prompt) -> _WhichOneofReturnType__cache_prompt | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_nano_usd) -> _WhichOneofReturnType__max_cost_nano_usd | None: ...
     @_typing.overload

@@ -2,9 +2,10 @@
 scored) and `retries`.
 
 A route is written as its list of candidates, or as a mapping with `candidates`
-and hedging settings; a candidate is a model name, or `{split: {model: weight}}`
-for a canary, of which one model is drawn per request. That every candidate names
-a configured model, once, is a rule between sections (`faregate_server.config.schema`).
+and its hedging and prompt caching settings; a candidate is a model name, or
+`{split: {model: weight}}` for a canary, of which one model is drawn per
+request. That every candidate names a configured model, once, is a rule
+between sections (`faregate_server.config.schema`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from faregate_server.config.fields import (
     A_LIST,
     SECTION,
     Boolean,
+    Choice,
     CodeOnly,
     Fraction,
     FromKey,
@@ -31,6 +33,7 @@ from faregate_server.config.fields import (
     no_default_shown,
 )
 from faregate_server.config.problems import SHORTHAND, problem
+from faregate_server.content import CacheTtl
 
 Split = Annotated[
     Mapping[Annotated[str, Name()], Annotated[int, Integer(1)]],
@@ -112,6 +115,14 @@ class RouteConfig:
     """Start a hedge when the first token is this late; None: no fixed delay."""
     hedge_after_p95: Annotated[bool, Boolean()] = False
     """Start a hedge when the first token is later than the primary's recent p95."""
+    cache_prompt: Annotated[bool, Boolean()] = False
+    """Have the provider cache each request's prompt, so a conversation's
+    repeated prefix is billed at the cache-read price (Anthropic: marks the
+    tools, the system prompt and the conversation); a request's own
+    `cache_prompt` overrides it."""
+    cache_ttl: Annotated[CacheTtl, Choice()] = CacheTtl.FIVE_MINUTES
+    """How long a cached prompt lives: `5m` or `1h` (dearer to write, for
+    turns further apart)."""
 
     @property
     def hedged(self) -> bool:

@@ -66,7 +66,7 @@ from faregate_server.domain import (
 )
 from faregate_server.routing.hooks import Hooks
 from faregate_server.routing.planner import Plan
-from faregate_server.routing.selection import Availability, Option, availability
+from faregate_server.routing.selection import Availability, Option, availability, cache_ttl
 from faregate_server.routing.settlement import Lease
 from faregate_server.upstream.breakers import BreakerTicket
 from faregate_server.upstream.catalog import Deployment
@@ -125,6 +125,7 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
         max_output_tokens=option.max_output_tokens,
         temperature=plan.call.temperature,
         options=plan.call.options,
+        cache_ttl=cache_ttl(plan.call, plan.route),
     )
 
 

@@ -24,6 +24,12 @@ lease it takes for the model, and until that lease ends the model is neutral
 When no candidate can serve now, the selection says when the soonest of them
 may serve again. The budget is not read here: the settlement reserves in this
 order, and a candidate the budget cannot cover is skipped there, atomically.
+
+The worst case is the counted input and the output cap at the model's
+prices. With prompt caching on (`cache_ttl`: the request's `cache_prompt`,
+else its route's), every input token may be billed as a cache write, or a
+read, so the input is priced at the highest rate of those that can apply
+(an hour's writes only with a one-hour TTL); without it, at the input price.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from enum import StrEnum
 
 from faregate_server.clock import Clock
 from faregate_server.config.schema import RouteConfig, RoutingConfig
+from faregate_server.content import CacheTtl
 from faregate_server.domain import CandidateScore, Preference, RouteCall, TaskKind
+from faregate_server.money import Price
 from faregate_server.routing.fit import unfit_for
 from faregate_server.routing.tasks import TASK_DIFFICULTY
 from faregate_server.state.limits import Draw, LimitPools, projected_draw
@@ -53,6 +61,40 @@ _PROBING_LATENCY_S = NEUTRAL_LATENCY_S
 # The least expected latency prefer LATENCY divides by: keeps an unmeasured
 # model's score finite while ranking it above any measured one.
 _LATENCY_FLOOR_S = 1e-4
+
+
+def cache_ttl(call: RouteCall, route: RouteConfig) -> CacheTtl | None:
+    """How long the call's prompt is to be cached, None for not at all: the
+    request's `cache_prompt` when it gave one, else its route's, for the
+    route's TTL."""
+    wanted = None if call.options is None else call.options.cache_prompt
+    if wanted is None:
+        wanted = route.cache_prompt
+    return route.cache_ttl if wanted else None
+
+
+def worst_case_nano_usd(
+    price: Price, input_tokens: int, output_tokens: int, ttl: CacheTtl | None
+) -> int:
+    """The most a call can cost: its input at the highest rate that can
+    apply to it (see the module docstring) and its output cap."""
+    worst = price.cost_nano_usd(input_tokens, output_tokens)
+    if ttl is None:
+        return worst
+    # A cost is linear in how the input splits between kinds, so its most is
+    # all of the input of the dearest kind.
+    writes_1h = input_tokens if ttl is CacheTtl.ONE_HOUR else 0
+    return max(
+        worst,
+        price.cost_nano_usd(input_tokens, output_tokens, cached_input_tokens=input_tokens),
+        price.cost_nano_usd(input_tokens, output_tokens, cache_write_input_tokens=input_tokens),
+        price.cost_nano_usd(
+            input_tokens,
+            output_tokens,
+            cache_write_input_tokens=input_tokens,
+            cache_write_1h_input_tokens=writes_1h,
+        ),
+    )
 
 
 class Availability(StrEnum):
@@ -133,6 +175,7 @@ class Selector:
         hints = call.hints
         difficulty = 0.0 if task is None else TASK_DIFFICULTY[task]
         exponent = 1 + routing.task_weight * difficulty
+        ttl = cache_ttl(call, route)
         now_s = self._clock.monotonic_s()
         if input_tokens_by_counter is None:
             input_tokens_by_counter = {}
@@ -159,7 +202,9 @@ class Selector:
                 input_tokens_by_counter[counter.name] = input_tokens
             room = model.context_window_tokens - input_tokens
             max_output_tokens = call.max_output_tokens or min(model.max_output_tokens, room)
-            worst_case = model.price.cost_nano_usd(input_tokens, max(max_output_tokens, 0))
+            worst_case = worst_case_nano_usd(
+                model.price, input_tokens, max(max_output_tokens, 0), ttl
+            )
             quality = model.quality**exponent
             problem = unfit_for(call, deployment, input_tokens, room, max_output_tokens, worst_case)
             reason = ""

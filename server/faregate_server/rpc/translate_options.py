@@ -2,8 +2,9 @@
 
 rpc/translate.py hands a request that sets any of them here: its tools,
 tool choice, parallel_tool_calls, response format, stop sequences, top_p,
-seed and reasoning. Like translate.py, `generation_options` adds every
-violation it finds to the caller's `violations`, under the field's path.
+seed, reasoning and cache_prompt (which has no rule: either value is good).
+Like translate.py, `generation_options` adds every violation it finds to
+the caller's `violations`, under the field's path.
 
 The rules: tool names follow rules.NAME and are unique, at most MAX_TOOLS;
 a tool choice other than the provider's default, and parallel_tool_calls,
@@ -69,6 +70,7 @@ def uses_options(request: AnyRouteRequest) -> bool:
         or request.HasField("top_p")
         or request.HasField("seed")
         or request.HasField("reasoning")
+        or request.HasField("cache_prompt")
     )
 
 
@@ -102,6 +104,7 @@ def generation_options(
         top_p=top_p,
         seed=request.seed if request.HasField("seed") else None,
         reasoning=_reasoning(request, settings, max_output_tokens, violations),
+        cache_prompt=request.cache_prompt if request.HasField("cache_prompt") else None,
     )
 
 

@@ -30,6 +30,18 @@ The mapping (docs/anthropic.md says the same for callers):
   (the manual mode, which Claude 4.7 and later refuse); `effort` →
   `output_config.effort` (low, medium, high as they are), with
   `thinking: {type: adaptive}` when no budget is given, the current mode.
+- prompt caching (`cache_ttl` set): `cache_control: {type: ephemeral}`
+  (with `ttl: 1h` for an hour) on at most MAX_CACHE_BREAKPOINTS blocks, in
+  the API's prefix order tools → system → messages: the last tool; the
+  system text, then sent as one text block (the same text as the string it
+  is otherwise, so the model sees the same prompt); the last cacheable block
+  of the last message, which writes the whole conversation for the next
+  turn to read; and that of the message two before it, where the turn
+  before put its last mark, so the next turn reads exactly what this one
+  wrote however many blocks a turn adds (the API looks back only about 20
+  blocks from a mark for an earlier entry). Thinking blocks never carry a
+  mark (the API takes none there). Explicit marks rather than the top-level
+  automatic `cache_control`: they say what is cached, and need no lookback.
 
 `request_refusal` names what Anthropic would refuse whatever the model, so routing
 passes the model over before any call rather than fail on the wire: a
@@ -49,6 +61,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from faregate_server.content import (
+    CacheTtl,
     GenerationOptions,
     Image,
     ReasoningBlock,
@@ -66,6 +79,10 @@ MIN_THINKING_BUDGET_TOKENS = 1024
 _THINKING_TOP_P = (0.95, 1.0)
 """The top_p range Anthropic allows with thinking on."""
 _FORCED_CHOICES = frozenset({ToolChoiceMode.REQUIRED, ToolChoiceMode.TOOL})
+MAX_CACHE_BREAKPOINTS = 4
+"""The most `cache_control` marks a request may carry."""
+_UNCACHEABLE_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+"""Blocks that cannot carry a `cache_control` mark."""
 
 
 def request_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
@@ -82,6 +99,8 @@ def request_body(request: UpstreamRequest, *, stream: bool) -> dict[str, Any]:
         body["temperature"] = request.temperature
     if request.options is not None:
         _add_options(body, request.options)
+    if request.cache_ttl is not None:
+        _mark_cache(body, request.cache_ttl)
     if stream:
         body["stream"] = True
     return body
@@ -264,6 +283,33 @@ def _add_options(body: dict[str, Any], options: GenerationOptions) -> None:
             output_config["effort"] = reasoning.effort.value
     if output_config:
         body["output_config"] = output_config
+
+
+def _mark_cache(body: dict[str, Any], ttl: CacheTtl) -> None:
+    """Puts the cache marks on `body` (see the module docstring); every block
+    marked is one of its own, so the marks are shared with nothing else."""
+    mark: dict[str, str] = {"type": "ephemeral"}
+    if ttl is CacheTtl.ONE_HOUR:
+        mark["ttl"] = ttl.value
+    tools = body.get("tools")
+    if tools:
+        tools[-1]["cache_control"] = dict(mark)
+    system = body.get("system")
+    if system:
+        body["system"] = [{"type": "text", "text": system, "cache_control": dict(mark)}]
+    messages = body["messages"]
+    for index in (len(messages) - 1, len(messages) - 3):
+        if index >= 0:
+            _mark_last_cacheable(messages[index], mark)
+
+
+def _mark_last_cacheable(message: dict[str, Any], mark: dict[str, str]) -> None:
+    blocks = _as_blocks(message["content"])
+    for block in reversed(blocks):
+        if block["type"] not in _UNCACHEABLE_BLOCKS:
+            block["cache_control"] = dict(mark)
+            message["content"] = blocks
+            return
 
 
 def _tool(name: str, description: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
