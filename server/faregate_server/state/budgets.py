@@ -4,9 +4,11 @@ Invariant: for every budget, `spent + reserved <= limit` holds after every
 `reserve`, so two requests can never both spend the same remaining money. A
 request may draw on several budgets at once (an agent's and its team's); it
 holds its worst case on each, all or nothing. `commit` records the true cost
-on each and frees the rest; `release` frees the reservation whole. Spend
-returns to zero at each window boundary (calendar hour, day or month in UTC);
-reservations in flight across a boundary stay reserved.
+on each, in full even past the reservation (an overrun: the remaining money
+may then go below zero, refusing every reservation), and frees the rest;
+`release` frees the reservation whole. Spend returns to zero at each window
+boundary (calendar hour, day or month in UTC); reservations in flight across
+a boundary stay reserved.
 
 Every operation completes without suspending, which is what makes each one
 atomic under asyncio.
