@@ -156,11 +156,11 @@ async def test_a_commit_past_its_holding_is_spent_in_full_and_refuses_the_next_r
     assert (await store.budget("team")).reserved_nano_usd == 0
 
 
+@pytest.mark.parametrize("state_section", ["sqlite", "redis"], indirect=True)
 async def test_an_overspent_budget_stays_overspent_across_a_reopen(
     state_section: dict[str, Any], clock: FakeClock
 ) -> None:
-    if state_section["backend"] == "memory":
-        pytest.skip("memory keeps nothing across a reopen")
+    # The durable backends: memory keeps nothing across a reopen.
     config = to_config(_config(state_section))
     cost = 11_000_000_000
     store = await open_state(config, clock)
