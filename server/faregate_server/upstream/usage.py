@@ -85,14 +85,23 @@ def judge_usage(
         flaw = UsageFlaw.OVER_CONTEXT_WINDOW
     elif usage.output_tokens > max_output_tokens:
         flaw = UsageFlaw.OVER_OUTPUT_CAP
-    elif (
-        reserved_nano_usd is not None
-        and price.cost_nano_usd(usage.input_tokens, usage.output_tokens) > reserved_nano_usd
-    ):
+    elif reserved_nano_usd is not None and _cost_nano_usd(usage, price) > reserved_nano_usd:
         flaw = UsageFlaw.OVER_RESERVATION
     else:
         return usage
     return ImplausibleUsage(flaw, render_reported(usage.input_tokens, usage.output_tokens))
+
+
+def _cost_nano_usd(usage: Usage, price: Price) -> int:
+    # Every kind of input priced, as the charge prices it, so a stream whose
+    # report passes here is never charged past its reservation.
+    return price.cost_nano_usd(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_input_tokens,
+        usage.cache_write_1h_input_tokens,
+    )
 
 
 def render_reported(input_tokens: object, output_tokens: object) -> str:
