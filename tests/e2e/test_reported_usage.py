@@ -1,6 +1,8 @@
 """Upstreams that lie about usage, end to end: what they report is judged
 against what the request made possible, and a lie is charged the reservation,
-recorded with what was reported, counted, and held against the model."""
+recorded with what was reported, counted, and held against the model. A
+whole answer's believable report past its reservation is the bill: charged
+in full as an overrun, bounded by the context window."""
 
 from __future__ import annotations
 
@@ -68,7 +70,24 @@ async def _call(
     return stream.finish.cost_nano_usd, stream.start.reserved_nano_usd
 
 
-@pytest.mark.parametrize("rpc", ["Route", "StreamRoute"])
+async def _metrics(faregate: Faregate) -> list[str]:
+    port = faregate.running.http_port
+    assert port is not None
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        return (await response.text()).splitlines()
+
+
+def _sample(metrics: list[str], series: str) -> float:
+    [value] = [line.split(" ")[-1] for line in metrics if line.startswith(series + " ")]
+    return float(value)
+
+
+# A stream is capped at its reservation; a whole answer is charged its
+# believable report in full (test_a_whole_answer_past_its_reservation_...).
+@pytest.mark.parametrize("rpc", ["StreamRoute"])
 async def test_a_lying_upstream_never_overspends_a_budget(
     start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream, rpc: str
 ) -> None:
@@ -104,6 +123,70 @@ async def test_a_lying_upstream_never_overspends_a_budget(
         assert (record.usage_flaw, record.reported_usage) == ("over_reservation", reported)
         assert (record.input_tokens, record.output_tokens) == (_input_tokens(), MAX_OUTPUT)
         assert record.cost_nano_usd == record.reserved_nano_usd == WORST_CASE
+
+
+async def test_a_whole_answer_past_its_reservation_is_charged_in_full_within_the_window(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    # Three times the prompt faregate counted: believable (within the context
+    # window), so it is the bill. The twenty admitted calls overspend the
+    # budget by their overruns, each within the bound the README states, and
+    # the budget, below zero, admits nothing more.
+    fits, total = 20, 60
+    limit = fits * WORST_CASE
+    context_window = config_data["models"]["gpt-fake"]["context_window_tokens"]
+    config_data["budgets"]["over"] = {"limit_usd": _usd(limit)}
+    config_data["models"]["gpt-fake"].update(workers=16, queue=total, breaker=PATIENT_BREAKER)
+    reported = (3 * _input_tokens(), MAX_OUTPUT)
+    bill = GPT_PRICE.cost_nano_usd(*reported)
+    gate = asyncio.Event()
+    upstream.default = Script(usage=reported, gate=gate)
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        calls = [asyncio.create_task(_call(faregate, "Route", "over")) for _ in range(total)]
+        await eventually(lambda: sum(call.done() for call in calls) >= total - fits, timeout_s=30)
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        spent = await faregate.spent_nano_usd("over")
+        reserved = await faregate.reserved_nano_usd("over")
+        records = await _records(faregate, "over")
+        with pytest.raises(BudgetExhausted) as refused:
+            await _call(faregate, "Route", "over")
+        metrics = await _metrics(faregate)
+
+    served = [result for result in results if isinstance(result, tuple)]
+    assert all(isinstance(r, BudgetExhausted) for r in results if not isinstance(r, tuple))
+    assert served == [(bill, WORST_CASE)] * fits
+    assert spent == fits * bill
+    assert reserved == 0
+    overrun = bill - WORST_CASE
+    assert refused.value.metadata["remainingNanoUsd"] == str(limit - spent)
+    assert limit - spent == -fits * overrun
+    # The bound: the input believed up to the context window, at the input price.
+    input_price = GPT_PRICE.input_nano_usd_per_mtok
+    assert overrun <= (context_window - _input_tokens()) * input_price // 10**6
+    assert len(records) == fits
+    for record in records:
+        assert (record.usage_flaw, record.reported_usage) == ("", "")
+        assert (record.input_tokens, record.output_tokens) == reported
+        assert (record.reserved_nano_usd, record.cost_nano_usd) == (WORST_CASE, bill)
+    assert _sample(metrics, 'faregate_overrun_requests_total{model="gpt-fake"}') == fits
+    assert _sample(metrics, 'faregate_overrun_nano_usd_total{model="gpt-fake"}') == fits * overrun
+
+
+async def test_a_whole_answer_is_not_believed_past_the_context_window(
+    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+) -> None:
+    # One token past the window is a lie, not an overrun: the reservation.
+    context_window = config_data["models"]["gpt-fake"]["context_window_tokens"]
+    upstream.default = Script(usage=(context_window + 1, MAX_OUTPUT))
+
+    async with start_faregate(to_config(config_data)) as faregate:
+        cost, reserved = await _call(faregate, "Route", "team")
+        [record] = await _records(faregate, "team")
+
+    assert cost == reserved == WORST_CASE
+    assert record.usage_flaw == "over_context_window"
 
 
 async def test_negative_usage_never_credits_a_budget(
@@ -222,12 +305,13 @@ async def test_implausible_answers_are_counted_and_open_the_breaker(
     assert 'faregate_implausible_usage_total{flaw="negative",model="gpt-fake"} 3.0' in metrics
 
 
-async def test_an_honest_answer_cut_at_its_cap_a_token_over_the_count_is_capped_not_blamed(
+async def test_an_honest_answer_cut_at_its_cap_a_token_over_the_count_is_charged_not_blamed(
     start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
 ) -> None:
     # A provider may count a prompt a token or two higher than faregate (its
     # own framing); with the output at its cap that costs just over the
-    # reservation. It is capped and flagged, but the model is not failed.
+    # reservation. A whole answer is charged it in full (the bill), not
+    # flagged, and the model is not failed.
     config_data["models"]["gpt-fake"]["breaker"] = {"consecutive_failures": 3, "cooldown_s": 60}
     upstream.default = Script(
         usage=(_input_tokens() + 2, MAX_OUTPUT),
@@ -241,9 +325,13 @@ async def test_an_honest_answer_cut_at_its_cap_a_token_over_the_count_is_capped_
         records = await _records(faregate, "team")
         reserved = await faregate.reserved_nano_usd()
 
+    bill = GPT_PRICE.cost_nano_usd(_input_tokens() + 2, MAX_OUTPUT)
     assert breaker.state.value == "closed"
-    assert answered == [(WORST_CASE, WORST_CASE)] * 5
-    assert {record.usage_flaw for record in records} == {"over_reservation"}
+    assert answered == [(bill, WORST_CASE)] * 5
+    assert {record.usage_flaw for record in records} == {""}
+    assert {record.cost_nano_usd - record.reserved_nano_usd for record in records} == {
+        bill - WORST_CASE
+    }
     assert reserved == 0
 
 

@@ -8,8 +8,10 @@ the real in-memory store, its ledger read back after each settlement."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+from contextlib import AbstractContextManager
 
 import aiohttp
 import pytest
@@ -23,13 +25,14 @@ from faregate_server.domain import (
     Usage,
     UsageFlaw,
 )
+from faregate_server.routing.hooks import NO_HOOKS, AttemptSpan
 from faregate_server.routing.planner import Plan, Planner
 from faregate_server.routing.scope import CallScope
 from faregate_server.routing.selection import Selector
 from faregate_server.routing.settlement import Charge, Lease, Settlement, charge, counted_usage
 from faregate_server.state.ledger import MemoryLedger, SpendRecord
 from faregate_server.state.store import LocalState
-from faregate_server.upstream.catalog import Catalog
+from faregate_server.upstream.catalog import Catalog, Deployment
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
 
 from tests.fakes.clock import FakeClock
@@ -37,6 +40,31 @@ from tests.fakes.clock import FakeClock
 _CAP_TOKENS = 100
 _INPUT_NANO_USD = 1_000
 _OUTPUT_NANO_USD = 2_000
+
+
+class _Overruns:
+    """Hooks that note each overrun and do nothing else."""
+
+    def __init__(self) -> None:
+        self.overruns: list[tuple[str, int]] = []
+
+    def span(self, name: str, model: str = "") -> AbstractContextManager[object]:
+        return NO_HOOKS.span(name, model)
+
+    def pool_wait(self, deployment: Deployment) -> AbstractContextManager[object] | None:
+        return None
+
+    def attempt(self, deployment: Deployment) -> AttemptSpan:
+        return NO_HOOKS.attempt(deployment)
+
+    def implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
+        pass
+
+    def overrun(self, deployment: Deployment, overrun_nano_usd: int) -> None:
+        self.overruns.append((deployment.name, overrun_nano_usd))
+
+    def stream_cut(self, deployment: Deployment) -> None:
+        pass
 
 
 class _Books:
@@ -49,7 +77,9 @@ class _Books:
         settlement: Settlement,
         state: LocalState,
         ledger: MemoryLedger,
+        hooks: _Overruns,
     ) -> None:
+        self.hooks = hooks
         self.plan = plan
         self.lease = lease
         self.settlement = settlement
@@ -114,14 +144,15 @@ async def books() -> _Books:
         catalog = Catalog(config, session, clock)
     ledger = MemoryLedger()
     state = LocalState(config, clock, ledger)
-    settlement = Settlement(state, clock)
+    hooks = _Overruns()
+    settlement = Settlement(state, clock, hooks)
     call = RouteCall(
         model="", messages=(ChatMessage(Role.USER, "hello there"),), agent="coder",
         budget_key="b", max_output_tokens=_CAP_TOKENS, temperature=None, metadata={},
     )  # fmt: skip
     plan = await Planner(Selector(state.limits, clock, random.Random(0))).plan(call, catalog)
     lease = await settlement.first_lease(plan)
-    return _Books(plan, lease, settlement, state, ledger)
+    return _Books(plan, lease, settlement, state, ledger, hooks)
 
 
 def _cost(input_tokens: int, output_tokens: int) -> int:
@@ -161,11 +192,42 @@ def test_a_count_over_the_output_cap_is_charged_the_cap(books: _Books) -> None:
     assert counted_usage(books.lease, 5_000) == Usage(books.input_tokens, _CAP_TOKENS)
 
 
-def test_no_charge_exceeds_the_reservation(books: _Books) -> None:
-    # A report no judge let through, priced far over the worst case.
-    charged = charge(books.lease, Usage(1_000_000, 1_000_000), None)
+def test_no_count_is_charged_past_the_reservation(books: _Books) -> None:
+    # A count is an estimate: whatever it comes to, the worst case bounds it.
+    charged = charge(books.lease, None, Usage(1_000_000, 1_000_000))
 
     assert charged == Charge(Usage(1_000_000, 1_000_000), books.reserved_nano_usd)
+
+
+async def test_a_report_past_the_reservation_is_charged_in_full_as_an_overrun(
+    books: _Books, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A believable report (the prompt counted short by faregate): the bill.
+    reported = Usage(books.input_tokens + 500, _CAP_TOKENS)
+    cost = _cost(reported.input_tokens, reported.output_tokens)
+    overrun = cost - books.reserved_nano_usd
+    assert overrun == 500 * _INPUT_NANO_USD
+
+    charged = charge(books.lease, reported, None)
+    with caplog.at_level(logging.WARNING, "faregate_server.routing.settlement"):
+        await books.settle(charged)
+
+    assert charged == Charge(reported, cost)
+    (record,) = await books.records()
+    assert (record.reserved_nano_usd, record.cost_nano_usd) == (books.reserved_nano_usd, cost)
+    assert (record.usage_flaw, record.reported_usage) == ("", "")
+    assert await books.spent_and_reserved() == (cost, 0)
+    assert books.hooks.overruns == [("m", overrun)]
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"model m cost {cost} nano-USD, {overrun} more than its reservation of" in line
+
+
+async def test_a_charge_within_the_reservation_is_no_overrun(books: _Books) -> None:
+    await books.settle(charge(books.lease, Usage(books.input_tokens, _CAP_TOKENS), None))
+
+    (record,) = await books.records()
+    assert record.cost_nano_usd == record.reserved_nano_usd
+    assert books.hooks.overruns == []
 
 
 async def test_implausible_usage_is_charged_the_reservation_and_recorded(books: _Books) -> None:

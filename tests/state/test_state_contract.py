@@ -133,6 +133,57 @@ async def test_several_budgets_are_held_all_or_nothing(store: StateStore) -> Non
     assert await _settled(store, "agent") == (500, 0)
 
 
+async def test_a_commit_past_its_holding_is_spent_in_full_and_refuses_the_next_reservation(
+    store: StateStore,
+) -> None:
+    # An overrun (a whole answer's believable report over its worst case):
+    # the budget is charged the truth, below zero, and admits nothing more.
+    limit = 10_000_000_000
+    holding = await store.reserve(("team",), 6_000_000_000, RPM, (("rpm", 1),))
+    assert holding is not None
+    cost = limit + 1_000_000_000
+    record = dataclasses.replace(_record("over", cost, "team"), reserved_nano_usd=6_000_000_000)
+
+    remaining = await store.commit(holding, cost, 30, record)
+
+    assert remaining == -1_000_000_000
+    assert await _settled(store, "team") == (cost, 0)
+    assert (await store.budget("team")).remaining_nano_usd == -1_000_000_000
+    [(_, kept)] = await store.spend("team", "", 10, None)
+    assert (kept.reserved_nano_usd, kept.cost_nano_usd) == (6_000_000_000, cost)
+    with pytest.raises(BudgetExhausted) as exhausted:
+        await store.reserve(("team",), 1, (), ())
+    assert exhausted.value.remaining_nano_usd == -1_000_000_000
+    assert (await store.budget("team")).reserved_nano_usd == 0
+
+
+@pytest.mark.parametrize("state_section", ["sqlite", "redis"], indirect=True)
+async def test_an_overspent_budget_stays_overspent_across_a_reopen(
+    state_section: dict[str, Any], clock: FakeClock
+) -> None:
+    # The durable backends: memory keeps nothing across a reopen.
+    config = to_config(_config(state_section))
+    cost = 11_000_000_000
+    store = await open_state(config, clock)
+    try:
+        holding = await store.reserve(("team",), 6_000_000_000, (), ())
+        assert holding is not None
+        record = dataclasses.replace(
+            _record("over", cost, "team"), time_s=clock.now_s(), reserved_nano_usd=6_000_000_000
+        )
+        await store.commit(holding, cost, 30, record)
+    finally:
+        await store.aclose()
+
+    reopened = await open_state(config, clock)
+    try:
+        assert (await reopened.budget("team")).remaining_nano_usd == -1_000_000_000
+        with pytest.raises(BudgetExhausted):
+            await reopened.reserve(("team",), 1, (), ())
+    finally:
+        await reopened.aclose()
+
+
 async def test_a_full_limit_pool_refuses_and_holds_nothing(store: StateStore) -> None:
     holdings = [await store.reserve(("team",), 10, RPM, (("rpm", 1),)) for _ in range(3)]
     assert all(holdings)

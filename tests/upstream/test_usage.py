@@ -344,3 +344,21 @@ def test_the_judge_prices_every_kind_of_token() -> None:
         UsageFlaw.OVER_RESERVATION,
         f'{{"input_tokens":200,"output_tokens":{CAP},"cache_write_input_tokens":1}}',
     )
+
+
+@pytest.mark.parametrize("input_tokens", [201, 600, WINDOW])
+def test_a_whole_answer_is_not_judged_against_its_reservation(input_tokens: int) -> None:
+    # Believable (within the window and the cap), so it is the bill, however
+    # far past the reservation: an overrun to charge, not a flaw.
+    usage = Usage(input_tokens, CAP)
+    assert judge_usage(usage, WINDOW, CAP, PRICE, None) == usage
+
+
+def test_a_whole_answer_is_still_judged_against_the_window_and_the_cap() -> None:
+    for usage, flaw in (
+        (Usage(WINDOW + 1, 0), UsageFlaw.OVER_CONTEXT_WINDOW),
+        (Usage(200, CAP + 1), UsageFlaw.OVER_OUTPUT_CAP),
+    ):
+        judged = judge_usage(usage, WINDOW, CAP, PRICE, None)
+        assert isinstance(judged, ImplausibleUsage)
+        assert judged.flaw is flaw

@@ -20,8 +20,10 @@ retrying, within the caller's deadline, the model's retry budget and
   `LatencyTracker.cut_short`);
 - an answer whose reported usage is implausible (upstream/usage.py) still goes to the
   caller, but counts as a failure for the model's breaker (unless its only
-  flaw is a cost over the reservation, which an honest provider can report),
-  is counted in a metric and logged; the gateway charges it its reservation.
+  flaw is a stream's cost over the reservation, which an honest provider can
+  report), is counted in a metric and logged; the gateway charges it its
+  reservation. A whole answer is not judged against its reservation: its
+  believable report is charged in full (routing/settlement.py).
 On a hedged route, a primary with no first result after the route's delay
 (or its recent p95 time to first token) races a hedge on the next option;
 the first to produce wins, the loser is cancelled at once (closing its
@@ -138,8 +140,9 @@ async def complete_once(
 ) -> Completion:
     """One whole-answer call through the model's pool, feeding its health
     (its latency timed on `clock.perf_s`); its usage is judged against what
-    the request made possible, and the reservation (`reserved_nano_usd`) its
-    cost may not exceed."""
+    the request made possible, though not against its reservation
+    (`reserved_nano_usd`, what a lie is charged): a believable report is the
+    bill."""
     async with _slot(deployment, hooks):
         _check_breaker(deployment)
         ticket = deployment.breaker.on_attempt_start()
@@ -160,7 +163,7 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks)
+        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks, False)
         attempt.succeeded(usage)
         elapsed_s = clock.perf_s() - started_s
         _record_answer(deployment, ticket, usage)
@@ -179,7 +182,8 @@ async def stream_once(
     clock: Clock,
 ) -> AsyncGenerator[ProviderItem, None]:
     """One streamed call through the model's pool, feeding its health; the
-    usage its end reports is judged as `complete_once` judges it.
+    usage its end reports is judged as `complete_once` judges it, and against
+    the reservation (`reserved_nano_usd`) its cost may not exceed.
 
     Closing it early (a lost hedge, a caller gone) abandons the attempt
     without a verdict and closes the upstream connection.
@@ -207,7 +211,9 @@ async def stream_once(
                         # The verdict is due now: the consumer may close this
                         # generator as soon as it has the end in hand.
                         verdict_given = True
-                        usage = _judged(deployment, request, item.usage, reserved_nano_usd, hooks)
+                        usage = _judged(
+                            deployment, request, item.usage, reserved_nano_usd, hooks, True
+                        )
                         attempt.succeeded(usage)
                         _record_answer(deployment, ticket, usage)
                         deployment.latency.observe(first_s - started_s, now_s - started_s)
@@ -272,21 +278,23 @@ def _judged(
     usage: ReportedUsage,
     reserved_nano_usd: int,
     hooks: Hooks,
+    stream: bool,
 ) -> ReportedUsage:
-    """The answer's usage as judged; an implausible one is counted and logged here, once."""
+    """The answer's usage as judged (a stream's against its reservation too);
+    an implausible one is counted and logged here, once."""
     model = deployment.config
     judged = judge_usage(
         usage,
         model.context_window_tokens,
         request.max_output_tokens,
         model.price,
-        reserved_nano_usd,
+        reserved_nano_usd if stream else None,
     )
     if isinstance(judged, ImplausibleUsage):
         hooks.implausible_usage(deployment, judged)
-        # Over the reservation alone is a count of faregate's falling short
-        # (a tokenizer's gap, a provider's own framing), not a lie: worth a
-        # note, not an alarm.
+        # Over the reservation alone (a stream's) is a count of faregate's
+        # falling short (a tokenizer's gap, a provider's own framing), not a
+        # lie: worth a note, not an alarm.
         level = logging.INFO if judged.flaw is UsageFlaw.OVER_RESERVATION else logging.WARNING
         logger.log(
             level,
@@ -301,9 +309,10 @@ def _judged(
 
 def _record_answer(deployment: Deployment, ticket: BreakerTicket, usage: ReportedUsage) -> None:
     # An answer whose usage cannot be true is a misbehaving upstream: its
-    # caller gets the answer, its model a failure. A report merely over the
-    # reservation can be honest (an answer cut at its cap whose prompt the
-    # provider counts a token higher than faregate): capped, not blamed.
+    # caller gets the answer, its model a failure. A stream's report merely
+    # over the reservation can be honest (an answer cut at its cap whose
+    # prompt the provider counts a token higher than faregate): capped, not
+    # blamed.
     if isinstance(usage, ImplausibleUsage) and usage.flaw is not UsageFlaw.OVER_RESERVATION:
         deployment.breaker.on_failure(ticket)
     else:

@@ -14,9 +14,22 @@ as gRPC's flow control lets them out to the caller, so the upstream is read
 no faster than the caller takes messages. The one write a deadline or a
 shutdown cut interrupts is charged too, as gRPC may still deliver it. The
 delivered text is counted as it goes (`RunningCount`), never kept whole.
+
+A stream never spends past its reservation. Its delivered output (text, and
+every fragment a model generates) is checked against the attempt's reserved
+output, the `max_output_tokens` sent upstream, as it is counted: once the
+count has reached it, the next output is not relayed. The upstream is closed
+at once (its connection dropped), and the stream finishes with finish reason
+LENGTH, charged the counted input and the delivered output, no more than its
+cap (settlement.py). The chunk that crosses the cap is relayed whole, so the
+caller may get up to one chunk more than the cap, never charged. An honest
+upstream ends at its cap by itself: its end comes next, not more output, so
+it is never cut.
+
 A lease is always either settled or released, whatever interrupts the request,
-so the reserved totals of budgets and limit pools return to zero; no commit
-exceeds its reservation, whatever an upstream says. Every
+so the reserved totals of budgets and limit pools return to zero; a stream's
+commit never exceeds its reservation, whatever an upstream says (a whole
+answer's believable report is charged in full: settlement.py). Every
 settlement leaves a record in the ledger, durable before the spend is reported.
 
 The caller's deadline is enforced by the servicer around these calls; here it
@@ -37,6 +50,7 @@ requests while those in flight finish on the one they started with.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -79,10 +93,12 @@ from faregate_server.routing.settlement import (
 )
 from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
-from faregate_server.upstream.catalog import Catalog
+from faregate_server.upstream.catalog import Catalog, Deployment
 from faregate_server.upstream.providers import UpstreamError
 from faregate_server.upstream.providers.base import ProviderItem, upstream_failure
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Stream = AsyncGenerator[ProviderItem, None]
@@ -235,6 +251,7 @@ class Gateway:
         items, item = serving.first
         deployment = lease.option.deployment
         delivered = RunningCount(deployment.counter)
+        cap = lease.option.max_output_tokens
         settled = False
         try:
             async with aclosing(items):
@@ -245,8 +262,12 @@ class Gateway:
                     # it may deliver it, even if a cut or the deadline ends
                     # the call before the write completes. Text first: it is
                     # nearly every item, and costs one isinstance as it did
-                    # before streams carried anything else.
+                    # before streams carried anything else. More output once
+                    # the count reached the cap is not relayed (`_cut`).
                     if isinstance(item, str):
+                        if delivered.reached(cap):
+                            item = await self._cut(items, deployment, cap)
+                            break
                         if len(item) <= INLINE_COUNT_CHARS:
                             delivered.add(item)
                         else:
@@ -257,6 +278,9 @@ class Gateway:
                         # A tool call's name and arguments, reasoning and a
                         # refusal are output the model generated: counted as
                         # text is, for a stream whose usage is missing.
+                        if delivered.reached(cap):
+                            item = await self._cut(items, deployment, cap)
+                            break
                         fragment = _delta_text(item)
                         if len(fragment) <= INLINE_COUNT_CHARS:
                             delivered.add(fragment)
@@ -296,6 +320,19 @@ class Gateway:
                 await self._settlement.settle_interrupted(
                     plan, lease, delivered, len(decision.attempts), scope
                 )
+
+    async def _cut(self, items: Stream, deployment: Deployment, cap: int) -> StreamEnd:
+        """Ends a stream whose upstream went on past its reserved output: the
+        upstream closed at once, and the end it is settled as (LENGTH, with
+        no usage, so it is charged what was delivered, capped)."""
+        await items.aclose()
+        self._hooks.stream_cut(deployment)
+        logger.warning(
+            "model %s streamed past its output cap of %d tokens: cut there, and charged no more",
+            deployment.name,
+            cap,
+        )
+        return StreamEnd(FinishReason.LENGTH, None)
 
     # -- the lifecycle: the steps both share ---------------------------------
 

@@ -4,7 +4,8 @@ Routing never imports telemetry: it calls these hooks, and telemetry
 (telemetry/observation.py) implements them. They trace the steps worth a span
 (selection, each budget reservation, each wait for a worker slot, each
 upstream attempt) and count what the core alone can see (answers whose usage
-was not believed). What one request did travels separately, in its
+was not believed, charges past their reservation, streams cut at their
+reserved output). What one request did travels separately, in its
 `CallScope` (scope.py).
 
 `NO_HOOKS` does nothing, at the cost of a method call per hook: for parts
@@ -59,6 +60,14 @@ class Hooks(Protocol):
         """An upstream answer whose reported usage was not believed."""
         ...
 
+    def overrun(self, deployment: Deployment, overrun_nano_usd: int) -> None:
+        """A request charged `overrun_nano_usd` past its reservation."""
+        ...
+
+    def stream_cut(self, deployment: Deployment) -> None:
+        """A stream cut when its delivered output reached its reserved output."""
+        ...
+
 
 _NO_SPAN: AbstractContextManager[object] = nullcontext()
 
@@ -98,6 +107,12 @@ class _NoHooks:
         return _NO_ATTEMPT
 
     def implausible_usage(self, deployment: Deployment, usage: ImplausibleUsage) -> None:
+        pass
+
+    def overrun(self, deployment: Deployment, overrun_nano_usd: int) -> None:
+        pass
+
+    def stream_cut(self, deployment: Deployment) -> None:
         pass
 
 

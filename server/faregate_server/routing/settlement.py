@@ -13,8 +13,24 @@ The cost rules, for every way a request can end:
 - success: the provider-reported usage is charged at the model's price (each
   kind of token, cached, cache-written, plain input and output, at its rate); without
   a report, the counted input and the counted output (no more than the output
-  cap: an upstream that ignored the cap is charged the cap); never more than
+  cap: an upstream that ignored the cap is charged the cap), never more than
   was reserved, as a count is an estimate;
+- a whole answer's believable report costing more than was reserved (the
+  input counted short, a server that ignored the cap but reported within the
+  bounds upstream/usage.py allows) is the bill: charged in full, no longer
+  capped, so the ledger equals what the provider bills. The budget is
+  charged past its reservation (and its remaining money may go below zero,
+  which refuses its next reservation); the record keeps both the reservation
+  and the cost (the overrun is their difference), and each overrun is
+  counted (`Hooks.overrun`) and logged at warning. One request can overrun
+  by at most its estimate's error: the plausibility bounds cap the input at
+  the context window and the output at the cap sent upstream (see the
+  README's "Budgets that hold");
+- a stream's charge never exceeds its reservation: faregate relays it and
+  cuts it when the delivered output reaches the reserved output (gateway.py),
+  so a reported cost over the reservation (the input counted short) is
+  judged over the reservation (upstream/usage.py) and charged the
+  reservation, with the report recorded beside it;
 - success with implausible reported usage (upstream/usage.py): the reservation,
   as the worst case it was reserved for (the counted input and the output
   cap), never the reported figure; the report is recorded beside the charge;
@@ -27,6 +43,7 @@ The cost rules, for every way a request can end:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from faregate_server.clock import Clock
@@ -38,8 +55,11 @@ from faregate_server.routing.scope import CallScope
 from faregate_server.routing.selection import Option
 from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.store import Holding, StateStore
+from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.tokens import RunningCount, count_text
 from faregate_server.upstream.usage import usage_cost_nano_usd
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +97,11 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
 
     The reported usage arrives judged (attempts.py). An implausible report is
     charged the reservation, as the worst case it was reserved for: the
-    counted input and the output cap. Without a report the counted usage
-    (which the caller passes exactly then) is charged, never more than was
-    reserved (a count is an estimate).
+    counted input and the output cap. A believable report is charged in full,
+    past the reservation if it costs more (an overrun: see the module's
+    rules). Without a report the counted usage (which the caller passes
+    exactly then) is charged, never more than was reserved (a count is an
+    estimate).
     """
     option = lease.option
     reserved_nano_usd = lease.holding.amount_nano_usd
@@ -89,7 +111,11 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
     usage = reported if reported is not None else counted
     assert usage is not None, "a request without reported usage is charged its count"
     cost = usage_cost_nano_usd(option.deployment.config.price, usage)
-    return Charge(usage, min(cost, reserved_nano_usd))
+    # The capping policy: a report is the bill (a stream's was judged against
+    # its reservation already); only a count is capped.
+    if reported is None:
+        cost = min(cost, reserved_nano_usd)
+    return Charge(usage, cost)
 
 
 class Settlement:
@@ -209,9 +235,24 @@ class Settlement:
             reported_usage=implausible.reported if implausible else "",
         )
         tokens = usage.input_tokens + usage.output_tokens
+        if charged.cost_nano_usd > record.reserved_nano_usd:
+            self._overran(deployment, record)
         scope.observer.settled(usage, charged.cost_nano_usd)
         return await self._state.commit(
             lease.holding, charged.cost_nano_usd, tokens, record, result
+        )
+
+    def _overran(self, deployment: Deployment, record: SpendRecord) -> None:
+        """Counts and logs a charge past its reservation (an overrun)."""
+        overrun_nano_usd = record.cost_nano_usd - record.reserved_nano_usd
+        self._hooks.overrun(deployment, overrun_nano_usd)
+        logger.warning(
+            "model %s cost %d nano-USD, %d more than its reservation of %d (request %s)",
+            deployment.name,
+            record.cost_nano_usd,
+            overrun_nano_usd,
+            record.reserved_nano_usd,
+            record.request_id,
         )
 
     async def settle_interrupted(

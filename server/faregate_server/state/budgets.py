@@ -4,10 +4,12 @@ Invariant: for every budget, `spent + reserved <= limit` holds after every
 `reserve`, so two requests can never both spend the same remaining money. A
 request may draw on several budgets at once (an agent's and its team's); it
 holds its worst case on each, all or nothing. `commit` records the true cost
-on each and frees the rest; `release` frees the reservation whole. Spend
-returns to zero at each window boundary (calendar hour, day, ISO week or month
-in UTC); reservations in flight across a boundary stay reserved. With an alert
-watch, each commit reports every budget's new spend to it (state/alerts.py).
+on each, in full even past the reservation (an overrun: the remaining money
+may then go below zero, refusing every reservation), and frees the rest;
+`release` frees the reservation whole. Spend returns to zero at each window
+boundary (calendar hour, day, ISO week or month in UTC); reservations in
+flight across a boundary stay reserved. With an alert watch, each commit
+reports every budget's new spend to it (state/alerts.py).
 
 Every operation completes without suspending, which is what makes each one
 atomic under asyncio.

@@ -5,12 +5,15 @@ same contract (tests/state/test_state_contract.py runs it against every one):
 - `reserve` holds a request's worst case on every budget it draws on and its
   projected draw on every limit pool, all or nothing, atomically with respect
   to every other replica sharing the store;
-- `commit` spends the actual cost and draw, frees the rest of the holding and
-  makes the spend record durable before it returns (with the request's result
-  when it carried a client request id, in the same durable step). It never
-  spends more than the holding: every backend passes its arguments through
-  `bounded_commit` first, so no single bad commit can overspend, credit or
-  wedge a budget, or carry a number its store cannot hold into a shared write;
+- `commit` spends the actual cost and draw, frees the holding and makes the
+  spend record durable before it returns (with the request's result when it
+  carried a client request id, in the same durable step). A cost past the
+  holding (an overrun, routing/settlement.py) is spent in full: the budget's
+  remaining money may go below zero, and then refuses every reservation
+  until its window resets or an operator raises its limit. Every backend
+  passes its arguments through `bounded_commit` first, so no single bad
+  commit can credit or wedge a budget, or carry a number its store cannot
+  hold into a shared write;
 - `release` frees a holding whole. It never suspends its caller and never
   fails: cleanup code calls it while being cancelled;
 - `claim` reserves a client request id for one request at a time and finds
@@ -171,18 +174,21 @@ def bounded_commit(
 ) -> tuple[int, int, SpendRecord]:
     """A commit's cost, tokens and record as a backend may apply them.
 
-    The gateway never asks for more than was held, so this changes nothing
-    on any path it knows; it is the backends' own guarantee. A cost that is
-    not a whole number within the holding is charged the holding (the worst
-    case the request was admitted for), and counts beyond `LARGEST_COUNT` or
-    below zero are clamped, each logged as the bug it is.
+    The gateway asks only for whole, non-negative amounts it bounded itself
+    (an overrun past the holding included: routing/settlement.py), so this
+    changes nothing on any path it knows; it is the backends' own guarantee.
+    A cost that is not a whole number of at most `LARGEST_COUNT` is charged
+    the holding (the worst case the request was admitted for), and counts
+    beyond `LARGEST_COUNT` or below zero are clamped, each logged as the bug
+    it is.
     """
     held = holding.amount_nano_usd
     if (
         # Every commit the gateway makes, checked in one expression: the
         # general path below costs several times this, on every request.
         type(cost_nano_usd) is int
-        and 0 <= cost_nano_usd <= held <= LARGEST_COUNT
+        and 0 <= cost_nano_usd <= LARGEST_COUNT
+        and held <= LARGEST_COUNT
         and type(tokens) is int
         and 0 <= tokens <= LARGEST_COUNT
         and record.cost_nano_usd == cost_nano_usd
@@ -196,7 +202,7 @@ def bounded_commit(
         and _is_count(record.attempts)
     ):
         return cost_nano_usd, tokens, record
-    if not (_is_count(cost_nano_usd) and cost_nano_usd <= held):
+    if not _is_count(cost_nano_usd):
         logger.error(
             "commit of %r nano-USD on a holding of %d refused: charged the holding",
             cost_nano_usd,

@@ -27,6 +27,14 @@ Instruments (Prometheus names in brackets):
 - faregate.implausible_usage [faregate_implausible_usage_total]: upstream
   answers whose reported usage was not believed (and was charged the
   reservation instead), by model and flaw (upstream/usage.py);
+- faregate.overrun.requests [faregate_overrun_requests_total] and
+  faregate.overrun.nano_usd [faregate_overrun_nano_usd_total]: requests
+  charged past their reservation (a whole answer's believable report that
+  cost more than its worst case, routing/settlement.py), and the money
+  charged past it, by model;
+- faregate.stream_cuts [faregate_stream_cuts_total]: streams cut when their
+  delivered output reached their reserved output (an upstream that ignored
+  the output cap), by model;
 - faregate.pool.in_flight / faregate.pool.queue_depth: each model's worker
   pool, observed at collection;
 - faregate.breaker.state: 0 closed, 1 half-open, 2 open, per model;
@@ -145,6 +153,9 @@ class GatewayMetrics:
         self._rejections = _Tally(("rpc", "reason"))
         self._attempts = _Tally(("model", "kind", "outcome"))
         self._implausible = _Tally(("model", "flaw"))
+        self._overruns = _Tally(("model",))
+        self._overrun_nano_usd = _Tally(("model",))
+        self._stream_cuts = _Tally(("model",))
         for name, tally, unit, description in (
             ("faregate.requests", self._requests, "{request}", "RPCs served, by outcome"),
             (
@@ -166,6 +177,24 @@ class GatewayMetrics:
                 self._implausible,
                 "{answer}",
                 "Upstream answers whose reported usage was not believed, by flaw",
+            ),
+            (
+                "faregate.overrun.requests",
+                self._overruns,
+                "{request}",
+                "Requests charged past their reservation, by model",
+            ),
+            (
+                "faregate.overrun.nano_usd",
+                self._overrun_nano_usd,
+                "",
+                "Money charged past reservations, in nano-USD, by model",
+            ),
+            (
+                "faregate.stream_cuts",
+                self._stream_cuts,
+                "{stream}",
+                "Streams cut when their delivered output reached their reserved output",
             ),
         ):
             meter.create_observable_counter(
@@ -317,6 +346,15 @@ class GatewayMetrics:
     def count_implausible_usage(self, model: str, flaw: str) -> None:
         """One upstream answer of `model` (a configured name) with unbelievable usage."""
         self._implausible.add((model, flaw))
+
+    def count_overrun(self, model: str, overrun_nano_usd: int) -> None:
+        """One request of `model` charged `overrun_nano_usd` past its reservation."""
+        self._overruns.add((model,))
+        self._overrun_nano_usd.add((model,), overrun_nano_usd)
+
+    def count_stream_cut(self, model: str) -> None:
+        """One stream of `model` cut at its reserved output."""
+        self._stream_cuts.add((model,))
 
     def _record_attempts(self, records: Sequence[AttemptRecord]) -> None:
         previous = ""

@@ -4,8 +4,8 @@
 (or from a tracer provider handed in, as tests do; metrics, and the sink of
 request lines if they go to one, come in built). It
 implements the core's server-wide `Hooks` (routing/hooks.py): spans for
-selection, reservations, pool waits and attempts, and the implausible-usage
-count. Each Route and StreamRoute call is observed by the servicer itself:
+selection, reservations, pool waits and attempts, and the implausible-usage,
+overrun and stream-cut counts. Each Route and StreamRoute call is observed by the servicer itself:
 `observe()` begins one `RequestObservation` (request_observation.py) that the
 servicer hands to the core in the call's scope, and ends it as the call
 ends, feeding the metrics and the request log and ending the server span.
@@ -163,6 +163,16 @@ class Telemetry:
         """An upstream answer whose reported usage was not believed."""
         if self.metrics is not None:
             self.metrics.count_implausible_usage(deployment.name, usage.flaw.value)
+
+    def overrun(self, deployment: Deployment, overrun_nano_usd: int) -> None:
+        """A request charged past its reservation."""
+        if self.metrics is not None:
+            self.metrics.count_overrun(deployment.name, overrun_nano_usd)
+
+    def stream_cut(self, deployment: Deployment) -> None:
+        """A stream cut at its reserved output."""
+        if self.metrics is not None:
+            self.metrics.count_stream_cut(deployment.name)
 
     def span(self, name: str, model: str = "") -> AbstractContextManager[Any]:
         """A leaf span (a child of the current span, never current itself) for

@@ -275,6 +275,21 @@ class RunningCount:
         self.chunks += 1
         self._tokens += tokens
 
+    def reached(self, limit: int) -> bool:
+        """Whether `tokens()` has reached `limit`: a stream's check per chunk
+        against its reserved output, so it costs two integer comparisons
+        until the count may be there.
+
+        The text not yet counted is taken as one token per character at most
+        (every tokenizer faregate uses averages well under one), so the batch
+        is counted only once the count and that bound reach the limit; then
+        the answer is exact. A text of more tokens than characters (rare
+        scripts, emoji, under the byte estimate) is caught a check later.
+        """
+        if self._tokens + self._batch_chars < limit and self.chunks < limit:
+            return False
+        return self.tokens() >= limit
+
     def tokens(self) -> int:
         """Tokens in everything added so far (at least one per chunk)."""
         if self._batch:

@@ -33,17 +33,20 @@ what the request made possible:
   output);
 - the input is no larger than the model's context window;
 - the output is no larger than the `max_output_tokens` sent upstream;
-- their cost (every kind of token at its price) is no larger than the
-  attempt's reservation (the worst case of the counted input and that
-  output cap).
+- for a stream, their cost (every kind of token at its price) is no larger
+  than the attempt's reservation (the worst case of the counted input and
+  that output cap).
 A report that breaks any rule is never charged: the request is charged its
 reservation, and the report is kept in the ledger beside that charge. Every
 rule but the last marks a lie, which counts as a failure of the model (see
-routing/attempts.py). The last can be broken honestly: an answer cut at its output
-cap whose prompt the provider counts a little higher than faregate did (a
-provider's own framing, a tokenizer's gap) costs a few tokens more than was
-reserved. It is capped at the reservation, so no budget is ever overspent,
-and flagged, but the model is not blamed for it.
+routing/attempts.py). The last can be broken honestly: an answer cut at its
+output cap whose prompt the provider counts a little higher than faregate did
+(a provider's own framing, a tokenizer's gap) costs a few tokens more than was
+reserved. A stream is capped at its reservation and flagged, but the model is
+not blamed: faregate relays a stream and cuts it at its reserved output, so it
+never spends past its reservation. A whole answer is not judged against the
+reservation: a believable report is the bill, charged in full, and a cost over
+the reservation is an overrun (routing/settlement.py), not a flaw.
 
 Reading a block costs a few dict lookups, judging it a few comparisons and
 one price sum per answer; nothing here runs per token.
@@ -183,17 +186,19 @@ def judge_usage(
     context_window_tokens: int,
     max_output_tokens: int,
     price: Price,
-    reserved_nano_usd: int,
+    reserved_nano_usd: int | None,
 ) -> ReportedUsage:
     """The report as it stands, or implausible when it exceeds what the
-    request made possible (see the module docstring)."""
+    request made possible (see the module docstring); `reserved_nano_usd`
+    is a stream's reservation, None for a whole answer, which is not judged
+    against it."""
     if not isinstance(usage, Usage):
         return usage
     if usage.input_tokens > context_window_tokens:
         flaw = UsageFlaw.OVER_CONTEXT_WINDOW
     elif usage.output_tokens > max_output_tokens:
         flaw = UsageFlaw.OVER_OUTPUT_CAP
-    elif usage_cost_nano_usd(price, usage) > reserved_nano_usd:
+    elif reserved_nano_usd is not None and usage_cost_nano_usd(price, usage) > reserved_nano_usd:
         flaw = UsageFlaw.OVER_RESERVATION
     else:
         return usage
