@@ -61,6 +61,7 @@ from faregate_server.domain import (
     AttemptRecord,
     Completion,
     ImplausibleUsage,
+    ReportedSoFar,
     ReportedUsage,
     StreamEnd,
     UpstreamRequest,
@@ -119,7 +120,11 @@ class AttemptsFailed(Exception):
         self.deployment = deployment
 
 
-def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
+def upstream_request(
+    plan: Plan, lease: Lease, reported: ReportedSoFar | None = None
+) -> UpstreamRequest:
+    """What the lease's model is sent; a stream's `reported` keeps the usage
+    its adapter is told before the end."""
     option = lease.option
     return UpstreamRequest(
         upstream_model=option.deployment.config.upstream_model,
@@ -128,6 +133,7 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
         temperature=plan.call.temperature,
         options=plan.call.options,
         cache_ttl=cache_ttl(plan.call, plan.route),
+        reported=reported,
     )
 
 

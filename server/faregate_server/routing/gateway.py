@@ -63,6 +63,7 @@ from faregate_server.domain import (
     AttemptRecord,
     Completion,
     FinishReason,
+    ReportedSoFar,
     RouteCall,
     RouteResult,
     RoutingDecision,
@@ -102,7 +103,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Stream = AsyncGenerator[ProviderItem, None]
-StreamOpening = tuple[Stream, ProviderItem]
+StreamOpening = tuple[Stream, ProviderItem, ReportedSoFar]
 """An upstream stream and its first item."""
 StreamItem = RoutingDecision | str | AnswerDelta | StreamFinished
 """What a stream yields: its decision, each text chunk and tool-call,
@@ -248,7 +249,7 @@ class Gateway:
         """A stream: the decision, then each chunk as the caller takes it."""
         serving = await self._serve(call, scope, self._open_stream, _close_stream)
         plan, lease, decision = serving.plan, serving.lease, serving.decision
-        items, item = serving.first
+        items, item, reported = serving.first
         deployment = lease.option.deployment
         delivered = RunningCount(deployment.counter)
         cap = lease.option.max_output_tokens
@@ -318,7 +319,7 @@ class Gateway:
         finally:
             if not settled:
                 await self._settlement.settle_interrupted(
-                    plan, lease, delivered, len(decision.attempts), scope
+                    plan, lease, delivered, reported, len(decision.attempts), scope
                 )
 
     async def _cut(self, items: Stream, deployment: Deployment, cap: int) -> StreamEnd:
@@ -419,14 +420,15 @@ class Gateway:
         )
 
     async def _open_stream(self, plan: Plan, lease: Lease) -> StreamOpening:
+        reported = ReportedSoFar()
         items = stream_once(
             lease.option.deployment,
-            upstream_request(plan, lease),
+            upstream_request(plan, lease, reported),
             self._hooks,
             lease.holding.amount_nano_usd,
             self._clock,
         )
-        return items, await anext(items)
+        return items, await anext(items), reported
 
 
 def _result(

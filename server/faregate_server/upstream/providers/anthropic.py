@@ -88,6 +88,8 @@ class AnthropicProvider:
         # message_delta reports put over it (its counts are running totals,
         # never to be added); usage.py reads and judges it at the end.
         usage: dict[str, Any] = {}
+        if request.reported is not None:
+            request.reported.raw, request.reported.read = usage, anthropic_usage
         answer = StreamAssembly()
         stopped = False
         body = _checked_body(request, stream=True)
