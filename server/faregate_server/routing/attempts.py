@@ -169,7 +169,9 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks, False)
+        usage = _judged(
+            deployment, request, completion.usage, reserved_nano_usd, hooks, stream=False
+        )
         attempt.succeeded(usage)
         elapsed_s = clock.perf_s() - started_s
         _record_answer(deployment, ticket, usage)
@@ -218,7 +220,7 @@ async def stream_once(
                         # generator as soon as it has the end in hand.
                         verdict_given = True
                         usage = _judged(
-                            deployment, request, item.usage, reserved_nano_usd, hooks, True
+                            deployment, request, item.usage, reserved_nano_usd, hooks, stream=True
                         )
                         attempt.succeeded(usage)
                         _record_answer(deployment, ticket, usage)
@@ -284,6 +286,7 @@ def _judged(
     usage: ReportedUsage,
     reserved_nano_usd: int,
     hooks: Hooks,
+    *,
     stream: bool,
 ) -> ReportedUsage:
     """The answer's usage as judged (a stream's against its reservation too);

@@ -127,8 +127,9 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
     return Charge(usage, cost)
 
 
-def interrupted_usage(lease: Lease, counted: Usage, reported: ReportedSoFar) -> Usage:
-    """The usage a stream cut short is charged: faregate's count, raised to
+def usage_so_far(lease: Lease, counted: Usage, reported: ReportedSoFar) -> Usage:
+    """The usage a stream that ended without a report of it is charged (cut
+    short, or cut by faregate at its output cap): faregate's count, raised to
     what the provider had already reported where it reported more (its
     input, cache counts and output so far, thinking included). A report that
     is not believable (upstream/usage.py: bad counts, over the context
@@ -302,12 +303,12 @@ class Settlement:
         """Settles a stream cut short: released whole if nothing reached the
         caller, else charged the larger of faregate's count (the counted
         input, the delivered output) and what the provider had reported,
-        count by count (`interrupted_usage`), never more than was reserved."""
+        count by count (`usage_so_far`), never more than was reserved."""
         if not delivered.chunks:
             self.release(lease)
             return
         counted = counted_usage(lease, delivered.tokens())
-        charged = charge(lease, None, interrupted_usage(lease, counted, reported))
+        charged = charge(lease, None, usage_so_far(lease, counted, reported))
         await self.settle(plan, lease, charged, "interrupted", attempts, scope)
 
     async def count_answer_or_settle(
