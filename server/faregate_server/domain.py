@@ -9,7 +9,7 @@ none of it, so it costs nothing on the plain path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -333,6 +333,32 @@ class UpstreamRequest:
     cache_ttl: CacheTtl | None = None
     """Cache the prompt for this long (the request's `cache_prompt`, else its
     route's, decided it); None: do not ask the provider to cache it."""
+    reported: ReportedSoFar | None = None
+    """For a stream: where the adapter keeps the usage reported before the
+    end, so a stream cut short is charged no less than it (see ReportedSoFar)."""
+
+
+class ReportedSoFar:
+    """The usage a provider stream has reported before its end, as sent, and
+    the reader that makes a ReportedUsage of it.
+
+    Anthropic reports a stream's whole input at its start (`message_start`)
+    and its output as running totals; a server that sends usage in every
+    chunk does the same for both. A stream cut short (its caller gone, its
+    deadline, an upstream failure after output was delivered) is charged the
+    larger of this and faregate's own count, count by count
+    (routing/settlement.py). The adapter hands over the object it keeps the
+    report in, so keeping it costs nothing per event; it is read once, at a
+    cut. A provider that reports nothing before its end leaves it unset.
+    """
+
+    __slots__ = ("raw", "read")
+
+    def __init__(self) -> None:
+        self.raw: object = None
+        """The report as decoded from JSON (the adapter may update it in place)."""
+        self.read: Callable[[object], ReportedUsage] | None = None
+        """How the adapter reads `raw` (its provider's usage block)."""
 
 
 @dataclass(frozen=True, slots=True)

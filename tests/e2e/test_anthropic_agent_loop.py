@@ -8,13 +8,15 @@ call or of thinking, as they arrive, are tested at the adapter
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from faregate.v1 import router_pb2
+from faregate.v1 import router_pb2, router_pb2_grpc
 from faregate_client import InvalidArgument
+from faregate_server.upstream.tokens import EstimatingCounter
 
 from tests.conftest import Faregate, StartFaregate, base_config, to_config
 from tests.fakes.anthropic_upstream import AnthropicScript, FakeAnthropic
@@ -40,7 +42,11 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 async def faregate(start_faregate: StartFaregate, fake: FakeAnthropic) -> AsyncIterator[Faregate]:
     data = base_config(fake.base_url)
     data["models"]["claude-fake"].update(
-        {"max_output_tokens": 2048, "capabilities": ["tools", "vision", "json_mode"]}
+        {
+            "max_output_tokens": 2048,
+            "capabilities": ["tools", "vision", "json_mode"],
+            "cached_input_usd_per_mtok": 0.30,
+        }
     )
     data["routes"] = {"default": ["claude-fake"]}
     async with start_faregate(to_config(data)) as running:
@@ -185,3 +191,40 @@ async def test_an_answer_whose_usage_is_not_believed_keeps_its_tool_calls(
         ("toolu_01", {"city": "Paris"})
     ]
     assert [r.signature for r in reasoning] == ["c2lnLWE="]
+
+
+async def test_a_stream_cut_mid_thinking_is_charged_the_input_anthropic_reported(
+    faregate: Faregate, fake: FakeAnthropic
+) -> None:
+    # message_start reports 50 uncached and 200 cached input tokens (faregate
+    # counted far fewer); the connection drops inside the thinking block
+    # (after message_start, its start, a ping and its first delta), once
+    # that delta has reached the caller.
+    block = {"input_tokens": 50, "cache_read_input_tokens": 200, "output_tokens": 9}
+    read = asyncio.Event()
+    fake.queue(
+        AnthropicScript(
+            [THINKING, CALL], "tool_use", usage_block=block, drop_after_events=4, drop_when=read
+        )
+    )
+    request = router_pb2.StreamRouteRequest(
+        messages=[_question()], budget_key="team", reasoning=REASONING
+    )
+    thought = ""
+    async with grpc.aio.insecure_channel(faregate.target) as channel:
+        stream = router_pb2_grpc.RouterServiceStub(channel).StreamRoute(request)
+        code = grpc.StatusCode.OK
+        try:
+            async for event in stream:
+                thought += event.delta.reasoning
+                if thought:
+                    read.set()
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+
+    assert code == grpc.StatusCode.ABORTED  # StreamInterrupted
+    assert thought == THINKING["thinking"][: len(THINKING["thinking"]) // 2]
+    output_tokens = EstimatingCounter().count_text(thought)
+    # 50 at $3, 200 read at $0.30, the delivered thinking at $15 (per token: 3,000, 300, 15,000).
+    assert await faregate.spent_nano_usd() == 50 * 3_000 + 200 * 300 + output_tokens * 15_000
+    assert await faregate.reserved_nano_usd() == 0

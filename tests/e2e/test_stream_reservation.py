@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from faregate.v1 import router_pb2
 from faregate_client import BudgetExhausted
+from faregate_server.config.tokenizers import Tokenizer
+from faregate_server.upstream.tokens import EstimatingCounter, TiktokenCounter, TokenCounter
 
 from tests.conftest import Faregate, StartFaregate, read_stream, to_config
 from tests.fakes.upstream import FakeUpstream, Script
@@ -23,6 +25,11 @@ PROMPT = "Write until you are told to stop."
 FLOOD = 2_000
 """Chunks of one token each the upstream would send, far past the cap."""
 PATIENT_BREAKER = {"consecutive_failures": 1000, "min_requests": 1000}
+_COUNTERS: dict[str, TokenCounter] = {
+    "gpt-fake": TiktokenCounter(Tokenizer.CL100K_BASE),
+    "claude-fake": EstimatingCounter(),
+}
+"""How faregate counts each test model's output (tests/conftest.py's tokenizers)."""
 
 
 def _ignoring_the_cap(gate: asyncio.Event | None = None) -> Script:
@@ -37,6 +44,11 @@ def _ignoring_the_cap(gate: asyncio.Event | None = None) -> Script:
         resume=asyncio.Event(),  # never set
         gate=gate,
     )
+
+
+def _counted(counter: TokenCounter, texts: list[str]) -> int:
+    """faregate's count of delivered texts: at least a token a chunk."""
+    return max(counter.count_text("".join(texts)), len(texts))
 
 
 def _usd(nano_usd: int) -> str:
@@ -72,12 +84,18 @@ async def test_a_stream_whose_server_ignores_the_output_cap_is_cut_at_the_reserv
         [(_, record)] = await faregate.running.state.spend("team", "", 10, None)
         metrics = await _metrics(faregate)
 
-    assert texts == [" w"] * MAX_OUTPUT
+    # Relayed until faregate's count is past the cap whatever the model's
+    # (`past_cap`: a little slack for tiktoken, twice the cap for the
+    # estimate), then cut.
+    counter = _COUNTERS[model]
+    cut_at = counter.past_cap(MAX_OUTPUT)
+    assert _counted(counter, texts[:-1]) < cut_at <= _counted(counter, texts)
+    assert set(texts) == {" w"}
     assert stream.start is not None
     assert stream.finish is not None
     assert stream.finish.finish_reason == router_pb2.FINISH_REASON_LENGTH
     assert stream.finish.usage.output_tokens == MAX_OUTPUT
-    # Delivered to the cap, the reservation's output: charged exactly it.
+    # Delivered past the cap, the reservation's output: charged exactly it.
     assert stream.finish.cost_nano_usd == stream.start.reserved_nano_usd
     assert spent == stream.finish.cost_nano_usd
     assert reserved == 0
@@ -114,21 +132,35 @@ async def test_a_stream_cut_in_a_tool_call_is_charged_no_more_than_its_reservati
     assert reserved == 0
 
 
+@pytest.mark.parametrize(
+    ("model", "word"),
+    [
+        ("gpt-fake", " w"),
+        # Five bytes a token: the estimate counts it as two, so faregate's
+        # count passes the cap well before the model's does.
+        ("claude-fake", " word"),
+    ],
+)
 async def test_an_honest_stream_that_ends_at_its_cap_is_not_cut(
-    start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    model: str,
+    word: str,
 ) -> None:
     upstream.default = Script(
-        chunks=[" w"] * MAX_OUTPUT, usage=(12, MAX_OUTPUT), finish_reason="length"
+        chunks=[word] * MAX_OUTPUT, usage=(12, MAX_OUTPUT), finish_reason="length"
     )
 
     async with start_faregate(to_config(config_data)) as faregate:
         stream = faregate.client.stream_route(
-            PROMPT, budget_key="team", model="gpt-fake", max_output_tokens=MAX_OUTPUT
+            PROMPT, budget_key="team", model=model, max_output_tokens=MAX_OUTPUT
         )
         texts = await read_stream(stream)
         metrics = await _metrics(faregate)
 
-    assert texts == [" w"] * MAX_OUTPUT
+    assert _COUNTERS[model].count_text("".join(texts)) > MAX_OUTPUT or model == "gpt-fake"
+    assert texts == [word] * MAX_OUTPUT
     assert stream.finish is not None
     assert stream.finish.finish_reason == router_pb2.FINISH_REASON_LENGTH
     assert (stream.finish.usage.input_tokens, stream.finish.usage.output_tokens) == (

@@ -17,11 +17,13 @@ content_block_start/delta/stop per block (text in text_delta, tool input in
 input_json_delta fragments after a leading "", thinking in thinking_delta
 then one signature_delta, redacted_thinking whole in its start), a ping,
 message_delta, message_stop. `cut_last_block` leaves the last block open
-(no content_block_stop, its JSON cut) as a max_tokens stop does.
+(no content_block_stop, its JSON cut) as a max_tokens stop does;
+`drop_after_events` cuts the connection partway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections import deque
@@ -49,6 +51,11 @@ class AnthropicScript:
     """Streamed: the last block stops mid-JSON with no content_block_stop."""
     fragment_chars: int = 7
     """Streamed: how many characters each input_json_delta carries."""
+    drop_after_events: int | None = None
+    """Streamed: close the connection abruptly after this many events (once
+    `drop_when` is set, if given: a client's reader drops what it has buffered
+    when the connection fails, so a test waits until it has read them)."""
+    drop_when: asyncio.Event | None = None
 
 
 def events(script: AnthropicScript) -> list[tuple[str, dict[str, Any]]]:
@@ -238,7 +245,13 @@ class FakeAnthropic:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for name, data in events(script):
+        for sent, (name, data) in enumerate(events(script)):
+            if sent == script.drop_after_events:
+                if script.drop_when is not None:
+                    await script.drop_when.wait()
+                assert request.transport is not None
+                request.transport.close()
+                return response
             await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         await response.write_eof()
         return response

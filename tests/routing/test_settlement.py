@@ -20,6 +20,7 @@ from faregate_server.config.load import parse_config
 from faregate_server.domain import (
     ChatMessage,
     ImplausibleUsage,
+    ReportedSoFar,
     Role,
     RouteCall,
     Usage,
@@ -34,6 +35,7 @@ from faregate_server.state.ledger import MemoryLedger, SpendRecord
 from faregate_server.state.store import LocalState
 from faregate_server.upstream.catalog import Catalog, Deployment
 from faregate_server.upstream.tokens import INLINE_COUNT_CHARS, RunningCount
+from faregate_server.upstream.usage import anthropic_usage, usage_cost_nano_usd
 
 from tests.fakes.clock import FakeClock
 
@@ -96,8 +98,12 @@ class _Books:
             self.plan, self.lease, charged, "succeeded", attempts, self.scope
         )
 
-    async def settle_interrupted(self, delivered: RunningCount) -> None:
-        await self.settlement.settle_interrupted(self.plan, self.lease, delivered, 1, self.scope)
+    async def settle_interrupted(
+        self, delivered: RunningCount, reported: ReportedSoFar | None = None
+    ) -> None:
+        await self.settlement.settle_interrupted(
+            self.plan, self.lease, delivered, reported or ReportedSoFar(), 1, self.scope
+        )
 
     async def count_answer_or_settle(self, text: str) -> Usage:
         return await self.settlement.count_answer_or_settle(
@@ -302,3 +308,71 @@ async def test_a_whole_answer_is_counted_when_it_reports_no_usage(books: _Books)
     assert usage == Usage(books.input_tokens, counter.count_text("Hello, world"))
     assert await books.records() == []  # counted, not yet settled
     books.settlement.release(books.lease)
+
+
+def _reported(raw: dict[str, object]) -> ReportedSoFar:
+    reported = ReportedSoFar()
+    reported.raw, reported.read = raw, anthropic_usage
+    return reported
+
+
+def _delivered(books: _Books, *chunks: str) -> RunningCount:
+    delivered = RunningCount(books.lease.option.deployment.counter)
+    for chunk in chunks:
+        delivered.add(chunk)
+    return delivered
+
+
+async def test_a_stream_cut_after_its_input_was_reported_is_charged_the_reported_input(
+    books: _Books,
+) -> None:
+    # Anthropic's message_start: the whole input, part of it read from the cache.
+    input_tokens = books.input_tokens + 40
+    reported = _reported(
+        {"input_tokens": 10, "cache_read_input_tokens": input_tokens - 10, "output_tokens": 1}
+    )
+    delivered = _delivered(books, "Hello", ",", " world")
+
+    await books.settle_interrupted(delivered, reported)
+
+    (record,) = await books.records()
+    assert (record.input_tokens, record.cached_input_tokens) == (input_tokens, input_tokens - 10)
+    assert record.output_tokens == delivered.tokens()  # more than the 1 reported
+    assert record.cost_nano_usd == usage_cost_nano_usd(
+        books.lease.option.deployment.config.price,
+        Usage(input_tokens, delivered.tokens(), cached_input_tokens=input_tokens - 10),
+    )
+    assert record.cost_nano_usd <= books.reserved_nano_usd
+
+
+async def test_a_stream_cut_after_more_output_was_reported_than_delivered_is_charged_it(
+    books: _Books,
+) -> None:
+    # Thinking the caller never saw, counted by the provider's running total.
+    reported = _reported({"input_tokens": 1, "output_tokens": 30})
+
+    await books.settle_interrupted(_delivered(books, "Hi"), reported)
+
+    (record,) = await books.records()
+    assert (record.input_tokens, record.output_tokens) == (books.input_tokens, 30)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"input_tokens": 10**9, "output_tokens": 1},  # over the context window
+        {"input_tokens": -5, "output_tokens": 1},
+        {"input_tokens": "lots", "output_tokens": 1},
+        {},
+    ],
+)
+async def test_a_report_not_believed_leaves_a_cut_stream_charged_its_count(
+    books: _Books, raw: dict[str, object]
+) -> None:
+    delivered = _delivered(books, "Hello", " world")
+
+    await books.settle_interrupted(delivered, _reported(raw))
+
+    (record,) = await books.records()
+    assert (record.input_tokens, record.output_tokens) == (books.input_tokens, delivered.tokens())
+    assert record.cost_nano_usd == _cost(books.input_tokens, delivered.tokens())

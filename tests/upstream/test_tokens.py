@@ -194,3 +194,13 @@ def test_the_counts_kept_for_tool_definitions_are_bounded() -> None:
         options_tokens(counter, _tools(f"tool_{index}"))
 
     assert len(tokens._options_tokens_seen) == tokens._OPTIONS_TOKENS_KEPT
+
+
+def test_tools_and_stop_sequences_of_the_same_text_count_apart() -> None:
+    # The same joined text, but one tool adds its framing and a stop sequence none.
+    counter = EstimatingCounter()
+    schema = {"type": "object"}
+    one_tool = GenerationOptions(tools=(Tool("a", "b", schema),))
+    stops = GenerationOptions(stop=("a", "b", '{"type":"object"}'))
+
+    assert options_tokens(counter, one_tool) == options_tokens(counter, stops) + 8

@@ -61,6 +61,7 @@ from faregate_server.domain import (
     AttemptRecord,
     Completion,
     ImplausibleUsage,
+    ReportedSoFar,
     ReportedUsage,
     StreamEnd,
     UpstreamRequest,
@@ -119,7 +120,11 @@ class AttemptsFailed(Exception):
         self.deployment = deployment
 
 
-def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
+def upstream_request(
+    plan: Plan, lease: Lease, reported: ReportedSoFar | None = None
+) -> UpstreamRequest:
+    """What the lease's model is sent; a stream's `reported` keeps the usage
+    its adapter is told before the end."""
     option = lease.option
     return UpstreamRequest(
         upstream_model=option.deployment.config.upstream_model,
@@ -128,6 +133,7 @@ def upstream_request(plan: Plan, lease: Lease) -> UpstreamRequest:
         temperature=plan.call.temperature,
         options=plan.call.options,
         cache_ttl=cache_ttl(plan.call, plan.route),
+        reported=reported,
     )
 
 
@@ -163,7 +169,9 @@ async def complete_once(
         finally:
             attempt.deactivate(active)
             deployment.latency.finished()
-        usage = _judged(deployment, request, completion.usage, reserved_nano_usd, hooks, False)
+        usage = _judged(
+            deployment, request, completion.usage, reserved_nano_usd, hooks, stream=False
+        )
         attempt.succeeded(usage)
         elapsed_s = clock.perf_s() - started_s
         _record_answer(deployment, ticket, usage)
@@ -212,7 +220,7 @@ async def stream_once(
                         # generator as soon as it has the end in hand.
                         verdict_given = True
                         usage = _judged(
-                            deployment, request, item.usage, reserved_nano_usd, hooks, True
+                            deployment, request, item.usage, reserved_nano_usd, hooks, stream=True
                         )
                         attempt.succeeded(usage)
                         _record_answer(deployment, ticket, usage)
@@ -278,6 +286,7 @@ def _judged(
     usage: ReportedUsage,
     reserved_nano_usd: int,
     hooks: Hooks,
+    *,
     stream: bool,
 ) -> ReportedUsage:
     """The answer's usage as judged (a stream's against its reservation too);

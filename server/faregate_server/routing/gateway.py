@@ -63,6 +63,7 @@ from faregate_server.domain import (
     AttemptRecord,
     Completion,
     FinishReason,
+    ReportedSoFar,
     RouteCall,
     RouteResult,
     RoutingDecision,
@@ -90,6 +91,7 @@ from faregate_server.routing.settlement import (
     Settlement,
     charge,
     counted_usage,
+    usage_so_far,
 )
 from faregate_server.state.replay import decode_result
 from faregate_server.state.store import StateStore
@@ -102,7 +104,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Stream = AsyncGenerator[ProviderItem, None]
-StreamOpening = tuple[Stream, ProviderItem]
+StreamOpening = tuple[Stream, ProviderItem, ReportedSoFar]
 """An upstream stream and its first item."""
 StreamItem = RoutingDecision | str | AnswerDelta | StreamFinished
 """What a stream yields: its decision, each text chunk and tool-call,
@@ -248,10 +250,12 @@ class Gateway:
         """A stream: the decision, then each chunk as the caller takes it."""
         serving = await self._serve(call, scope, self._open_stream, _close_stream)
         plan, lease, decision = serving.plan, serving.lease, serving.decision
-        items, item = serving.first
+        items, item, reported = serving.first
         deployment = lease.option.deployment
         delivered = RunningCount(deployment.counter)
-        cap = lease.option.max_output_tokens
+        # Past this count, the stream is past its reserved output whatever the
+        # model's own count (`past_cap`): more is not relayed (`_cut`).
+        cut_at = deployment.counter.past_cap(lease.option.max_output_tokens)
         settled = False
         try:
             async with aclosing(items):
@@ -265,31 +269,27 @@ class Gateway:
                     # before streams carried anything else. More output once
                     # the count reached the cap is not relayed (`_cut`).
                     if isinstance(item, str):
-                        if delivered.reached(cap):
-                            item = await self._cut(items, deployment, cap)
-                            break
-                        if len(item) <= INLINE_COUNT_CHARS:
-                            delivered.add(item)
-                        else:
-                            await delivered.add_long(item)
+                        output = item
                     elif isinstance(item, StreamEnd):
                         break
                     else:
                         # A tool call's name and arguments, reasoning and a
                         # refusal are output the model generated: counted as
                         # text is, for a stream whose usage is missing.
-                        if delivered.reached(cap):
-                            item = await self._cut(items, deployment, cap)
-                            break
-                        fragment = _delta_text(item)
-                        if len(fragment) <= INLINE_COUNT_CHARS:
-                            delivered.add(fragment)
-                        else:
-                            await delivered.add_long(fragment)
+                        output = _delta_text(item)
+                    if delivered.reached(cut_at):
+                        item = await self._cut(items, deployment, lease)
+                        break
+                    if len(output) <= INLINE_COUNT_CHARS:
+                        delivered.add(output)
+                    else:
+                        await delivered.add_long(output)
                     yield item
                     item = await anext(items)
             end = item
-            counted = None if end.usage is not None else counted_usage(lease, delivered.tokens())
+            counted = None
+            if end.usage is None:
+                counted = usage_so_far(lease, counted_usage(lease, delivered.tokens()), reported)
             charged = charge(lease, end.usage, counted)
             settled = True
             kept = None
@@ -318,19 +318,20 @@ class Gateway:
         finally:
             if not settled:
                 await self._settlement.settle_interrupted(
-                    plan, lease, delivered, len(decision.attempts), scope
+                    plan, lease, delivered, reported, len(decision.attempts), scope
                 )
 
-    async def _cut(self, items: Stream, deployment: Deployment, cap: int) -> StreamEnd:
+    async def _cut(self, items: Stream, deployment: Deployment, lease: Lease) -> StreamEnd:
         """Ends a stream whose upstream went on past its reserved output: the
         upstream closed at once, and the end it is settled as (LENGTH, with
-        no usage, so it is charged what was delivered, capped)."""
+        no usage, so it is charged what was delivered and what the provider
+        had reported, capped)."""
         await items.aclose()
         self._hooks.stream_cut(deployment)
         logger.warning(
             "model %s streamed past its output cap of %d tokens: cut there, and charged no more",
             deployment.name,
-            cap,
+            lease.option.max_output_tokens,
         )
         return StreamEnd(FinishReason.LENGTH, None)
 
@@ -419,14 +420,15 @@ class Gateway:
         )
 
     async def _open_stream(self, plan: Plan, lease: Lease) -> StreamOpening:
+        reported = ReportedSoFar()
         items = stream_once(
             lease.option.deployment,
-            upstream_request(plan, lease),
+            upstream_request(plan, lease, reported),
             self._hooks,
             lease.holding.amount_nano_usd,
             self._clock,
         )
-        return items, await anext(items)
+        return items, await anext(items), reported
 
 
 def _result(

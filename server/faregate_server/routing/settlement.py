@@ -35,7 +35,9 @@ The cost rules, for every way a request can end:
   as the worst case it was reserved for (the counted input and the output
   cap), never the reported figure; the report is recorded beside the charge;
 - interrupted after output reached the caller: the counted input and the
-  delivered output, no more than was reserved, recorded as "interrupted";
+  delivered output, each raised to what the provider had already reported
+  (Anthropic's `message_start` has the whole input; running totals of the
+  output), no more than was reserved, recorded as "interrupted";
   an answer in hand whose count is interrupted is charged at its output cap,
   the most the count could come to;
 - failed or interrupted before any output: released whole, nothing charged.
@@ -43,11 +45,18 @@ The cost rules, for every way a request can end:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from faregate_server.clock import Clock
-from faregate_server.domain import ImplausibleUsage, ReportedUsage, RouteResult, Usage
+from faregate_server.domain import (
+    ImplausibleUsage,
+    ReportedSoFar,
+    ReportedUsage,
+    RouteResult,
+    Usage,
+)
 from faregate_server.errors import BudgetExhausted, LimitExhausted
 from faregate_server.routing.hooks import NO_HOOKS, Hooks
 from faregate_server.routing.planner import Plan
@@ -57,7 +66,7 @@ from faregate_server.state.ledger import SpendRecord
 from faregate_server.state.store import Holding, StateStore
 from faregate_server.upstream.catalog import Deployment
 from faregate_server.upstream.tokens import RunningCount, count_text
-from faregate_server.upstream.usage import usage_cost_nano_usd
+from faregate_server.upstream.usage import judge_usage, usage_cost_nano_usd
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +125,33 @@ def charge(lease: Lease, reported: ReportedUsage, counted: Usage | None) -> Char
     if reported is None:
         cost = min(cost, reserved_nano_usd)
     return Charge(usage, cost)
+
+
+def usage_so_far(lease: Lease, counted: Usage, reported: ReportedSoFar) -> Usage:
+    """The usage a stream that ended without a report of it is charged (cut
+    short, or cut by faregate at its output cap): faregate's count, raised to
+    what the provider had already reported where it reported more (its
+    input, cache counts and output so far, thinking included). A report that
+    is not believable (upstream/usage.py: bad counts, over the context
+    window or the output cap) is ignored: the count stands."""
+    if reported.raw is None or reported.read is None:
+        return counted
+    option = lease.option
+    model = option.deployment.config
+    so_far = judge_usage(
+        reported.read(reported.raw),
+        model.context_window_tokens,
+        option.max_output_tokens,
+        model.price,
+        None,
+    )
+    if not isinstance(so_far, Usage):
+        return counted
+    return dataclasses.replace(
+        so_far,
+        input_tokens=max(so_far.input_tokens, counted.input_tokens),
+        output_tokens=max(so_far.output_tokens, counted.output_tokens),
+    )
 
 
 class Settlement:
@@ -256,14 +292,23 @@ class Settlement:
         )
 
     async def settle_interrupted(
-        self, plan: Plan, lease: Lease, delivered: RunningCount, attempts: int, scope: CallScope
+        self,
+        plan: Plan,
+        lease: Lease,
+        delivered: RunningCount,
+        reported: ReportedSoFar,
+        attempts: int,
+        scope: CallScope,
     ) -> None:
         """Settles a stream cut short: released whole if nothing reached the
-        caller, else charged the counted input and the delivered output."""
+        caller, else charged the larger of faregate's count (the counted
+        input, the delivered output) and what the provider had reported,
+        count by count (`usage_so_far`), never more than was reserved."""
         if not delivered.chunks:
             self.release(lease)
             return
-        charged = charge(lease, None, counted_usage(lease, delivered.tokens()))
+        counted = counted_usage(lease, delivered.tokens())
+        charged = charge(lease, None, usage_so_far(lease, counted, reported))
         await self.settle(plan, lease, charged, "interrupted", attempts, scope)
 
     async def count_answer_or_settle(

@@ -69,6 +69,16 @@ _RUNNING_BATCH_CHARS = 4096
 _TOOL_FRAMING = 8
 """Tokens a provider's rendering of one tool definition adds around its text."""
 _COUNTING_THREADS = 2
+_CUT_SLACK_TOKENS = 16
+"""Tokens of slack in every `past_cap`: a stream's last piece of text may
+be split into tokens differently by the model than by the count."""
+_PIECES_SPLIT_ONE_IN = 32
+_ESTIMATE_OVERCOUNT = 2
+_MOST_TOKENS_PER_CHAR = 4
+"""No count gives a character more: it is at most 4 UTF-8 bytes, a byte-level
+tokenizer takes at most a token a byte, and the estimate (with the most
+headroom) a token a byte."""
+"""How many times a model's own count the estimate may give for honest text."""
 
 _T = TypeVar("_T")
 
@@ -88,6 +98,13 @@ class TokenCounter(Protocol):
         """Tokens a provider will bill for these messages as a prompt."""
         ...
 
+    def past_cap(self, cap: int) -> int:
+        """The count of a stream's delivered output at which the stream is
+        past an output cap of `cap` tokens whatever the model's own count: a
+        stream counted there is cut (routing/gateway.py), one below it never
+        is, so an honest stream is not cut for this count's error."""
+        ...
+
 
 class TiktokenCounter:
     """Exact counts with one of OpenAI's encodings (cl100k unless told)."""
@@ -104,6 +121,11 @@ class TiktokenCounter:
 
     def count_text(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text))
+
+    def past_cap(self, cap: int) -> int:
+        # The model's own count, but for tokens split where a stream's text
+        # is counted in pieces: a few in a hundred, and a few more.
+        return cap + cap // _PIECES_SPLIT_ONE_IN + _CUT_SLACK_TOKENS
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
         encode = self._encoding.encode_ordinary
@@ -134,6 +156,17 @@ class EstimatingCounter:
     def count_text(self, text: str) -> int:
         numerator, denominator = self._tokens_per_byte
         return -(-len(text.encode()) * numerator // denominator)
+
+    def past_cap(self, cap: int) -> int:
+        # The estimate counts high on purpose: a real tokenizer takes about
+        # 4 bytes a token, up to 6 on long words, where it assumes 3 (and
+        # fewer with headroom). Up to twice a model's count (headroom too) is
+        # an honest stream's; past it, the model's own count is past the cap.
+        numerator, denominator = self._tokens_per_byte
+        return (
+            -(-cap * _ESTIMATE_OVERCOUNT * numerator * _ESTIMATE_BYTES_PER_TOKEN // denominator)
+            + _CUT_SLACK_TOKENS
+        )
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
         return sum(
@@ -174,7 +207,8 @@ def options_tokens(counter: TokenCounter, options: GenerationOptions | None) -> 
     if not texts:
         return 0
     text = " ".join(texts)
-    key = (counter.name, hashlib.blake2b(text.encode(), digest_size=16).digest())
+    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+    key = (counter.name, len(options.tools), digest)
     tokens = _options_tokens_seen.get(key)
     if tokens is None:
         tokens = counter.count_text(text) + _TOOL_FRAMING * len(options.tools)
@@ -185,11 +219,12 @@ def options_tokens(counter: TokenCounter, options: GenerationOptions | None) -> 
 
 
 _OPTIONS_TOKENS_KEPT = 1024
-_options_tokens_seen: dict[tuple[str, bytes], int] = {}
-"""The counts `options_tokens` made, by counter and a digest of the text it
-counted, oldest first. An agent sends the same tools on every turn of its
-loop, and counting them costs far more than the digest (5 tools of a few
-hundred bytes each: about a hundred microseconds to count, one to digest).
+_options_tokens_seen: dict[tuple[str, int, bytes], int] = {}
+"""The counts `options_tokens` made, by counter, number of tools (each adds
+its framing) and a digest of the text it counted, oldest first. An agent
+sends the same tools on every turn of its loop, and counting them costs far
+more than the digest (5 tools of a few hundred bytes each: about a hundred
+microseconds to count, one to digest).
 Keyed by digest, never by the text, so the memory kept is bounded by the
 number of entries, whatever the size of the tools; the oldest is dropped
 when full."""
@@ -280,13 +315,11 @@ class RunningCount:
         against its reserved output, so it costs two integer comparisons
         until the count may be there.
 
-        The text not yet counted is taken as one token per character at most
-        (every tokenizer faregate uses averages well under one), so the batch
-        is counted only once the count and that bound reach the limit; then
-        the answer is exact. A text of more tokens than characters (rare
-        scripts, emoji, under the byte estimate) is caught a check later.
+        The text not yet counted is taken as `_MOST_TOKENS_PER_CHAR` tokens
+        per character at most, so the batch is counted only once the count
+        and that bound reach the limit; then the answer is exact.
         """
-        if self._tokens + self._batch_chars < limit and self.chunks < limit:
+        if self._tokens + _MOST_TOKENS_PER_CHAR * self._batch_chars < limit and self.chunks < limit:
             return False
         return self.tokens() >= limit
 

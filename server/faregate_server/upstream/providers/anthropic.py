@@ -88,6 +88,12 @@ class AnthropicProvider:
         # message_delta reports put over it (its counts are running totals,
         # never to be added); usage.py reads and judges it at the end.
         usage: dict[str, Any] = {}
+        if request.reported is not None:
+            request.reported.raw, request.reported.read = usage, anthropic_usage
+        # message_start's output count is a placeholder (1): a stream whose
+        # message_delta never gave the real one reports no usage at its end,
+        # so it is charged as counted, its reported input included.
+        output_reported = False
         answer = StreamAssembly()
         stopped = False
         body = _checked_body(request, stream=True)
@@ -124,6 +130,9 @@ class AnthropicProvider:
                             yield refusal
                         delta_usage = payload.get("usage")
                         if isinstance(delta_usage, dict):
+                            output_reported = output_reported or (
+                                delta_usage.get("output_tokens") is not None
+                            )
                             # A null count there is one not sent (its type is
                             # optional), as the SDK's accumulator reads it.
                             usage.update(
@@ -143,7 +152,7 @@ class AnthropicProvider:
             )
         yield StreamEnd(
             answer.finish_reason,
-            anthropic_usage(usage),
+            anthropic_usage(usage) if output_reported else None,
             answer.tool_calls(),
             answer.reasoning(),
         )

@@ -306,7 +306,8 @@ def _mark_cache(body: dict[str, Any], ttl: CacheTtl) -> None:
 def _mark_last_cacheable(message: dict[str, Any], mark: dict[str, str]) -> None:
     blocks = _as_blocks(message["content"])
     for block in reversed(blocks):
-        if block["type"] not in _UNCACHEABLE_BLOCKS:
+        # Anthropic refuses a mark on thinking, and on an empty text block.
+        if block["type"] not in _UNCACHEABLE_BLOCKS and block.get("text", True):
             block["cache_control"] = dict(mark)
             message["content"] = blocks
             return

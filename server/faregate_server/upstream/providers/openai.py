@@ -139,6 +139,9 @@ class OpenAIProvider:
         # The last usage block seen, read once at the end: a server that sends
         # one in every chunk (Gemini's) sends running totals, never to be added.
         usage: object = None
+        reported = request.reported
+        if reported is not None:
+            reported.read = openai_usage
         finished = False
         refused = False
         calls = ToolCallAssembler()
@@ -185,6 +188,8 @@ class OpenAIProvider:
                             )
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                        if reported is not None:
+                            reported.raw = usage
         if not finished:
             raise UpstreamError(
                 UpstreamErrorKind.UNAVAILABLE, "upstream stream ended before [DONE]"
