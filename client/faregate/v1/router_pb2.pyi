@@ -66,7 +66,11 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_STOP: _FinishReason.ValueType  # 1
     """The model finished its answer or hit a stop sequence."""
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
-    """The answer reached max_output_tokens (or the model's cap)."""
+    """The answer reached max_output_tokens (or the model's cap). A stream
+    whose upstream went on past it is also cut by faregate with this
+    reason; its StreamFinish then holds no tool_calls or reasoning, as
+    what was streamed may be unfinished (the deltas relayed stand).
+    """
     FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 3
     """The provider withheld content by its policy."""
     FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
@@ -120,7 +124,11 @@ FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 FINISH_REASON_STOP: FinishReason.ValueType  # 1
 """The model finished its answer or hit a stop sequence."""
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
-"""The answer reached max_output_tokens (or the model's cap)."""
+"""The answer reached max_output_tokens (or the model's cap). A stream
+whose upstream went on past it is also cut by faregate with this
+reason; its StreamFinish then holds no tool_calls or reasoning, as
+what was streamed may be unfinished (the deltas relayed stand).
+"""
 FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 3
 """The provider withheld content by its policy."""
 FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
