@@ -94,7 +94,11 @@ async def test_a_lying_upstream_never_overspends_a_budget(
     fits, total = 20, 60
     limit = fits * WORST_CASE
     config_data["budgets"]["lie"] = {"limit_usd": _usd(limit)}
-    config_data["models"]["gpt-fake"].update(workers=16, queue=total, breaker=PATIENT_BREAKER)
+    # The streams wait at the gate for their headers, which idle_timeout_s
+    # bounds: long enough for the refusals to end on a loaded machine.
+    config_data["models"]["gpt-fake"].update(
+        workers=16, queue=total, breaker=PATIENT_BREAKER, idle_timeout_s=30.0
+    )
     lie = (3 * _input_tokens(), MAX_OUTPUT)  # three times the prompt it was sent
     gate = asyncio.Event()
     upstream.default = Script(usage=lie, gate=gate)

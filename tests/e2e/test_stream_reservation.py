@@ -176,7 +176,11 @@ async def test_streams_that_ignore_the_cap_racing_for_a_budget_never_take_it_bel
     start_faregate: StartFaregate, config_data: dict[str, Any], upstream: FakeUpstream
 ) -> None:
     fits, total = 12, 40
-    config_data["models"]["gpt-fake"].update(workers=16, queue=total, breaker=PATIENT_BREAKER)
+    # The streams wait at the gate for their headers, which idle_timeout_s
+    # bounds: long enough for the refusals to end on a loaded machine.
+    config_data["models"]["gpt-fake"].update(
+        workers=16, queue=total, breaker=PATIENT_BREAKER, idle_timeout_s=30.0
+    )
     # The worst case of one stream, as faregate reserves it.
     async with start_faregate(to_config(config_data)) as faregate:
         probe = faregate.client.stream_route(
