@@ -105,7 +105,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Stream = AsyncGenerator[ProviderItem, None]
 StreamOpening = tuple[Stream, ProviderItem, ReportedSoFar]
-"""An upstream stream and its first item."""
+"""An upstream stream, its first item, and where its adapter keeps the usage
+reported before the end."""
 StreamItem = RoutingDecision | str | AnswerDelta | StreamFinished
 """What a stream yields: its decision, each text chunk and tool-call,
 reasoning and refusal fragment, then its StreamFinished (with the tool calls
