@@ -401,6 +401,10 @@ async def test_each_request_logs_one_json_line_without_prompt_or_keys(
         "attempts": 1,
         "input_tokens": answer.usage.input_tokens,
         "output_tokens": answer.usage.output_tokens,
+        "cached_input_tokens": 0,
+        "cache_write_input_tokens": 0,
+        "cache_write_1h_input_tokens": 0,
+        "reasoning_tokens": 0,
         "cost_nano_usd": answer.cost_nano_usd,
         "latency_ms": served["latency_ms"],
         "outcome": "OK",
@@ -546,3 +550,45 @@ async def test_each_worker_serves_its_own_metrics_port_and_says_which(
         async with asyncio.timeout(10):
             assert await process.wait() == 0
         await draining
+
+
+async def test_spans_carry_the_cache_and_reasoning_parts_of_the_usage(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    upstream.queue(
+        Script(
+            usage_block={
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 200,
+                "cache_read_input_tokens": 300,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 150,
+                    "ephemeral_1h_input_tokens": 50,
+                },
+                "output_tokens": 12,
+                "output_tokens_details": {"thinking_tokens": 5},
+            }
+        )
+    )
+    async with (
+        start_faregate(to_config(config_data), tracer_provider=provider) as faregate,
+        grpc.aio.insecure_channel(faregate.target) as channel,
+    ):
+        await router_pb2_grpc.RouterServiceStub(channel).Route(
+            _route_request(model="claude-fake", max_output_tokens=50)
+        )
+
+    named = _by_name(exporter.get_finished_spans())
+    (server,) = named["faregate.v1.RouterService/Route"]
+    (attempt,) = named["chat claude-fake"]
+    for span in (server, attempt):
+        attributes = dict(span.attributes or {})
+        assert attributes["gen_ai.usage.input_tokens"] == 510
+        assert attributes["gen_ai.usage.cache_read.input_tokens"] == 300
+        assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 200
+        assert attributes["faregate.usage.cache_write_1h_input_tokens"] == 50
+        assert attributes["faregate.usage.reasoning_tokens"] == 5

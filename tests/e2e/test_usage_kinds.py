@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,7 @@ from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from faregate_client import BudgetExhausted, FaregateError
 from faregate_server.domain import ChatMessage, Role
 from faregate_server.state.export import export_spend
+from faregate_server.telemetry.request_log import LOGGER_NAME
 from faregate_server.upstream.tokens import TiktokenCounter
 
 from tests.conftest import StartFaregate, read_stream, to_config
@@ -299,3 +301,31 @@ async def test_concurrent_requests_with_cached_input_keep_the_ledger_exact(
         block["prompt_tokens_details"]["cached_tokens"] for block in reported
     )
     assert held == 0
+
+
+async def test_the_request_log_line_carries_the_parts_of_the_usage(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    case = CASES["anthropic-cache-read-5m-and-1h-writes"]
+    upstream.queue(Script(usage_block=case.block))
+
+    async with start_faregate(to_config(_priced(config_data, tmp_path))) as faregate:
+        await faregate.client.route(
+            PROMPT, budget_key="team", model=case.model, max_output_tokens=MAX_OUTPUT[case.model]
+        )
+
+        def line() -> dict[str, Any]:
+            lines = [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME]
+            assert lines, "no request line yet"
+            parsed: dict[str, Any] = json.loads(lines[-1])
+            return parsed
+
+        logged = await eventually(line)
+
+    assert _counts(logged) == case.counts
+    assert logged["cost_nano_usd"] == case.cost_nano_usd

@@ -45,7 +45,7 @@ from opentelemetry.util.types import AttributeValue
 
 from faregate_server import __version__
 from faregate_server.config.schema import TelemetryConfig
-from faregate_server.domain import ImplausibleUsage, ReportedUsage
+from faregate_server.domain import ImplausibleUsage, ReportedUsage, Usage
 from faregate_server.telemetry.request_log import LineSink, RequestLog
 from faregate_server.telemetry.request_observation import (
     NOT_OBSERVED,
@@ -282,13 +282,13 @@ class UpstreamAttempt:
         elif usage is None:
             span.set_attribute("http.response.status_code", 200)
         else:
-            span.set_attributes(
-                {
-                    "http.response.status_code": 200,
-                    "gen_ai.usage.input_tokens": usage.input_tokens,
-                    "gen_ai.usage.output_tokens": usage.output_tokens,
-                }
-            )
+            attributes: dict[str, AttributeValue] = {
+                "http.response.status_code": 200,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+            }
+            _add_usage_parts(attributes, usage)
+            span.set_attributes(attributes)
         span.end()
 
     def failed(self, error: UpstreamError) -> None:
@@ -356,6 +356,8 @@ def _end_server_span(span: Span, observation: RequestObservation) -> None:
         "gen_ai.usage.output_tokens": observation.output_tokens,
         "faregate.cost_nano_usd": observation.cost_nano_usd,
     }
+    if observation.usage is not None:
+        _add_usage_parts(attributes, observation.usage)
     if observation.model:
         attributes["faregate.model"] = observation.model
     call = observation.call
@@ -388,3 +390,18 @@ def _otlp_tracer_provider(config: TelemetryConfig) -> TracerProvider:
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def _add_usage_parts(attributes: dict[str, AttributeValue], usage: Usage) -> None:
+    """The usage's cache and reasoning counts, where it has them: under the
+    GenAI semantic conventions' names for the cache (each a part of
+    gen_ai.usage.input_tokens, as faregate counts them) and faregate's own
+    for the hour's writes and reasoning (parts of the writes and the output)."""
+    if usage.cached_input_tokens:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_input_tokens
+    if usage.cache_write_input_tokens:
+        attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write_input_tokens
+    if usage.cache_write_1h_input_tokens:
+        attributes["faregate.usage.cache_write_1h_input_tokens"] = usage.cache_write_1h_input_tokens
+    if usage.reasoning_tokens:
+        attributes["faregate.usage.reasoning_tokens"] = usage.reasoning_tokens

@@ -2,7 +2,9 @@
 
 Fields: ts (Unix seconds), rpc, request_id, trace_id, agent, principal,
 budget_keys, route, model, provider, attempts, input_tokens, output_tokens,
-cost_nano_usd, latency_ms, outcome (the gRPC status code name) and reason
+cached_input_tokens, cache_write_input_tokens, cache_write_1h_input_tokens and
+reasoning_tokens (parts of the input and output, as faregate.v1's Usage
+counts them), cost_nano_usd, latency_ms, outcome (the gRPC status code name) and reason
 (faregate's ErrorInfo reason, empty on success). The prompt (`messages`) is
 added only when the operator set `telemetry.log_prompts`; API keys never
 appear, since no field is built from headers or provider settings.
@@ -67,6 +69,7 @@ class RequestLog:
         if writer is None and not logger.isEnabledFor(logging.INFO):
             return
         call = observation.call
+        usage = observation.usage
         line: dict[str, Any] = {
             "ts": self._now_s(),
             "rpc": observation.method,
@@ -81,6 +84,10 @@ class RequestLog:
             "attempts": len(observation.records),
             "input_tokens": observation.input_tokens,
             "output_tokens": observation.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens if usage else 0,
+            "cache_write_input_tokens": usage.cache_write_input_tokens if usage else 0,
+            "cache_write_1h_input_tokens": usage.cache_write_1h_input_tokens if usage else 0,
+            "reasoning_tokens": usage.reasoning_tokens if usage else 0,
             "cost_nano_usd": observation.cost_nano_usd,
             "latency_ms": latency_s * 1000,
             "outcome": observation.code,
