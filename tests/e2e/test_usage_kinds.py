@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from faregate.v1 import admin_pb2, admin_pb2_grpc, router_pb2
-from faregate_client import BudgetExhausted, FaregateError
+from faregate_client import BudgetExhausted, FaregateError, StreamInterrupted
 from faregate_server.domain import ChatMessage, Role
 from faregate_server.state.export import export_spend
 from faregate_server.telemetry.request_log import LOGGER_NAME
@@ -329,3 +329,35 @@ async def test_the_request_log_line_carries_the_parts_of_the_usage(
 
     assert _counts(logged) == case.counts
     assert logged["cost_nano_usd"] == case.cost_nano_usd
+
+
+async def test_a_stream_cut_after_running_usage_snapshots_is_charged_the_last_one(
+    start_faregate: StartFaregate,
+    config_data: dict[str, Any],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    # Gemini's compatible endpoint sends a running usage in every chunk, its
+    # thinking only in the total; the connection drops after two of three.
+    block = {"prompt_tokens": 758, "completion_tokens": 102, "total_tokens": 1_725}
+    upstream.queue(
+        Script(
+            usage_block=block, chunks=["One", " two", " three"], usage_in_every_chunk=True,
+            drop_after=2,
+        )
+    )  # fmt: skip
+
+    async with start_faregate(to_config(_priced(config_data, tmp_path))) as faregate:
+        stream = faregate.client.stream_route(
+            PROMPT, budget_key="team", model="gpt-fake", max_output_tokens=2_000
+        )
+        with pytest.raises(StreamInterrupted):
+            await read_stream(stream)
+        spent = await faregate.spent_nano_usd()
+        held = await faregate.reserved_nano_usd()
+
+    # The second snapshot: the whole prompt, a total grown to 758 + 967 x 2/3
+    # = 1,402, so 644 output tokens (thinking included), far more than the
+    # two chunks delivered: 758 x 2,500 + 644 x 10,000.
+    assert spent == 758 * 2_500 + 644 * 10_000
+    assert held == 0
